@@ -1,0 +1,38 @@
+# sockgate developer entry points. Quick start (as root on Debian 12):
+#   make run    # install deps, build, enforce + journal with the embedded default policy
+#   make test   # install deps, build, run the whole test suite
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+APT_PKGS := clang-16 llvm-16 libbpf-dev libbpf1 bpftool iproute2 nftables make
+PYTEST_ARGS ?=
+
+.PHONY: setup deps venv bpf run test bench clean
+
+setup: deps venv bpf
+
+deps:
+	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then echo "apt-get install$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
+
+venv: $(BIN)/sockgate
+
+$(BIN)/sockgate: pyproject.toml setup.py
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+bpf:
+	$(MAKE) -C src/sockgate/kernel/bpf
+
+run: setup
+	$(BIN)/sockgate run
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	$(MAKE) -C src/sockgate/kernel/bpf clean
+	rm -rf $(VENV) build *.egg-info

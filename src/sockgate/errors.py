@@ -1,0 +1,97 @@
+"""One exception hierarchy. Every error a user can cause carries *where* it happened;
+the CLI maps these to a message and an exit code, and nothing else prints tracebacks."""
+
+from __future__ import annotations
+
+
+class SockgateError(Exception):
+    """Base of all user-facing errors. exit_code follows the CLI contract."""
+
+    exit_code = 1
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(SockgateError):
+    exit_code = 2
+
+
+class PolicyError(SockgateError):
+    """One problem in a policy file, located as FILE:LINE."""
+
+    def __init__(self, message: str, file: str = "<policy>", line: int | None = None):
+        self.file = file
+        self.line = line
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.message}"
+
+
+class PolicyErrors(SockgateError):
+    """All problems found in one policy file (check reports every one)."""
+
+    def __init__(self, errors: list[PolicyError]):
+        self.errors = errors
+        super().__init__("\n".join(str(e) for e in errors))
+
+
+class KernelError(SockgateError):
+    """The kernel refused something (load, attach, map update) or lacks a feature."""
+
+
+class JournalError(SockgateError):
+    """The journal directory or a receiver is unusable (corrupt, foreign, permissions)."""
+
+
+class VerifyError(SockgateError):
+    """Journal verification failed; seq is the first bad sequence number."""
+
+    def __init__(self, message: str, seq: int | None = None):
+        self.seq = seq
+        super().__init__(message)
+
+
+class ImportRecordError(SockgateError):
+    """A bad IBM i record: which record (1-based), at which byte offset, and why."""
+
+    def __init__(self, reason: str, record: int | None = None, offset: int | None = None, file: str = "-"):
+        self.reason = reason
+        self.record = record
+        self.offset = offset
+        self.file = file
+        where = file
+        if record is not None:
+            where += f": record {record}"
+        if offset is not None:
+            where += f" (byte offset {offset})"
+        super().__init__(f"{where}: {reason}")
+
+
+class RulesError(SockgateError):
+    """A problem in a monitor alert-rules file, located as FILE:LINE."""
+
+    def __init__(self, message: str, file: str = "<rules>", line: int | None = None):
+        self.file = file
+        self.line = line
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.message}"
+
+
+class RulesErrors(SockgateError):
+    def __init__(self, errors: list[RulesError]):
+        self.errors = errors
+        super().__init__("\n".join(str(e) for e in errors))
+
+
+class ChannelError(SockgateError):
+    """A monitor channel could not deliver (retried from its queue)."""
