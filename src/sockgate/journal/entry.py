@@ -82,6 +82,9 @@ class Entry:
     remote_addr: str | None = None
     remote_port: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # Identity unique within the journal when set (IBM i: "SYSTEM:seq"). Appending an
+    # entry whose ident is already journaled adds nothing, so re-imports are idempotent.
+    ident: str | None = None
     seq: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
