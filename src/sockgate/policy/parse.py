@@ -1,0 +1,665 @@
+"""Policy file (TOML) → typed model (policy.model), with every error as FILE:LINE.
+
+The parser reports *all* problems of a file at once (`sockgate policy check` lists them)
+by raising one PolicyErrors. It never lets another exception out, whatever the bytes.
+See docs/policy.md for the language this implements.
+"""
+
+from __future__ import annotations
+
+import difflib
+import errno as errno_mod
+import grp
+import hashlib
+import ipaddress
+import math
+import os
+import pwd
+import re
+import stat
+import tomllib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable
+
+from sockgate.errors import PolicyError, PolicyErrors
+from sockgate.policy.locate import Locator
+from sockgate.policy.model import (
+    AUDIT_LEVELS,
+    FIELDS_BY_EXIT,
+    MATCH_FIELDS,
+    MAX_RULES,
+    Action,
+    Exit,
+    Match,
+    Mode,
+    Network,
+    Policy,
+    PortRange,
+    Rule,
+)
+
+__all__ = [
+    "parse_policy",
+    "load_policy",
+    "load_default_policy",
+    "load_configured_policy",
+    "DEFAULT_POLICY_PATH",
+    "TOP_KEYS",
+    "RULE_KEYS",
+]
+
+DEFAULT_POLICY_PATH = "/etc/sockgate/policy.toml"
+
+TOP_KEYS = ("mode", "audit_levels", "errno", "defaults", "lists", "rule")
+RULE_KEYS = ("name", "exit", "action", "mode") + MATCH_FIELDS
+EXIT_NAMES = tuple(e.label for e in Exit)
+MAX_ID = 2**32 - 2          # (uid_t)-1 means "no change" to the kernel: not a real id
+MAX_NAME_LEN = 128
+
+_TOML_POS = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")
+_TOML_END = re.compile(r"\s*\(at end of document\)\s*$")
+_PORT = re.compile(r"\s*([0-9]+)\s*(?:-\s*([0-9]+)\s*)?", re.ASCII)
+_DIGITS = re.compile(r"[0-9]+", re.ASCII)
+_LONG_DIGITS = re.compile(r"[0-9_]{4000,}", re.ASCII)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _suggest(word: str, choices) -> str:
+    if not isinstance(word, str):
+        return ""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    if not close:
+        close = difflib.get_close_matches(word.lower(), list(choices), n=1, cutoff=0.6)
+    return f' (did you mean "{close[0]}"?)' if close else ""
+
+
+def _q(value: Any) -> str:
+    """A short, safe rendering of a value for a message (never recurses, never huge)."""
+    if isinstance(value, str):
+        s = value if len(value) <= 60 else value[:57] + "..."
+        s = s.encode("unicode_escape").decode("ascii").replace('"', '\\"')
+        return f'"{s}"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        s = str(value) if value.bit_length() < 200 else "a huge integer"
+        return s
+    if isinstance(value, float):
+        return repr(value)
+    return _kind(value)
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a float"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "a table"
+    return "a date/time"
+
+
+def _as_list(value: Any) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+class _Ctx:
+    def __init__(self, file: str, loc: Locator):
+        self.file = file
+        self.loc = loc
+        self.errors: list[tuple[int, str]] = []
+
+    def err(self, line: int | None, message: str) -> None:
+        line = line if line and line >= 1 else 1
+        self.errors.append((line, message))
+
+    def raise_if_any(self) -> None:
+        if self.errors:
+            ordered = sorted(enumerate(self.errors), key=lambda t: (t[1][0], t[0]))
+            raise PolicyErrors([PolicyError(msg, self.file, line) for _, (line, msg) in ordered])
+
+
+# --------------------------------------------------------------------------- value parsers
+# Each takes one (already un-negated, list-expanded) value and returns the typed value,
+# or raises _Bad(message) describing the problem (without the field name).
+
+
+class _Bad(Exception):
+    pass
+
+
+def _check_str(value: Any, what: str) -> str:
+    if not isinstance(value, str):
+        raise _Bad(f"expected {what}, got {_kind(value)} {_q(value)}".rstrip())
+    return value
+
+
+def _id_value(value: Any, kind: str) -> int:
+    """user / group: a name resolved on this host, or a number."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise _Bad(f"expected a {kind} name or number, got {_kind(value)}")
+    if isinstance(value, str):
+        s = value.strip()
+        if _DIGITS.fullmatch(s):
+            value = int(s) if len(s) < 20 else MAX_ID + 1
+        else:
+            if not s:
+                raise _Bad(f"empty {kind} name")
+            try:
+                if kind == "user":
+                    return pwd.getpwnam(s).pw_uid
+                return grp.getgrnam(s).gr_gid
+            except (KeyError, ValueError, OverflowError):
+                names = _host_names(kind)
+                raise _Bad(f"no such {kind} {_q(s)} on this host{_suggest(s, names)}") from None
+    if value < 0 or value > MAX_ID:
+        raise _Bad(f"{kind} id {_q(value)} out of range (0-{MAX_ID})")
+    return value
+
+
+_NAMES_CACHE: dict[str, list[str]] = {}
+
+
+def _host_names(kind: str) -> list[str]:
+    if kind not in _NAMES_CACHE:
+        try:
+            if kind == "user":
+                _NAMES_CACHE[kind] = [p.pw_name for p in pwd.getpwall()]
+            else:
+                _NAMES_CACHE[kind] = [g.gr_name for g in grp.getgrall()]
+        except Exception:  # noqa: BLE001 - suggestions are best effort
+            _NAMES_CACHE[kind] = []
+    return _NAMES_CACHE[kind]
+
+
+def _program_value(value: Any) -> str:
+    s = _check_str(value, "an absolute executable path")
+    if not s.startswith("/"):
+        raise _Bad(f"{_q(s)} is not an absolute path")
+    try:
+        st = os.stat(s)
+    except FileNotFoundError:
+        raise _Bad(f"{s} does not exist") from None
+    except (OSError, ValueError) as e:
+        reason = getattr(e, "strerror", None) or str(e)
+        raise _Bad(f"{_q(s)}: cannot stat: {reason}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise _Bad(f"{s} is not a regular file")
+    return s
+
+
+def _network_value(value: Any) -> Network:
+    if isinstance(value, int) and not isinstance(value, bool):
+        raise _Bad(f"expected an address or network as a string, got the integer {_q(value)}"
+                   " (ports go in local_port / remote_port)")
+    s = _check_str(value, "an IP address or network (CIDR)").strip()
+    if "%" in s:
+        raise _Bad(f"{_q(s)}: scoped addresses (%zone) are not supported")
+    try:
+        net = ipaddress.ip_network(s, strict=True)
+    except ValueError as e:
+        if "has host bits set" in str(e):
+            loose = ipaddress.ip_network(s, strict=False)
+            host = s.split("/")[0]
+            full = 32 if loose.version == 4 else 128
+            raise _Bad(
+                f"{_q(s)} has host bits set; write the network {_q(str(loose))} "
+                f"or the single host {_q(f'{host}/{full}')}"
+            ) from None
+        if _PORT.fullmatch(s):
+            raise _Bad(f"{_q(s)} is not an IP address or network (a port? those go in *_port fields)")
+        raise _Bad(f"{_q(s)} is not an IP address or network") from None
+    if net.version == 6 and net.prefixlen >= 96:
+        mapped = net.network_address.ipv4_mapped
+        if mapped is not None:
+            net = ipaddress.IPv4Network((int(mapped), net.prefixlen - 96))
+    return net
+
+
+def _port_value(value: Any) -> PortRange:
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise _Bad(f"expected a port or range (N or N-M), got {_kind(value)}")
+    if isinstance(value, int):
+        lo = hi = value
+    else:
+        m = _PORT.fullmatch(value) if len(value) < 64 else None
+        if not m:
+            raise _Bad(f"{_q(value)} is not a port or range (N or N-M)")
+        lo = int(m.group(1))
+        hi = int(m.group(2)) if m.group(2) is not None else lo
+    for p in (lo, hi):
+        if p < 0 or p > 65535:
+            raise _Bad(f"port {_q(p)} out of range (0-65535)")
+    if lo > hi:
+        raise _Bad(f"port range {_q(value)} is reversed (write \"{hi}-{lo}\")")
+    return (lo, hi)
+
+
+_FIELD_PARSERS: dict[str, Callable[[Any], Any]] = {
+    "user": lambda v: _id_value(v, "user"),
+    "group": lambda v: _id_value(v, "group"),
+    "program": _program_value,
+    "local": _network_value,
+    "remote": _network_value,
+    "local_port": _port_value,
+    "remote_port": _port_value,
+}
+
+
+# --------------------------------------------------------------------------- the parser
+
+
+@dataclass
+class _Lists:
+    values: dict[str, list]
+    lines: dict[str, int]
+
+
+def _decode(data: str | bytes, ctx: _Ctx) -> str | None:
+    if isinstance(data, str):
+        return data[1:] if data.startswith("\ufeff") else data
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        ctx.err(line, f"not valid UTF-8 (byte offset {e.start})")
+        return None
+
+
+def _toml(text: str, ctx: _Ctx) -> dict | None:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        msg = str(e)
+        m = _TOML_POS.search(msg)
+        if m:
+            ctx.err(int(m.group(1)), f"TOML syntax: {msg[: m.start()]} (column {m.group(2)})")
+        elif _TOML_END.search(msg):
+            ctx.err(ctx.loc.n_lines, f"TOML syntax: {_TOML_END.sub('', msg)} (at end of file)")
+        else:
+            ctx.err(1, f"TOML syntax: {msg}")
+    except RecursionError:
+        ctx.err(ctx.loc.deep_nesting_line or 1, "TOML: arrays or tables nested too deeply")
+    except ValueError as e:  # e.g. an integer literal too long for int()
+        m = _LONG_DIGITS.search(text)
+        line = text.count("\n", 0, m.start()) + 1 if m else 1
+        ctx.err(line, f"TOML: bad value: {e}")
+    except Exception as e:  # noqa: BLE001 - the contract is: never a traceback
+        ctx.err(1, f"TOML: cannot parse: {type(e).__name__}: {e}")
+    return None
+
+
+def parse_policy(text: str | bytes, file: str = "<policy>") -> Policy:
+    """Parse and validate a policy file's contents. Raises PolicyErrors listing every problem."""
+    raw = text if isinstance(text, bytes) else text.encode("utf-8", "surrogatepass")
+    digest = hashlib.sha256(raw).hexdigest()
+    probe = _Ctx(file, Locator(""))
+    decoded = _decode(text, probe)
+    if decoded is None:
+        probe.raise_if_any()
+    ctx = _Ctx(file, Locator(decoded))
+    doc = _toml(decoded, ctx)
+    if doc is None:
+        ctx.raise_if_any()
+    try:
+        policy = _build(doc, ctx, file, digest)
+    except PolicyErrors:
+        raise
+    except RecursionError:
+        ctx.err(1, "policy nested too deeply")
+    except Exception as e:  # noqa: BLE001 - a bug here must still come out as a located error
+        ctx.err(1, f"internal error while checking the policy: {type(e).__name__}: {e}")
+    ctx.raise_if_any()
+    return policy
+
+
+def _build(doc: dict, ctx: _Ctx, file: str, digest: str) -> Policy:
+    loc = ctx.loc
+
+    def top_line(key: str) -> int:
+        return loc.top(key) or 1
+
+    for key in doc:
+        if key not in TOP_KEYS:
+            ctx.err(top_line(key), f"unknown key {_q(key)}{_suggest(key, TOP_KEYS)}")
+
+    # mode
+    mode = Mode.ENFORCE
+    if "mode" in doc:
+        mode = _enum(doc["mode"], Mode, "mode", top_line("mode"), ctx) or Mode.ENFORCE
+
+    # audit levels
+    levels = frozenset({"*NETFAIL"})
+    if "audit_levels" in doc:
+        levels = _audit_levels(doc["audit_levels"], top_line("audit_levels"), ctx)
+
+    # errno
+    err_no = errno_mod.EPERM
+    if "errno" in doc:
+        err_no = _errno(doc["errno"], top_line("errno"), ctx)
+
+    # defaults
+    defaults = {e: Action.ALLOW for e in Exit}
+    if "defaults" in doc:
+        d = doc["defaults"]
+        dline = loc.table("defaults") or top_line("defaults")
+        if not isinstance(d, dict):
+            ctx.err(dline, f"defaults: expected a table ([defaults]), got {_kind(d)}")
+        else:
+            for key, value in d.items():
+                kline = loc.table_key("defaults", key) or dline
+                if key not in EXIT_NAMES:
+                    ctx.err(kline, f"defaults: unknown exit point {_q(key)}{_suggest(key, EXIT_NAMES)}"
+                            " (connect, listen, accept)")
+                    continue
+                action = _enum(value, Action, f"defaults.{key}", kline, ctx)
+                if action is not None:
+                    defaults[Exit.parse(key)] = action
+
+    # lists
+    lists = _lists(doc.get("lists"), ctx)
+
+    # rules
+    rules: list[Rule] = []
+    if "rule" in doc:
+        raw_rules = doc["rule"]
+        rline = loc.rule(0) or top_line("rule")
+        if isinstance(raw_rules, dict):
+            ctx.err(rline, "rule: write each rule as [[rule]] (an array of tables), not [rule]")
+        elif not isinstance(raw_rules, list):
+            ctx.err(rline, f"rule: expected [[rule]] tables, got {_kind(raw_rules)}")
+        else:
+            if len(raw_rules) > MAX_RULES:
+                ctx.err(loc.rule(MAX_RULES) or rline,
+                        f"too many rules: {len(raw_rules)} (at most {MAX_RULES})")
+            names: dict[str, int] = {}
+            for i, raw in enumerate(raw_rules):
+                rule = _rule(i, raw, lists, names, ctx)
+                if rule is not None:
+                    rules.append(rule)
+
+    ctx.raise_if_any()
+    return Policy(
+        rules=tuple(rules),
+        mode=mode,
+        audit_levels=levels,
+        defaults=defaults,
+        errno=err_no,
+        source=file,
+        digest=digest,
+    )
+
+
+def _enum(value: Any, enum_cls, what: str, line: int, ctx: _Ctx):
+    choices = [m.value for m in enum_cls]
+    if not isinstance(value, str):
+        ctx.err(line, f"{what}: expected one of {', '.join(choices)}, got {_kind(value)}")
+        return None
+    try:
+        return enum_cls(value)
+    except ValueError:
+        ctx.err(line, f"{what}: {_q(value)} is not one of {', '.join(choices)}{_suggest(value, choices)}")
+        return None
+
+
+def _audit_levels(value: Any, line: int, ctx: _Ctx) -> frozenset[str]:
+    out: set[str] = set()
+    ok = True
+    for v in _as_list(value):
+        if not isinstance(v, str):
+            ctx.err(line, f"audit_levels: expected strings like \"*NETFAIL\", got {_kind(v)}")
+            ok = False
+            continue
+        s = v.strip().upper()
+        if s and not s.startswith("*"):
+            s = "*" + s
+        if s not in AUDIT_LEVELS:
+            ctx.err(line, f"audit_levels: unknown level {_q(v)}{_suggest(s, AUDIT_LEVELS)}"
+                    f" (one of {', '.join(AUDIT_LEVELS)})")
+            ok = False
+            continue
+        out.add(s)
+    return frozenset(out) if ok else frozenset({"*NETFAIL"})
+
+
+def _errno(value: Any, line: int, ctx: _Ctx) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        ctx.err(line, f"errno: expected a name like \"EPERM\" or a number, got {_kind(value)}")
+        return errno_mod.EPERM
+    if isinstance(value, str):
+        s = value.strip()
+        if _DIGITS.fullmatch(s) and len(s) < 10:
+            value = int(s)
+        else:
+            code = getattr(errno_mod, s.upper(), None) if s.upper().startswith("E") else None
+            if not isinstance(code, int):
+                names = sorted(errno_mod.errorcode.values())
+                ctx.err(line, f"errno: unknown errno name {_q(value)}{_suggest(s.upper(), names)}")
+                return errno_mod.EPERM
+            return code
+    if not 1 <= value <= 4095:
+        ctx.err(line, f"errno: {_q(value)} out of range (1-4095)")
+        return errno_mod.EPERM
+    return value
+
+
+def _lists(value: Any, ctx: _Ctx) -> _Lists:
+    loc = ctx.loc
+    out = _Lists({}, {})
+    if value is None:
+        return out
+    lline = loc.table("lists") or loc.top("lists") or 1
+    if not isinstance(value, dict):
+        ctx.err(lline, f"lists: expected a table ([lists]), got {_kind(value)}")
+        return out
+    for name, items in value.items():
+        line = loc.table_key("lists", name) or lline
+        out.lines[name] = line
+        good: list = []
+        for item in _as_list(items):
+            if isinstance(item, bool) or not isinstance(item, (str, int)):
+                ctx.err(line, f"lists.{name}: values must be strings or integers, got {_kind(item)}")
+                continue
+            if isinstance(item, str) and item.strip().startswith("!"):
+                ctx.err(line, f"lists.{name}: {_q(item)}: values in a list cannot be negated;"
+                        f" negate where the list is used (\"!@{name}\")")
+                continue
+            if isinstance(item, str) and item.strip().startswith("@"):
+                ctx.err(line, f"lists.{name}: {_q(item)}: a list cannot refer to another list")
+                continue
+            good.append(item)
+        out.values[name] = good
+    return out
+
+
+def _rule(i: int, raw: Any, lists: _Lists, names: dict[str, int], ctx: _Ctx) -> Rule | None:
+    loc = ctx.loc
+    header = loc.rule(i) or loc.top("rule") or 1
+    label = f"rule {i + 1}"
+
+    def kline(key: str) -> int:
+        return loc.rule_key(i, key) or header
+
+    if not isinstance(raw, dict):
+        ctx.err(header, f"{label}: expected a table, got {_kind(raw)}")
+        return None
+    n_before = len(ctx.errors)
+
+    for key in raw:
+        if key not in RULE_KEYS:
+            ctx.err(kline(key), f"{label}: unknown key {_q(key)}{_suggest(key, RULE_KEYS)}")
+
+    # name
+    name = f"rule-{i + 1}"
+    name_line = kline("name")
+    if "name" in raw:
+        v = raw["name"]
+        if not isinstance(v, str):
+            ctx.err(name_line, f"{label}: name: expected a string, got {_kind(v)}")
+        elif not v.strip():
+            ctx.err(name_line, f"{label}: name is empty")
+        elif len(v) > MAX_NAME_LEN:
+            ctx.err(name_line, f"{label}: name longer than {MAX_NAME_LEN} characters")
+        elif any(ord(c) < 32 or ord(c) == 127 for c in v):
+            ctx.err(name_line, f"{label}: name contains control characters")
+        else:
+            name = v
+            label = f'rule "{v}"'
+    if name in names:
+        ctx.err(name_line, f'{label}: duplicate rule name "{name}" (first used at line {names[name]})')
+    else:
+        names[name] = name_line
+
+    # exit
+    exits: set[Exit] = set()
+    if "exit" not in raw:
+        ctx.err(header, f"{label}: missing \"exit\" (connect, listen and/or accept)")
+    else:
+        values = _as_list(raw["exit"])
+        if not values:
+            ctx.err(kline("exit"), f"{label}: exit: empty list (connect, listen and/or accept)")
+        for v in values:
+            if not isinstance(v, str):
+                ctx.err(kline("exit"), f"{label}: exit: expected connect, listen or accept, got {_kind(v)}")
+            elif v not in EXIT_NAMES:
+                ctx.err(kline("exit"), f"{label}: exit: unknown exit point {_q(v)}"
+                        f"{_suggest(v, EXIT_NAMES)} (connect, listen, accept)")
+            else:
+                exits.add(Exit.parse(v))
+
+    # action, mode
+    action = None
+    if "action" not in raw:
+        ctx.err(header, f"{label}: missing \"action\" (allow or reject)")
+    else:
+        action = _enum(raw["action"], Action, f"{label}: action", kline("action"), ctx)
+    mode = None
+    if "mode" in raw:
+        mode = _enum(raw["mode"], Mode, f"{label}: mode", kline("mode"), ctx)
+
+    # match fields
+    matches: dict[str, Match] = {}
+    for field_name in MATCH_FIELDS:
+        if field_name not in raw:
+            continue
+        line = kline(field_name)
+        not_for = [e.label for e in sorted(exits) if field_name not in FIELDS_BY_EXIT[e]]
+        if not_for:
+            can = {e.label: sorted(FIELDS_BY_EXIT[e], key=MATCH_FIELDS.index) for e in exits}
+            ctx.err(line, f"{label}: {field_name} does not apply to {' or '.join(not_for)} "
+                    f"(a {not_for[0]} rule can test: {', '.join(can[not_for[0]])})")
+            continue
+        m = _match(field_name, raw[field_name], lists, line, label, ctx)
+        if m is not None:
+            matches[field_name] = m
+
+    if len(ctx.errors) != n_before or action is None or not exits:
+        return None
+    return Rule(index=i, name=name, line=header, exits=frozenset(exits), action=action, mode=mode,
+                **matches)
+
+
+def _match(field_name: str, value: Any, lists: _Lists, line: int, label: str,
+           ctx: _Ctx) -> Match | None:
+    where = f"{label}: {field_name}"
+    parse_one = _FIELD_PARSERS[field_name]
+    items = _as_list(value)
+    if not items:
+        ctx.err(line, f"{where}: empty list (leave the field out to match anything)")
+        return None
+    negs: list[bool] = []
+    out: list = []
+    ok = True
+    for item in items:
+        neg = False
+        ref = None
+        if isinstance(item, str):
+            s = item.strip()
+            if s.startswith("!"):
+                neg, s = True, s[1:].strip()
+            if s.startswith("@"):
+                ref = s[1:]
+            item = s if (neg or ref is not None) else item
+        elif isinstance(item, list):
+            ctx.err(line, f"{where}: nested arrays are not allowed")
+            ok = False
+            continue
+        negs.append(neg)
+        if ref is not None:
+            if ref not in lists.values:
+                if ref in lists.lines:  # defined, but every value was bad (already reported)
+                    ok = False
+                    continue
+                ctx.err(line, f"{where}: unknown list \"@{ref}\"{_suggest(ref, lists.values)}")
+                ok = False
+                continue
+            expanded = lists.values[ref]
+            if not expanded:
+                ctx.err(line, f"{where}: list \"@{ref}\" is empty")
+                ok = False
+                continue
+            for v in expanded:
+                try:
+                    out.append(parse_one(v))
+                except _Bad as e:
+                    ctx.err(line, f"{where}: {e} (from list @{ref}, line {lists.lines.get(ref, '?')})")
+                    ok = False
+        else:
+            try:
+                out.append(parse_one(item))
+            except _Bad as e:
+                ctx.err(line, f"{where}: {e}")
+                ok = False
+    if negs and any(negs) and not all(negs):
+        plain = [_q(x) for x, n in zip(items, negs) if not n][:2]
+        negd = [_q(x) for x, n in zip(items, negs) if n][:2]
+        ctx.err(line, f"{where}: mixes negated ({', '.join(negd)}) and plain ({', '.join(plain)}) values;"
+                " a field matches when any value matches, or, negated, when none does")
+        return None
+    if not ok or not out:
+        return None
+    seen: dict = {}
+    for v in out:
+        seen.setdefault(v, None)
+    return Match(values=tuple(seen), negated=all(negs))
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_policy(path: str | os.PathLike) -> Policy:
+    """Read and parse a policy file; `source` is the path, `digest` the sha256 of its bytes."""
+    file = os.fspath(path)
+    try:
+        data = Path(file).read_bytes()
+    except OSError as e:
+        raise PolicyErrors([PolicyError(f"cannot read: {e.strerror or e}", file, None)]) from None
+    return parse_policy(data, file)
+
+
+def default_policy_text() -> bytes:
+    return resources.files("sockgate").joinpath("defaults/policy.toml").read_bytes()
+
+
+def load_default_policy() -> Policy:
+    """The embedded default policy (used when /etc/sockgate/policy.toml does not exist)."""
+    return parse_policy(default_policy_text(), "<embedded>")
+
+
+def load_configured_policy(path: str | os.PathLike | None = None) -> Policy:
+    """`path` if given; else /etc/sockgate/policy.toml if it exists; else the embedded default."""
+    if path is not None:
+        return load_policy(path)
+    if os.path.exists(DEFAULT_POLICY_PATH):
+        return load_policy(DEFAULT_POLICY_PATH)
+    return load_default_policy()
