@@ -485,7 +485,7 @@ def _lists(value: Any, ctx: _Ctx) -> _Lists:
 def _rule(i: int, raw: Any, lists: _Lists, names: dict[str, int], ctx: _Ctx) -> Rule | None:
     loc = ctx.loc
     header = loc.rule(i) or loc.top("rule") or 1
-    label = f"rule {i + 1}"
+    label = f'rule "rule-{i + 1}"'
 
     def kline(key: str) -> int:
         return loc.rule_key(i, key) or header
@@ -494,10 +494,6 @@ def _rule(i: int, raw: Any, lists: _Lists, names: dict[str, int], ctx: _Ctx) -> 
         ctx.err(header, f"{label}: expected a table, got {_kind(raw)}")
         return None
     n_before = len(ctx.errors)
-
-    for key in raw:
-        if key not in RULE_KEYS:
-            ctx.err(kline(key), f"{label}: unknown key {_q(key)}{_suggest(key, RULE_KEYS)}")
 
     # name
     name = f"rule-{i + 1}"
@@ -515,6 +511,10 @@ def _rule(i: int, raw: Any, lists: _Lists, names: dict[str, int], ctx: _Ctx) -> 
         else:
             name = v
             label = f'rule "{v}"'
+    for key in raw:
+        if key not in RULE_KEYS:
+            ctx.err(kline(key), f"{label}: unknown key {_q(key)}{_suggest(key, RULE_KEYS)}")
+
     if name in names:
         ctx.err(name_line, f'{label}: duplicate rule name "{name}" (first used at line {names[name]})')
     else:
@@ -612,7 +612,7 @@ def _match(field_name: str, value: Any, lists: _Lists, line: int, label: str,
                 try:
                     out.append(parse_one(v))
                 except _Bad as e:
-                    ctx.err(line, f"{where}: {e} (from list @{ref}, line {lists.lines.get(ref, '?')})")
+                    ctx.err(line, f"{where}: @{ref} (line {lists.lines.get(ref, '?')}): {e}")
                     ok = False
         else:
             try:
