@@ -41,7 +41,9 @@ class EntryType(str, enum.Enum):
     GAP = "gap"                   # extra: dropped (kernel events lost between two seqs)
     INTERRUPTED = "interrupted"   # previous daemon run ended without a clean stop
     IMPORT = "import"             # an IBM i import batch: extra: file, entries, systems
-    ROTATE = "rotate"             # receiver boundary / declared cut
+    ROTATE = "rotate"             # receiver boundary: extra: receiver (the one attached next)
+    CUT = "cut"                   # declared cut: old receivers deleted by retention;
+                                  # extra: receivers, through_seq, hash (chain head at the cut)
 
 
 SK_TYPES = frozenset(t for t in EntryType if len(t.value) == 1)

@@ -1,0 +1,486 @@
+"""The Journal: one writer appends, seals and rotates; any number of readers read.
+
+Sequence numbers are gap-free across receivers. append() commits before it returns (in
+transactions of BATCH entries, or one transaction with atomic=True), so whatever append
+returned survives a kill -9 of the writer. A writer that did not close cleanly leaves the
+current receiver marked `writer=open`; the next writer finds that and journals an
+INTERRUPTED record before anything else.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+from dataclasses import fields as dc_fields
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from sockgate.errors import JournalError
+from sockgate.journal import seal as sealing
+from sockgate.journal.entry import Code, Entry, EntryType, Outcome, Source
+from sockgate.journal.query import Filter
+from sockgate.journal.store import (
+    FIELDS, FORMAT, FORMAT_VERSION, KEY_FILE, LOCK_FILE, META_FILE, VERIFY_KEY_FILE, ZERO_HASH,
+    Receiver, addr_key, canonical, create_private_file, dump_extra, fsync_dir,
+    read_journal_meta, receiver_name, row_to_entry, scan_directory,
+)
+
+BATCH = 5000             # entries per transaction when not atomic
+SEAL_EVERY = 10_000      # seal after this many entries ...
+SEAL_INTERVAL = 60.0     # ... or this many seconds, whichever comes first
+_ENTRY_FIELDS = {f.name for f in dc_fields(Entry)}
+_SELECT = "SELECT " + ",".join(FIELDS) + " FROM entry"
+
+
+def init_journal(directory: str | os.PathLike, *, key_out: str | os.PathLike | None = None) -> tuple[str, str]:
+    """Create an empty journal: identity, k_0 and the sealing key state.
+
+    Returns (journal id, verification key text). The verification key is written to
+    key_out if given, else to DIR/verification.key (0400) for the administrator to move
+    off the host: a verifier that trusts a key lying next to the journal trusts the host."""
+    d = Path(directory)
+    try:
+        d.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as e:
+        raise JournalError(f"{d}: cannot create journal directory: {e.strerror}") from None
+    if (d / META_FILE).exists():
+        raise JournalError(f"{d}: a journal already exists here")
+    if scan_directory(d) or any(d.iterdir()):
+        raise JournalError(f"{d}: directory is not empty; refusing to create a journal in it")
+    journal_id = uuid.uuid4().hex
+    k0 = sealing.new_k0()
+    vkey = sealing.format_verification_key(journal_id, k0)
+    if key_out is not None:
+        out = Path(key_out)
+        try:
+            create_private_file(out, (vkey + "\n").encode(), 0o400)
+        except FileExistsError:
+            raise JournalError(f"{out}: already exists; not overwriting a verification key") from None
+        except OSError as e:
+            raise JournalError(f"{out}: cannot write verification key: {e.strerror}") from None
+    else:
+        create_private_file(d / VERIFY_KEY_FILE, (vkey + "\n").encode(), 0o400)
+    sealing.write_seal_key(d / KEY_FILE, sealing.SealKey(journal_id, 0, k0), create=True)
+    meta = {"format": FORMAT, "version": FORMAT_VERSION, "id": journal_id,
+            "created_ns": time.time_ns(), "key_fingerprint": sealing.fingerprint(k0)}
+    # journal.json last: its presence means "initialised".
+    tmp = d / f".tmp-{META_FILE}"
+    create_private_file(tmp, json.dumps(meta, indent=1).encode())
+    os.replace(tmp, d / META_FILE)
+    fsync_dir(d)
+    return journal_id, vkey
+
+
+class Journal:
+    def __init__(self, directory: Path, meta: dict[str, Any], readonly: bool, host: str, sync: str):
+        self.directory = directory
+        self.id: str = meta["id"]
+        self.meta = meta
+        self.readonly = readonly
+        self.host = host
+        self.seal_every = SEAL_EVERY
+        self.seal_interval = SEAL_INTERVAL
+        self._sync = sync
+        self._receivers: dict[int, Receiver] = {}
+        self._lock = threading.RLock()
+        self._lock_fd: int | None = None
+        self._closed = False
+        # writer state
+        self._head_seq = 0
+        self._head_hash = ZERO_HASH
+        self._key: sealing.SealKey | None = None
+        self._sealed_seq = 0
+        self._last_seal_time = time.monotonic()
+
+    # -- opening ------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, directory: str | os.PathLike, *, create: bool = True, readonly: bool = False,
+             host: str | None = None, sync: str = "FULL") -> "Journal":
+        d = Path(directory)
+        if not d.is_dir():
+            if d.exists():
+                raise JournalError(f"{d}: not a directory")
+            if not create or readonly:
+                raise JournalError(f"{d}: no journal here (directory does not exist)")
+        if create and not readonly and not (d / META_FILE).exists():
+            if d.is_dir() and any(d.iterdir()):
+                raise JournalError(f"{d}: not a sockgate journal (no {META_FILE}) and not empty")
+            init_journal(d)
+        meta = read_journal_meta(d)
+        j = cls(d, meta, readonly, host or socket.gethostname(), sync)
+        try:
+            if readonly:
+                j._refresh()
+            else:
+                j._open_writer()
+        except BaseException:
+            j._release()
+            raise
+        return j
+
+    def _open_writer(self) -> None:
+        lock_path = self.directory / LOCK_FILE
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as e:
+            raise JournalError(f"{lock_path}: cannot open: {e.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise JournalError(f"{self.directory}: journal is open by another writer") from None
+        self._lock_fd = fd
+        self._key = sealing.read_seal_key(self.directory / KEY_FILE)
+        if self._key.journal_id != self.id:
+            raise JournalError(f"{self.directory / KEY_FILE}: sealing key belongs to another journal")
+        self._refresh()
+        if not self._receivers:
+            self._attach(1, 1, ZERO_HASH)
+        cur = self._current()
+        self._head_seq, self._head_hash = cur.head()
+        last = None
+        for r in reversed(self._ordered()):
+            last = r.last_seal()
+            if last:
+                break
+        if last:
+            epoch, self._sealed_seq, _ = last
+            # Crash between committing seal `epoch` and evolving the key file: finish it.
+            while self._key.epoch <= epoch:
+                self._evolve_key()
+        else:
+            self._sealed_seq = 0
+        interrupted = cur.meta.get("writer") == "open"
+        cur.set_meta(writer="open")
+        if interrupted:
+            self.record(EntryType.INTERRUPTED, last_seq=self._head_seq, receiver=cur.name,
+                        unsealed=self._head_seq - self._sealed_seq)
+
+    def _refresh(self) -> None:
+        """Pick up receivers created (rotate) or deleted (retain) since we last looked."""
+        present = scan_directory(self.directory)
+        numbers = {n for n, _ in present}
+        for n in list(self._receivers):
+            if n not in numbers:
+                self._receivers.pop(n).close()
+        for n, path in present:
+            if n not in self._receivers:
+                self._receivers[n] = Receiver.open(path, n, self.id, readonly=self.readonly, sync=self._sync)
+
+    def _ordered(self) -> list[Receiver]:
+        return [self._receivers[n] for n in sorted(self._receivers)]
+
+    def _current(self) -> Receiver:
+        return self._receivers[max(self._receivers)]
+
+    def _attach(self, number: int, first_seq: int, prev_hash: bytes) -> Receiver:
+        path = self.directory / receiver_name(number)
+        try:
+            r = Receiver.create(path, number, self.id, first_seq, prev_hash, self._sync)
+        except FileExistsError:
+            raise JournalError(f"{path}: already exists") from None
+        self._receivers[number] = r
+        return r
+
+    # -- properties ---------------------------------------------------------------------
+
+    @property
+    def last_seq(self) -> int:
+        if self.readonly:
+            self._refresh()
+            return self._current().head()[0] if self._receivers else 0
+        return self._head_seq
+
+    @property
+    def receivers(self) -> list[Receiver]:
+        self._refresh()
+        return self._ordered()
+
+    # -- writing ------------------------------------------------------------------------
+
+    def _check_writer(self) -> None:
+        if self._closed:
+            raise JournalError(f"{self.directory}: journal is closed")
+        if self.readonly:
+            raise JournalError(f"{self.directory}: journal is open read-only")
+
+    def append(self, entries: Iterable[Entry], *, atomic: bool = False) -> int:
+        """Append entries, assigning gap-free seqs (set on the Entry objects too).
+        Entries whose ident is already journaled are skipped. Returns the last seq."""
+        self._check_writer()
+        with self._lock:
+            if atomic:
+                self._append_batch(list(entries))
+            else:
+                batch: list[Entry] = []
+                for e in entries:
+                    batch.append(e)
+                    if len(batch) >= BATCH:
+                        self._append_batch(batch)
+                        batch = []
+                if batch:
+                    self._append_batch(batch)
+            self._maybe_seal()
+            return self._head_seq
+
+    def _append_batch(self, batch: list[Entry]) -> None:
+        if not batch:
+            return
+        idents = [e.ident for e in batch if e.ident is not None]
+        known: set[str] = set()
+        if idents:
+            for r in self._ordered():
+                known |= r.known_idents(idents)
+        seq, h = self._head_seq, self._head_hash
+        rows = []
+        accepted = []
+        for i, e in enumerate(batch):
+            if e.ident is not None:
+                if e.ident in known:
+                    continue
+                known.add(e.ident)
+            values = self._normalize(e, i)
+            seq += 1
+            values[0] = seq
+            h = hashlib.sha256(h + canonical(values)).digest()
+            rows.append((*values, addr_key(values[14]), addr_key(values[16]), h))
+            accepted.append(e)
+        if not rows:
+            return
+        self._current().insert(rows)
+        for e, row in zip(accepted, rows):
+            e.seq = row[0]
+        self._head_seq, self._head_hash = seq, h
+
+    def _normalize(self, e: Entry, i: int) -> list[Any]:
+        """Entry -> stored values in FIELDS order (seq filled in by the caller)."""
+        try:
+            code = Code(e.code).value
+            etype = EntryType(e.type).value
+            source = Source(e.source).value
+            outcome = None if e.outcome is None else Outcome(e.outcome).value
+        except ValueError as exc:
+            raise JournalError(f"entry {i}: {exc}") from None
+
+        def integer(name: str, v: Any, lo: int | None = None, hi: int | None = None) -> int | None:
+            if v is None:
+                return None
+            if isinstance(v, bool) or not isinstance(v, int) or (lo is not None and v < lo) or (hi is not None and v > hi):
+                raise JournalError(f"entry {i}: bad {name} {v!r}")
+            return v
+
+        def text(name: str, v: Any) -> str | None:
+            if v is None:
+                return None
+            if not isinstance(v, str):
+                raise JournalError(f"entry {i}: {name} must be text, not {type(v).__name__}")
+            return v
+
+        if not isinstance(e.extra, dict):
+            raise JournalError(f"entry {i}: extra must be a dict")
+        family = text("family", e.family)
+        if family is None:
+            for a in (e.remote_addr, e.local_addr):
+                k = addr_key(a) if isinstance(a, str) else None
+                if k is not None:
+                    family = "ipv4" if k[:12] == b"\x00" * 10 + b"\xff\xff" and ":" not in a else "ipv6"
+                    break
+        return [
+            None, integer("ts_ns", e.ts_ns, 0), code, etype, source, text("host", e.host) or self.host,
+            outcome, text("rule", e.rule), integer("uid", e.uid), text("user", e.user),
+            integer("gid", e.gid), integer("pid", e.pid), text("program", e.program), family,
+            text("local_addr", e.local_addr), integer("local_port", e.local_port, 0, 65535),
+            text("remote_addr", e.remote_addr), integer("remote_port", e.remote_port, 0, 65535),
+            dump_extra(e.extra), text("ident", e.ident),
+        ]
+
+    def record(self, type: EntryType | str, **fields: Any) -> int:
+        """Append one of sockgate's own (SG) records; fields that are not Entry fields
+        go to `extra`. Returns its seq."""
+        etype = EntryType(type)
+        base = {k: v for k, v in fields.items() if k in _ENTRY_FIELDS and k not in ("code", "type", "seq")}
+        extra = dict(base.pop("extra", None) or {})
+        extra.update({k: v for k, v in fields.items() if k not in _ENTRY_FIELDS})
+        base.setdefault("ts_ns", time.time_ns())
+        base.setdefault("source", Source.SOCKGATE)
+        e = Entry(code=Code.SOCKGATE, type=etype, extra=extra, **base)
+        return self.append([e])
+
+    def _maybe_seal(self) -> None:
+        unsealed = self._head_seq - self._sealed_seq
+        if unsealed >= self.seal_every or (
+            unsealed and time.monotonic() - self._last_seal_time >= self.seal_interval
+        ):
+            self.seal()
+
+    def seal(self) -> None:
+        """Seal the chain head with the current key, then evolve the key one way."""
+        self._check_writer()
+        with self._lock:
+            if self._head_seq == self._sealed_seq or self._head_seq == 0:
+                return
+            assert self._key is not None
+            cur = self._current()
+            if self._head_seq < cur.first_seq:
+                return  # nothing in the current receiver (its predecessor was sealed at rotate)
+            ts = time.time_ns()
+            epoch = self._key.epoch
+            mac = sealing.seal_mac(self._key.key, self.id, epoch, self._head_seq, self._head_hash, ts)
+            cur.insert([], seal=(epoch, self._head_seq, self._head_hash, ts, mac))
+            self._evolve_key()
+            self._sealed_seq = self._head_seq
+            self._last_seal_time = time.monotonic()
+
+    def _evolve_key(self) -> None:
+        assert self._key is not None
+        self._key = sealing.SealKey(self.id, self._key.epoch + 1, sealing.evolve(self._key.key))
+        sealing.write_seal_key(self.directory / KEY_FILE, self._key)
+
+    def rotate(self) -> str:
+        """Detach the current receiver (sealed) and attach a new one. Returns its name."""
+        self._check_writer()
+        with self._lock:
+            old = self._current()
+            name = receiver_name(old.number + 1)
+            self.record(EntryType.ROTATE, receiver=name, previous=old.name)
+            self.seal()
+            old.set_meta(state="detached", writer="closed", last_seq=str(self._head_seq))
+            new = self._attach(old.number + 1, self._head_seq + 1, self._head_hash)
+            new.set_meta(writer="open")
+            return new.name
+
+    def retain(self, *, max_age: float | None = None, max_size: int | None = None,
+               now: float | None = None) -> list[str]:
+        """Delete whole detached receivers, oldest first, while the oldest is entirely
+        older than max_age seconds or the journal is larger than max_size bytes. The cut
+        is declared first in a sealed CUT record, so verify accepts it. Returns names."""
+        self._check_writer()
+        now = time.time() if now is None else now
+        with self._lock:
+            receivers = self._ordered()
+            total = sum(r.size() for r in receivers)
+            doomed: list[Receiver] = []
+            for r in receivers[:-1]:   # never the attached one
+                span = r.time_span()
+                too_old = max_age is not None and (span is None or span[1] < (now - max_age) * 1e9)
+                too_big = max_size is not None and total > max_size
+                if not (too_old or too_big):
+                    break
+                doomed.append(r)
+                total -= r.size()
+            if not doomed:
+                return []
+            after = receivers[len(doomed)]
+            through = after.first_seq - 1
+            self.record(EntryType.CUT, receivers=[r.name for r in doomed], through_seq=through,
+                        hash=after.prev_hash.hex(), max_age=max_age, max_size=max_size)
+            self.seal()
+            names = []
+            for r in doomed:
+                self._receivers.pop(r.number).close()
+                for suffix in ("", "-wal", "-shm"):
+                    try:
+                        os.unlink(str(r.path) + suffix)
+                    except FileNotFoundError:
+                        pass
+                names.append(r.name)
+            fsync_dir(self.directory)
+            return names
+
+    # -- reading ------------------------------------------------------------------------
+
+    def entries(self, after_seq: int = 0, *, filter: Filter | None = None, page: int = 1000) -> Iterator[Entry]:
+        """Entries with seq > after_seq matching filter, ascending seq across receivers.
+        Reads in pages, so a long iteration never holds a read transaction open."""
+        where, params = (filter or Filter()).where()
+        with self._lock:
+            if self.readonly:
+                self._refresh()
+            receivers = self._ordered()
+        for i, r in enumerate(receivers):
+            nxt = receivers[i + 1].first_seq if i + 1 < len(receivers) else None
+            if nxt is not None and nxt - 1 <= after_seq:
+                continue
+            last = after_seq
+            while True:
+                try:
+                    rows = r.execute(f"{_SELECT} WHERE seq > ? AND {where} ORDER BY seq LIMIT ?",
+                                     [last, *params, page]).fetchall()
+                except JournalError:
+                    if not r.path.exists():
+                        break   # deleted by retention while we read
+                    raise
+                for row in rows:
+                    yield _to_entry(row, r)
+                if len(rows) < page:
+                    break
+                last = rows[-1][0]
+            after_seq = max(after_seq, last)
+
+    def count(self, filter: Filter | None = None) -> int:
+        where, params = (filter or Filter()).where()
+        return sum(r.execute(f"SELECT count(*) FROM entry WHERE {where}", params).fetchone()[0]
+                   for r in self.receivers)
+
+    def top(self, field: str, filter: Filter | None = None, n: int = 10) -> list[tuple[Any, int]]:
+        """The n most frequent values of one field among matching entries (merged over
+        receivers). For addresses this groups on the indexed sort key."""
+        allowed = {"remote_addr", "local_addr", "user", "program", "rule", "remote_port",
+                   "local_port", "host", "type", "outcome"}
+        if field not in allowed:
+            raise JournalError(f"cannot group by {field!r} (one of: {', '.join(sorted(allowed))})")
+        where, params = (filter or Filter()).where()
+        key = {"remote_addr": "remote_key", "local_addr": "local_key"}.get(field, field)
+        counts: dict[Any, list] = {}
+        for r in self.receivers:
+            q = (f"SELECT {key}, min({field}), count(*) FROM entry WHERE {where} "
+                 f"GROUP BY {key}")
+            for k, label, c in r.execute(q, params):
+                slot = counts.setdefault(k, [label, 0])
+                slot[1] += c
+        ranked = sorted(counts.values(), key=lambda v: -v[1])
+        return [(label, c) for label, c in ranked[:n]]
+
+    # -- closing ------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Seal and mark the writer closed cleanly. Idempotent."""
+        if self._closed:
+            return
+        with self._lock:
+            try:
+                if not self.readonly and self._receivers:
+                    self.seal()
+                    self._current().set_meta(writer="closed")
+            finally:
+                self._closed = True
+                self._release()
+
+    def _release(self) -> None:
+        for r in self._receivers.values():
+            r.close()
+        self._receivers.clear()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def __enter__(self) -> "Journal":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _to_entry(row: tuple, r: Receiver) -> Entry:
+    try:
+        return row_to_entry(row)
+    except (ValueError, TypeError, KeyError) as e:
+        raise JournalError(f"{r.path}: damaged entry at seq {row[0]}: {e}") from None
+

@@ -1,0 +1,253 @@
+"""Filters for show/export/monitor replay, and parsing of times, durations and sizes.
+
+A Filter becomes one SQL WHERE clause over a receiver (so the indexes do the work) and can
+also test an Entry already in hand (`matches`). Values inside one field are ORed, fields
+are ANDed, like policy rules. Times are UTC; an ISO time without a zone is taken as UTC.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import ipaddress
+import re
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Iterable
+
+from sockgate.errors import UsageError
+from sockgate.journal.entry import Entry, EntryType, Outcome, Source
+from sockgate.journal.store import addr_key, net_range
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$", re.I)
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.I)
+
+
+def parse_duration(text: str) -> float:
+    """'90s', '30m', '1h', '7d', '2w' -> seconds."""
+    m = _DURATION_RE.match(str(text))
+    if not m:
+        raise UsageError(f"bad duration {text!r} (use e.g. 90s, 30m, 1h, 7d, 2w)")
+    return float(m.group(1)) * _UNITS[m.group(2).lower()]
+
+
+def parse_size(text: str) -> int:
+    """'500M', '10G', '1.5T', '4096' -> bytes (powers of 1024)."""
+    m = _SIZE_RE.match(str(text))
+    if not m:
+        raise UsageError(f"bad size {text!r} (use e.g. 500M, 10G)")
+    return int(float(m.group(1)) * 1024 ** "bkmgt".index((m.group(2) or "b").lower()))
+
+
+def parse_time(text: str, now: float | None = None) -> int:
+    """A point in time -> ns since the epoch. Accepts a duration meaning 'that long ago'
+    ('1h', '7d'), 'now', 'today', or an ISO 8601 date/time (no zone = UTC)."""
+    now = time.time() if now is None else now
+    t = str(text).strip()
+    if t == "now":
+        return int(now * 1e9)
+    if t == "today":
+        d = datetime.fromtimestamp(now, timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+        return int(d.timestamp()) * 1_000_000_000
+    if _DURATION_RE.match(t):
+        return int((now - parse_duration(t)) * 1e9)
+    try:
+        dt = datetime.fromisoformat(t.replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(f"bad time {text!r} (use e.g. 1h, 7d, now, today, 2026-05-01, 2026-05-01T12:00:00Z)") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return int(dt.timestamp()) * 1_000_000_000 + dt.microsecond * 1000
+
+
+def format_ts(ts_ns: int) -> str:
+    """RFC 3339 UTC with microseconds (what export and show print)."""
+    dt = datetime.fromtimestamp(ts_ns // 1_000_000_000, timezone.utc)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S") + f".{(ts_ns // 1000) % 1_000_000:06d}Z"
+
+
+def parse_network(text: str) -> Network:
+    try:
+        return ipaddress.ip_network(text.strip(), strict=False)
+    except ValueError:
+        raise UsageError(f"bad address or CIDR {text!r}") from None
+
+
+def parse_ports(text: str) -> tuple[int, int]:
+    """'22' or '1024-65535' -> inclusive range."""
+    try:
+        lo, _, hi = str(text).strip().partition("-")
+        a, b = int(lo), int(hi or lo)
+    except ValueError:
+        raise UsageError(f"bad port or range {text!r}") from None
+    if not (0 <= a <= b <= 65535):
+        raise UsageError(f"bad port or range {text!r}")
+    return a, b
+
+
+def _enum_values(kind: type, values: Iterable[Any], what: str) -> tuple[str, ...]:
+    out = []
+    for v in values:
+        try:
+            out.append(kind(v.value if hasattr(v, "value") else v).value)
+        except ValueError:
+            try:
+                out.append(kind[str(v).upper().replace("-", "_")].value)
+            except KeyError:
+                choices = ", ".join(m.value for m in kind)
+                raise UsageError(f"bad {what} {v!r} (one of: {choices})") from None
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class Filter:
+    """What show/export/replay select. Empty fields match everything."""
+
+    types: tuple[str, ...] = ()          # EntryType values: A C L ... or policy/gap/...
+    outcomes: tuple[str, ...] = ()       # allowed, rejected, audit-rejected, failed
+    users: tuple[str, ...] = ()          # names, or uids as digits
+    programs: tuple[str, ...] = ()       # paths; shell wildcards allowed (*, ?)
+    rules: tuple[str, ...] = ()
+    hosts: tuple[str, ...] = ()
+    sources: tuple[str, ...] = ()        # kernel, ibmi, sockgate
+    local: tuple[Network, ...] = ()      # CIDRs
+    remote: tuple[Network, ...] = ()
+    ports: tuple[tuple[int, int], ...] = ()         # local or remote port in range
+    local_ports: tuple[tuple[int, int], ...] = ()
+    remote_ports: tuple[tuple[int, int], ...] = ()
+    since_ns: int | None = None          # inclusive
+    until_ns: int | None = None          # exclusive
+    from_seq: int | None = None          # inclusive
+    to_seq: int | None = None            # inclusive
+
+    @classmethod
+    def build(cls, *, types=(), outcomes=(), users=(), programs=(), rules=(), hosts=(), sources=(),
+              local=(), remote=(), ports=(), local_ports=(), remote_ports=(),
+              since=None, until=None, from_seq=None, to_seq=None, now: float | None = None) -> "Filter":
+        """From user text (CLI options, monitor config): validates and converts."""
+        return cls(
+            types=_enum_values(EntryType, types, "entry type"),
+            outcomes=_enum_values(Outcome, outcomes, "outcome"),
+            users=tuple(str(u) for u in users), programs=tuple(programs), rules=tuple(rules),
+            hosts=tuple(hosts), sources=_enum_values(Source, sources, "source"),
+            local=tuple(n if not isinstance(n, str) else parse_network(n) for n in local),
+            remote=tuple(n if not isinstance(n, str) else parse_network(n) for n in remote),
+            ports=tuple(parse_ports(p) for p in ports),
+            local_ports=tuple(parse_ports(p) for p in local_ports),
+            remote_ports=tuple(parse_ports(p) for p in remote_ports),
+            since_ns=None if since is None else (since if isinstance(since, int) else parse_time(since, now)),
+            until_ns=None if until is None else (until if isinstance(until, int) else parse_time(until, now)),
+            from_seq=from_seq, to_seq=to_seq,
+        )
+
+    # -- SQL ------------------------------------------------------------------------------
+
+    def where(self) -> tuple[str, list[Any]]:
+        """(' AND '-joined SQL condition or '1', parameters)."""
+        conds: list[str] = []
+        params: list[Any] = []
+
+        def any_of(column: str, values: tuple[str, ...]) -> None:
+            if values:
+                conds.append(f"{column} IN ({','.join('?' * len(values))})")
+                params.extend(values)
+
+        any_of("type", self.types)
+        any_of("outcome", self.outcomes)
+        any_of("rule", self.rules)
+        any_of("host", self.hosts)
+        any_of("source", self.sources)
+        if self.users:
+            names = [u for u in self.users if not u.isdigit()]
+            uids = [int(u) for u in self.users if u.isdigit()]
+            parts = []
+            if names:
+                parts.append(f"user IN ({','.join('?' * len(names))})")
+                params.extend(names)
+            if uids:
+                parts.append(f"uid IN ({','.join('?' * len(uids))})")
+                params.extend(uids)
+            conds.append("(" + " OR ".join(parts) + ")")
+        if self.programs:
+            parts = []
+            for p in self.programs:
+                parts.append("program GLOB ?" if any(c in p for c in "*?[") else "program = ?")
+                params.append(p)
+            conds.append("(" + " OR ".join(parts) + ")")
+        for column, nets in (("local_key", self.local), ("remote_key", self.remote)):
+            if nets:
+                parts = []
+                for net in nets:
+                    lo, hi = net_range(net)
+                    parts.append(f"{column} BETWEEN ? AND ?")
+                    params.extend((lo, hi))
+                conds.append("(" + " OR ".join(parts) + ")")
+        for columns, ranges in ((("local_port", "remote_port"), self.ports),
+                                (("local_port",), self.local_ports),
+                                (("remote_port",), self.remote_ports)):
+            if ranges:
+                parts = []
+                for col in columns:
+                    for lo, hi in ranges:
+                        parts.append(f"{col} BETWEEN ? AND ?")
+                        params.extend((lo, hi))
+                conds.append("(" + " OR ".join(parts) + ")")
+        if self.since_ns is not None:
+            conds.append("ts_ns >= ?")
+            params.append(self.since_ns)
+        if self.until_ns is not None:
+            conds.append("ts_ns < ?")
+            params.append(self.until_ns)
+        if self.from_seq is not None:
+            conds.append("seq >= ?")
+            params.append(self.from_seq)
+        if self.to_seq is not None:
+            conds.append("seq <= ?")
+            params.append(self.to_seq)
+        return (" AND ".join(conds) or "1"), params
+
+    # -- in Python ------------------------------------------------------------------------
+
+    def matches(self, e: Entry) -> bool:
+        def val(x: Any) -> Any:
+            return x.value if hasattr(x, "value") else x
+
+        if self.types and val(e.type) not in self.types:
+            return False
+        if self.outcomes and val(e.outcome) not in self.outcomes:
+            return False
+        if self.rules and e.rule not in self.rules:
+            return False
+        if self.hosts and e.host not in self.hosts:
+            return False
+        if self.sources and val(e.source) not in self.sources:
+            return False
+        if self.users and not any(
+            (u.isdigit() and e.uid == int(u)) or (not u.isdigit() and e.user == u) for u in self.users
+        ):
+            return False
+        if self.programs and not (e.program and any(fnmatch.fnmatchcase(e.program, p) for p in self.programs)):
+            return False
+        for addr, nets in ((e.local_addr, self.local), (e.remote_addr, self.remote)):
+            if nets:
+                k = addr_key(addr)
+                if k is None or not any(lo <= k <= hi for lo, hi in map(net_range, nets)):
+                    return False
+        for ports, ranges in (((e.local_port, e.remote_port), self.ports),
+                              ((e.local_port,), self.local_ports),
+                              ((e.remote_port,), self.remote_ports)):
+            if ranges and not any(p is not None and lo <= p <= hi for p in ports for lo, hi in ranges):
+                return False
+        if self.since_ns is not None and e.ts_ns < self.since_ns:
+            return False
+        if self.until_ns is not None and e.ts_ns >= self.until_ns:
+            return False
+        if e.seq is not None:
+            if self.from_seq is not None and e.seq < self.from_seq:
+                return False
+            if self.to_seq is not None and e.seq > self.to_seq:
+                return False
+        return True

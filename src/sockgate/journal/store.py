@@ -1,0 +1,348 @@
+"""Receivers: the SQLite files a journal is made of.
+
+A journal directory holds `journal.json` (identity), `seal.key` (the evolving sealing key,
+see seal.py), a `lock` file (one writer at a time) and receivers `r000001.sgj`,
+`r000002.sgj`, ... Each receiver is one SQLite database in WAL mode holding a contiguous
+run of sequence numbers; its `meta` table names the journal it belongs to, its first
+sequence number and the chain hash just before it, so the chain can be checked even
+after retention deleted the receivers before it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+import sqlite3
+from pathlib import Path
+from typing import Any, Iterable
+
+from sockgate.errors import JournalError
+from sockgate.journal.entry import Code, Entry, EntryType, Outcome, Source
+
+FORMAT = "sockgate-journal"
+FORMAT_VERSION = 1
+META_FILE = "journal.json"
+KEY_FILE = "seal.key"
+LOCK_FILE = "lock"
+VERIFY_KEY_FILE = "verification.key"
+RECEIVER_RE = re.compile(r"^r(\d{6})\.sgj$")
+# SQLite side files of a receiver, and our own temporary files: tolerated in the directory.
+_SIDE_RE = re.compile(r"^r\d{6}\.sgj-(wal|shm|journal)$|^\.tmp-")
+_KNOWN = {META_FILE, KEY_FILE, LOCK_FILE, VERIFY_KEY_FILE}
+SQLITE_MAGIC = b"SQLite format 3\x00"
+ZERO_HASH = bytes(32)
+
+# Entry fields in their stored (and hashed) order. The chain hash of an entry covers
+# exactly these values as stored, so verify needs nothing but the row.
+FIELDS = (
+    "seq", "ts_ns", "code", "type", "source", "host", "outcome", "rule", "uid", "user",
+    "gid", "pid", "program", "family", "local_addr", "local_port", "remote_addr",
+    "remote_port", "extra", "ident",
+)
+# Columns written on insert: the hashed fields plus derived search keys and the hash.
+COLUMNS = FIELDS + ("local_key", "remote_key", "hash")
+
+SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE entry (
+    seq INTEGER PRIMARY KEY,
+    ts_ns INTEGER NOT NULL,
+    code TEXT NOT NULL, type TEXT NOT NULL, source TEXT NOT NULL, host TEXT NOT NULL,
+    outcome TEXT, rule TEXT, uid INTEGER, user TEXT, gid INTEGER, pid INTEGER,
+    program TEXT, family TEXT,
+    local_addr TEXT, local_port INTEGER, remote_addr TEXT, remote_port INTEGER,
+    extra TEXT NOT NULL, ident TEXT,
+    local_key BLOB, remote_key BLOB,   -- 16-byte sortable address (IPv4 as ::ffff:a.b.c.d)
+    hash BLOB NOT NULL                 -- sha256(previous hash || canonical(row))
+);
+-- time ranges (show --since/--until, retention)
+CREATE INDEX entry_ts ON entry (ts_ns);
+-- "rejections from 10.1.2.0/24 today" is one range scan; "top remotes by rejections"
+-- is a covering scan of one outcome prefix, already grouped by address.
+CREATE INDEX entry_outcome_remote ON entry (outcome, remote_key, ts_ns);
+CREATE INDEX entry_remote ON entry (remote_key, ts_ns);
+CREATE UNIQUE INDEX entry_ident ON entry (ident) WHERE ident IS NOT NULL;
+CREATE TABLE seal (
+    epoch INTEGER PRIMARY KEY,         -- i: the MAC uses key k_i (k_{i+1} = H(k_i))
+    seq INTEGER NOT NULL,              -- last entry covered
+    hash BLOB NOT NULL,                -- chain hash at seq
+    ts_ns INTEGER NOT NULL,
+    mac BLOB NOT NULL
+);
+"""
+
+
+def addr_key(addr: str | None) -> bytes | None:
+    """16 bytes that sort like the address; IPv4 is mapped into ::ffff:0:0/96."""
+    if not addr:
+        return None
+    try:
+        ip = ipaddress.ip_address(addr.split("%", 1)[0])
+    except ValueError:
+        return None
+    if ip.version == 4:
+        return b"\x00" * 10 + b"\xff\xff" + ip.packed
+    return ip.packed
+
+
+def net_range(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> tuple[bytes, bytes]:
+    lo, hi = addr_key(str(net.network_address)), addr_key(str(net.broadcast_address))
+    assert lo is not None and hi is not None
+    return lo, hi
+
+
+def canonical(values: Iterable[Any]) -> bytes:
+    """The bytes an entry's chain hash covers: its FIELDS values, as stored, in order."""
+    return json.dumps(list(values), separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def dump_extra(extra: dict[str, Any] | None) -> str:
+    return json.dumps(extra or {}, separators=(",", ":"), sort_keys=True, ensure_ascii=False, default=str)
+
+
+def row_to_entry(row: sqlite3.Row | tuple) -> Entry:
+    """A stored row (FIELDS order) back into an Entry."""
+    d = dict(zip(FIELDS, row))
+    return Entry(
+        code=Code(d["code"]), type=EntryType(d["type"]), ts_ns=d["ts_ns"],
+        source=Source(d["source"]), host=d["host"],
+        outcome=Outcome(d["outcome"]) if d["outcome"] is not None else None,
+        rule=d["rule"], uid=d["uid"], user=d["user"], gid=d["gid"], pid=d["pid"],
+        program=d["program"], family=d["family"], local_addr=d["local_addr"],
+        local_port=d["local_port"], remote_addr=d["remote_addr"], remote_port=d["remote_port"],
+        extra=json.loads(d["extra"]), ident=d["ident"], seq=d["seq"],
+    )
+
+
+def create_private_file(path: Path, data: bytes = b"", mode: int = 0o600) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def receiver_name(number: int) -> str:
+    return f"r{number:06d}.sgj"
+
+
+def scan_directory(directory: Path) -> list[tuple[int, Path]]:
+    """The receivers in a journal directory, oldest first. Anything we did not put
+    there is refused: an audit directory with foreign files in it is not trusted."""
+    receivers = []
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError as e:
+        raise JournalError(f"{directory}: cannot read journal directory: {e.strerror}") from None
+    for name in names:
+        m = RECEIVER_RE.match(name)
+        if m:
+            receivers.append((int(m.group(1)), directory / name))
+        elif name not in _KNOWN and not _SIDE_RE.match(name):
+            raise JournalError(
+                f"{directory}: unexpected file {name!r} in the journal directory "
+                "(not a receiver; move it elsewhere)"
+            )
+    return receivers
+
+
+class Receiver:
+    """One receiver file. The journal holds one per file; all SQL lives here."""
+
+    def __init__(self, path: Path, number: int, conn: sqlite3.Connection, meta: dict[str, str]):
+        self.path = path
+        self.number = number
+        self.conn = conn
+        self.meta = meta
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def first_seq(self) -> int:
+        return int(self.meta["first_seq"])
+
+    @property
+    def prev_hash(self) -> bytes:
+        return bytes.fromhex(self.meta["prev_hash"])
+
+    # -- opening ------------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, path: Path, number: int, journal_id: str, first_seq: int, prev_hash: bytes,
+               sync: str = "FULL") -> "Receiver":
+        create_private_file(path)
+        conn = _connect(path, readonly=False, sync=sync)
+        try:
+            conn.executescript(SCHEMA)
+            meta = {
+                "format": FORMAT, "version": str(FORMAT_VERSION), "journal": journal_id,
+                "receiver": str(number), "first_seq": str(first_seq),
+                "prev_hash": prev_hash.hex(), "state": "attached", "writer": "closed",
+            }
+            with conn:
+                conn.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
+        except sqlite3.Error as e:
+            conn.close()
+            raise JournalError(f"{path}: cannot create receiver: {e}") from None
+        fsync_dir(path.parent)
+        return cls(path, number, conn, meta)
+
+    @classmethod
+    def open(cls, path: Path, number: int, journal_id: str, *, readonly: bool,
+             sync: str = "FULL") -> "Receiver":
+        try:
+            with open(path, "rb") as f:
+                magic = f.read(len(SQLITE_MAGIC))
+        except OSError as e:
+            raise JournalError(f"{path}: cannot read receiver: {e.strerror}") from None
+        if magic != SQLITE_MAGIC:
+            raise JournalError(f"{path}: not a journal receiver (not an SQLite file: corrupt or foreign)")
+        conn = _connect(path, readonly=readonly, sync=sync)
+        try:
+            meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+            conn.execute("SELECT seq FROM entry LIMIT 1").fetchall()
+            conn.execute("SELECT epoch FROM seal LIMIT 1").fetchall()
+        except sqlite3.Error as e:
+            conn.close()
+            raise JournalError(f"{path}: not a journal receiver ({e})") from None
+        problem = None
+        if meta.get("format") != FORMAT:
+            problem = "not a sockgate receiver"
+        elif meta.get("version") != str(FORMAT_VERSION):
+            problem = f"receiver format version {meta.get('version')} is not supported"
+        elif meta.get("journal") != journal_id:
+            problem = f"belongs to another journal ({meta.get('journal')})"
+        elif meta.get("receiver") != str(number):
+            problem = f"names itself receiver {meta.get('receiver')}, not {number} (renamed?)"
+        else:
+            try:
+                int(meta["first_seq"]), bytes.fromhex(meta["prev_hash"])
+            except (KeyError, ValueError):
+                problem = "damaged meta table"
+        if problem:
+            conn.close()
+            raise JournalError(f"{path}: {problem}")
+        return cls(path, number, conn, meta)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # -- reading ------------------------------------------------------------------------
+
+    def head(self) -> tuple[int, bytes]:
+        """(last seq, its chain hash), or (first_seq - 1, prev_hash) when empty."""
+        row = self.execute("SELECT seq, hash FROM entry ORDER BY seq DESC LIMIT 1").fetchone()
+        if row is None:
+            return self.first_seq - 1, self.prev_hash
+        return row[0], bytes(row[1])
+
+    def last_seal(self) -> tuple[int, int, int] | None:
+        """(epoch, seq, ts_ns) of the newest seal in this receiver."""
+        row = self.execute("SELECT epoch, seq, ts_ns FROM seal ORDER BY epoch DESC LIMIT 1").fetchone()
+        return tuple(row) if row else None  # type: ignore[return-value]
+
+    def time_span(self) -> tuple[int, int] | None:
+        row = self.execute("SELECT min(ts_ns), max(ts_ns) FROM entry").fetchone()
+        return None if row[0] is None else (row[0], row[1])
+
+    def size(self) -> int:
+        total = 0
+        for suffix in ("", "-wal"):
+            try:
+                total += os.stat(str(self.path) + suffix).st_size
+            except FileNotFoundError:
+                pass
+        return total
+
+    def known_idents(self, idents: list[str]) -> set[str]:
+        found: set[str] = set()
+        for i in range(0, len(idents), 500):
+            part = idents[i:i + 500]
+            q = f"SELECT ident FROM entry WHERE ident IN ({','.join('?' * len(part))})"
+            found.update(r[0] for r in self.execute(q, part))
+        return found
+
+    def execute(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Cursor:
+        try:
+            return self.conn.execute(sql, tuple(params))
+        except sqlite3.DatabaseError as e:
+            raise JournalError(f"{self.path}: {e}") from None
+
+    # -- writing ------------------------------------------------------------------------
+
+    def set_meta(self, **values: str) -> None:
+        self.execute("BEGIN IMMEDIATE")
+        try:
+            self.conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", values.items())
+            self.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
+        self.meta.update(values)
+
+    def insert(self, rows: list[tuple], seal: tuple | None = None) -> None:
+        """Insert rows (COLUMNS order) and optionally one seal row, in one transaction."""
+        placeholders = ",".join("?" * len(COLUMNS))
+        self.execute("BEGIN IMMEDIATE")
+        try:
+            self.conn.executemany(f"INSERT INTO entry ({','.join(COLUMNS)}) VALUES ({placeholders})", rows)
+            if seal is not None:
+                self.conn.execute("INSERT INTO seal VALUES (?, ?, ?, ?, ?)", seal)
+            self.conn.execute("COMMIT")
+        except sqlite3.DatabaseError as e:
+            self._rollback()
+            raise JournalError(f"{self.path}: write failed: {e}") from None
+        except BaseException:
+            self._rollback()
+            raise
+
+    def _rollback(self) -> None:
+        try:
+            self.conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+
+
+def _connect(path: Path, *, readonly: bool, sync: str) -> sqlite3.Connection:
+    try:
+        if readonly:
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None,
+                                   check_same_thread=False, timeout=10)
+        else:
+            conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=10)
+            conn.execute("PRAGMA journal_mode=WAL")
+            # FULL: a commit is on disk when append() returns, and a seal row is never
+            # behind the key file that already evolved past it.
+            conn.execute(f"PRAGMA synchronous={sync}")
+        conn.execute("PRAGMA busy_timeout=10000")
+        return conn
+    except sqlite3.DatabaseError as e:
+        raise JournalError(f"{path}: cannot open receiver: {e}") from None
+
+
+def read_journal_meta(directory: Path) -> dict[str, Any]:
+    path = directory / META_FILE
+    try:
+        meta = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise JournalError(f"{directory}: not a sockgate journal (no {META_FILE})") from None
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        raise JournalError(f"{path}: unreadable or corrupt: {e}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(meta.get("id"), str):
+        raise JournalError(f"{path}: not a sockgate journal")
+    if meta.get("version") != FORMAT_VERSION:
+        raise JournalError(f"{path}: journal format version {meta.get('version')} is not supported")
+    return meta
