@@ -478,7 +478,8 @@ def _lists(value: Any, ctx: _Ctx) -> _Lists:
                 ctx.err(line, f"lists.{name}: {_q(item)}: a list cannot refer to another list")
                 continue
             good.append(item)
-        out.values[name] = good
+        if len(good) == len(_as_list(items)):
+            out.values[name] = good  # a list with a bad value is reported here, not at each use
     return out
 
 

@@ -1,0 +1,303 @@
+"""`sockgate policy check` and `sockgate policy explain` (printing only; the work is in
+sockgate.policy.parse and sockgate.policy.evaluate)."""
+
+from __future__ import annotations
+
+import grp
+import ipaddress
+import json
+import os
+import pwd
+import sys
+
+import click
+
+from sockgate.cli.options import json_option
+from sockgate.errors import PolicyErrors
+from sockgate.policy.model import Exit, Outcome, Policy
+from sockgate.policy.parse import load_policy, parse_policy
+
+EXIT_CHOICES = [e.label for e in Exit]
+
+
+@click.group("policy")
+def group() -> None:
+    """Check a policy file, or ask what it decides for one socket call."""
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(group)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _load(file: str) -> Policy:
+    if file == "-":
+        return parse_policy(sys.stdin.buffer.read(), "<stdin>")
+    return load_policy(file)
+
+
+def _digest_of(file: str) -> str | None:
+    if file == "-":
+        return None
+    try:
+        import hashlib
+
+        with open(file, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+    except OSError:
+        return None
+
+
+def _error_dicts(errors: PolicyErrors) -> list[dict]:
+    return [{"file": e.file, "line": e.line, "message": e.message} for e in errors.errors]
+
+
+def _print_errors(errors: PolicyErrors) -> None:
+    for e in errors.errors:
+        click.echo(str(e), err=True)
+
+
+def _arrow(right: bool = True) -> str:
+    enc = (getattr(sys.stdout, "encoding", None) or "ascii").lower()
+    try:
+        "→←".encode(enc)
+    except (UnicodeEncodeError, LookupError):
+        return "->" if right else "<-"
+    return "→" if right else "←"
+
+
+def rules_per_exit(policy: Policy) -> dict[str, int]:
+    counts = {e.label: 0 for e in Exit}
+    for r in policy.rules:
+        for e in r.exits:
+            counts[e.label] += 1
+    return counts
+
+
+# --------------------------------------------------------------------------- check
+
+
+@group.command("check")
+@click.argument("file", type=click.Path(dir_okay=False, allow_dash=True))
+@json_option
+def check(file: str, as_json: bool) -> None:
+    """Validate FILE (a policy TOML file, or - for stdin); list every error as FILE:LINE: message.
+
+    Exit status 0 when the policy is valid, 1 when it is not.
+    """
+    try:
+        policy = _load(file)
+    except PolicyErrors as errs:
+        if as_json:
+            click.echo(json.dumps({"ok": False, "errors": _error_dicts(errs), "rules": 0,
+                                   "digest": _digest_of(file)}, indent=2))
+        else:
+            _print_errors(errs)
+            n = len(errs.errors)
+            click.echo(f"{file}: {n} error{'s' if n != 1 else ''}", err=True)
+        sys.exit(1)
+    counts = rules_per_exit(policy)
+    if as_json:
+        click.echo(json.dumps({
+            "ok": True,
+            "errors": [],
+            "rules": len(policy.rules),
+            "rules_per_exit": counts,
+            "mode": policy.mode.value,
+            "audit_levels": sorted(policy.audit_levels),
+            "defaults": {e.label: a.value for e, a in sorted(policy.defaults.items())},
+            "errno": policy.errno,
+            "digest": policy.digest,
+        }, indent=2))
+        return
+    n = len(policy.rules)
+    per = ", ".join(f"{k} {v}" for k, v in counts.items())
+    click.echo(f"{policy.source}: ok: {n} rule{'s' if n != 1 else ''} ({per}), "
+               f"mode {policy.mode.value}, sha256 {policy.digest}")
+
+
+# --------------------------------------------------------------------------- explain
+
+
+def _parse_id(value: str, kind: str) -> tuple[int, str | None]:
+    """A user or group given by name or number → (id, name or None)."""
+    v = value.strip()
+    if v.isascii() and v.isdigit():
+        n = int(v)
+        if n > 2**32 - 2:
+            raise click.BadParameter(f"{kind} id {v} out of range", param_hint=f"--{kind}")
+        try:
+            name = pwd.getpwuid(n).pw_name if kind == "user" else grp.getgrgid(n).gr_name
+        except (KeyError, OverflowError):
+            name = None
+        return n, name
+    try:
+        if kind == "user":
+            return pwd.getpwnam(v).pw_uid, v
+        return grp.getgrnam(v).gr_gid, v
+    except (KeyError, ValueError):
+        raise click.BadParameter(f"no such {kind} {v!r} on this host", param_hint=f"--{kind}") from None
+
+
+def parse_endpoint(text: str, option: str, allow_bare_port: bool) -> tuple[str, int]:
+    """ADDR:PORT, [V6]:PORT, a bare address (port 0), or a bare port / :PORT (wildcard address).
+
+    Returns (address, port) with a v4-mapped IPv6 address turned into its IPv4 form.
+    """
+    s = text.strip()
+
+    def bad(why: str) -> click.BadParameter:
+        return click.BadParameter(f"{text!r}: {why}", param_hint=option)
+
+    def port_of(p: str) -> int:
+        if not (p.isascii() and p.isdigit()) or int(p) > 65535:
+            raise bad("port must be 0-65535")
+        return int(p)
+
+    def addr_of(a: str) -> str:
+        try:
+            ip = ipaddress.ip_address(a)
+        except ValueError:
+            raise bad("not an IP address") from None
+        if ip.version == 6 and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return str(ip)
+
+    if not s:
+        raise bad("empty")
+    if s.startswith("["):
+        end = s.find("]")
+        if end < 0:
+            raise bad("missing ']'")
+        addr = addr_of(s[1:end])
+        rest = s[end + 1 :]
+        if not rest:
+            return addr, 0
+        if not rest.startswith(":"):
+            raise bad("expected :PORT after ']'")
+        return addr, port_of(rest[1:])
+    if s.startswith(":") and s.count(":") == 1 or (s.isascii() and s.isdigit()):
+        if not allow_bare_port:
+            raise bad("needs an address (ADDR:PORT, [V6]:PORT or ADDR)")
+        return "0.0.0.0", port_of(s.lstrip(":"))
+    if s.count(":") == 1:
+        a, p = s.split(":")
+        return addr_of(a), port_of(p)
+    return addr_of(s), 0  # bare v4 or v6 address
+
+
+def _endpoint_str(ep: tuple[str, int] | None) -> str:
+    if ep is None:
+        return "*"
+    addr, port = ep
+    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+
+
+def build_query(exit_name: str, user: str | None, groups: tuple[str, ...], program: str | None,
+                local: str | None, remote: str | None):
+    """CLI values → (evaluate.Query, a dict describing the caller for printing)."""
+    from sockgate.policy.evaluate import Query
+
+    exit_point = Exit.parse(exit_name)
+    uid, uname = _parse_id(user, "user") if user is not None else (0, "root")
+    gids: list[int] = []
+    if uname is not None:
+        try:
+            pw = pwd.getpwnam(uname)
+            gids.append(pw.pw_gid)
+            gids.extend(g for g in os.getgrouplist(uname, pw.pw_gid) if g != pw.pw_gid)
+        except (KeyError, OSError):
+            pass
+    for g in groups:
+        gid, _ = _parse_id(g, "group")
+        if gid not in gids:
+            gids.append(gid)
+    if program is not None and not program.startswith("/"):
+        raise click.BadParameter(f"{program!r}: give the executable's absolute path",
+                                 param_hint="--program")
+    local_ep = parse_endpoint(local, "--local", allow_bare_port=True) if local else None
+    remote_ep = parse_endpoint(remote, "--remote", allow_bare_port=False) if remote else None
+    query = Query(exit=exit_point, uid=uid, gids=tuple(gids), program=program,
+                  local=local_ep, remote=remote_ep)
+    return query, {"user": uname}
+
+
+def describe_call(query, user_name: str | None) -> str:
+    who = f"uid={query.uid}" + (f"({user_name})" if user_name else "")
+    if query.program:
+        who += f" program={query.program}"
+    if query.exit == Exit.CONNECT:
+        where = f"{_arrow()} {_endpoint_str(query.remote)}"
+    elif query.exit == Exit.LISTEN:
+        where = f"on {_endpoint_str(query.local)}"
+    else:
+        where = f"on {_endpoint_str(query.local)} {_arrow(False)} {_endpoint_str(query.remote)}"
+    return f"{query.exit.label} {who} {where}"
+
+
+def describe_decision(policy: Policy, query, decision) -> str:
+    verdict = decision.outcome.value.upper()
+    if decision.rule_index < 0:
+        how = f"by default ({query.exit.label} = {decision.action.value}"
+        how += f", mode {decision.mode.value})" if decision.outcome == Outcome.AUDIT_REJECTED else ")"
+        return f"{verdict} {how}"
+    where = f"{policy.source}:{decision.rule_line}" if decision.rule_line else policy.source
+    how = f'by rule "{decision.rule_name}" ({where}'
+    if decision.outcome == Outcome.AUDIT_REJECTED:
+        how += ", mode audit: journaled, not blocked"
+    return f"{verdict} {how})"
+
+
+@group.command("explain")
+@click.argument("file", type=click.Path(dir_okay=False, allow_dash=True))
+@click.argument("exit_name", metavar="EXIT", type=click.Choice(EXIT_CHOICES))
+@click.option("--user", "-u", help="Caller's user, name or uid (default root). Its groups come along.")
+@click.option("--group", "-g", "groups", multiple=True, help="An extra (supplementary) group, name or gid. Repeatable.")
+@click.option("--program", "-p", help="Absolute path of the caller's executable.")
+@click.option("--local", "-l", metavar="ADDR:PORT", help="Local endpoint (listen, accept): ADDR:PORT, [V6]:PORT, ADDR or :PORT.")
+@click.option("--remote", "-r", metavar="ADDR:PORT", help="Remote endpoint (connect, accept): ADDR:PORT, [V6]:PORT or ADDR.")
+@json_option
+def explain(file: str, exit_name: str, user: str | None, groups: tuple[str, ...], program: str | None,
+            local: str | None, remote: str | None, as_json: bool) -> None:
+    """Show what FILE decides for one socket call at exit point EXIT, and which rule decides it.
+
+    \b
+    Examples:
+      sockgate policy explain policy.toml connect --user www-data --remote 10.0.0.5:25
+      sockgate policy explain policy.toml listen --user nobody --local :80
+      sockgate policy explain policy.toml accept --local 0.0.0.0:22 --remote [2001:db8::1]:50000
+    """
+    try:
+        policy = _load(file)
+    except PolicyErrors as errs:
+        if as_json:
+            click.echo(json.dumps({"ok": False, "errors": _error_dicts(errs)}, indent=2))
+        else:
+            _print_errors(errs)
+        sys.exit(1)
+    from sockgate.policy.evaluate import explain as evaluate_explain
+
+    query, info = build_query(exit_name, user, groups, program, local, remote)
+    decision = evaluate_explain(policy, query)
+    if as_json:
+        click.echo(json.dumps({
+            "exit": query.exit.label,
+            "uid": query.uid,
+            "user": info["user"],
+            "gids": list(query.gids),
+            "program": query.program,
+            "local": None if query.local is None else {"address": query.local[0], "port": query.local[1]},
+            "remote": None if query.remote is None else {"address": query.remote[0], "port": query.remote[1]},
+            "outcome": decision.outcome.value,
+            "action": decision.action.value,
+            "mode": decision.mode.value,
+            "rule_index": decision.rule_index,
+            "rule_name": decision.rule_name,
+            "rule_line": decision.rule_line,
+            "file": policy.source,
+            "digest": policy.digest,
+        }, indent=2))
+        return
+    click.echo(f"{describe_call(query, info['user'])}: {describe_decision(policy, query, decision)}")
