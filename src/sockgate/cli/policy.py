@@ -13,7 +13,7 @@ import sys
 import click
 
 from sockgate.cli.options import json_option
-from sockgate.errors import PolicyErrors
+from sockgate.errors import PolicyError, PolicyErrors
 from sockgate.policy.model import Exit, Outcome, Policy
 from sockgate.policy.parse import load_policy, parse_policy
 
@@ -178,7 +178,7 @@ def parse_endpoint(text: str, option: str, allow_bare_port: bool) -> tuple[str, 
         if not rest.startswith(":"):
             raise bad("expected :PORT after ']'")
         return addr, port_of(rest[1:])
-    if s.startswith(":") and s.count(":") == 1 or (s.isascii() and s.isdigit()):
+    if (s.startswith(":") and s.count(":") == 1) or (s.isascii() and s.isdigit()):
         if not allow_bare_port:
             raise bad("needs an address (ADDR:PORT, [V6]:PORT or ADDR)")
         return "0.0.0.0", port_of(s.lstrip(":"))
@@ -280,7 +280,11 @@ def explain(file: str, exit_name: str, user: str | None, groups: tuple[str, ...]
     from sockgate.policy.evaluate import explain as evaluate_explain
 
     query, info = build_query(exit_name, user, groups, program, local, remote)
-    decision = evaluate_explain(policy, query)
+    try:
+        decision = evaluate_explain(policy, query)
+    except PolicyError as e:  # the compiler found something the parser could not (a program vanished)
+        click.echo(str(e), err=True)
+        sys.exit(1)
     if as_json:
         click.echo(json.dumps({
             "exit": query.exit.label,
