@@ -1,0 +1,167 @@
+"""Delivery channels. A channel turns one alert payload (a JSON-able dict, see
+sockgate.monitor.engine.Alert.payload) into one message on the wire.
+
+send() returns on success; raises ChannelError when the message should be retried later
+(server down, timeout, 5xx) and PermanentChannelError when retrying cannot help (the
+receiver rejected this message itself, e.g. HTTP 400): the outbox keeps such a message as
+dead, logs it, and moves on, so one poison message does not block a queue.
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any, Callable
+
+from sockgate.errors import ChannelError
+from sockgate.monitor.durations import NS, parse_duration
+
+
+class PermanentChannelError(ChannelError):
+    """The receiver refused this message for good (it is kept as dead, not retried)."""
+
+
+Check = Callable[[Any], str | None]   # returns an error message or None
+
+
+def _str(v: Any) -> str | None:
+    return None if isinstance(v, str) and v else "expected a non-empty string"
+
+
+def _bool(v: Any) -> str | None:
+    return None if isinstance(v, bool) else "expected true or false"
+
+
+def _dur(v: Any) -> str | None:
+    try:
+        return None if parse_duration(v) > 0 else "must be greater than zero"
+    except ValueError as e:
+        return str(e)
+
+
+def _port(v: Any) -> str | None:
+    return None if isinstance(v, int) and not isinstance(v, bool) and 0 < v < 65536 else "expected a port 1-65535"
+
+
+def _strlist(v: Any) -> str | None:
+    ok = isinstance(v, list) and v and all(isinstance(x, str) and x for x in v)
+    return None if ok else "expected a non-empty list of strings"
+
+
+def _strtable(v: Any) -> str | None:
+    ok = isinstance(v, dict) and all(isinstance(x, str) for x in v.values())
+    return None if ok else "expected a table of name = \"string\""
+
+
+def _choice(*choices: str) -> Check:
+    return lambda v: None if v in choices else f"one of {', '.join(choices)} (got {v!r})"
+
+
+COMMON: dict[str, Check] = {"retry_initial": _dur, "retry_max": _dur, "timeout": _dur}
+TLS: dict[str, Check] = {"ca_file": _str, "verify": _bool, "client_cert": _str, "client_key": _str}
+
+
+def _options(ctype: str) -> tuple[dict[str, Check], set[str]]:
+    """(option checks, required options) for a channel type."""
+    if ctype == "syslog":
+        from sockgate.monitor.channels.syslog import FACILITIES, check_url
+        return ({"url": check_url, "facility": _choice(*FACILITIES), "app_name": _str, "hostname": _str,
+                 "framing": _choice("octet-counting", "lf"), **TLS, **COMMON}, {"url"})
+    if ctype == "email":
+        return ({"host": _str, "port": _port, "tls": _choice("starttls", "ssl", "none"), "from": _str,
+                 "to": _strlist, "username": _str, "password_file": _str, "password_env": _str,
+                 "subject": _str, **TLS, **COMMON}, {"host", "from", "to"})
+    if ctype == "webhook":
+        from sockgate.monitor.channels.webhook import check_url
+        return ({"url": check_url, "format": _choice("json", "slack", "teams"), "headers": _strtable,
+                 **TLS, **COMMON}, {"url"})
+    if ctype == "command":
+        return ({"argv": _strlist, "env": _strtable, **COMMON}, {"argv"})
+    return {}, set()
+
+
+def validate_channel(ctype: str, opts: dict[str, Any]) -> list[tuple[str | None, str]]:
+    """Problems with a channel's options as (key or None, message)."""
+    checks, required = _options(ctype)
+    out: list[tuple[str | None, str]] = []
+    for k in sorted(required - set(opts)):
+        out.append((None, f"{k!r} is required for a {ctype} channel"))
+    for k, v in opts.items():
+        chk = checks.get(k)
+        if chk is None:
+            out.append((k, f"unknown option {k!r} for a {ctype} channel (known: type, {', '.join(sorted(checks))})"))
+            continue
+        msg = chk(v)
+        if msg:
+            out.append((k, f"{k}: {msg}"))
+    if ctype == "email" and "subject" in opts and isinstance(opts["subject"], str):
+        from sockgate.monitor.render import Template
+        for e in Template(opts["subject"]).errors:
+            out.append(("subject", f"subject: {e}"))
+    if ctype == "email" and ("password_file" in opts or "password_env" in opts) and "username" not in opts:
+        out.append((None, "a password is set but no username"))
+    if ("client_key" in opts) and ("client_cert" not in opts):
+        out.append(("client_key", "client_key needs client_cert"))
+    return out
+
+
+class Channel:
+    """Base: options common to every channel."""
+
+    def __init__(self, name: str, opts: dict[str, Any]):
+        self.name = name
+        self.opts = opts
+        self.timeout = parse_duration(opts.get("timeout", "10s")) / NS
+        self.retry_initial_ns = parse_duration(opts.get("retry_initial", "2s"))
+        self.retry_max_ns = parse_duration(opts.get("retry_max", "5m"))
+
+    def backoff_ns(self, attempts: int) -> int:
+        """Delay before the next try after `attempts` failures: doubling, capped."""
+        return min(self.retry_max_ns, self.retry_initial_ns * (2 ** min(attempts - 1, 40)))
+
+    def send(self, alert: dict[str, Any]) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def ssl_context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=self.opts.get("ca_file"))
+        if self.opts.get("verify", True) is False:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        if self.opts.get("client_cert"):
+            ctx.load_cert_chain(self.opts["client_cert"], self.opts.get("client_key"))
+        return ctx
+
+
+def make_channel(name: str, ctype: str, opts: dict[str, Any]) -> Channel:
+    if ctype == "syslog":
+        from sockgate.monitor.channels.syslog import SyslogChannel
+        return SyslogChannel(name, opts)
+    if ctype == "email":
+        from sockgate.monitor.channels.email import EmailChannel
+        return EmailChannel(name, opts)
+    if ctype == "webhook":
+        from sockgate.monitor.channels.webhook import WebhookChannel
+        return WebhookChannel(name, opts)
+    if ctype == "command":
+        from sockgate.monitor.channels.command import CommandChannel
+        return CommandChannel(name, opts)
+    raise ValueError(f"unknown channel type {ctype!r}")
+
+
+def summary_lines(alert: dict[str, Any]) -> list[tuple[str, str]]:
+    """(label, value) pairs describing an alert, for human-facing channels."""
+    e = alert.get("entry") or {}
+    rows = [("Alert", alert["alert"]), ("Severity", alert["severity"]), ("Kind", alert["kind"]),
+            ("Count", str(alert["count"])), ("First", alert["first_time"]), ("Last", alert["last_time"])]
+    if alert.get("group"):
+        rows.append(("Group", ", ".join(f"{k}={v}" for k, v in alert["group"].items())))
+    for k in ("seq", "code", "type", "outcome", "rule", "user", "uid", "program", "pid", "local_addr",
+              "local_port", "remote_addr", "remote_port", "host", "source"):
+        if e.get(k) is not None:
+            rows.append((k, str(e[k])))
+    for k, v in sorted((e.get("extra") or {}).items()):
+        rows.append((f"extra.{k}", str(v)))
+    rows.append(("Id", alert["id"]))
+    return rows

@@ -1,0 +1,103 @@
+"""SMTP email (smtplib): plain, STARTTLS or implicit TLS, optional AUTH.
+
+One message per alert. The Message-ID is derived from the alert id, so a message sent
+twice (the server accepted it but the monitor died before recording that) can be
+recognised as the same message by the receiving side.
+"""
+
+from __future__ import annotations
+
+import os
+import smtplib
+import socket
+from email.message import EmailMessage
+from email.utils import formatdate
+from typing import Any
+
+from sockgate.errors import ChannelError
+from sockgate.monitor.channels import Channel, PermanentChannelError, summary_lines
+
+DEFAULT_SUBJECT = "[sockgate] {severity}: {alert} on {host}"
+
+
+def _subject(template: str, alert: dict[str, Any]) -> str:
+    e = alert.get("entry") or {}
+    values = {"alert": alert["alert"], "severity": alert["severity"], "kind": alert["kind"],
+              "count": alert["count"], "host": e.get("host") or alert.get("monitor_host") or "-",
+              "message": alert["message"]}
+    out = template
+    for k, v in values.items():
+        out = out.replace("{" + k + "}", str(v))
+    for k, v in e.items():
+        if isinstance(v, (str, int)) and ("{" + k + "}") in out:
+            out = out.replace("{" + k + "}", str(v))
+    return out.replace("\n", " ")[:200]
+
+
+def build_message(alert: dict[str, Any], sender: str, to: list[str], subject: str = DEFAULT_SUBJECT) -> EmailMessage:
+    msg = EmailMessage()
+    msg["From"] = sender
+    msg["To"] = ", ".join(to)
+    subj = _subject(subject, alert)
+    if alert.get("repeat"):
+        subj = f"{subj} (repeated {alert['count']}x)"
+    msg["Subject"] = subj
+    msg["Date"] = formatdate(localtime=False)
+    msg["Message-ID"] = f"<{alert['id'].replace('/', '.').replace(':', '.')}@sockgate>"
+    msg["X-Sockgate-Alert-Id"] = alert["id"]
+    msg["X-Sockgate-Severity"] = alert["severity"]
+    width = max(len(k) for k, _ in summary_lines(alert))
+    body = alert["message"] + "\n\n" + "\n".join(f"{k.ljust(width)}  {v}" for k, v in summary_lines(alert)) + "\n"
+    msg.set_content(body)
+    return msg
+
+
+class EmailChannel(Channel):
+    def __init__(self, name: str, opts: dict[str, Any]):
+        super().__init__(name, opts)
+        self.tls = opts.get("tls", "starttls")
+        self.host = opts["host"]
+        self.port = opts.get("port", {"ssl": 465, "starttls": 587, "none": 25}[self.tls])
+
+    def _password(self) -> str | None:
+        if "password_file" in self.opts:
+            try:
+                with open(self.opts["password_file"], encoding="utf-8") as f:
+                    return f.read().strip()
+            except OSError as e:
+                raise ChannelError(f"email: password_file {self.opts['password_file']}: {e.strerror}") from None
+        if "password_env" in self.opts:
+            pw = os.environ.get(self.opts["password_env"])
+            if pw is None:
+                raise ChannelError(f"email: environment variable {self.opts['password_env']} is not set")
+            return pw
+        return None
+
+    def send(self, alert: dict[str, Any]) -> None:
+        msg = build_message(alert, self.opts["from"], self.opts["to"], self.opts.get("subject", DEFAULT_SUBJECT))
+        where = f"email smtp://{self.host}:{self.port}"
+        try:
+            if self.tls == "ssl":
+                smtp: smtplib.SMTP = smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout,
+                                                      context=self.ssl_context())
+            else:
+                smtp = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
+            with smtp:
+                smtp.ehlo()
+                if self.tls == "starttls":
+                    smtp.starttls(context=self.ssl_context())
+                    smtp.ehlo()
+                if self.opts.get("username"):
+                    smtp.login(self.opts["username"], self._password() or "")
+                refused = smtp.send_message(msg)
+                if refused:
+                    raise PermanentChannelError(f"{where}: recipients refused: {', '.join(refused)}")
+        except smtplib.SMTPAuthenticationError as e:
+            raise ChannelError(f"{where}: authentication failed ({e.smtp_code})") from None
+        except smtplib.SMTPRecipientsRefused as e:
+            raise PermanentChannelError(f"{where}: recipients refused: {', '.join(e.recipients)}") from None
+        except smtplib.SMTPResponseException as e:
+            err = PermanentChannelError if 500 <= e.smtp_code < 600 and e.smtp_code not in (530, 535) else ChannelError
+            raise err(f"{where}: {e.smtp_code} {e.smtp_error!r}") from None
+        except (smtplib.SMTPException, OSError, socket.timeout) as e:
+            raise ChannelError(f"{where}: {e}") from None

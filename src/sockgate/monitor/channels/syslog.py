@@ -1,0 +1,130 @@
+"""Syslog, RFC 5424 messages over UDP (RFC 5426), TCP (RFC 6587) or TLS (RFC 5425).
+
+TCP and TLS use octet-counting framing ("LEN SP MSG") by default; `framing = "lf"` sends
+newline-terminated messages for receivers that only do that. Each delivery opens a
+connection, writes, half-closes and waits for the receiver to close: a receiver that died
+makes the send fail (and the alert is retried) instead of vanishing in a socket buffer.
+UDP has no acknowledgement at all: a datagram the network drops is lost (use TCP or TLS
+for alerts you cannot lose).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+from typing import Any
+from urllib.parse import urlsplit
+
+from sockgate.errors import ChannelError
+from sockgate.monitor.channels import Channel
+from sockgate.monitor.rules import SEVERITIES
+
+FACILITIES = {
+    "kern": 0, "user": 1, "mail": 2, "daemon": 3, "auth": 4, "syslog": 5, "lpr": 6, "news": 7,
+    "uucp": 8, "cron": 9, "authpriv": 10, "ftp": 11, "ntp": 12, "security": 13, "console": 14,
+    "local0": 16, "local1": 17, "local2": 18, "local3": 19, "local4": 20, "local5": 21,
+    "local6": 22, "local7": 23,
+}
+DEFAULT_PORTS = {"udp": 514, "tcp": 514, "tls": 6514}
+SD_ID = "sockgate@32473"   # 32473: the example private enterprise number (RFC 5612)
+
+
+def check_url(v: Any) -> str | None:
+    if not isinstance(v, str):
+        return "expected a URL such as \"udp://127.0.0.1:514\", \"tcp://host:514\" or \"tls://host:6514\""
+    try:
+        u = urlsplit(v)
+        u.port  # noqa: B018 - validates the port
+    except ValueError as e:
+        return f"bad URL {v!r}: {e}"
+    if u.scheme not in DEFAULT_PORTS or not u.hostname:
+        return f"bad URL {v!r} (use udp://HOST[:PORT], tcp://HOST[:PORT] or tls://HOST[:PORT])"
+    return None
+
+
+def _header_token(s: str, limit: int) -> str:
+    """PRINTUSASCII without spaces, as RFC 5424 requires for header fields; "-" if empty."""
+    out = "".join(c if 33 <= ord(c) <= 126 else "_" for c in s)[:limit]
+    return out or "-"
+
+
+def _sd_name(s: str) -> str:
+    return "".join(c for c in s if 33 <= ord(c) <= 126 and c not in '= ]"')[:32] or "x"
+
+
+def _sd_value(v: Any) -> str:
+    return str(v).replace("\\", "\\\\").replace('"', '\\"').replace("]", "\\]")
+
+
+def format_rfc5424(alert: dict[str, Any], *, facility: str = "auth", app_name: str = "sockgate",
+                   hostname: str | None = None, procid: str | int = "-") -> bytes:
+    """One RFC 5424 message for an alert:
+    <PRI>1 TIMESTAMP HOSTNAME APP-NAME PROCID MSGID [SD-ELEMENT] MSG"""
+    pri = FACILITIES[facility] * 8 + SEVERITIES[alert["severity"]]
+    host = _header_token(hostname or alert.get("monitor_host") or socket.gethostname(), 255)
+    msgid = "REPEAT" if alert.get("repeat") else "ALERT"
+    e = alert.get("entry") or {}
+    params = [("id", alert["id"]), ("alert", alert["alert"]), ("kind", alert["kind"]),
+              ("severity", alert["severity"]), ("count", alert["count"])]
+    for k in ("seq", "code", "type", "outcome", "rule", "user", "uid", "program", "pid",
+              "local_addr", "local_port", "remote_addr", "remote_port", "host", "source"):
+        if e.get(k) is not None:
+            params.append((k, e[k]))
+    for k, v in (alert.get("group") or {}).items():
+        params.append((f"group.{k}", v))
+    sd = "[" + SD_ID + "".join(f' {_sd_name(k)}="{_sd_value(v)}"' for k, v in params) + "]"
+    head = (f"<{pri}>1 {alert['last_time']} {host} {_header_token(app_name, 48)} "
+            f"{_header_token(str(procid), 128)} {msgid} {sd}")
+    msg = alert["message"].replace("\n", " ")
+    return (head + " " + msg).encode("utf-8")
+
+
+class SyslogChannel(Channel):
+    def __init__(self, name: str, opts: dict[str, Any]):
+        super().__init__(name, opts)
+        u = urlsplit(opts["url"])
+        self.proto = u.scheme
+        self.host = u.hostname
+        self.port = u.port or DEFAULT_PORTS[self.proto]
+        self.facility = opts.get("facility", "auth")
+        self.app_name = opts.get("app_name", "sockgate")
+        self.hostname = opts.get("hostname")
+        self.framing = opts.get("framing", "octet-counting")
+        self._ctx = self.ssl_context() if self.proto == "tls" else None
+
+    def frame(self, msg: bytes) -> bytes:
+        if self.framing == "lf":
+            return msg + b"\n"
+        return str(len(msg)).encode() + b" " + msg
+
+    def send(self, alert: dict[str, Any]) -> None:
+        msg = format_rfc5424(alert, facility=self.facility, app_name=self.app_name,
+                             hostname=self.hostname, procid=os.getpid())
+        try:
+            if self.proto == "udp":
+                infos = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_DGRAM)
+                fam, _, _, _, addr = infos[0]
+                with socket.socket(fam, socket.SOCK_DGRAM) as s:
+                    s.settimeout(self.timeout)
+                    s.sendto(msg, addr)
+                return
+            raw = socket.create_connection((self.host, self.port), timeout=self.timeout)
+            with raw:
+                s = self._ctx.wrap_socket(raw, server_hostname=self.host) if self._ctx else raw
+                s.sendall(self.frame(msg))
+                if self._ctx:
+                    # TLS: send close_notify; the receiver's close ends the exchange.
+                    try:
+                        s.unwrap()
+                    except (ssl.SSLError, OSError):
+                        pass  # the receiver closed without close_notify: it has read the data
+                    return
+                s.shutdown(socket.SHUT_WR)
+                try:
+                    while s.recv(4096):
+                        pass
+                except socket.timeout:
+                    pass  # the receiver keeps the connection open: it has what we sent
+        except (OSError, ValueError) as e:
+            raise ChannelError(f"syslog {self.proto}://{self.host}:{self.port}: {e}") from None

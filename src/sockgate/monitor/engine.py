@@ -1,0 +1,287 @@
+"""The alert engine: journal entries in, alerts out. Pure: no I/O, no clock of its own.
+
+Per entry only the candidate rules are tested: rules are indexed by (entry type, outcome,
+source), the three fields most rules constrain, so an entry of a type no rule watches costs
+one dict lookup. The remaining fields of a candidate rule are precompiled predicates.
+
+State (what a restart must keep; State persists it from the dirty sets):
+  windows  threshold rules: per group, the timestamps of the last `count` matches
+  seen     first_seen rules: per key, when it was last seen (the baseline)
+  open     dedup: per (rule, dedup key), the alert that is open and what folded into it
+
+Time is journal time (entry ts_ns) while processing entries; tick(now) closes suppression
+windows by the wall clock, so a repeat count is reported even when the journal goes quiet.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from sockgate.journal.entry import EntryType, Entry, Outcome, Source
+from sockgate.monitor.durations import format_duration, iso
+from sockgate.monitor.render import entry_field
+from sockgate.monitor.rules import AlertRule, RuleSet
+
+
+@dataclass
+class Alert:
+    """One notification: raised by a rule, or the repeat summary of an open alert."""
+
+    id: str
+    rule: str
+    channels: tuple[str, ...]
+    payload: dict[str, Any]
+
+
+class OpenAlert:
+    """An alert inside its suppression window; repeats fold into `count`."""
+
+    __slots__ = ("id", "until", "count", "first_ts", "last_ts", "n", "base", "last_entry")
+
+    def __init__(self, id: str, until: int, base: dict[str, Any]):
+        self.id = id
+        self.until = until
+        self.count = 0          # repeats folded since the last notification
+        self.first_ts = 0       # first / last folded repeat
+        self.last_ts = 0
+        self.n = 0              # repeat summaries sent so far
+        self.base = base        # payload of the alert that opened it
+        self.last_entry: Entry | dict | None = None
+
+    def to_json(self) -> str:
+        le = self.last_entry.to_dict() if isinstance(self.last_entry, Entry) else self.last_entry
+        return json.dumps({"id": self.id, "until": self.until, "count": self.count, "first_ts": self.first_ts,
+                           "last_ts": self.last_ts, "n": self.n, "base": self.base, "last_entry": le})
+
+    @classmethod
+    def from_json(cls, s: str) -> "OpenAlert":
+        d = json.loads(s)
+        oa = cls(d["id"], d["until"], d["base"])
+        oa.count, oa.first_ts, oa.last_ts, oa.n, oa.last_entry = d["count"], d["first_ts"], d["last_ts"], d["n"], d["last_entry"]
+        return oa
+
+
+def _key_values(e: Entry, names: tuple[str, ...]) -> tuple:
+    return tuple(entry_field(e, n) for n in names)
+
+
+class Engine:
+    def __init__(self, ruleset: RuleSet, monitor_host: str = ""):
+        self.ruleset = ruleset
+        self.rules = list(ruleset.rules)
+        self.by_name = {r.name: r for r in self.rules}
+        self.monitor_host = monitor_host
+        self.learning = False
+        self.windows: dict[str, dict[tuple, deque]] = {r.name: {} for r in self.rules if r.kind == "threshold"}
+        self.seen: dict[str, dict[tuple, int]] = {r.name: {} for r in self.rules if r.kind == "first_seen"}
+        self.open: dict[tuple[str, tuple], OpenAlert] = {}
+        self.dirty_windows: set[tuple[str, tuple]] = set()
+        self.dirty_seen: set[tuple[str, tuple]] = set()
+        self.dirty_open: set[tuple[str, tuple]] = set()
+        self._next_expiry = 2**63
+        self.latest_ts = 0
+        self._build_index()
+
+    # ------------------------------------------------------------------ index
+
+    def _build_index(self) -> None:
+        """(type, outcome, source) -> candidate rules (with the index fields stripped)."""
+        self.index: dict[tuple, tuple[tuple[AlertRule, tuple], ...]] = {}
+        self.learn_index: dict[tuple, tuple[tuple[AlertRule, tuple], ...]] = {}
+        for t, o, s in itertools.product(list(EntryType), [None, *Outcome], list(Source)):
+            cands = []
+            for r in self.rules:
+                m = r.match
+                if m.allows("type", t) and m.allows("outcome", o) and m.allows("source", s):
+                    rest = tuple((f.attr, f) for f in m.fields if f.name not in ("type", "outcome", "source"))
+                    cands.append((r, rest))
+            key = (t, o, s)
+            self.index[key] = tuple(cands)
+            self.learn_index[key] = tuple(c for c in cands if c[0].kind == "first_seen")
+
+    # ------------------------------------------------------------------ processing
+
+    def process(self, e: Entry, out: list[Alert]) -> None:
+        """Test one entry against the rules; append raised alerts to out."""
+        idx = self.learn_index if self.learning else self.index
+        cands = idx.get((e.type, e.outcome, e.source))
+        if cands is None:   # a value outside the enums (should not happen): test every rule
+            cands = tuple((r, tuple((f.attr, f) for f in r.match.fields)) for r in self.rules
+                          if not (self.learning and r.kind != "first_seen"))
+        if e.ts_ns > self.latest_ts:
+            self.latest_ts = e.ts_ns
+        for r, rest in cands:
+            for attr, f in rest:
+                if attr.startswith("extra."):
+                    v = e.extra.get(attr[6:]) if e.extra else None
+                else:
+                    v = getattr(e, attr)
+                if not f(v):
+                    break
+            else:
+                if r.kind == "every":
+                    self._hit(r, e, e.ts_ns, 1, None, out)
+                elif r.kind == "threshold":
+                    self._threshold(r, e, out)
+                else:
+                    self._first_seen(r, e, out)
+
+    def process_all(self, entries: Iterable[Entry]) -> list[Alert]:
+        out: list[Alert] = []
+        for e in entries:
+            self.process(e, out)
+        return out
+
+    def _threshold(self, r: AlertRule, e: Entry, out: list[Alert]) -> None:
+        g = _key_values(e, r.group_by)
+        dk = _key_values(e, r.dedup_by) if r.dedup_by is not None else g
+        okey = (r.name, dk)
+        oa = self.open.get(okey)
+        if oa is not None:
+            self._expire(okey, oa, e.ts_ns, out)
+            oa = self.open.get(okey)
+        if oa is not None:
+            # The group's alert is open: every further match is a repeat (counted, not dropped).
+            self._fold(r, dk, oa, e, 1)
+            return
+        groups = self.windows[r.name]
+        dq = groups.get(g)
+        if dq is None:
+            dq = groups[g] = deque(maxlen=r.count)
+        ts = max(e.ts_ns, dq[-1]) if dq else e.ts_ns   # clamp: out-of-order imports count "now"
+        dq.append(ts)
+        self.dirty_windows.add((r.name, g))
+        # N matches within the window: the first of the last N is less than `window` before.
+        if len(dq) == r.count and ts - dq[0] < r.window_ns:
+            first = dq[0]
+            dq.clear()
+            del groups[g]
+            self._hit(r, e, ts, r.count, g, out, first_ts=first, dkey=dk)
+
+    def _first_seen(self, r: AlertRule, e: Entry, out: list[Alert]) -> None:
+        k = _key_values(e, r.key)
+        seen = self.seen[r.name]
+        prev = seen.get(k)
+        new = prev is None or (r.forget_ns and e.ts_ns - prev >= r.forget_ns)
+        if prev is None or e.ts_ns > prev:
+            seen[k] = e.ts_ns
+            self.dirty_seen.add((r.name, k))
+        if new and not self.learning:
+            self._hit(r, e, e.ts_ns, 1, k, out)
+
+    def _group_dict(self, r: AlertRule, g: tuple | None) -> dict[str, Any]:
+        names = r.group_by if r.kind == "threshold" else r.key if r.kind == "first_seen" else ()
+        return dict(zip(names, g)) if g is not None else {}
+
+    def _hit(self, r: AlertRule, e: Entry, ts: int, count: int, g: tuple | None, out: list[Alert],
+             first_ts: int | None = None, dkey: tuple | None = None) -> None:
+        group = self._group_dict(r, g)
+        gtext = ", ".join(f"{k}={'-' if v is None else v}" for k, v in group.items()) or "all"
+        extra = {"alert": r.name, "severity": r.severity, "kind": r.kind, "count": count,
+                 "window": format_duration(r.window_ns) if r.window_ns else "-", "group": gtext}
+        message = r.message.render(e, extra)
+        if dkey is None:
+            if r.dedup_by is not None:
+                dkey = _key_values(e, r.dedup_by)
+            elif g is not None:
+                dkey = g
+            else:
+                dkey = (message,)
+        okey = (r.name, dkey)
+        oa = self.open.get(okey)
+        if oa is not None:
+            self._expire(okey, oa, ts, out)
+            oa = self.open.get(okey)
+            if oa is not None:
+                self._fold(r, dkey, oa, e, count)
+                return
+        aid = f"{r.name}/{e.seq if e.seq is not None else e.ts_ns}"
+        payload = {
+            "id": aid, "alert": r.name, "kind": r.kind, "severity": r.severity, "message": message,
+            "repeat": False, "count": count,
+            "first_time": iso(first_ts if first_ts is not None else ts), "last_time": iso(ts),
+            "first_ts_ns": first_ts if first_ts is not None else ts, "last_ts_ns": ts,
+            "group": group, "entry": e.to_dict(), "monitor_host": self.monitor_host,
+        }
+        out.append(Alert(aid, r.name, r.channels, payload))
+        if r.suppress_ns > 0:
+            until = ts + r.suppress_ns
+            self.open[okey] = OpenAlert(aid, until, payload)
+            self.dirty_open.add(okey)
+            if until < self._next_expiry:
+                self._next_expiry = until
+
+    def _fold(self, r: AlertRule, dkey: tuple, oa: OpenAlert, e: Entry, count: int) -> None:
+        if oa.count == 0:
+            oa.first_ts = e.ts_ns
+        oa.count += count
+        oa.last_ts = max(oa.last_ts, e.ts_ns)
+        oa.last_entry = e
+        self.dirty_open.add((r.name, dkey))
+
+    def _expire(self, okey: tuple[str, tuple], oa: OpenAlert, now: int, out: list[Alert]) -> None:
+        """Close oa's window if it ended by `now`: report folded repeats (and keep the alert
+        open for another window, so a storm is one notification per window) or close it."""
+        r = self.by_name.get(okey[0])
+        while oa.until <= now:
+            if oa.count == 0 or r is None:
+                if oa.count and r is None:
+                    pass  # rule removed: nothing to send to
+                del self.open[okey]
+                self.dirty_open.add(okey)
+                return
+            oa.n += 1
+            base = oa.base
+            le = oa.last_entry.to_dict() if isinstance(oa.last_entry, Entry) else oa.last_entry
+            aid = f"{oa.id}/repeat/{oa.n}"
+            payload = dict(base, id=aid, repeat=True, count=oa.count,
+                           message=f"{base['message']} [repeated {oa.count} more time{'s' if oa.count != 1 else ''}"
+                                   f" from {iso(oa.first_ts)} to {iso(oa.last_ts)}]",
+                           first_time=iso(oa.first_ts), last_time=iso(oa.last_ts),
+                           first_ts_ns=oa.first_ts, last_ts_ns=oa.last_ts, entry=le or base["entry"],
+                           repeat_of=oa.id)
+            out.append(Alert(aid, r.name, r.channels, payload))
+            oa.count = 0
+            oa.until += r.suppress_ns
+            self.dirty_open.add(okey)
+
+    def tick(self, now_ns: int, out: list[Alert]) -> None:
+        """Close suppression windows that ended by now_ns (wall clock or end of a replay)."""
+        if now_ns < self._next_expiry:
+            return
+        nxt = 2**63
+        for okey, oa in list(self.open.items()):
+            self._expire(okey, oa, now_ns, out)
+            if okey in self.open:
+                nxt = min(nxt, self.open[okey].until)
+        self._next_expiry = nxt
+
+    def flush(self, out: list[Alert]) -> None:
+        """End of a replay: report every pending repeat count (used by --test)."""
+        for okey, oa in list(self.open.items()):
+            self._expire(okey, oa, max(oa.until, self.latest_ts), out)
+
+    def prune(self, now_ns: int) -> None:
+        """Forget threshold groups whose matches all fell out of their window."""
+        for r in self.rules:
+            if r.kind != "threshold":
+                continue
+            groups = self.windows[r.name]
+            stale = [g for g, dq in groups.items() if not dq or now_ns - dq[-1] >= r.window_ns]
+            for g in stale:
+                del groups[g]
+                self.dirty_windows.add((r.name, g))
+
+    # ------------------------------------------------------------------ state
+
+    def reset_dirty(self) -> None:
+        self.dirty_windows.clear()
+        self.dirty_seen.clear()
+        self.dirty_open.clear()
+
+    def recompute_expiry(self) -> None:
+        self._next_expiry = min((oa.until for oa in self.open.values()), default=2**63)

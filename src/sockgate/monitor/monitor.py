@@ -1,0 +1,247 @@
+"""The running monitor: journal → engine → state (one transaction per batch) → channels.
+
+    m = Monitor.open(rules_file, journal_dir, state_dir)
+    m.run(stop_event)            # follow the journal until stop is set
+    m.step()                     # process what is new, deliver what can be delivered
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from itertools import islice
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from sockgate.errors import ChannelError, JournalError
+from sockgate.journal.entry import Entry
+from sockgate.monitor.channels import Channel, PermanentChannelError, make_channel
+from sockgate.monitor.engine import Alert, Engine
+from sockgate.monitor.rules import RuleSet, load_rules
+from sockgate.monitor.state import State
+
+log = logging.getLogger("sockgate.monitor")
+
+DEFAULT_STATE = "/var/lib/sockgate/monitor"
+
+
+class Monitor:
+    def __init__(self, ruleset: RuleSet, journal_dir: str | os.PathLike, state: State,
+                 channels: dict[str, Channel], *, clock: Callable[[], int] = time.time_ns,
+                 batch: int = 2000, max_per_step: int = 100_000, monitor_host: str | None = None):
+        self.ruleset = ruleset
+        self.journal_dir = Path(journal_dir)
+        self.state = state
+        self.channels = channels
+        self.clock = clock
+        self.batch = batch
+        self.max_per_step = max_per_step
+        self.engine = Engine(ruleset, monitor_host or socket.gethostname())
+        self._relearn = state.load(self.engine)
+        self._journal: Any = None
+        self._warned: set[str] = set()
+        self.raised = 0          # alerts raised since open
+        self.delivered = 0       # outbox rows delivered since open
+
+    @classmethod
+    def open(cls, rules_file: str | os.PathLike, journal_dir: str | os.PathLike,
+             state_dir: str | os.PathLike = DEFAULT_STATE, **kw: Any) -> "Monitor":
+        """Load and validate the rules (RulesErrors on a bad file), open the state."""
+        ruleset = load_rules(str(rules_file))
+        channels = {n: make_channel(n, c.type, c.options) for n, c in ruleset.channels.items()}
+        state = State.open(state_dir)
+        try:
+            return cls(ruleset, journal_dir, state, channels, **kw)
+        except BaseException:
+            state.close()
+            raise
+
+    def close(self) -> None:
+        for ch in self.channels.values():
+            ch.close()
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
+        self.state.close()
+
+    def __enter__(self) -> "Monitor":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ journal
+
+    def _open_journal(self) -> Any:
+        if self._journal is None:
+            from sockgate.journal import Journal
+            try:
+                self._journal = Journal.open(self.journal_dir, create=False, readonly=True)
+            except JournalError as e:
+                if "journal" not in self._warned:
+                    log.warning("monitor: waiting for the journal: %s", e)
+                    self._warned.add("journal")
+                return None
+            self._warned.discard("journal")
+            jid = self.state.get("journal_id")
+            if jid is not None and jid != self._journal.id:
+                self._journal.close()
+                self._journal = None
+                raise JournalError(f"{self.journal_dir}: this is another journal than the one the monitor state "
+                                   f"follows ({jid}); use another --state directory")
+        return self._journal
+
+    def _learn(self, j: Any, upto: int, names: list[str]) -> None:
+        """Learn first_seen baselines from the journal up to seq `upto`, silently."""
+        if not names:
+            return
+        log.info("monitor: learning first_seen baseline for %s from journal seq 1..%d", ", ".join(names), upto)
+        eng = self.engine
+        eng.learning = True
+        try:
+            for e in j.entries(0):
+                if e.seq > upto:
+                    break
+                eng.process(e, [])
+        finally:
+            eng.learning = False
+
+    def _start(self, j: Any) -> None:
+        cursor = self.state.cursor
+        fresh = cursor is None
+        if fresh:
+            cursor = j.last_seq if self.ruleset.start == "end" else 0
+            # start = "end": what is journaled already is the baseline, not news.
+            relearn = [r.name for r in self.engine.rules if r.kind == "first_seen"]
+        else:
+            relearn = self._relearn
+        self._learn(j, cursor, relearn)
+        self.state.commit(self.engine, [], cursor=cursor, baselined=relearn, meta={"journal_id": j.id})
+        self._relearn = []
+        if fresh:
+            log.info("monitor: new state, starting after journal seq %d (start = %s)", cursor, self.ruleset.start)
+
+    # ------------------------------------------------------------------ the loop
+
+    def step(self) -> int:
+        """Process the journal entries that are new, close suppression windows that ended,
+        deliver what can be delivered. Returns the number of alerts raised."""
+        raised = 0
+        j = self._open_journal()
+        if j is not None:
+            if self.state.cursor is None or self._relearn:
+                self._start(j)
+            raised += self._process(j)
+        out: list[Alert] = []
+        now = self.clock()
+        self.engine.tick(now, out)
+        self.engine.prune(now)
+        if out or self.engine.dirty_windows:
+            self.state.commit(self.engine, out, now_ns=now)
+            raised += len(out)
+        self.raised += raised
+        self.deliver()
+        return raised
+
+    def _process(self, j: Any) -> int:
+        raised = 0
+        cursor = self.state.cursor or 0
+        done = 0
+        it = j.entries(cursor)
+        while done < self.max_per_step:
+            batch = list(islice(it, self.batch))
+            if not batch:
+                break
+            out: list[Alert] = []
+            for e in batch:
+                self.engine.process(e, out)
+            cursor = batch[-1].seq
+            self.state.commit(self.engine, out, cursor=cursor, now_ns=self.clock())
+            raised += len(out)
+            done += len(batch)
+            for a in out:
+                log.info("alert %s [%s] %s", a.id, a.payload["severity"], a.payload["message"])
+        return raised
+
+    def deliver(self) -> int:
+        """Drain each channel's outbox in order; stop a channel at its first failure (its
+        next try waits for the backoff). Returns the number of deliveries."""
+        total = 0
+        for name in self._queued_channels():
+            ch = self.channels.get(name)
+            if ch is None:
+                if name not in self._warned:
+                    log.warning("monitor: channel %r is no longer configured; its queued alerts are kept", name)
+                    self._warned.add(name)
+                continue
+            total += self._drain(name, ch)
+        self.delivered += total
+        return total
+
+    def _queued_channels(self) -> list[str]:
+        return [r[0] for r in self.state.db.execute("SELECT DISTINCT channel FROM outbox")]
+
+    def _drain(self, name: str, ch: Channel) -> int:
+        n = 0
+        while True:
+            now = self.clock()
+            if self.state.head_blocked(name, now):
+                return n
+            rows = self.state.due(name, now)
+            if not rows:
+                return n
+            for row_id, alert_id, payload, attempts in rows:
+                try:
+                    ch.send(payload)
+                except PermanentChannelError as e:
+                    log.error("monitor: channel %s refused alert %s for good, kept as dead: %s", name, alert_id, e)
+                    self.state.kill(row_id, str(e), now)
+                    continue
+                except ChannelError as e:
+                    attempts += 1
+                    delay = ch.backoff_ns(attempts)
+                    self.state.failed(row_id, attempts, now + delay, str(e))
+                    lvl = logging.WARNING if attempts in (1, 5) or attempts % 20 == 0 else logging.DEBUG
+                    log.log(lvl, "monitor: channel %s: %s (attempt %d, retry in %.1fs)", name, e, attempts, delay / 1e9)
+                    return n
+                except Exception as e:  # a bug in a channel must not stop the monitor
+                    log.exception("monitor: channel %s: unexpected error", name)
+                    attempts += 1
+                    self.state.failed(row_id, attempts, now + ch.backoff_ns(attempts), f"{type(e).__name__}: {e}")
+                    return n
+                self.state.delivered(row_id)
+                n += 1
+                if attempts:
+                    log.info("monitor: channel %s is back: delivered %s after %d failed attempts", name, alert_id, attempts)
+
+    def run(self, stop: threading.Event, poll_interval: float = 0.5) -> None:
+        """Follow the journal until stop is set."""
+        while not stop.is_set():
+            try:
+                self.step()
+            except JournalError as e:
+                log.error("monitor: %s", e)
+                if self._journal is not None:
+                    self._journal.close()
+                    self._journal = None
+            stop.wait(poll_interval)
+
+
+def replay(ruleset: RuleSet, entries: Iterable[Entry], *, since_ns: int | None = None,
+           monitor_host: str | None = None) -> list[Alert]:
+    """What would fire over these entries (--test): a fresh in-memory engine; entries
+    before since_ns only teach first_seen baselines. Nothing is sent or stored."""
+    eng = Engine(ruleset, monitor_host or socket.gethostname())
+    out: list[Alert] = []
+    for e in entries:
+        if since_ns is not None and e.ts_ns < since_ns:
+            eng.learning = True
+            eng.process(e, out)
+            eng.learning = False
+            continue
+        eng.process(e, out)
+    eng.flush(out)
+    return out

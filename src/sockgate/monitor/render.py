@@ -1,0 +1,107 @@
+"""Message templates ("{user} was refused {remote}") compiled once, rendered per alert,
+and the entry fields a template or a rule can name."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from sockgate.journal.entry import Entry
+from sockgate.monitor.durations import iso
+
+_TYPE_NAMES = {
+    "A": "accept", "C": "connect", "L": "listen", "D": "dhcp-assigned", "F": "filtered-mail",
+    "I": "udp-inbound", "O": "udp-outbound", "P": "port-unavailable", "R": "reject-mail",
+    "S": "secure-ok", "U": "dhcp-not-assigned", "X": "secure-failed",
+}
+
+# Entry fields by the names rules and templates use.
+ENTRY_FIELDS = (
+    "seq", "ts_ns", "code", "type", "outcome", "rule", "uid", "user", "gid", "pid", "program",
+    "family", "local_addr", "local_port", "remote_addr", "remote_port", "host", "source", "ident",
+)
+# Derived fields, usable in templates and group_by/key/dedup_by.
+DERIVED_FIELDS = ("time", "type_name", "local", "remote")
+# Fields an alert adds to the template namespace.
+ALERT_FIELDS = ("alert", "severity", "kind", "count", "window", "group")
+
+KEY_FIELDS = frozenset(ENTRY_FIELDS) | frozenset(DERIVED_FIELDS)
+TEMPLATE_FIELDS = KEY_FIELDS | frozenset(ALERT_FIELDS)
+
+
+def _addr_port(addr: str | None, port: int | None) -> str | None:
+    if addr is None:
+        return None
+    if port is None:
+        return addr
+    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+
+
+def entry_field(e: Entry, name: str) -> Any:
+    """The value of a field (plain str/int/None) of an entry, by rule/template name."""
+    if name.startswith("extra."):
+        return e.extra.get(name[6:]) if e.extra else None
+    if name == "time":
+        return iso(e.ts_ns)
+    if name == "type_name":
+        t = e.type.value if hasattr(e.type, "value") else e.type
+        return _TYPE_NAMES.get(t, t)
+    if name == "local":
+        return _addr_port(e.local_addr, e.local_port)
+    if name == "remote":
+        return _addr_port(e.remote_addr, e.remote_port)
+    v = getattr(e, name)
+    return v.value if hasattr(v, "value") else v
+
+
+def is_field(name: str, fields: frozenset[str]) -> bool:
+    return name in fields or (name.startswith("extra.") and len(name) > 6)
+
+
+_TOKEN = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
+
+
+class Template:
+    """A compiled message template. Unknown field names are found at load time."""
+
+    def __init__(self, text: str):
+        self.text = text
+        self.parts: list[tuple[bool, str]] = []  # (is_field, literal or field name)
+        self.errors: list[str] = []
+        lit: list[str] = []
+        pos = 0
+        for m in _TOKEN.finditer(text):
+            lit.append(text[pos:m.start()])
+            pos = m.end()
+            tok = m.group(0)
+            if tok == "{{":
+                lit.append("{")
+            elif tok == "}}":
+                lit.append("}")
+            elif m.group(1) is not None:
+                name = m.group(1).strip()
+                if not is_field(name, TEMPLATE_FIELDS):
+                    self.errors.append(f"unknown field {{{name}}} in message (known: "
+                                       + ", ".join(sorted(TEMPLATE_FIELDS)) + ", extra.NAME)")
+                if lit:
+                    self.parts.append((False, "".join(lit)))
+                    lit = []
+                self.parts.append((True, name))
+            else:
+                self.errors.append(f"unmatched {tok!r} in message (write {tok}{tok} for a literal brace)")
+        lit.append(text[pos:])
+        if any(lit):
+            self.parts.append((False, "".join(lit)))
+
+    def fields(self) -> list[str]:
+        return [p for f, p in self.parts if f]
+
+    def render(self, entry: Entry, extra: dict[str, Any]) -> str:
+        out = []
+        for is_f, p in self.parts:
+            if not is_f:
+                out.append(p)
+                continue
+            v = extra[p] if p in extra else entry_field(entry, p)
+            out.append("-" if v is None or v == "" else str(v))
+        return "".join(out)

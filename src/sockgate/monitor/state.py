@@ -1,0 +1,222 @@
+"""The monitor's durable state: one SQLite file (state.db in the state directory).
+
+    meta    cursor (last journal seq processed), journal id
+    rules   per rule: fingerprint (state is dropped when a rule's definition changes) and
+            whether a first_seen baseline has been learned
+    windows threshold windows        seen   first_seen baselines
+    open    open (deduplicated) alerts
+    outbox  per channel, alerts not yet delivered (attempts, next try, last error)
+    dead    alerts a receiver refused for good (kept, logged, listed by `--status`)
+
+commit() writes the cursor, every changed piece of engine state and the new alerts' outbox
+rows in ONE transaction: after a crash the state is either before or after a batch, never
+between, so a batch is neither re-alerted nor lost.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sqlite3
+from pathlib import Path
+from typing import Any, Iterable
+
+from sockgate.errors import SockgateError
+from sockgate.monitor.engine import Alert, Engine, OpenAlert
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS rules (name TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, baseline INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS windows (rule TEXT NOT NULL, grp TEXT NOT NULL, ts TEXT NOT NULL, PRIMARY KEY (rule, grp));
+CREATE TABLE IF NOT EXISTS seen (rule TEXT NOT NULL, k TEXT NOT NULL, ts INTEGER NOT NULL, PRIMARY KEY (rule, k));
+CREATE TABLE IF NOT EXISTS open (rule TEXT NOT NULL, k TEXT NOT NULL, data TEXT NOT NULL, PRIMARY KEY (rule, k));
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, channel TEXT NOT NULL, alert_id TEXT NOT NULL,
+    payload TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, next_try INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT, created INTEGER NOT NULL, UNIQUE (channel, alert_id));
+CREATE TABLE IF NOT EXISTS dead (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, channel TEXT NOT NULL, alert_id TEXT NOT NULL,
+    payload TEXT NOT NULL, attempts INTEGER NOT NULL, error TEXT, created INTEGER NOT NULL, died INTEGER NOT NULL);
+"""
+
+
+class StateError(SockgateError):
+    pass
+
+
+def _k(t: tuple) -> str:
+    return json.dumps(list(t), separators=(",", ":"))
+
+
+class State:
+    def __init__(self, db: sqlite3.Connection, directory: Path, lock_fd: int | None):
+        self.db = db
+        self.directory = directory
+        self._lock_fd = lock_fd
+
+    @classmethod
+    def open(cls, directory: str | os.PathLike) -> "State":
+        d = Path(directory)
+        try:
+            d.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(d / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as e:
+            raise StateError(f"{d}: cannot use as monitor state directory: {e.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StateError(f"{d}: another monitor is running with this state directory") from None
+        try:
+            db = sqlite3.connect(d / "state.db", isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.executescript(SCHEMA)
+        except sqlite3.DatabaseError as e:
+            os.close(fd)
+            raise StateError(f"{d / 'state.db'}: {e}") from None
+        return cls(db, d, fd)
+
+    def close(self) -> None:
+        self.db.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    # ------------------------------------------------------------------ meta
+
+    def get(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    @property
+    def cursor(self) -> int | None:
+        v = self.get("cursor")
+        return int(v) if v is not None else None
+
+    # ------------------------------------------------------------------ engine state
+
+    def load(self, engine: Engine) -> list[str]:
+        """Load engine state; drop the state of rules whose definition changed or that are
+        gone. Returns the names of first_seen rules whose baseline must be (re)learned."""
+        known = {n: (fp, b) for n, fp, b in self.db.execute("SELECT name, fingerprint, baseline FROM rules")}
+        relearn = []
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            for name, _ in known.items():
+                r = engine.by_name.get(name)
+                if r is None or r.fingerprint != known[name][0]:
+                    for t in ("windows", "seen", "open"):
+                        self.db.execute(f"DELETE FROM {t} WHERE rule = ?", (name,))
+                    self.db.execute("DELETE FROM rules WHERE name = ?", (name,))
+            for r in engine.rules:
+                prev = known.get(r.name)
+                if prev is None or prev[0] != r.fingerprint:
+                    self.db.execute("INSERT OR REPLACE INTO rules (name, fingerprint, baseline) VALUES (?, ?, 0)",
+                                    (r.name, r.fingerprint))
+                    if r.kind == "first_seen":
+                        relearn.append(r.name)
+                elif r.kind == "first_seen" and not prev[1]:
+                    relearn.append(r.name)
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        from collections import deque
+        for rule, grp, ts in self.db.execute("SELECT rule, grp, ts FROM windows"):
+            r = engine.by_name[rule]
+            engine.windows[rule][tuple(json.loads(grp))] = deque(json.loads(ts), maxlen=r.count)
+        for rule, k, ts in self.db.execute("SELECT rule, k, ts FROM seen"):
+            engine.seen[rule][tuple(json.loads(k))] = ts
+        for rule, k, data in self.db.execute("SELECT rule, k, data FROM open"):
+            engine.open[(rule, tuple(json.loads(k)))] = OpenAlert.from_json(data)
+        engine.recompute_expiry()
+        return relearn
+
+    def commit(self, engine: Engine, alerts: Iterable[Alert], *, cursor: int | None = None,
+               now_ns: int = 0, baselined: Iterable[str] = (), meta: dict[str, str] | None = None) -> int:
+        """One transaction: cursor, dirty engine state, outbox rows. Returns rows enqueued."""
+        db = self.db
+        n = 0
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if cursor is not None:
+                db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('cursor', ?)", (str(cursor),))
+            for k, v in (meta or {}).items():
+                db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (k, v))
+            for rule, g in engine.dirty_windows:
+                dq = engine.windows.get(rule, {}).get(g)
+                if dq:
+                    db.execute("INSERT OR REPLACE INTO windows (rule, grp, ts) VALUES (?, ?, ?)",
+                               (rule, _k(g), json.dumps(list(dq))))
+                else:
+                    db.execute("DELETE FROM windows WHERE rule = ? AND grp = ?", (rule, _k(g)))
+            for rule, k in engine.dirty_seen:
+                ts = engine.seen.get(rule, {}).get(k)
+                if ts is not None:
+                    db.execute("INSERT OR REPLACE INTO seen (rule, k, ts) VALUES (?, ?, ?)", (rule, _k(k), ts))
+            for rule, k in engine.dirty_open:
+                oa = engine.open.get((rule, k))
+                if oa is not None:
+                    db.execute("INSERT OR REPLACE INTO open (rule, k, data) VALUES (?, ?, ?)", (rule, _k(k), oa.to_json()))
+                else:
+                    db.execute("DELETE FROM open WHERE rule = ? AND k = ?", (rule, _k(k)))
+            for name in baselined:
+                db.execute("UPDATE rules SET baseline = 1 WHERE name = ?", (name,))
+            for a in alerts:
+                payload = json.dumps(a.payload, separators=(",", ":"))
+                for ch in a.channels:
+                    cur = db.execute("INSERT OR IGNORE INTO outbox (channel, alert_id, payload, created) "
+                                     "VALUES (?, ?, ?, ?)", (ch, a.id, payload, now_ns))
+                    n += cur.rowcount
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        engine.reset_dirty()
+        return n
+
+    # ------------------------------------------------------------------ outbox
+
+    def due(self, channel: str, now_ns: int, limit: int = 100) -> list[tuple[int, str, dict[str, Any], int]]:
+        rows = self.db.execute("SELECT id, alert_id, payload, attempts FROM outbox WHERE channel = ? AND next_try <= ? "
+                               "ORDER BY id LIMIT ?", (channel, now_ns, limit)).fetchall()
+        return [(i, aid, json.loads(p), att) for i, aid, p, att in rows]
+
+    def head_blocked(self, channel: str, now_ns: int) -> bool:
+        """True while the oldest queued alert of a channel waits for its retry time."""
+        row = self.db.execute("SELECT next_try FROM outbox WHERE channel = ? ORDER BY id LIMIT 1", (channel,)).fetchone()
+        return row is not None and row[0] > now_ns
+
+    def delivered(self, row_id: int) -> None:
+        self.db.execute("DELETE FROM outbox WHERE id = ?", (row_id,))
+
+    def failed(self, row_id: int, attempts: int, next_try: int, error: str) -> None:
+        self.db.execute("UPDATE outbox SET attempts = ?, next_try = ?, last_error = ? WHERE id = ?",
+                        (attempts, next_try, error[:500], row_id))
+
+    def kill(self, row_id: int, error: str, now_ns: int) -> None:
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute("INSERT INTO dead (channel, alert_id, payload, attempts, error, created, died) "
+                       "SELECT channel, alert_id, payload, attempts + 1, ?, created, ? FROM outbox WHERE id = ?",
+                       (error[:500], now_ns, row_id))
+            db.execute("DELETE FROM outbox WHERE id = ?", (row_id,))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def queue_sizes(self) -> dict[str, tuple[int, int, str | None]]:
+        """channel -> (queued, max attempts, last error)."""
+        out = {}
+        for ch, n, att in self.db.execute("SELECT channel, count(*), max(attempts) FROM outbox GROUP BY channel"):
+            err = self.db.execute("SELECT last_error FROM outbox WHERE channel = ? AND last_error IS NOT NULL "
+                                  "ORDER BY id LIMIT 1", (ch,)).fetchone()
+            out[ch] = (n, att, err[0] if err else None)
+        return out
+
+    def dead_count(self) -> int:
+        return self.db.execute("SELECT count(*) FROM dead").fetchone()[0]
