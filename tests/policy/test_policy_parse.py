@@ -377,7 +377,8 @@ def test_explicit_name_clashing_with_a_default_name():
 def test_rule_name_errors():
     assert one(rule("name = 3\n")) == (4, 'rule "rule-1": name: expected a string, got an integer')
     assert one(rule('name = " "\n')) == (4, 'rule "rule-1": name is empty')
-    assert one(rule('name = "a\\tb"\n')) == (4, 'rule "rule-1": name contains control characters')
+    assert one(rule('name = "a\\tb"\n')) == (4, 'rule "rule-1": name contains control or unprintable characters')
+    assert one(rule('name = "a\\u009bb"\n'))[1] == 'rule "rule-1": name contains control or unprintable characters'
     assert one(rule(f'name = "{"x" * 200}"\n'))[1] == 'rule "rule-1": name longer than 128 characters'
 
 

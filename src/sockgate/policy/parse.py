@@ -507,8 +507,8 @@ def _rule(i: int, raw: Any, lists: _Lists, names: dict[str, int], ctx: _Ctx) -> 
             ctx.err(name_line, f"{label}: name is empty")
         elif len(v) > MAX_NAME_LEN:
             ctx.err(name_line, f"{label}: name longer than {MAX_NAME_LEN} characters")
-        elif any(ord(c) < 32 or ord(c) == 127 for c in v):
-            ctx.err(name_line, f"{label}: name contains control characters")
+        elif not v.isprintable():
+            ctx.err(name_line, f"{label}: name contains control or unprintable characters")
         else:
             name = v
             label = f'rule "{v}"'
