@@ -219,12 +219,16 @@ class Journal:
             if atomic:
                 self._append_batch(list(entries))
             else:
+                # Cut transactions at seal boundaries too, so seals land every seal_every.
                 batch: list[Entry] = []
+                room = min(BATCH, max(1, self.seal_every - (self._head_seq - self._sealed_seq)))
                 for e in entries:
                     batch.append(e)
-                    if len(batch) >= BATCH:
+                    if len(batch) >= room:
                         self._append_batch(batch)
+                        self._maybe_seal()
                         batch = []
+                        room = min(BATCH, max(1, self.seal_every - (self._head_seq - self._sealed_seq)))
                 if batch:
                     self._append_batch(batch)
             self._maybe_seal()
@@ -423,6 +427,17 @@ class Journal:
                     break
                 last = rows[-1][0]
             after_seq = max(after_seq, last)
+
+    def tail(self, n: int, *, filter: Filter | None = None) -> list[Entry]:
+        """The last n matching entries, ascending (newest receivers read first)."""
+        where, params = (filter or Filter()).where()
+        out: list[Entry] = []
+        for r in reversed(self.receivers):
+            rows = r.execute(f"{_SELECT} WHERE {where} ORDER BY seq DESC LIMIT ?", [*params, n - len(out)]).fetchall()
+            out.extend(_to_entry(row, r) for row in rows)
+            if len(out) >= n:
+                break
+        return out[::-1]
 
     def count(self, filter: Filter | None = None) -> int:
         where, params = (filter or Filter()).where()

@@ -1,0 +1,208 @@
+"""Export entries for SIEMs: JSON Lines, CSV, ArcSight CEF, RFC 5424 syslog.
+
+One line per entry in every format, so a stream can be piped into a collector.
+Direction matters for CEF/5424 source/destination: a connect goes from the local socket
+to the remote one; an accept (and a listen) comes from the remote side to the local one.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from typing import Any, Callable, Iterable, Iterator
+
+from sockgate import __version__
+from sockgate.errors import UsageError
+from sockgate.journal.entry import Entry, EntryType
+from sockgate.journal.query import format_ts
+
+FORMATS = ("json", "csv", "cef", "rfc5424")
+CSV_COLUMNS = ("seq", "time", "ts_ns", "code", "type", "outcome", "source", "host", "rule", "uid",
+               "user", "gid", "pid", "program", "family", "local_addr", "local_port", "remote_addr",
+               "remote_port", "ident", "extra")
+# RFC 5424 private SD-IDs need an IANA enterprise number. 32473 is the number RFC 5612
+# reserves for documentation; a site with its own number sets it here.
+SD_ENTERPRISE = 32473
+FACILITY_AUDIT = 13          # RFC 5424 facility 13: log audit
+
+_TYPE_NAMES = {
+    "A": "Accept", "C": "Connect", "L": "Listen", "D": "DHCP address assigned", "F": "Filtered mail",
+    "I": "Inbound UDP", "O": "Outbound UDP", "P": "Port unavailable", "R": "Reject mail",
+    "S": "Secure connection", "U": "DHCP address not assigned", "X": "Secure connection failed",
+    "policy": "Policy loaded", "start": "Daemon start", "stop": "Daemon stop",
+    "detach": "Programs detached", "gap": "Kernel events lost", "interrupted": "Journal writer interrupted",
+    "import": "IBM i import", "rotate": "Receiver rotated", "cut": "Receivers deleted by retention",
+}
+
+
+def type_name(e: Entry) -> str:
+    return _TYPE_NAMES.get(_v(e.type), _v(e.type))
+
+
+def _v(x: Any) -> Any:
+    return x.value if hasattr(x, "value") else x
+
+
+def severity(e: Entry) -> int:
+    """0..10 (CEF scale)."""
+    t, o = _v(e.type), _v(e.outcome)
+    if t in ("gap", "interrupted"):
+        return 7
+    if t == "cut":
+        return 5
+    return {"rejected": 7, "failed": 6, "audit-rejected": 5, "allowed": 3}.get(o, 2)
+
+
+def syslog_severity(e: Entry) -> int:
+    """RFC 5424 severity: 4 warning, 5 notice, 6 informational."""
+    s = severity(e)
+    return 4 if s >= 7 else 5 if s >= 5 else 6
+
+
+def summary(e: Entry) -> str:
+    """One human line: what show prints in the message column and syslog as MSG."""
+    t = _v(e.type)
+    if len(t) > 1:  # SG record
+        return f"{type_name(e)}" + ("".join(f" {k}={v}" for k, v in sorted(e.extra.items())))
+    who = e.user or (str(e.uid) if e.uid is not None else "?")
+    if e.uid is not None and e.user:
+        who = f"{e.user}({e.uid})"
+    loc = _endpoint(e.local_addr, e.local_port)
+    rem = _endpoint(e.remote_addr, e.remote_port)
+    arrow = f"{loc} -> {rem}" if t in ("C", "O") else f"{rem} -> {loc}" if rem != "-" else loc
+    parts = [type_name(e), _v(e.outcome) or "", who, e.program or "", arrow]
+    if e.rule:
+        parts.append(f"rule={e.rule}")
+    return " ".join(p for p in parts if p)
+
+
+def _endpoint(addr: str | None, port: int | None) -> str:
+    if not addr and port is None:
+        return "-"
+    a = addr or "*"
+    if ":" in a:
+        a = f"[{a}]"
+    return f"{a}:{port}" if port is not None else a
+
+
+def _direction(e: Entry) -> tuple[tuple[str | None, int | None], tuple[str | None, int | None], bool]:
+    """(source endpoint, destination endpoint, outbound?)"""
+    local, remote = (e.local_addr, e.local_port), (e.remote_addr, e.remote_port)
+    if _v(e.type) in ("C", "O"):
+        return local, remote, True
+    return remote, local, False
+
+
+# -- JSON Lines and CSV -----------------------------------------------------------------------
+
+def to_json(e: Entry) -> str:
+    d = e.to_dict()
+    d["time"] = format_ts(e.ts_ns)
+    return json.dumps(d, ensure_ascii=False, separators=(",", ":"))
+
+
+def csv_lines(entries: Iterable[Entry], header: bool = True) -> Iterator[str]:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    if header:
+        w.writerow(CSV_COLUMNS)
+    for e in entries:
+        d = e.to_dict()
+        d["time"] = format_ts(e.ts_ns)
+        d["extra"] = json.dumps(e.extra, ensure_ascii=False, sort_keys=True) if e.extra else ""
+        w.writerow(["" if d[c] is None else d[c] for c in CSV_COLUMNS])
+        yield buf.getvalue().rstrip("\n")
+        buf.seek(0)
+        buf.truncate()
+    if header and buf.getvalue():
+        yield buf.getvalue().rstrip("\n")
+
+
+# -- CEF --------------------------------------------------------------------------------------
+
+def cef_header_escape(s: str) -> str:
+    """Header fields: backslash and pipe are escaped; a line break would end the event."""
+    return re.sub(r"[\r\n]+", " ", s.replace("\\", "\\\\").replace("|", "\\|"))
+
+
+def cef_ext_escape(s: str) -> str:
+    """Extension values: backslash, equals sign and line breaks are escaped (pipes are not)."""
+    return s.replace("\\", "\\\\").replace("=", "\\=").replace("\r\n", "\\n").replace("\n", "\\n").replace("\r", "\\r")
+
+
+_CEF_KEY = re.compile(r"[^A-Za-z0-9_]")
+
+
+def to_cef(e: Entry) -> str:
+    (saddr, sport), (daddr, dport), outbound = _direction(e)
+    who = "s" if outbound else "d"   # the process acting is on the local side
+    ext: list[tuple[str, Any]] = [
+        ("rt", e.ts_ns // 1_000_000), ("externalId", e.seq), ("dvchost", e.host or None),
+        ("cat", f"{_v(e.code)}-{_v(e.type)}"), ("act", _v(e.outcome)), ("outcome", _v(e.outcome)),
+        ("src" if saddr is None or ":" not in saddr else "c6a2", saddr), ("spt", sport),
+        ("dst" if daddr is None or ":" not in daddr else "c6a3", daddr), ("dpt", dport),
+        (f"{who}user", e.user), (f"{who}uid", e.uid), (f"{who}proc", e.program), (f"{who}pid", e.pid),
+        ("deviceDirection", None if _v(e.type) not in _SOCKET_TYPES else int(outbound)),
+        ("cs1Label", "rule" if e.rule else None), ("cs1", e.rule),
+        ("cs2Label", "source"), ("cs2", _v(e.source)),
+        ("cs3Label", "ident" if e.ident else None), ("cs3", e.ident),
+        ("cn1Label", "gid" if e.gid is not None else None), ("cn1", e.gid),
+    ]
+    if e.extra:
+        ext.append(("msg", " ".join(f"{k}={v}" for k, v in sorted(e.extra.items()))))
+    header = "|".join(cef_header_escape(str(x)) for x in (
+        "CEF:0", "sockgate", "sockgate", __version__, f"{_v(e.code)}-{_v(e.type)}", type_name(e), severity(e)))
+    body = " ".join(f"{k}={cef_ext_escape(str(v))}" for k, v in ext if v is not None and v != "")
+    return f"{header}|{body}"
+
+
+_SOCKET_TYPES = {t.value for t in EntryType if len(t.value) == 1}
+
+
+# -- RFC 5424 ---------------------------------------------------------------------------------
+
+def sd_escape(s: str) -> str:
+    """PARAM-VALUE: '"', '\\' and ']' must be escaped with a backslash (RFC 5424 6.3.3)."""
+    return s.replace("\\", "\\\\").replace('"', '\\"').replace("]", "\\]")
+
+
+_SD_NAME_BAD = re.compile(r'[^!-~]|[= \]"]')
+
+
+def _sd_name(k: str) -> str:
+    return (_SD_NAME_BAD.sub("_", k) or "_")[:32]
+
+
+def _printusascii(s: str, limit: int) -> str:
+    s = re.sub(r"[^!-~]", "_", s)[:limit]
+    return s or "-"
+
+
+def to_rfc5424(e: Entry, app: str = "sockgate") -> str:
+    pri = FACILITY_AUDIT * 8 + syslog_severity(e)
+    sk = [("seq", e.seq), ("code", _v(e.code)), ("type", _v(e.type)), ("outcome", _v(e.outcome)),
+          ("source", _v(e.source)), ("rule", e.rule), ("uid", e.uid), ("user", e.user), ("gid", e.gid),
+          ("pid", e.pid), ("program", e.program), ("family", e.family),
+          ("localAddr", e.local_addr), ("localPort", e.local_port),
+          ("remoteAddr", e.remote_addr), ("remotePort", e.remote_port), ("ident", e.ident)]
+    elements = [f"[sk@{SD_ENTERPRISE}" + "".join(
+        f' {k}="{sd_escape(str(v))}"' for k, v in sk if v is not None) + "]"]
+    if e.extra:
+        elements.append(f"[sgx@{SD_ENTERPRISE}" + "".join(
+            f' {_sd_name(k)}="{sd_escape(str(v))}"' for k, v in sorted(e.extra.items())) + "]")
+    msgid = _printusascii(f"{_v(e.code)}-{_v(e.type)}", 32)
+    host = _printusascii(e.host, 255)
+    # MSG is UTF-8, so it starts with the BOM (RFC 5424 6.4).
+    return f"<{pri}>1 {format_ts(e.ts_ns)} {host} {app} - {msgid} {''.join(elements)} \ufeff{summary(e)}"
+
+
+def formatter(fmt: str) -> Callable[[Iterable[Entry]], Iterator[str]]:
+    """Lines for a stream of entries in one of FORMATS."""
+    if fmt == "csv":
+        return csv_lines
+    one = {"json": to_json, "cef": to_cef, "rfc5424": to_rfc5424}.get(fmt)
+    if one is None:
+        raise UsageError(f"unknown export format {fmt!r} (one of: {', '.join(FORMATS)})")
+    return lambda entries: (one(e) for e in entries)
