@@ -11,6 +11,7 @@ from __future__ import annotations
 import codecs
 import re
 import struct
+from itertools import chain
 from collections.abc import Callable, Iterator
 
 from sockgate.errors import ImportRecordError, UsageError
@@ -130,57 +131,53 @@ class RecordReader:
         secure_t, filter_t, dhcp_t = m.SECURE_TYPES, m.FILTER_TYPES, m.DHCP_TYPES
         unpack_i = struct.Struct(">i").unpack_from
         unpack_h = struct.Struct(">h").unpack_from
+        gather, K, at = _gather_plan(lay, L, _HOT)
 
-        def sl(name):
-            fld = f[name]
-            return fld.start, fld.end
+        def raw(name):  # 0-based start/end in the record of a field read on demand
+            fld = f.get(name)
+            return (fld.start, min(fld.end, L)) if fld and fld.start < L else (0, 0)
 
-        seq0, seq1 = sl("JOSEQN")
-        code0 = f["JOCODE"].start
-        ts0, ts1 = sl("JOTSTP")
-        job0, job1 = sl("JOJOB")
-        usr0, usr1 = sl("JOUSER")
-        nbr0, nbr1 = sl("JONBR")
-        pgm0, pgm1 = sl("JOPGM")
-        plib = f.get("JOPGMLIB")
-        plib0, plib1 = (plib.start, plib.end) if plib else (0, 0)
-        uspf0, uspf1 = sl("JOUSPF")
-        sys0, sys1 = sl("JOSYNM")
-        rcv0, rcv1 = sl("JORCV")
-        rlib0, rlib1 = sl("JORCVLIB")
-        et0 = f["entry_type"].start
-        l150, l151 = sl("local_ip15")
-        lp0, lp1 = sl("local_port")
-        r150, r151 = sl("remote_ip15")
-        rp0, rp1 = sl("remote_port")
+        seq0, seq1 = at["JOSEQN"]
+        code0, code1 = at["JOCODE"][0], at["JOENTT"][1]
+        ts0, ts1 = at["JOTSTP"]
+        job0, job1 = at["JOJOB"]
+        usr0, usr1 = at["JOUSER"]
+        nbr0, nbr1 = at["JONBR"]
+        pgm0, pgm1 = at["JOPGM"]
+        plib0, plib1 = at.get("JOPGMLIB", (0, 0))
+        uspf0, uspf1 = at["JOUSPF"]
+        sys0, sys1 = at["JOSYNM"]
+        rcv0, rcv1 = at["JORCV"]
+        rlib0, rlib1 = at["JORCVLIB"]
+        et0 = at["entry_type"][0]
+        l150, l151 = at["local_ip15"]
+        lp0, lp1 = at["local_port"]
+        r150, r151 = at["remote_ip15"]
+        rp0, rp1 = at["remote_port"]
+        af0, af1 = at["address_family"]
+        la0, la1 = at["local_ip"]
+        ra0, ra1 = at["remote_ip"]
+        sv0, sv1 = at.get("secure_version", (0, 0))
+        sp0, sp1 = at.get("secure_properties", (0, 0))
         sd0 = f["socket_descriptor"].start
-        fd0, fd1 = sl("filter_description")
         fl0 = f["filter_data_length"].start
-        fdat0, fdat1 = sl("filter_data")
-        af0, af1 = sl("address_family")
-        la0, la1 = sl("local_ip")
-        ra0, ra1 = sl("remote_ip")
-        mac0, mac1 = sl("mac_address")
-        hn0, hn1 = sl("host_name")
-        sv = f.get("secure_version")
-        sp = f.get("secure_properties")
-        sv0, sv1 = (sv.start, sv.end) if sv and sv.end <= L else (0, 0)
-        sp0, sp1 = (sp.start, min(sp.end, L)) if sp and sp.start < L else (0, 0)
-        is_t5 = lay.name == "type5"
+        fd0, fd1 = raw("filter_description")
+        fdat0, fdat1 = raw("filter_data")
+        mac0, mac1 = raw("mac_address")
+        hn0, hn1 = raw("host_name")
 
         for c0 in range(0, self.count, CHUNK):
             c1 = min(c0 + CHUNK, self.count)
-            text = str(data[c0 * L:c1 * L], codec)
+            text = gather(data[c0 * L:c1 * L]).decode(codec)
             for i in range(c1 - c0):
-                b = i * L
+                b = i * K
                 rec = c0 + i
                 off = rec * L
-                field = "record"
+                field = "JOCODE"
                 try:
-                    field = "JOCODE"
-                    if text[b + code0:b + code0 + 3] != "TSK":
+                    if text[b + code0:b + code1] != "TSK":
                         raise m.FieldError(field, f"journal code and entry type are "
-                                           f"{text[b + code0:b + code0 + 3]!r}, not 'TSK' (wrong "
+                                           f"{text[b + code0:b + code1]!r}, not 'TSK' (wrong "
                                            "record length or CCSID?)")
                     field = "JOSEQN"
                     s = text[b + seq0:b + seq1].strip()
@@ -191,7 +188,9 @@ class RecordReader:
                     ts = text[b + ts0:b + ts1]
                     ts_ns = clock_saa(ts)
                     field = "JONBR"
-                    nbr = job_number(text[b + nbr0:b + nbr1])
+                    nbr = text[b + nbr0:b + nbr1]
+                    if not (nbr.isascii() and nbr.isdigit()):
+                        nbr = job_number(nbr)
                     field = "entry_type"
                     code = text[b + et0]
                     et = types.get(code)
@@ -223,27 +222,28 @@ class RecordReader:
                                 more["secure_properties"] = v
                     elif code in filter_t:
                         field = "filter_data_length"
-                        more["filter_description"] = text[b + fd0:b + fd1].rstrip()
+                        more["filter_description"] = str(data[off + fd0:off + fd1], codec).rstrip()
                         n = unpack_h(data, off + fl0)[0]
                         if not 0 <= n <= fdat1 - fdat0:
                             raise m.FieldError(field, f"{n} is not a length (0-{fdat1 - fdat0})")
-                        more["filter_data"] = text[b + fdat0:b + fdat0 + n]
+                        if n:
+                            more["filter_data"] = str(data[off + fdat0:off + fdat0 + n], codec)
                     elif code in dhcp_t:
-                        v = text[b + mac0:b + mac1].rstrip()
+                        v = str(data[off + mac0:off + mac1], codec).rstrip()
                         if v:
                             more["mac_address"] = v
-                        v = text[b + hn0:b + hn1].rstrip()
+                        v = str(data[off + hn0:off + hn1], codec).rstrip()
                         if v:
                             more["host_name"] = v
                     rlib = text[b + rlib0:b + rlib1].rstrip()
                     rcv = text[b + rcv0:b + rcv1].rstrip()
+                    usr = text[b + usr0:b + usr1].rstrip()
                     field = "JOSYNM"
                     entry = mk(
                         et, ts_ns, ts, text[b + sys0:b + sys1].rstrip(), seq,
-                        text[b + uspf0:b + uspf1].rstrip() or text[b + usr0:b + usr1].rstrip(),
-                        text[b + job0:b + job1].rstrip(), text[b + usr0:b + usr1].rstrip(), nbr,
-                        text[b + plib0:b + plib1].rstrip() if is_t5 else "",
-                        text[b + pgm0:b + pgm1].rstrip(),
+                        text[b + uspf0:b + uspf1].rstrip() or usr,
+                        text[b + job0:b + job1].rstrip(), usr, nbr,
+                        text[b + plib0:b + plib1].rstrip(), text[b + pgm0:b + pgm1].rstrip(),
                         f"{rlib}/{rcv}" if rlib and rcv else rcv or None,
                         fam, la, lp, ra, rp, more,
                     )
@@ -266,3 +266,41 @@ class RecordReader:
             if on_bad is None:
                 raise err
             on_bad(err, bytes(data[self.count * L:]))
+
+
+# Fields read for every record; gathered into one compact buffer per chunk, decoded at once.
+_HOT = ("JOSEQN", "JOCODE", "JOENTT", "JOTSTP", "JOJOB", "JOUSER", "JONBR", "JOPGM", "JOPGMLIB",
+        "JOUSPF", "JOSYNM", "JORCV", "JORCVLIB", "entry_type", "local_ip15", "local_port",
+        "remote_ip15", "remote_port", "address_family", "local_ip", "remote_ip",
+        "secure_version", "secure_properties")
+
+
+def _gather_plan(layout: Layout, length: int, names) -> tuple[Callable, int, dict]:
+    """A function bytes-of-N-records -> bytes holding only the byte spans of `names`
+    (nearby fields merged), the compact stride, and each field's (start, end) in it."""
+    fields = sorted((layout.fields[n] for n in names if n in layout.fields
+                     and layout.fields[n].start < length), key=lambda x: x.start)
+    spans: list[list[int]] = []
+    for fld in fields:
+        end = min(fld.end, length)
+        if spans and fld.start - spans[-1][1] <= 48:
+            spans[-1][1] = max(spans[-1][1], end)
+        else:
+            spans.append([fld.start, end])
+    fmt, pos, where, cpos = ">", 0, {}, 0
+    for a, z in spans:
+        fmt += (f"{a - pos}x" if a > pos else "") + f"{z - a}s"
+        for fld in fields:
+            if a <= fld.start < z:
+                where[fld.name] = (cpos + fld.start - a, cpos + min(fld.end, z) - a)
+        cpos += z - a
+        pos = z
+    fmt += f"{length - pos}x" if length > pos else ""
+    iter_unpack = struct.Struct(fmt).iter_unpack
+    join = b"".join
+    from_iterable = chain.from_iterable
+
+    def gather(buf) -> bytes:
+        return join(from_iterable(iter_unpack(buf)))
+
+    return gather, cpos, where

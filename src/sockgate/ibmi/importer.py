@@ -1,0 +1,263 @@
+"""`sockgate ibmi import`: read a file of IBM i SK entries, journal them, summarize.
+
+All or nothing: the whole file is parsed before anything is written, and the entries go to
+the journal in one atomic append, so a bad record leaves the journal as it was. With
+`skip_bad` bad records are written to that file (as they were in the input) and the rest is
+imported. Entries are identified by SYSTEM:SEQUENCE, so importing the same data twice adds
+no entries (the journal skips known idents); each successful import adds one SG `import`
+record that says what happened.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import IO, Any, Protocol
+
+from sockgate.errors import ImportRecordError, UsageError
+from sockgate.journal.entry import Entry, EntryType
+
+from . import delimited, records
+from .layout import LAYOUTS
+from .mapping import LocalTime
+
+FORMATS = ("auto", "type5", "type4", "csv", "audit-sk")
+_EBCDIC_TSK = "TSK".encode("cp037")  # the same in every EBCDIC CCSID with Latin letters
+
+
+class Progress(Protocol):
+    def start(self, total: int | None, description: str) -> None: ...
+    def advance(self, n: int) -> None: ...
+    def stop(self) -> None: ...
+
+
+# ---------------------------------------------------------------- input
+
+def read_input(path: str) -> tuple[str, Any, Callable[[], None]]:
+    """(display name, bytes-like data, close). Files are memory-mapped; '-' is stdin."""
+    if path == "-":
+        return "<stdin>", sys.stdin.buffer.read(), lambda: None
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as e:
+        raise UsageError(f"{path}: {e.strerror}") from None
+    try:
+        size = os.fstat(fd).st_size
+        if size == 0:
+            return path, b"", lambda: None
+        mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{path}: cannot read: {e}") from None
+    finally:
+        os.close(fd)
+
+    def close() -> None:
+        try:
+            mm.close()
+        except BufferError:  # a view is still referenced (an error traceback): GC closes it
+            pass
+
+    return path, mm, close
+
+
+def sniff(data, ccsid: int | None = None) -> str:
+    """The input format, from the first bytes."""
+    head = bytes(data[:65536])
+    for name, lay in LAYOUTS.items():
+        c = lay["JOCODE"].start
+        if head[c:c + 3] in (_EBCDIC_TSK, b"TSK"):
+            return name
+    codec = records.codec_for_ccsid(ccsid) if ccsid else "utf-8"
+    text = head.decode(codec, "replace").lstrip("\ufeff \t\r\n")
+    if text[:1] in ("[", "{"):
+        return "audit-sk"
+    first = text.split("\n", 1)[0].upper()
+    cols = [c.strip().strip('"').strip() for c in first.split(",")]
+    if "ENTRY_TYPE" in cols and "SEQUENCE_NUMBER" in cols:
+        return "audit-sk"
+    if cols[:1] == ["JOENTL"] or cols[2:4] == ["T", "SK"]:
+        return "csv"
+    raise UsageError("cannot tell the input format; pass --format type5, type4, csv or audit-sk")
+
+
+# ---------------------------------------------------------------- summary
+
+@dataclass
+class Summary:
+    file: str
+    format: str
+    records: int = 0            # entries parsed from the file
+    imported: int = 0           # new in the journal
+    already_present: int = 0    # identity (SYSTEM:SEQUENCE) already journaled, or repeated
+    bad: int = 0                # bad records written to --skip-bad
+    by_type: dict[str, int] = field(default_factory=dict)
+    systems: list[str] = field(default_factory=list)
+    first: str | None = None    # UTC ISO 8601 of the oldest entry
+    last: str | None = None
+    first_ts_ns: int | None = None
+    last_ts_ns: int | None = None
+    time_zone: str = ""
+    dry_run: bool = False
+    skip_bad_file: str | None = None
+    bad_records: list[dict] = field(default_factory=list)  # the first 100: record, offset, reason
+    journal: str | None = None
+    import_seq: int | None = None  # seq of the SG import record
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Tally:
+    """Counts entries as they stream past."""
+
+    def __init__(self) -> None:
+        self.types: Counter[str] = Counter()
+        self.systems: set[str] = set()
+        self.lo: int | None = None
+        self.hi: int | None = None
+
+    def watch(self, entries: Iterator[Entry]) -> Iterator[Entry]:
+        types, systems = self.types, self.systems
+        lo = hi = None
+        for e in entries:
+            types[e.type.value] += 1
+            systems.add(e.host)
+            t = e.ts_ns
+            if lo is None or t < lo:
+                lo = t
+            if hi is None or t > hi:
+                hi = t
+            yield e
+        self.lo, self.hi = lo, hi
+
+
+def _iso(ns: int | None) -> str | None:
+    if ns is None:
+        return None
+    s, frac = divmod(ns, 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(s)) + f".{frac // 1000:06d}Z"
+
+
+# ---------------------------------------------------------------- parsing
+
+def parse(data, *, fmt: str = "auto", ccsid: int | None = None,
+          record_length: int | None = None, clock: LocalTime | None = None, file: str = "-",
+          on_bad: Callable[[ImportRecordError, bytes], None] | None = None,
+          progress: Progress | None = None,
+          header_out: Callable[[bytes], None] | None = None) -> tuple[str, Iterator[Entry]]:
+    """(format, entries) of one input. Pure: nothing is written."""
+    if fmt not in FORMATS:
+        raise UsageError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
+    clock = clock or LocalTime("local")
+    if len(data) == 0:
+        raise ImportRecordError("empty input, no records", record=1, offset=0, file=file)
+    if fmt == "auto":
+        fmt = sniff(data, ccsid)
+    if record_length is not None and fmt not in ("type5", "type4"):
+        raise UsageError("--record-length applies to --format type5 and type4 only")
+    advance = progress.advance if progress else None
+    if fmt in ("type5", "type4"):
+        lay = LAYOUTS[fmt]
+        if ccsid:
+            codec = records.codec_for_ccsid(ccsid)
+        else:
+            c = lay["JOCODE"].start
+            codec = "latin-1" if bytes(data[c:c + 3]) == b"TSK" else "cp037"
+        reader = records.RecordReader(data, lay, codec=codec, clock=clock,
+                                      record_length=record_length, file=file)
+        if progress:
+            progress.start(reader.total, f"{fmt} records")
+        return fmt, reader.entries(on_bad, advance)
+    codec = records.codec_for_ccsid(ccsid) if ccsid else "utf-8"
+    if progress:
+        progress.start(data.count(b"\n") + 1, f"{fmt} rows")
+    if fmt == "csv":
+        lines = delimited.TextLines(bytes(data), codec, file)
+        return fmt, delimited.read_cpytoimpf(lines, clock, on_bad, advance)
+    head = bytes(data[:4096]).decode(codec, "replace").lstrip("\ufeff \t\r\n")
+    if head[:1] in ("[", "{"):
+        return fmt, delimited.read_audit_sk_json(bytes(data), codec, file, clock, on_bad, advance)
+    lines = delimited.TextLines(bytes(data), codec, file)
+    return fmt, delimited.read_audit_sk_csv(lines, clock, on_bad, advance, header_out)
+
+
+def parse_all(data, **kw) -> list[Entry]:
+    """Every entry of an input, or ImportRecordError at the first bad record."""
+    return list(parse(data, **kw)[1])
+
+
+# ---------------------------------------------------------------- import
+
+def import_file(path: str, journal_dir: str | None, *, fmt: str = "auto", ccsid: int | None = None,
+                record_length: int | None = None, utc_offset: str = "local",
+                skip_bad: str | None = None, dry_run: bool = False,
+                progress: Progress | None = None) -> Summary:
+    started = time.perf_counter()
+    clock = LocalTime(utc_offset)
+    name, data, close = read_input(path)
+    bad_out: IO[bytes] | None = None
+    summary = Summary(file=name, format=fmt, time_zone=clock.describe, dry_run=dry_run,
+                      skip_bad_file=skip_bad, journal=None if dry_run else journal_dir)
+
+    def on_bad(err: ImportRecordError, raw: bytes) -> None:
+        summary.bad += 1
+        if len(summary.bad_records) < 100:
+            summary.bad_records.append(
+                {"record": err.record, "offset": err.offset, "reason": err.reason})
+        bad_out.write(raw)
+
+    def header_out(raw: bytes) -> None:
+        bad_out.write(raw)
+
+    journal = None
+    try:
+        if skip_bad:
+            try:
+                bad_out = open(skip_bad, "wb")
+            except OSError as e:
+                raise UsageError(f"--skip-bad {skip_bad}: {e.strerror}") from None
+        if not dry_run:
+            from sockgate.journal import Journal
+            journal = Journal.open(journal_dir)  # early: a bad journal fails before parsing
+        tally = Tally()
+        fmt_used, entries = parse(
+            data, fmt=fmt, ccsid=ccsid, record_length=record_length, clock=clock, file=name,
+            on_bad=on_bad if skip_bad else None, progress=progress,
+            header_out=header_out if skip_bad else None)
+        summary.format = fmt_used
+        parsed = list(tally.watch(entries))  # the whole file first: all or nothing
+        if progress:
+            progress.stop()
+        summary.records = len(parsed)
+        summary.by_type = dict(sorted(tally.types.items()))
+        summary.systems = sorted(tally.systems)
+        summary.first_ts_ns, summary.last_ts_ns = tally.lo, tally.hi
+        summary.first, summary.last = _iso(tally.lo), _iso(tally.hi)
+        if journal is not None:
+            if progress:
+                progress.start(None, "writing to the journal")
+            before = journal.last_seq
+            after = journal.append(parsed, atomic=True)
+            summary.imported = after - before
+            summary.already_present = summary.records - summary.imported
+            summary.import_seq = journal.record(
+                EntryType.IMPORT, file=name, format=fmt_used, records=summary.records,
+                imported=summary.imported, already_present=summary.already_present,
+                bad=summary.bad, systems=",".join(summary.systems),
+                first_ts_ns=tally.lo, last_ts_ns=tally.hi, time_zone=clock.describe)
+    finally:
+        if progress:
+            progress.stop()
+        if journal is not None:
+            journal.close()
+        if bad_out is not None:
+            bad_out.close()
+        close()
+    summary.seconds = round(time.perf_counter() - started, 3)
+    return summary
