@@ -199,13 +199,11 @@ def test_invalid_utf8_line():
 
 
 def test_huge_integer_literal():
-    line, msg = one("mode = 'audit'\nerrno = " + "9" * 5000 + "\n")
-    assert line == 2
+    assert one("mode = 'audit'\nerrno = " + "9" * 5000 + "\n") == (2, "TOML: integer with too many digits")
 
 
 def test_deep_nesting():
-    errs = errors("x = " + "[" * 5000 + "]" * 5000 + "\n")
-    assert errs and all(line >= 1 for line, _ in errs)
+    assert one('mode = "audit"\nx = ' + "[" * 5000 + "]" * 5000 + "\n") == (2, "TOML: arrays or tables nested too deeply")
 
 
 # --------------------------------------------------------------------------- top level

@@ -293,7 +293,7 @@ def _toml(text: str, ctx: _Ctx) -> dict | None:
     except ValueError as e:  # e.g. an integer literal too long for int()
         m = _LONG_DIGITS.search(text)
         line = text.count("\n", 0, m.start()) + 1 if m else 1
-        ctx.err(line, f"TOML: bad value: {e}")
+        ctx.err(line, "TOML: integer with too many digits" if m else f"TOML: bad value: {e}")
     except Exception as e:  # noqa: BLE001 - the contract is: never a traceback
         ctx.err(1, f"TOML: cannot parse: {type(e).__name__}: {e}")
     return None
