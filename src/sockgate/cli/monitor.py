@@ -1,14 +1,142 @@
-"""`sockgate monitor` commands (owned by the monitor package)."""
+"""`sockgate monitor`: run the alert monitor, check a rules file, or replay the journal
+(printing only; the work is in sockgate.monitor)."""
 
 from __future__ import annotations
 
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+
 import click
 
-
-@click.group("monitor")
-def group() -> None:
-    """monitor commands."""
+from sockgate.cli.options import DEFAULT_ALERTS, journal_option
+from sockgate.errors import RulesErrors, UsageError
 
 
 def register(cli: click.Group) -> None:
-    cli.add_command(group)
+    cli.add_command(monitor)
+
+
+def _print_errors(errors: RulesErrors) -> None:
+    for e in errors.errors:
+        click.echo(str(e), err=True)
+
+
+def _check(file: str) -> None:
+    from sockgate.monitor import load_rules
+
+    try:
+        rs = load_rules(file)
+    except RulesErrors as e:
+        _print_errors(e)
+        n = len(e.errors)
+        click.echo(f"{file}: {n} error{'s' if n != 1 else ''}", err=True)
+        sys.exit(1)
+    kinds: dict[str, int] = {}
+    for r in rs.rules:
+        kinds[r.kind] = kinds.get(r.kind, 0) + 1
+    detail = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())) or "none enabled"
+    click.echo(f"{file}: ok ({len(rs.rules)} alert rule{'s' if len(rs.rules) != 1 else ''}: {detail}; "
+               f"channels: {', '.join(rs.channels) or 'none'})")
+
+
+def _test(file: str, journal_dir: str, since: str | None, as_json: bool) -> None:
+    from sockgate.journal import Journal
+    from sockgate.monitor import load_rules, replay
+    from sockgate.monitor.durations import iso, parse_since
+
+    try:
+        rs = load_rules(file)
+    except RulesErrors as e:
+        _print_errors(e)
+        sys.exit(1)
+    since_ns = None
+    if since is not None:
+        try:
+            since_ns = parse_since(since, time.time_ns())
+        except ValueError as e:
+            raise UsageError(f"--since: {e}") from None
+    with Journal.open(journal_dir, create=False, readonly=True) as j:
+        counted = [0]
+
+        def entries():
+            for e in j.entries(0):
+                counted[0] += 1
+                yield e
+        alerts = replay(rs, entries(), since_ns=since_ns)
+    for a in alerts:
+        p = a.payload
+        if as_json:
+            click.echo(json.dumps({**p, "channels": list(a.channels)}))
+        else:
+            click.echo(f"{p['last_time']}  {p['severity']:<8} {p['alert']}: {p['message']}  "
+                       f"-> {', '.join(a.channels)}")
+    scope = f"since {iso(since_ns)}" if since_ns is not None else "over the whole journal"
+    n = len(alerts)
+    click.echo(f"{n} alert{'s' if n != 1 else ''} would fire {scope} ({counted[0]} entries read; nothing sent, "
+               "no state touched)", err=True)
+
+
+@click.command("monitor")
+@click.option("--rules", "rules_file", default=DEFAULT_ALERTS, show_default=True, envvar="SOCKGATE_ALERTS",
+              type=click.Path(dir_okay=False), help="Alert rules file (TOML).")
+@journal_option
+@click.option("--state", "state_dir", default="/var/lib/sockgate/monitor", show_default=True,
+              type=click.Path(file_okay=False), help="Monitor state directory (cursor, windows, outboxes).")
+@click.option("--check", "check_file", metavar="FILE", type=click.Path(dir_okay=False),
+              help="Validate a rules file and exit (1 when it has errors).")
+@click.option("--test", "test_file", metavar="FILE", type=click.Path(dir_okay=False),
+              help="Replay the journal through FILE's rules and print what would fire (sends nothing).")
+@click.option("--since", metavar="WHEN", help="With --test: replay from this time (\"1h\", ISO time); "
+              "earlier entries only teach first_seen baselines.")
+@click.option("--once", is_flag=True, help="Process what is new, deliver what can be delivered, exit.")
+@click.option("--poll", "poll_interval", default=0.5, show_default=True, type=click.FloatRange(0.01, 3600),
+              help="Seconds between journal polls.")
+@click.option("--json", "as_json", is_flag=True, help="With --test: one JSON alert per line.")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+def monitor(rules_file: str, journal_dir: str, state_dir: str, check_file: str | None, test_file: str | None,
+            since: str | None, once: bool, poll_interval: float, as_json: bool, verbose: int) -> None:
+    """Watch the journal and raise alerts (syslog, email, webhook, command).
+
+    \b
+      sockgate monitor                          # follow the journal (as a service)
+      sockgate monitor --check alerts.toml      # validate: FILE:LINE: message, exit 1
+      sockgate monitor --test alerts.toml --since 1h   # what would have fired
+    """
+    if check_file and test_file:
+        raise UsageError("--check and --test are exclusive")
+    if since is not None and not test_file:
+        raise UsageError("--since applies to --test only")
+    if as_json and not test_file:
+        raise UsageError("--json applies to --test only")
+    if check_file:
+        _check(check_file)
+        return
+    if test_file:
+        _test(test_file, journal_dir, since, as_json)
+        return
+
+    from sockgate.monitor import Monitor
+
+    logging.basicConfig(level=logging.DEBUG if verbose > 1 else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    try:
+        m = Monitor.open(rules_file, journal_dir, state_dir)
+    except RulesErrors as e:
+        _print_errors(e)
+        sys.exit(1)
+    with m:
+        if once:
+            n = m.step()
+            click.echo(f"{n} alert{'s' if n != 1 else ''} raised, {m.delivered} delivered", err=True)
+            return
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, lambda *_: stop.set())
+        logging.getLogger("sockgate.monitor").info(
+            "monitor: following %s with %d rules from %s (state %s)", journal_dir, len(m.ruleset.rules),
+            rules_file, state_dir)
+        m.run(stop, poll_interval=poll_interval)
