@@ -160,6 +160,7 @@ def test_explain_accept_v6_and_v4_mapped(policy_cli, evaluate):
 def test_explain_group_and_program(policy_cli, evaluate):
     r = policy_cli("policy", "explain", str(EXAMPLE), "connect", "-u", "nobody", "-g", "adm",
                    "--remote", "10.1.1.1:5432")
+    assert r.stdout.startswith("connect uid=65534(nobody) gids=65534,4 → 10.1.1.1:5432: ")
     assert 'ALLOWED by rule "db-for-adm"' in r.stdout
     r = policy_cli("policy", "explain", str(EXAMPLE), "connect", "--program", "/usr/bin/perl",
                    "--remote", "8.8.8.8:53")

@@ -221,11 +221,13 @@ def build_query(exit_name: str, user: str | None, groups: tuple[str, ...], progr
     remote_ep = parse_endpoint(remote, "--remote", allow_bare_port=False) if remote else None
     query = Query(exit=exit_point, uid=uid, gids=tuple(gids), program=program,
                   local=local_ep, remote=remote_ep)
-    return query, {"user": uname}
+    return query, {"user": uname, "show_groups": bool(groups)}
 
 
-def describe_call(query, user_name: str | None) -> str:
+def describe_call(query, user_name: str | None, show_groups: bool = False) -> str:
     who = f"uid={query.uid}" + (f"({user_name})" if user_name else "")
+    if show_groups:
+        who += " gids=" + ",".join(str(g) for g in query.gids)
     if query.program:
         who += f" program={query.program}"
     if query.exit == Exit.CONNECT:
@@ -304,4 +306,4 @@ def explain(file: str, exit_name: str, user: str | None, groups: tuple[str, ...]
             "digest": policy.digest,
         }, indent=2))
         return
-    click.echo(f"{describe_call(query, info['user'])}: {describe_decision(policy, query, decision)}")
+    click.echo(f"{describe_call(query, info['user'], info['show_groups'])}: {describe_decision(policy, query, decision)}")
