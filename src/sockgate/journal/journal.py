@@ -415,8 +415,8 @@ class Journal:
             last = after_seq
             while True:
                 try:
-                    rows = r.execute(f"{_SELECT} WHERE seq > ? AND {where} ORDER BY seq LIMIT ?",
-                                     [last, *params, page]).fetchall()
+                    rows = r.fetchall(f"{_SELECT} WHERE seq > ? AND {where} ORDER BY seq LIMIT ?",
+                                      [last, *params, page])
                 except JournalError:
                     if not r.path.exists():
                         break   # deleted by retention while we read
@@ -433,7 +433,7 @@ class Journal:
         where, params = (filter or Filter()).where()
         out: list[Entry] = []
         for r in reversed(self.receivers):
-            rows = r.execute(f"{_SELECT} WHERE {where} ORDER BY seq DESC LIMIT ?", [*params, n - len(out)]).fetchall()
+            rows = r.fetchall(f"{_SELECT} WHERE {where} ORDER BY seq DESC LIMIT ?", [*params, n - len(out)])
             out.extend(_to_entry(row, r) for row in rows)
             if len(out) >= n:
                 break
@@ -441,7 +441,7 @@ class Journal:
 
     def count(self, filter: Filter | None = None) -> int:
         where, params = (filter or Filter()).where()
-        return sum(r.execute(f"SELECT count(*) FROM entry WHERE {where}", params).fetchone()[0]
+        return sum(r.fetchall(f"SELECT count(*) FROM entry WHERE {where}", params)[0][0]
                    for r in self.receivers)
 
     def top(self, field: str, filter: Filter | None = None, n: int = 10) -> list[tuple[Any, int]]:
@@ -457,7 +457,7 @@ class Journal:
         for r in self.receivers:
             q = (f"SELECT {key}, min({field}), count(*) FROM entry WHERE {where} "
                  f"GROUP BY {key}")
-            for k, label, c in r.execute(q, params):
+            for k, label, c in r.fetchall(q, params):
                 slot = counts.setdefault(k, [label, 0])
                 slot[1] += c
         ranked = sorted(counts.values(), key=lambda v: -v[1])

@@ -16,7 +16,7 @@ import os
 import re
 import sqlite3
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from sockgate.errors import JournalError
 from sockgate.journal.entry import Code, Entry, EntryType, Outcome, Source
@@ -244,18 +244,19 @@ class Receiver:
 
     def head(self) -> tuple[int, bytes]:
         """(last seq, its chain hash), or (first_seq - 1, prev_hash) when empty."""
-        row = self.execute("SELECT seq, hash FROM entry ORDER BY seq DESC LIMIT 1").fetchone()
+        rows = self.fetchall("SELECT seq, hash FROM entry ORDER BY seq DESC LIMIT 1")
+        row = rows[0] if rows else None
         if row is None:
             return self.first_seq - 1, self.prev_hash
         return row[0], bytes(row[1])
 
     def last_seal(self) -> tuple[int, int, int] | None:
         """(epoch, seq, ts_ns) of the newest seal in this receiver."""
-        row = self.execute("SELECT epoch, seq, ts_ns FROM seal ORDER BY epoch DESC LIMIT 1").fetchone()
-        return tuple(row) if row else None  # type: ignore[return-value]
+        rows = self.fetchall("SELECT epoch, seq, ts_ns FROM seal ORDER BY epoch DESC LIMIT 1")
+        return tuple(rows[0]) if rows else None  # type: ignore[return-value]
 
     def time_span(self) -> tuple[int, int] | None:
-        row = self.execute("SELECT min(ts_ns), max(ts_ns) FROM entry").fetchone()
+        row = self.fetchall("SELECT min(ts_ns), max(ts_ns) FROM entry")[0]
         return None if row[0] is None else (row[0], row[1])
 
     def size(self) -> int:
@@ -272,8 +273,21 @@ class Receiver:
         for i in range(0, len(idents), 500):
             part = idents[i:i + 500]
             q = f"SELECT ident FROM entry WHERE ident IN ({','.join('?' * len(part))})"
-            found.update(r[0] for r in self.execute(q, part))
+            found.update(r[0] for r in self.fetchall(q, part))
         return found
+
+    def fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[tuple]:
+        try:
+            return self.conn.execute(sql, tuple(params)).fetchall()
+        except sqlite3.DatabaseError as e:
+            raise JournalError(f"{self.path}: {e}") from None
+
+    def iterate(self, sql: str, params: Iterable[Any] = ()) -> Iterator[tuple]:
+        """Stream rows; a receiver that turns out corrupt mid-way is a JournalError."""
+        try:
+            yield from self.conn.execute(sql, tuple(params))
+        except sqlite3.DatabaseError as e:
+            raise JournalError(f"{self.path}: corrupt receiver: {e}") from None
 
     def execute(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Cursor:
         try:

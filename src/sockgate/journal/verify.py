@@ -130,9 +130,9 @@ def _walk(rep: VerifyReport, receivers: list[Receiver], k0: bytes | None, state:
             raise _Bad(r.first_seq, f"{r.name} starts at seq {r.first_seq}, overlapping the receiver before it")
         if r.prev_hash != h:
             raise _Bad(r.first_seq, f"{r.name} does not continue the hash chain of the receiver before it")
-        seals = r.execute("SELECT epoch, seq, hash, ts_ns, mac FROM seal ORDER BY epoch").fetchall()
+        seals = r.fetchall("SELECT epoch, seq, hash, ts_ns, mac FROM seal ORDER BY epoch")
         si = 0
-        for row in r.execute(_SELECT):
+        for row in r.iterate(_SELECT):
             seq = row[0]
             if seq != expected:
                 raise _Bad(expected, f"entry {expected} is missing" if seq > expected else f"entry {seq} is out of order")
