@@ -65,7 +65,7 @@ def read_input(path: str) -> tuple[str, Any, Callable[[], None]]:
     return path, mm, close
 
 
-def sniff(data, ccsid: int | None = None) -> str:
+def sniff(data, ccsid: int | None = None, file: str = "-") -> str:
     """The input format, from the first bytes."""
     head = bytes(data[:65536])
     for name, lay in LAYOUTS.items():
@@ -82,7 +82,9 @@ def sniff(data, ccsid: int | None = None) -> str:
         return "audit-sk"
     if cols[:1] == ["JOENTL"] or cols[2:4] == ["T", "SK"]:
         return "csv"
-    raise UsageError("cannot tell the input format; pass --format type5, type4, csv or audit-sk")
+    raise ImportRecordError(
+        "cannot tell the input format (not an SK outfile, CPYTOIMPF copy or AUDIT_JOURNAL_SK "
+        "result); pass --format type5, type4, csv or audit-sk", record=1, offset=0, file=file)
 
 
 # ---------------------------------------------------------------- summary
@@ -158,7 +160,7 @@ def parse(data, *, fmt: str = "auto", ccsid: int | None = None,
     if len(data) == 0:
         raise ImportRecordError("empty input, no records", record=1, offset=0, file=file)
     if fmt == "auto":
-        fmt = sniff(data, ccsid)
+        fmt = sniff(data, ccsid, file)
     if record_length is not None and fmt not in ("type5", "type4"):
         raise UsageError("--record-length applies to --format type5 and type4 only")
     advance = progress.advance if progress else None
@@ -175,15 +177,16 @@ def parse(data, *, fmt: str = "auto", ccsid: int | None = None,
             progress.start(reader.total, f"{fmt} records")
         return fmt, reader.entries(on_bad, advance)
     codec = records.codec_for_ccsid(ccsid) if ccsid else "utf-8"
+    data = bytes(data)
     if progress:
         progress.start(data.count(b"\n") + 1, f"{fmt} rows")
     if fmt == "csv":
-        lines = delimited.TextLines(bytes(data), codec, file)
+        lines = delimited.TextLines(data, codec, file)
         return fmt, delimited.read_cpytoimpf(lines, clock, on_bad, advance)
     head = bytes(data[:4096]).decode(codec, "replace").lstrip("\ufeff \t\r\n")
     if head[:1] in ("[", "{"):
-        return fmt, delimited.read_audit_sk_json(bytes(data), codec, file, clock, on_bad, advance)
-    lines = delimited.TextLines(bytes(data), codec, file)
+        return fmt, delimited.read_audit_sk_json(data, codec, file, clock, on_bad, advance)
+    lines = delimited.TextLines(data, codec, file)
     return fmt, delimited.read_audit_sk_csv(lines, clock, on_bad, advance, header_out)
 
 

@@ -95,7 +95,12 @@ class LocalTime:
         dt = datetime(y, mo, d, h, mi)  # ValueError on an impossible date
         if self.tz is not None:
             dt = dt.replace(tzinfo=self.tz)
-        secs = int(dt.timestamp())
+        try:
+            secs = int(dt.timestamp())
+        except OSError as e:  # outside the platform's time range
+            raise ValueError(str(e)) from None
+        if secs < 0:
+            raise ValueError("before 1970")
         if len(self._minutes) > 100_000:
             self._minutes.clear()
         self._minutes[key] = secs
@@ -144,6 +149,8 @@ class LocalTime:
                     zz = z[1:].replace(":", "")
                     tz = timezone(sign * timedelta(hours=int(zz[:2]), minutes=int(zz[2:])))
                 secs = int(datetime(y, mo, d, h, mi, tzinfo=tz).timestamp())
+                if secs < 0:
+                    raise ValueError("before 1970")
             else:
                 secs = self._minutes.get(ts[:16]) or self._minute(ts[:16], y, mo, d, h, mi)
         except (ValueError, OverflowError) as e:
