@@ -1,0 +1,720 @@
+// SPDX-License-Identifier: GPL-2.0
+/* sockgate kernel programs: exit points on connect, listen (at bind) and accept (sk_lookup).
+ *
+ * Every decision is the same lookup: each dimension (exit, user, group, program, local
+ * address, local port, remote address, remote port) yields a bitmap of the rules it
+ * allows; the lowest bit set in all of them is the first matching rule (linear bit vector
+ * search). Summary words skip empty 64-rule blocks, so the cost barely moves with the
+ * rule count. Tables are double-buffered: a decision reads the active slot once. */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
+#include "sockgate.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+#define AF_INET 2
+#define AF_INET6 10
+#define IPPROTO_TCP 6
+#define SOCK_STREAM 1
+#define EPERM 1
+
+/* uapi context layouts, read at their ABI offsets (vmlinux.h's CO-RE versions make clang
+ * emit ctx pointer arithmetic the verifier rejects). */
+#define READ_CTX(field) (*(volatile __u32 *)&(field))
+
+struct sg_ctx_sock_addr {
+	__u32 user_family;
+	__u32 user_ip4;
+	__u32 user_ip6[4];
+	__u32 user_port;
+	__u32 family;
+	__u32 type;
+	__u32 protocol;
+};
+
+struct sg_ctx_sock {
+	__u32 bound_dev_if;
+	__u32 family;
+	__u32 type;
+	__u32 protocol;
+	__u32 mark;
+	__u32 priority;
+	__u32 src_ip4;
+	__u32 src_ip6[4];
+	__u32 src_port;
+};
+
+struct sg_ctx_sk_lookup {
+	__u64 sk;
+	__u32 family;
+	__u32 protocol;
+	__u32 remote_ip4;
+	__u32 remote_ip6[4];
+	__u32 remote_port;     /* __be16 in the low half */
+	__u32 local_ip4;
+	__u32 local_ip6[4];
+	__u32 local_port;      /* host order */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct sg_config);
+} sg_config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, SG_SLOTS);
+	__type(key, __u32);
+	__type(value, struct sg_policy);
+} sg_policy SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, SG_SLOTS * SG_MAX_RULES);
+	__type(key, __u32);
+	__type(value, struct sg_rule);
+} sg_rules SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, SG_SLOTS * SG_MAX_BITMAPS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct sg_bitmap_key);
+	__type(value, struct sg_bitmap);
+} sg_bitmaps SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, SG_SLOTS * SG_MAX_RULES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct sg_id_key);
+	__type(value, __u32);
+} sg_users SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, SG_SLOTS * SG_MAX_RULES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct sg_id_key);
+	__type(value, struct sg_group_val);
+} sg_groups SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, SG_SLOTS * SG_MAX_RULES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct sg_program_key);
+	__type(value, __u32);
+} sg_programs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, SG_SLOTS * SG_MAX_BITMAPS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct sg_addr_key);
+	__type(value, __u32);
+} sg_addrs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, SG_SLOTS * SG_PORT_SIDES * 65536);
+	__type(key, __u32);
+	__type(value, __u32);
+} sg_ports SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, SG_OWNERS_MAX);
+	__type(key, struct sg_owner_key);
+	__type(value, struct sg_owner);
+} sg_owners SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, SG_SLOTS * SG_HIT_SLOTS);
+	__type(key, __u32);
+	__type(value, __u64);
+} sg_hits SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, SG_STATS);
+	__type(key, __u32);
+	__type(value, __u64);
+} sg_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, SG_RINGBUF_BYTES);
+} sg_events SEC(".maps");
+
+/* Writing to this map-of-maps makes the kernel wait until every running program has
+ * finished (synchronize_rcu), which is how a policy swap knows the old slot is free. */
+struct sg_sync_inner_map {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} sg_sync_inner SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__array(values, struct sg_sync_inner_map);
+} sg_sync SEC(".maps") = {
+	.values = { [0] = &sg_sync_inner },
+};
+
+/* Per-CPU scratch: the caller's identity, and the OR of several groups' bitmaps. */
+struct sg_scratch {
+	struct sg_owner who;
+	struct sg_bitmap groups;
+	struct sg_probe probe;
+	__u32 hit_alone[SG_MAX_GROUPS];
+	__u32 hit_membership[SG_MAX_GROUPS];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct sg_scratch);
+} sg_scratch SEC(".maps");
+
+/* Keep the layouts in the object's BTF so user space can check its mirror against them. */
+struct sg_event _sg_event_btf = {};
+struct sg_probe _sg_probe_btf = {};
+
+static __always_inline void stat_add(__u32 which)
+{
+	__u64 *v = bpf_map_lookup_elem(&sg_stats, &which);
+	if (v)
+		*v += 1;
+}
+
+/* Index of the lowest set bit, branch-free (popcount of the bits below it): branches
+ * here would multiply the states the verifier has to walk. */
+static __always_inline __u32 lowest_bit(__u64 x)
+{
+	__u64 v = (x & -x) - 1;
+	v = v - ((v >> 1) & 0x5555555555555555ULL);
+	v = (v & 0x3333333333333333ULL) + ((v >> 2) & 0x3333333333333333ULL);
+	v = (v + (v >> 4)) & 0x0f0f0f0f0f0f0f0fULL;
+	return (v * 0x0101010101010101ULL) >> 56;
+}
+
+static __always_inline const struct sg_bitmap *bitmap(__u32 slot, __u32 index)
+{
+	struct sg_bitmap_key k = { .slot = slot, .index = index };
+	return bpf_map_lookup_elem(&sg_bitmaps, &k);
+}
+
+static __always_inline const struct sg_bitmap *addr_bitmap(__u32 slot, __u32 side, const __u8 *addr)
+{
+	struct sg_addr_key k = { .prefixlen = 16 + 128, .slot = slot, .side = side };
+	__builtin_memcpy(k.addr, addr, 16);
+	__u32 *idx = bpf_map_lookup_elem(&sg_addrs, &k);
+	return idx ? bitmap(slot, *idx) : NULL;
+}
+
+static __always_inline const struct sg_bitmap *port_bitmap(__u32 slot, __u32 side, __u16 port)
+{
+	__u32 k = SG_PORT_INDEX(slot, side, port);
+	__u32 *idx = bpf_map_lookup_elem(&sg_ports, &k);
+	return idx ? bitmap(slot, *idx) : NULL;
+}
+
+/* Word loops run under bpf_loop() so the verifier checks their body once, not per word. */
+struct or_words_ctx {
+	struct sg_bitmap *acc;
+	const struct sg_bitmap *src;
+	__u32 copy;                  /* first group: copy instead of OR */
+};
+
+static long or_words_step(__u32 w, void *data)
+{
+	struct or_words_ctx *c = data;
+	w &= SG_WORDS - 1;
+	if (c->copy)
+		c->acc->words[w] = c->src->words[w];
+	else
+		c->acc->words[w] |= c->src->words[w];
+	return 0;
+}
+
+struct combine_ctx {
+	struct sg_bitmap *acc;
+	const struct sg_bitmap *wild;
+	const struct sg_bitmap *neg;
+};
+
+static long combine_step(__u32 w, void *data)
+{
+	struct combine_ctx *c = data;
+	w &= SG_WORDS - 1;
+	__u64 v = c->wild->words[w] | (c->acc->words[w] ^ c->neg->words[w]);
+	c->acc->words[w] = v;
+	if (v)
+		c->acc->summary[(w >> 6) & (SG_SUMMARY_WORDS - 1)] |= 1ULL << (w & 63);
+	return 0;
+}
+
+/* Collect the caller's groups that some rule names (one bpf_loop step per group). */
+struct group_hits_ctx {
+	__u32 slot;
+	__u32 hits;
+	const struct sg_owner *who;
+	__u32 *alone;                /* -> scratch: result bitmap of each hit alone */
+	__u32 *membership;           /* -> scratch: membership bitmap of each hit */
+};
+
+static long group_hit_step(__u32 i, void *data)
+{
+	struct group_hits_ctx *c = data;
+	struct sg_id_key k = { .slot = c->slot, .id = c->who->groups[i & (SG_MAX_GROUPS - 1)] };
+	struct sg_group_val *g = bpf_map_lookup_elem(&sg_groups, &k);
+	if (!g)
+		return 0;
+	/* the same gid twice (primary also listed as supplementary) counts once */
+	if (c->hits == 1 && c->alone[0] == g->alone)
+		return 0;
+	__u32 h = c->hits & (SG_MAX_GROUPS - 1);
+	c->alone[h] = g->alone;
+	c->membership[h] = g->membership;
+	c->hits++;
+	return 0;
+}
+
+/* Group dimension: wildcard | (OR of the caller's groups' memberships ^ negated). Usually
+ * the caller is in at most one group a rule names and a precomputed bitmap serves. */
+static __always_inline const struct sg_bitmap *group_bitmap(__u32 slot, const struct sg_policy *pol,
+							    const struct sg_owner *who, struct sg_scratch *sc)
+{
+	__u32 n = who->ngroups;
+	if (n > SG_MAX_GROUPS)
+		n = SG_MAX_GROUPS;
+	__u32 nw = pol->nsummary * 64;
+	if (nw > SG_WORDS)
+		nw = SG_WORDS;
+
+	struct group_hits_ctx gc = { .slot = slot, .who = who, .alone = sc->hit_alone,
+				     .membership = sc->hit_membership };
+	bpf_loop(n, group_hit_step, &gc, 0);
+	if (gc.hits == 0)
+		return bitmap(slot, pol->group_miss);
+	if (gc.hits == 1)
+		return bitmap(slot, sc->hit_alone[0]);
+
+	struct sg_bitmap *acc = &sc->groups;
+	for (__u32 j = 0; j < SG_MAX_GROUPS; j++) {
+		if (j >= gc.hits)
+			break;
+		const struct sg_bitmap *m = bitmap(slot, sc->hit_membership[j]);
+		if (!m)
+			return NULL;
+		struct or_words_ctx oc = { .acc = acc, .src = m, .copy = j == 0 };
+		bpf_loop(nw, or_words_step, &oc, 0);
+	}
+	struct combine_ctx cc = { .acc = acc, .wild = bitmap(slot, pol->group_wild),
+				  .neg = bitmap(slot, pol->group_neg) };
+	if (!cc.wild || !cc.neg)
+		return NULL;
+	for (__u32 s = 0; s < SG_SUMMARY_WORDS; s++)
+		acc->summary[s] = 0;
+	bpf_loop(nw, combine_step, &cc, 0);
+	return acc;
+}
+
+/* The AND of all dimensions, one candidate word per step. */
+struct scan_ctx {
+	const struct sg_bitmap *b[8];
+	__u64 sum;                   /* candidate words left in the current summary word */
+	__u32 s;                     /* current summary word */
+	__u32 nsum;
+	__s32 rule;                  /* out: first matching rule, or -1 */
+};
+
+static long scan_step(__u32 i, void *data)
+{
+	struct scan_ctx *c = data;
+	while (!c->sum) {            /* at most SG_SUMMARY_WORDS times */
+		if (c->s >= c->nsum || c->s >= SG_SUMMARY_WORDS)
+			return 1;
+		__u32 s = c->s & (SG_SUMMARY_WORDS - 1);
+		c->sum = c->b[0]->summary[s] & c->b[1]->summary[s] & c->b[2]->summary[s] & c->b[3]->summary[s] &
+			 c->b[4]->summary[s] & c->b[5]->summary[s] & c->b[6]->summary[s] & c->b[7]->summary[s];
+		c->s++;
+		if (!c->sum && c->s >= SG_SUMMARY_WORDS)
+			return 1;
+		break;
+	}
+	if (!c->sum)
+		return 0;
+	__u32 w = (((c->s - 1) << 6) | lowest_bit(c->sum)) & (SG_WORDS - 1);
+	__u64 v = c->b[0]->words[w] & c->b[1]->words[w] & c->b[2]->words[w] & c->b[3]->words[w] &
+		  c->b[4]->words[w] & c->b[5]->words[w] & c->b[6]->words[w] & c->b[7]->words[w];
+	if (v) {
+		c->rule = (w << 6) | lowest_bit(v);
+		return 1;
+	}
+	c->sum &= c->sum - 1;
+	return 0;
+}
+
+/* The decision. Returns the verdict; *rule gets the deciding rule index or -1. */
+static __always_inline int decide(__u32 exit, const struct sg_owner *who, const __u8 *laddr, __u16 lport,
+				  const __u8 *raddr, __u16 rport, struct sg_scratch *scr, __s32 *rule, __u32 *gen,
+				  __u32 *flags, __s32 *reject_errno)
+{
+	__u32 zero = 0;
+	struct sg_config *cfg = bpf_map_lookup_elem(&sg_config, &zero);
+	*rule = -1;
+	if (!cfg)
+		return SG_ALLOWED;
+	__u32 slot = cfg->active_slot & 1;
+	const struct sg_policy *pol = bpf_map_lookup_elem(&sg_policy, &slot);
+	if (!pol || exit >= SG_EXITS)
+		return SG_ALLOWED;
+	*gen = pol->generation;
+	*flags = pol->flags;
+	*reject_errno = pol->reject_errno;
+	__u8 fallback = pol->default_verdict[exit];
+
+	struct scan_ctx sc = { .nsum = pol->nsummary, .rule = -1 };
+	const struct sg_bitmap *ones = bitmap(slot, pol->ones_bitmap);
+	sc.b[0] = bitmap(slot, pol->exit_bitmap[exit]);
+	struct sg_id_key uk = { .slot = slot, .id = who->uid };
+	__u32 *uidx = bpf_map_lookup_elem(&sg_users, &uk);
+	sc.b[1] = bitmap(slot, uidx ? *uidx : pol->user_miss);
+	struct sg_program_key pk = { .slot = slot, .dev = who->dev, .ino = who->ino };
+	__u32 *pidx = bpf_map_lookup_elem(&sg_programs, &pk);
+	sc.b[2] = bitmap(slot, pidx ? *pidx : pol->program_miss);
+	sc.b[3] = group_bitmap(slot, pol, who, scr);
+	sc.b[4] = sc.b[5] = sc.b[6] = sc.b[7] = ones;
+	if (exit != SG_EXIT_CONNECT) {
+		sc.b[4] = addr_bitmap(slot, SG_LOCAL, laddr);
+		sc.b[5] = port_bitmap(slot, SG_LOCAL, lport);
+	}
+	if (exit != SG_EXIT_LISTEN) {
+		sc.b[6] = addr_bitmap(slot, SG_REMOTE, raddr);
+		sc.b[7] = port_bitmap(slot, SG_REMOTE, rport);
+	}
+	if (!sc.b[0] || !sc.b[1] || !sc.b[2] || !sc.b[3] || !sc.b[4] || !sc.b[5] || !sc.b[6] || !sc.b[7])
+		return fallback;  /* tables incomplete: only possible mid-initialisation */
+
+	bpf_loop(SG_WORDS + SG_SUMMARY_WORDS, scan_step, &sc, 0);
+	if (sc.rule < 0)
+		return fallback;
+	*rule = sc.rule;
+	__u32 rk = slot * SG_MAX_RULES + (sc.rule & (SG_MAX_RULES - 1));
+	struct sg_rule *ri = bpf_map_lookup_elem(&sg_rules, &rk);
+	return ri ? ri->verdict : fallback;
+}
+
+static __always_inline void count_hit(__u32 exit, __s32 rule)
+{
+	__u32 zero = 0;
+	struct sg_config *cfg = bpf_map_lookup_elem(&sg_config, &zero);
+	if (!cfg)
+		return;
+	__u32 idx = (cfg->active_slot & 1) * SG_HIT_SLOTS + (rule >= 0 ? (__u32)rule : SG_MAX_RULES + exit);
+	__u64 *v = bpf_map_lookup_elem(&sg_hits, &idx);
+	if (v)
+		*v += 1;
+}
+
+/* The current task's identity: effective ids, groups, executable. */
+static __always_inline void current_identity(struct sg_owner *who)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	const struct cred *cred = BPF_CORE_READ(task, cred);
+	who->tgid = bpf_get_current_pid_tgid() >> 32;
+	who->uid = BPF_CORE_READ(cred, euid.val);
+	who->gid = BPF_CORE_READ(cred, egid.val);
+	who->groups[0] = who->gid;
+	struct group_info *gi = BPF_CORE_READ(cred, group_info);
+	int n = BPF_CORE_READ(gi, ngroups);
+	__u32 count = 1;
+	for (int i = 0; i < SG_MAX_GROUPS - 1; i++) {
+		if (i >= n)
+			break;
+		kgid_t g;
+		if (bpf_probe_read_kernel(&g, sizeof(g), &gi->gid[i]))
+			break;
+		who->groups[(i + 1) & (SG_MAX_GROUPS - 1)] = g.val;
+		count++;
+	}
+	who->ngroups = count;
+	struct file *exe = BPF_CORE_READ(task, mm, exe_file);
+	who->ino = BPF_CORE_READ(exe, f_inode, i_ino);
+	who->dev = BPF_CORE_READ(exe, f_inode, i_sb, s_dev);
+	bpf_get_current_comm(who->comm, sizeof(who->comm));
+}
+
+static __always_inline void emit(__u32 exit, int verdict, __s32 rule, __u32 gen, __u32 flags,
+				 const struct sg_owner *who, bool is_current, __u32 family, __u32 protocol,
+				 const __u8 *laddr, __u16 lport, const __u8 *raddr, __u16 rport)
+{
+	bool want = verdict == SG_ALLOWED ? (flags & SG_EMIT_ALLOWED) : (flags & SG_EMIT_REJECTED);
+	if (!want)
+		return;
+	stat_add(SG_STAT_SELECTED);
+	struct sg_event *e = bpf_ringbuf_reserve(&sg_events, sizeof(*e), 0);
+	if (!e) {
+		stat_add(SG_STAT_DROPPED);
+		return;
+	}
+	e->boot_ns = bpf_ktime_get_boot_ns();
+	e->ino = who->ino;
+	e->dev = who->dev;
+	e->pid = who->tgid;
+	e->euid = who->uid;
+	e->egid = who->gid;
+	if (is_current) {
+		__u64 ug = bpf_get_current_uid_gid();
+		e->uid = (__u32)ug;
+		e->gid = ug >> 32;
+		e->tid = (__u32)bpf_get_current_pid_tgid();
+	} else {
+		e->uid = who->uid;
+		e->gid = who->gid;
+		e->tid = 0;
+	}
+	e->rule = rule;
+	e->generation = gen;
+	e->exit = exit;
+	e->verdict = verdict;
+	e->family = family;
+	e->protocol = protocol;
+	e->local_port = lport;
+	e->remote_port = rport;
+	__builtin_memcpy(e->local_addr, laddr, 16);
+	__builtin_memcpy(e->remote_addr, raddr, 16);
+	__builtin_memcpy(e->comm, who->comm, 16);
+
+	/* Batched wakeup: rejections wake the reader now; allowed events wait for a full
+	 * batch (the reader also polls with a timeout). */
+	__u64 wake = 0;
+	if (verdict == SG_ALLOWED) {
+		__u32 zero = 0;
+		struct sg_config *cfg = bpf_map_lookup_elem(&sg_config, &zero);
+		__u64 pending = bpf_ringbuf_query(&sg_events, BPF_RB_AVAIL_DATA);
+		if (!cfg || pending < cfg->ringbuf_wakeup_bytes)
+			wake = BPF_RB_NO_WAKEUP;
+	}
+	bpf_ringbuf_submit(e, wake);
+}
+
+static __always_inline void v4_mapped(__u8 *out, __u32 ip4_be)
+{
+	__builtin_memset(out, 0, 10);
+	out[10] = 0xff;
+	out[11] = 0xff;
+	__builtin_memcpy(out + 12, &ip4_be, 4);
+}
+
+static __always_inline void v6_copy(__u8 *out, const __u32 *ip6)
+{
+	__u32 w0 = ip6[0], w1 = ip6[1], w2 = ip6[2], w3 = ip6[3];
+	__builtin_memcpy(out, &w0, 4);
+	__builtin_memcpy(out + 4, &w1, 4);
+	__builtin_memcpy(out + 8, &w2, 4);
+	__builtin_memcpy(out + 12, &w3, 4);
+}
+
+static __always_inline struct sg_scratch *scratch(void)
+{
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&sg_scratch, &zero);
+}
+
+/* ---- connect ---------------------------------------------------------------------- */
+
+static __always_inline int on_connect(struct sg_ctx_sock_addr *ctx, bool v6)
+{
+	struct sg_scratch *sc = scratch();
+	if (!sc)
+		return 1;
+	struct sg_owner *who = &sc->who;
+	current_identity(who);
+
+	__u8 raddr[16], laddr[16] = {};
+	if (v6) {
+		__u32 a[4] = { READ_CTX(ctx->user_ip6[0]), READ_CTX(ctx->user_ip6[1]),
+			       READ_CTX(ctx->user_ip6[2]), READ_CTX(ctx->user_ip6[3]) };
+		v6_copy(raddr, a);
+	} else {
+		v4_mapped(raddr, READ_CTX(ctx->user_ip4));
+	}
+	__u16 rport = bpf_ntohs((__u16)READ_CTX(ctx->user_port));
+	__u32 protocol = READ_CTX(ctx->protocol);
+
+	__s32 rule; __u32 gen = 0, flags = 0; __s32 err = EPERM;
+	stat_add(SG_STAT_DECISIONS);
+	int verdict = decide(SG_EXIT_CONNECT, who, laddr, 0, raddr, rport, sc, &rule, &gen, &flags, &err);
+	count_hit(SG_EXIT_CONNECT, rule);
+	emit(SG_EXIT_CONNECT, verdict, rule, gen, flags, who, true, v6 ? AF_INET6 : AF_INET, protocol,
+	     laddr, 0, raddr, rport);
+	if (verdict == SG_REJECTED) {
+		if (err != EPERM && err > 0)
+			bpf_set_retval(-err);
+		return 0;
+	}
+	return 1;
+}
+
+SEC("cgroup/connect4")
+int sg_connect4(struct bpf_sock_addr *ctx)
+{
+	return on_connect((struct sg_ctx_sock_addr *)ctx, false);
+}
+
+SEC("cgroup/connect6")
+int sg_connect6(struct bpf_sock_addr *ctx)
+{
+	return on_connect((struct sg_ctx_sock_addr *)ctx, true);
+}
+
+/* ---- listen, judged when a TCP socket gets its local port -------------------------- */
+
+static __always_inline int on_bind(struct sg_ctx_sock *ctx, bool v6)
+{
+	if (READ_CTX(ctx->type) != SOCK_STREAM)
+		return 1;
+	__u32 protocol = READ_CTX(ctx->protocol);
+	__u32 src4 = v6 ? 0 : READ_CTX(ctx->src_ip4);  /* a v6 program may not read src_ip4 */
+	struct sg_scratch *sc = scratch();
+	if (!sc)
+		return 1;
+	struct sg_owner *who = &sc->who;
+	current_identity(who);
+
+	__u8 laddr[16], raddr[16] = {};
+	if (v6) {
+		__u32 a[4] = { READ_CTX(ctx->src_ip6[0]), READ_CTX(ctx->src_ip6[1]),
+			       READ_CTX(ctx->src_ip6[2]), READ_CTX(ctx->src_ip6[3]) };
+		v6_copy(laddr, a);
+	} else {
+		v4_mapped(laddr, src4);
+	}
+	__u16 lport = (__u16)READ_CTX(ctx->src_port);
+
+	__s32 rule; __u32 gen = 0, flags = 0; __s32 err = EPERM;
+	stat_add(SG_STAT_DECISIONS);
+	int verdict = decide(SG_EXIT_LISTEN, who, laddr, lport, raddr, 0, sc, &rule, &gen, &flags, &err);
+	count_hit(SG_EXIT_LISTEN, rule);
+	emit(SG_EXIT_LISTEN, verdict, rule, gen, flags, who, true, v6 ? AF_INET6 : AF_INET, protocol,
+	     laddr, lport, raddr, 0);
+	if (verdict == SG_REJECTED) {
+		if (err != EPERM && err > 0)
+			bpf_set_retval(-err);
+		return 0;
+	}
+	/* remember who owns this port, for accept decisions */
+	struct sg_owner_key ok = { .port = lport };
+	__builtin_memcpy(ok.addr, laddr, 16);
+	if (!v6 && src4 == 0)
+		__builtin_memset(ok.addr, 0, 16);  /* 0.0.0.0 and :: are both "any" */
+	bpf_map_update_elem(&sg_owners, &ok, who, BPF_ANY);
+	return 1;
+}
+
+SEC("cgroup/post_bind4")
+int sg_bind4(struct bpf_sock *ctx)
+{
+	return on_bind((struct sg_ctx_sock *)ctx, false);
+}
+
+SEC("cgroup/post_bind6")
+int sg_bind6(struct bpf_sock *ctx)
+{
+	return on_bind((struct sg_ctx_sock *)ctx, true);
+}
+
+/* ---- accept: refuse the connection before any listener sees it --------------------- */
+
+static __always_inline struct sg_owner *find_owner(const __u8 *laddr, __u16 lport)
+{
+	struct sg_owner_key k = { .port = lport };
+	__builtin_memcpy(k.addr, laddr, 16);
+	struct sg_owner *o = bpf_map_lookup_elem(&sg_owners, &k);
+	if (o)
+		return o;
+	__builtin_memset(k.addr, 0, 16);
+	return bpf_map_lookup_elem(&sg_owners, &k);
+}
+
+SEC("sk_lookup")
+int sg_accept(struct bpf_sk_lookup *raw)
+{
+	struct sg_ctx_sk_lookup *ctx = (struct sg_ctx_sk_lookup *)raw;
+	if (READ_CTX(ctx->protocol) != IPPROTO_TCP)
+		return SK_PASS;
+	struct sg_scratch *sc = scratch();
+	if (!sc)
+		return SK_PASS;
+	/* every field read once, unconditionally, at its fixed offset (see kernel-notes) */
+	__u32 family = READ_CTX(ctx->family);
+	__u32 r[4] = { READ_CTX(ctx->remote_ip6[0]), READ_CTX(ctx->remote_ip6[1]),
+		       READ_CTX(ctx->remote_ip6[2]), READ_CTX(ctx->remote_ip6[3]) };
+	__u32 l[4] = { READ_CTX(ctx->local_ip6[0]), READ_CTX(ctx->local_ip6[1]),
+		       READ_CTX(ctx->local_ip6[2]), READ_CTX(ctx->local_ip6[3]) };
+	__u32 r4 = READ_CTX(ctx->remote_ip4), l4 = READ_CTX(ctx->local_ip4);
+	__u8 laddr[16], raddr[16];
+	if (family == AF_INET6) {
+		v6_copy(laddr, l);
+		v6_copy(raddr, r);
+	} else {
+		v4_mapped(laddr, l4);
+		v4_mapped(raddr, r4);
+	}
+	__u16 lport = (__u16)READ_CTX(ctx->local_port);
+	__u16 rport = bpf_ntohs((__u16)READ_CTX(ctx->remote_port));
+
+	struct sg_owner *who = &sc->who;
+	struct sg_owner *o = find_owner(laddr, lport);
+	if (o) {
+		__builtin_memcpy(who, o, sizeof(*who));
+	} else {
+		__builtin_memset(who, 0, sizeof(*who));
+		who->uid = SG_UID_UNKNOWN;
+		who->gid = SG_UID_UNKNOWN;
+	}
+
+	__s32 rule; __u32 gen = 0, flags = 0; __s32 err = EPERM;
+	stat_add(SG_STAT_DECISIONS);
+	int verdict = decide(SG_EXIT_ACCEPT, who, laddr, lport, raddr, rport, sc, &rule, &gen, &flags, &err);
+	count_hit(SG_EXIT_ACCEPT, rule);
+	emit(SG_EXIT_ACCEPT, verdict, rule, gen, flags, who, false, family, IPPROTO_TCP, laddr, lport, raddr, rport);
+	return verdict == SG_REJECTED ? SK_DROP : SK_PASS;
+}
+
+/* ---- the same decision, driven by BPF_PROG_TEST_RUN for the differential test ------- */
+
+SEC("tc")
+int sg_probe(struct __sk_buff *skb)
+{
+	struct sg_scratch *sc = scratch();
+	if (!sc)
+		return -1;
+	struct sg_probe *p = &sc->probe;
+	if (bpf_skb_load_bytes(skb, 0, p, sizeof(*p)))
+		return -1;
+	struct sg_owner *who = &sc->who;
+	who->uid = p->uid;
+	who->gid = p->groups[0];
+	who->ngroups = p->ngroups;
+	for (int i = 0; i < SG_MAX_GROUPS; i++)
+		who->groups[i] = p->groups[i];
+	who->dev = p->dev;
+	who->ino = p->ino;
+	__s32 rule; __u32 gen = 0, flags = 0; __s32 err = 0;
+	int verdict = decide(p->exit, who, p->local_addr, p->local_port, p->remote_addr, p->remote_port,
+			     sc, &rule, &gen, &flags, &err);
+	return (verdict << 16) | ((rule + 1) & 0xffff);
+}

@@ -1,0 +1,290 @@
+"""Load, attach, pin, reopen and unload sockgate's kernel programs.
+
+State lives under a bpffs pin directory (default /sys/fs/bpf/sockgate):
+    maps/<name>    every map, so a restarted daemon (or `status`) reopens the same tables
+    links/<prog>   every attachment, so enforcement survives the daemon being killed
+and /run/sockgate/<pin dir>.json holds scope, backend, policy digest and rule names for
+`status` (bpffs holds only BPF objects; /run, like the pins, is gone after a reboot).
+Removing the pins detaches everything (`unload`).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno as errno_mod
+import json
+import os
+import shutil
+import subprocess
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from sockgate.errors import KernelError
+from sockgate.kernel import layout as L
+from sockgate.kernel import libbpf
+
+DEFAULT_PIN_DIR = "/sys/fs/bpf/sockgate"
+STATE_DIR = Path("/run/sockgate")
+
+
+def state_path(pin_dir: str) -> Path:
+    return STATE_DIR / (pin_dir.strip("/").replace("/", "_") + ".json")
+MAP_NAMES = ("sg_config", "sg_policy", "sg_rules", "sg_bitmaps", "sg_users", "sg_groups", "sg_programs",
+             "sg_addrs", "sg_ports", "sg_owners", "sg_hits", "sg_stats", "sg_events", "sg_scratch",
+             "sg_sync", "sg_sync_inner")
+
+# backend -> {program name: (attach kind, exit point)}
+BACKENDS = {
+    "cgroup": {
+        "sg_connect4": "cgroup",
+        "sg_connect6": "cgroup",
+        "sg_bind4": "cgroup",
+        "sg_bind6": "cgroup",
+        "sg_accept": "netns",
+    },
+}
+TEST_PROGRAM = "sg_probe"
+ALL_PROGRAMS = ("sg_connect4", "sg_connect6", "sg_bind4", "sg_bind6", "sg_accept", TEST_PROGRAM)
+
+
+@dataclass
+class PinState:
+    backend: str
+    scope_cgroup: str
+    netns: str
+    policy_source: str = ""
+    policy_digest: str = ""
+    generation: int = 0
+    active_slot: int = 0
+    rule_names: list[str] = field(default_factory=list)
+    errno: int = 1
+    mode: str = "enforce"
+    audit_levels: list[str] = field(default_factory=list)
+
+
+def cgroup2_root() -> str:
+    """Mount point of the cgroup v2 hierarchy (unified or hybrid layout)."""
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            parts = line.split()
+            sep = parts.index("-")
+            if parts[sep + 1] == "cgroup2":
+                return parts[4]
+    raise KernelError("no cgroup v2 hierarchy is mounted (mount -t cgroup2 none /sys/fs/cgroup)")
+
+
+def ensure_bpffs(pin_dir: str) -> None:
+    base = Path(pin_dir).parent
+    with open("/proc/self/mountinfo") as f:
+        mounted = any(l.split()[4] == str(base) and " bpf " in l.split(" - ", 1)[1][:5] for l in f)
+    if not mounted:
+        base.mkdir(parents=True, exist_ok=True)
+        r = subprocess.run(["mount", "-t", "bpf", "bpf", str(base)], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise KernelError(f"cannot mount bpffs at {base}: {r.stderr.strip()}")
+
+
+def probe_backend(requested: str = "auto") -> str:
+    """The best backend this kernel runs. LSM lands with its own issue; until then cgroup."""
+    if requested not in ("auto", "cgroup"):
+        raise KernelError(f"backend {requested!r} is not available in this build (available: cgroup)")
+    return "cgroup"
+
+
+class Gate:
+    """A loaded (or reopened) sockgate instance: its map fds and pin directory."""
+
+    def __init__(self, pin_dir: str, maps: dict[str, int], state: PinState, progs: dict[str, int] | None = None,
+                 obj=None):
+        self.pin_dir = pin_dir
+        self.maps = maps
+        self.state = state
+        self.progs = progs or {}
+        self._obj = obj
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    @staticmethod
+    def is_pinned(pin_dir: str = DEFAULT_PIN_DIR) -> bool:
+        return (Path(pin_dir) / "links").exists() or (Path(pin_dir) / "maps").exists()
+
+    @classmethod
+    def load(cls, pin_dir: str = DEFAULT_PIN_DIR, *, scope_cgroup: str | None = None, netns: str | None = None,
+             backend: str = "auto", attach: bool = True, object_path: Path | None = None) -> "Gate":
+        """Load the object, pin its maps, attach the backend's programs and pin the links."""
+        if os.geteuid() != 0:
+            raise KernelError("loading BPF programs needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN)")
+        backend = probe_backend(backend)
+        obj_path = Path(object_path or L.OBJECT)
+        if not obj_path.exists():
+            raise KernelError(f"{obj_path} is missing; build it with `make bpf`")
+        scope_cgroup = scope_cgroup or cgroup2_root()
+        netns = netns or "/proc/self/ns/net"  # the daemon's own (the host's, under systemd)
+        for p, what in ((scope_cgroup, "cgroup"), (netns, "network namespace")):
+            if not os.path.exists(p):
+                raise KernelError(f"{what} {p} does not exist")
+        if attach and cls.is_pinned(pin_dir):
+            raise KernelError(f"sockgate is already loaded at {pin_dir}; `sockgate unload` first")
+        ensure_bpffs(pin_dir)
+        lib = libbpf.lib()
+        libbpf.take_log()
+        obj = libbpf.check_ptr(lib.bpf_object__open_file(str(obj_path).encode(), None), f"open {obj_path}")
+        try:
+            wanted = set(BACKENDS[backend]) | {TEST_PROGRAM}
+            for name in ALL_PROGRAMS:
+                prog = libbpf.check_ptr(lib.bpf_object__find_program_by_name(obj, name.encode()), f"find {name}")
+                lib.bpf_program__set_autoload(prog, name in wanted)
+            libbpf.check_rc(lib.bpf_object__load(obj), "load BPF object (the verifier's log follows)")
+            maps = {n: libbpf.check_rc(lib.bpf_map__fd(
+                libbpf.check_ptr(lib.bpf_object__find_map_by_name(obj, n.encode()), f"find map {n}")), n)
+                for n in MAP_NAMES}
+            progs = {n: lib.bpf_program__fd(lib.bpf_object__find_program_by_name(obj, n.encode()))
+                     for n in wanted}
+        except BaseException:
+            lib.bpf_object__close(obj)
+            raise
+        state = PinState(backend=backend, scope_cgroup=scope_cgroup, netns=netns)
+        gate = cls(pin_dir, maps, state, progs, obj)
+        if attach:
+            try:
+                gate._pin_maps()
+                gate._write_config()
+                gate._attach(obj, backend, scope_cgroup, netns)
+                gate.save_state()
+            except BaseException:
+                gate.unload()
+                raise
+        return gate
+
+    @classmethod
+    def open(cls, pin_dir: str = DEFAULT_PIN_DIR) -> "Gate":
+        """Reopen a pinned instance (restarted daemon, `status`, `unload`)."""
+        state_file = state_path(pin_dir)
+        if not cls.is_pinned(pin_dir):
+            raise KernelError(f"sockgate is not loaded (nothing pinned at {pin_dir})")
+        if not state_file.exists():
+            raise KernelError(f"{state_file} is missing although {pin_dir} is pinned; `sockgate unload` cleans up")
+        try:
+            state = PinState(**json.loads(state_file.read_text()))
+        except (ValueError, TypeError) as e:
+            raise KernelError(f"{state_file} is unreadable ({e}); `sockgate unload` removes it") from None
+        maps = {}
+        for n in MAP_NAMES:
+            p = Path(pin_dir) / "maps" / n
+            if p.exists():
+                maps[n] = libbpf.obj_get(str(p))
+        return cls(pin_dir, maps, state)
+
+    def _pin_maps(self) -> None:
+        d = Path(self.pin_dir) / "maps"
+        d.mkdir(parents=True, exist_ok=True)
+        lib = libbpf.lib()
+        for n in MAP_NAMES:
+            m = lib.bpf_object__find_map_by_name(self._obj, n.encode())
+            libbpf.check_rc(lib.bpf_map__pin(m, str(d / n).encode()), f"pin map {n}")
+
+    def _attach(self, obj, backend: str, scope_cgroup: str, netns: str) -> None:
+        lib = libbpf.lib()
+        d = Path(self.pin_dir) / "links"
+        d.mkdir(parents=True, exist_ok=True)
+        cg_fd = os.open(scope_cgroup, os.O_RDONLY | os.O_DIRECTORY)
+        ns_fd = os.open(netns, os.O_RDONLY)
+        try:
+            for name, kind in BACKENDS[backend].items():
+                prog = lib.bpf_object__find_program_by_name(obj, name.encode())
+                if kind == "cgroup":
+                    link = libbpf.check_ptr(lib.bpf_program__attach_cgroup(prog, cg_fd), f"attach {name} to {scope_cgroup}")
+                else:
+                    link = libbpf.check_ptr(lib.bpf_program__attach_netns(prog, ns_fd), f"attach {name} to {netns}")
+                libbpf.check_rc(lib.bpf_link__pin(link, str(d / name).encode()), f"pin link {name}")
+                # the pin holds the attachment; our handle can go without detaching it
+                lib.bpf_link__disconnect(link)
+                lib.bpf_link__destroy(link)
+        finally:
+            os.close(cg_fd)
+            os.close(ns_fd)
+
+    def _write_config(self) -> None:
+        cfg = L.Config(active_slot=self.state.active_slot, ringbuf_wakeup_bytes=256 * ctypes.sizeof(L.Event))
+        libbpf.map_update(self.maps["sg_config"], ctypes.c_uint32(0), cfg)
+
+    def save_state(self) -> None:
+        p = state_path(self.pin_dir)
+        p.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tmp = p.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self.state), indent=1))
+        os.replace(tmp, p)
+
+    def close(self) -> None:
+        """Drop our handles; pinned programs keep enforcing."""
+        for fd in self.maps.values():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.maps = {}
+        if self._obj is not None:
+            libbpf.lib().bpf_object__close(self._obj)
+            self._obj = None
+
+    def unload(self) -> None:
+        """Detach everything and remove every pin."""
+        self.close()
+        remove_pins(self.pin_dir)
+
+    # -- kernel syncing --------------------------------------------------------------------
+
+    def wait_for_programs(self) -> None:
+        """Return once no program can still be reading what it read before this call."""
+        inner = self.maps["sg_sync_inner"]
+        libbpf.map_update(self.maps["sg_sync"], ctypes.c_uint32(0), ctypes.c_int(inner))
+
+    # -- counters ----------------------------------------------------------------------------
+
+    def _percpu_sum(self, map_name: str, index: int) -> int:
+        ncpu = libbpf.num_possible_cpus()
+        buf = (ctypes.c_uint64 * ncpu)()
+        if not libbpf.map_lookup(self.maps[map_name], ctypes.c_uint32(index), buf):
+            return 0
+        return sum(buf)
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "decisions": self._percpu_sum("sg_stats", L.STAT_DECISIONS),
+            "selected": self._percpu_sum("sg_stats", L.STAT_SELECTED),
+            "dropped": self._percpu_sum("sg_stats", L.STAT_DROPPED),
+        }
+
+    def hits(self) -> tuple[list[int], list[int]]:
+        """(per-rule hit counts, per-exit default counts) of the active policy."""
+        base = self.state.active_slot * L.HIT_SLOTS
+        rules = [self._percpu_sum("sg_hits", base + i) for i in range(len(self.state.rule_names))]
+        defaults = [self._percpu_sum("sg_hits", base + L.MAX_RULES + e) for e in range(L.EXITS)]
+        return rules, defaults
+
+
+def remove_pins(pin_dir: str) -> list[str]:
+    """Unpin links (detaching programs), maps and state. Returns what was removed."""
+    removed = []
+    sp = state_path(pin_dir)
+    if sp.exists():
+        sp.unlink()
+        removed.append(str(sp))
+    base = Path(pin_dir)
+    if not base.exists():
+        return removed
+    for sub in ("links", "maps"):
+        d = base / sub
+        if d.is_dir():
+            for p in sorted(d.iterdir()):
+                p.unlink()
+                removed.append(str(p))
+            d.rmdir()
+    for p in base.iterdir():
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink()
+        removed.append(str(p))
+    base.rmdir()
+    return removed

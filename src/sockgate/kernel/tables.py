@@ -1,0 +1,147 @@
+"""Write compiled decision tables into the kernel maps, atomically.
+
+The tables are double-buffered by slot. A new policy is written into the inactive slot,
+then `active_slot` flips in one map update; a decision reads the slot once, so it sees
+the old tables or the new ones, never a mix. After the flip we wait until no program can
+still be running on the old slot, so the next load may overwrite it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import time
+
+from sockgate.kernel import layout as L
+from sockgate.kernel import libbpf
+from sockgate.kernel.loader import Gate
+from sockgate.policy.compile import Compiled, port_table
+
+PER_SLOT_HASHES = {
+    "sg_bitmaps": L.BitmapKey,
+    "sg_users": L.IdKey,
+    "sg_groups": L.IdKey,
+    "sg_programs": L.ProgramKey,
+    "sg_addrs": L.AddrKey,
+}
+
+
+def _bitmap_struct(bits: int, nsummary: int) -> L.Bitmap:
+    bm = L.Bitmap()
+    nwords = nsummary * 64
+    for w in range(nwords):
+        word = (bits >> (64 * w)) & 0xFFFFFFFFFFFFFFFF
+        if word:
+            bm.words[w] = word
+            bm.summary[w >> 6] |= 1 << (w & 63)
+    return bm
+
+
+def _clear_slot(gate: Gate, slot: int) -> None:
+    for name, key_type in PER_SLOT_HASHES.items():
+        fd = gate.maps[name]
+        for k in libbpf.map_keys(fd, key_type):
+            if k.slot == slot:
+                libbpf.map_delete(fd, k)
+
+
+def _addr_key(slot: int, side: int, net: int, plen: int) -> L.AddrKey:
+    k = L.AddrKey(prefixlen=16 + plen, slot=slot, side=side)
+    for i, b in enumerate(net.to_bytes(16, "big")):
+        k.addr[i] = b
+    return k
+
+
+def install(gate: Gate, c: Compiled, *, rule_names: list[str] | None = None, source: str = "",
+            mode: str = "enforce", audit_levels: list[str] | None = None) -> dict:
+    """Write `c` into the inactive slot and make it active. Returns timing and counts."""
+    t0 = time.perf_counter()
+    m = gate.maps
+    cfg = L.Config()
+    libbpf.map_update  # noqa: B018 (documented entry point)
+    if not libbpf.map_lookup(m["sg_config"], ctypes.c_uint32(0), cfg):
+        raise AssertionError("sg_config has no entry 0")
+    slot = 1 - (cfg.active_slot & 1)
+    generation = gate.state.generation + 1
+
+    # nobody reads the inactive slot once programs that started before the last flip are done
+    gate.wait_for_programs()
+    _clear_slot(gate, slot)
+
+    nsum = c.nsummary
+    n = len(c.bitmaps)
+    keys = (L.BitmapKey * n)()
+    vals = (L.Bitmap * n)()
+    for i, bits in enumerate(c.bitmaps):
+        keys[i].slot, keys[i].index = slot, i
+        vals[i] = _bitmap_struct(bits, nsum)
+    libbpf.map_update_batch(m["sg_bitmaps"], keys, vals, n)
+
+    def put_all(name, items, key_type, val_type):
+        items = list(items)
+        if not items:
+            return
+        ks = (key_type * len(items))()
+        vs = (val_type * len(items))()
+        for i, (k, v) in enumerate(items):
+            ks[i], vs[i] = k, v
+        libbpf.map_update_batch(m[name], ks, vs, len(items))
+
+    put_all("sg_users", ((L.IdKey(slot, uid), ctypes.c_uint32(idx)) for uid, idx in c.users.items()),
+            L.IdKey, ctypes.c_uint32)
+    put_all("sg_groups", ((L.IdKey(slot, gid), L.GroupVal(a, mem)) for gid, (a, mem) in c.groups.items()),
+            L.IdKey, L.GroupVal)
+    put_all("sg_programs", ((L.ProgramKey(slot=slot, dev=dev, ino=ino), ctypes.c_uint32(idx))
+                            for (dev, ino), idx in c.programs.items()), L.ProgramKey, ctypes.c_uint32)
+    for side in (L.LOCAL, L.REMOTE):
+        for (net, plen), idx in c.addrs[side].items():
+            libbpf.map_update(m["sg_addrs"], _addr_key(slot, side, net, plen), ctypes.c_uint32(idx))
+        table = port_table(c.ports[side])
+        base = L.port_index(slot, side, 0)
+        ks = (ctypes.c_uint32 * 65536)(*range(base, base + 65536))
+        vs = (ctypes.c_uint32 * 65536)(*table)
+        libbpf.map_update_batch(m["sg_ports"], ks, vs, 65536)
+
+    nr = max(c.nrules, 1)
+    ks = (ctypes.c_uint32 * nr)(*range(slot * L.MAX_RULES, slot * L.MAX_RULES + nr))
+    vs = (L.RuleInfo * nr)()
+    for i, v in enumerate(c.verdicts):
+        vs[i].verdict = v
+    libbpf.map_update_batch(m["sg_rules"], ks, vs, nr)
+
+    # fresh hit counters for the new slot
+    ncpu = libbpf.num_possible_cpus()
+    zero = (ctypes.c_uint64 * ncpu)()
+    nh = c.nrules
+    for i in list(range(nh)) + [L.MAX_RULES + e for e in range(L.EXITS)]:
+        libbpf.map_update(m["sg_hits"], ctypes.c_uint32(slot * L.HIT_SLOTS + i), zero)
+
+    hdr = L.PolicyHeader(
+        nsummary=nsum,
+        flags=(L.EMIT_ALLOWED if c.emit_allowed else 0) | (L.EMIT_REJECTED if c.emit_rejected else 0),
+        reject_errno=c.reject_errno,
+        generation=generation,
+        ones_bitmap=c.ones_idx,
+        user_miss=c.user_miss,
+        program_miss=c.program_miss,
+        group_miss=c.group_miss,
+        group_wild=c.group_wild,
+        group_neg=c.group_neg,
+    )
+    for e in range(L.EXITS):
+        hdr.exit_bitmap[e] = c.exit_idx[e]
+        hdr.default_verdict[e] = c.default_verdicts[e]
+    libbpf.map_update(m["sg_policy"], ctypes.c_uint32(slot), hdr)
+
+    # the flip: one map update makes the whole new slot visible
+    cfg.active_slot = slot
+    libbpf.map_update(m["sg_config"], ctypes.c_uint32(0), cfg)
+    gate.wait_for_programs()
+
+    st = gate.state
+    st.active_slot, st.generation = slot, generation
+    st.policy_digest, st.policy_source = c.digest, source
+    st.rule_names = list(rule_names if rule_names is not None else [r.name for r in c.rules])
+    st.errno, st.mode, st.audit_levels = c.reject_errno, mode, list(audit_levels or [])
+    gate.save_state()
+    return {"slot": slot, "generation": generation, "bitmaps": n, "rules": c.nrules,
+            "seconds": time.perf_counter() - t0}

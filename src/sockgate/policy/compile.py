@@ -1,0 +1,243 @@
+"""Compile a Policy into decision tables (the form the kernel and `explain` both use).
+
+Linear bit vector search: every dimension of a decision (exit, user, group, program,
+local/remote address, local/remote port) maps its value to a bitmap of the rules that
+value allows; the first matching rule is the lowest bit set in all of them. A dimension's
+bitmap for a value is
+
+    wildcard | (membership ^ negated)
+
+where wildcard = rules that don't test this field, membership = rules whose field lists
+the value, negated = rules whose field is negated. Addresses use longest-prefix match, so
+each prefix inherits the membership of every shorter prefix that covers it. Bitmaps are
+Python ints here (bit r = rule r), deduplicated into a table of indices.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass, field
+
+from sockgate.errors import PolicyError
+from sockgate.policy.model import (
+    MAX_RULES, Action, Exit, Match, Mode, Outcome, Policy, Rule,
+)
+
+# verdict numbers as in the kernel header (SG_ALLOWED, SG_REJECTED, SG_AUDIT_REJECTED)
+VERDICT_OF = {Outcome.ALLOWED: 0, Outcome.REJECTED: 1, Outcome.AUDIT_REJECTED: 2}
+OUTCOME_OF = {v: k for k, v in VERDICT_OF.items()}
+LOCAL, REMOTE = 0, 1
+RULES_PER_SUMMARY_WORD = 64 * 64
+
+V4_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+
+
+def as_v6(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> tuple[int, int]:
+    """(128-bit network address, prefix length) with IPv4 v4-mapped."""
+    if net.version == 4:
+        return (0xFFFF << 32) | int(net.network_address), 96 + net.prefixlen
+    return int(net.network_address), net.prefixlen
+
+
+def addr_as_v6(addr: str | ipaddress.IPv4Address | ipaddress.IPv6Address) -> int:
+    a = ipaddress.ip_address(addr) if isinstance(addr, str) else addr
+    return (0xFFFF << 32) | int(a) if a.version == 4 else int(a)
+
+
+def kernel_dev(st_dev: int) -> int:
+    """The kernel's dev_t for a superblock (MAJOR << 20 | MINOR) from stat()'s st_dev."""
+    return (os.major(st_dev) << 20) | os.minor(st_dev)
+
+
+def program_identity(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return kernel_dev(st.st_dev), st.st_ino
+
+
+def outcome_for(action: Action, mode: Mode) -> Outcome:
+    if action is Action.ALLOW:
+        return Outcome.ALLOWED
+    return Outcome.REJECTED if mode is Mode.ENFORCE else Outcome.AUDIT_REJECTED
+
+
+@dataclass
+class Compiled:
+    """Decision tables. Every *_idx is an index into `bitmaps`."""
+
+    nrules: int
+    rules: list[Rule]
+    verdicts: list[int]                        # per rule
+    default_verdicts: list[int]                # per exit
+    bitmaps: list[int] = field(default_factory=list)
+    exit_idx: list[int] = field(default_factory=list)
+    ones_idx: int = 0
+    users: dict[int, int] = field(default_factory=dict)
+    user_miss: int = 0
+    groups: dict[int, tuple[int, int]] = field(default_factory=dict)  # gid -> (alone, membership)
+    group_miss: int = 0
+    group_wild: int = 0
+    group_neg: int = 0
+    programs: dict[tuple[int, int], int] = field(default_factory=dict)
+    program_miss: int = 0
+    # per side: {(net128, prefixlen128): idx}; (0, 0) is the default entry
+    addrs: list[dict[tuple[int, int], int]] = field(default_factory=lambda: [{}, {}])
+    # per side: sorted segments [(first_port, idx)], covering 0..65535
+    ports: list[list[tuple[int, int]]] = field(default_factory=lambda: [[], []])
+    emit_allowed: bool = False
+    emit_rejected: bool = True
+    reject_errno: int = 1
+    digest: str = ""
+
+    @property
+    def nsummary(self) -> int:
+        return max(1, -(-self.nrules // RULES_PER_SUMMARY_WORD))
+
+
+class _Interner:
+    def __init__(self, out: list[int]):
+        self.out = out
+        self.index: dict[int, int] = {}
+
+    def __call__(self, bits: int) -> int:
+        i = self.index.get(bits)
+        if i is None:
+            i = self.index[bits] = len(self.out)
+            self.out.append(bits)
+        return i
+
+
+def _split(rules: list[Rule], attr: str):
+    """(wildcard, negated, [(rule_index, match)]) for one field."""
+    wild = neg = 0
+    constrained = []
+    for r in rules:
+        m: Match | None = getattr(r, attr)
+        if m is None:
+            wild |= 1 << r.index
+        else:
+            if m.negated:
+                neg |= 1 << r.index
+            constrained.append((r.index, m))
+    return wild, neg, constrained
+
+
+def compile_policy(policy: Policy) -> Compiled:
+    rules = list(policy.rules)
+    if len(rules) > MAX_RULES:
+        raise PolicyError(f"{len(rules)} rules; the kernel tables hold at most {MAX_RULES}", policy.source)
+    for i, r in enumerate(rules):
+        if r.index != i:
+            raise PolicyError(f"rule {r.name!r} has index {r.index}, expected {i}", policy.source, r.line)
+    c = Compiled(
+        nrules=len(rules),
+        rules=rules,
+        verdicts=[VERDICT_OF[outcome_for(r.action, r.effective_mode(policy.mode))] for r in rules],
+        default_verdicts=[VERDICT_OF[outcome_for(policy.defaults[e], policy.mode)] for e in Exit],
+        emit_allowed=policy.journal_allowed,
+        emit_rejected=policy.journal_rejected,
+        reject_errno=policy.errno,
+        digest=policy.digest,
+    )
+    intern = _Interner(c.bitmaps)
+    ones = (1 << len(rules)) - 1
+    c.ones_idx = intern(ones)
+    c.exit_idx = [intern(sum(1 << r.index for r in rules if e in r.exits)) for e in Exit]
+
+    # users
+    wild, neg, cons = _split(rules, "user")
+    members: dict[int, int] = {}
+    for ri, m in cons:
+        for uid in m.values:
+            members[uid] = members.get(uid, 0) | (1 << ri)
+    c.users = {uid: intern(wild | (mem ^ neg)) for uid, mem in members.items()}
+    c.user_miss = intern(wild | neg)
+
+    # groups
+    wild, neg, cons = _split(rules, "group")
+    members = {}
+    for ri, m in cons:
+        for gid in m.values:
+            members[gid] = members.get(gid, 0) | (1 << ri)
+    c.groups = {gid: (intern(wild | (mem ^ neg)), intern(mem)) for gid, mem in members.items()}
+    c.group_miss = intern(wild | neg)
+    c.group_wild = intern(wild)
+    c.group_neg = intern(neg)
+
+    # programs, by (dev, inode) of the file as it is now
+    wild, neg, cons = _split(rules, "program")
+    pmembers: dict[tuple[int, int], int] = {}
+    for ri, m in cons:
+        for path in m.values:
+            ident = program_identity(path)
+            if ident is None:
+                raise PolicyError(f"program {path} does not exist", policy.source, rules[ri].line)
+            pmembers[ident] = pmembers.get(ident, 0) | (1 << ri)
+    c.programs = {ident: intern(wild | (mem ^ neg)) for ident, mem in pmembers.items()}
+    c.program_miss = intern(wild | neg)
+
+    for side, attr in ((LOCAL, "local"), (REMOTE, "remote")):
+        c.addrs[side] = _compile_addrs(rules, attr, intern)
+    for side, attr in ((LOCAL, "local_port"), (REMOTE, "remote_port")):
+        c.ports[side] = _compile_ports(rules, attr, intern)
+    return c
+
+
+def _compile_addrs(rules: list[Rule], attr: str, intern: _Interner) -> dict[tuple[int, int], int]:
+    wild, neg, cons = _split(rules, attr)
+    members: dict[tuple[int, int], int] = {}
+    for ri, m in cons:
+        for net in m.values:
+            key = as_v6(net)
+            members[key] = members.get(key, 0) | (1 << ri)
+    members.setdefault((0, 0), 0)
+    lengths = sorted({plen for _, plen in members})
+    out: dict[tuple[int, int], int] = {}
+    for (net, plen), _ in members.items():
+        inherited = 0
+        for L in lengths:  # every listed prefix that covers this one (itself included)
+            if L > plen:
+                break
+            mask = ((1 << L) - 1) << (128 - L) if L else 0
+            inherited |= members.get((net & mask, L), 0)
+        out[(net, plen)] = intern(wild | (inherited ^ neg))
+    return out
+
+
+def _compile_ports(rules: list[Rule], attr: str, intern: _Interner) -> list[tuple[int, int]]:
+    wild, neg, cons = _split(rules, attr)
+    events: dict[int, list[tuple[int, int]]] = {}
+    for ri, m in cons:
+        for lo, hi in m.values:
+            events.setdefault(lo, []).append((ri, +1))
+            events.setdefault(hi + 1, []).append((ri, -1))
+    events.setdefault(0, [])
+    counts: dict[int, int] = {}
+    membership = 0
+    segments: list[tuple[int, int]] = []
+    for port in sorted(events):
+        if port > 65535:
+            break
+        for ri, delta in events[port]:
+            n = counts.get(ri, 0) + delta
+            counts[ri] = n
+            if n == 0:
+                membership &= ~(1 << ri)
+            elif n == 1 and delta == 1:
+                membership |= 1 << ri
+        idx = intern(wild | (membership ^ neg))
+        if not segments or segments[-1][1] != idx:
+            segments.append((port, idx))
+    return segments
+
+
+def port_table(segments: list[tuple[int, int]]) -> list[int]:
+    """65536 bitmap indices, one per port, from the segment list."""
+    table = [0] * 65536
+    bounds = [p for p, _ in segments[1:]] + [65536]
+    for (start, idx), end in zip(segments, bounds):
+        table[start:end] = [idx] * (end - start)
+    return table
