@@ -310,6 +310,7 @@ class Locator:
                 if m.group(1) == "[[":
                     idx = arrays.get(path, -1) + 1
                     arrays[path] = idx
+                    self.lines.setdefault(path, no)
                     table = path + (idx,)
                 else:
                     # [alert.match] after [[alert]] refers to the last array element
