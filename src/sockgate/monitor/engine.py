@@ -266,7 +266,8 @@ class Engine:
             self._expire(okey, oa, max(oa.until, self.latest_ts), out)
 
     def prune(self, now_ns: int) -> None:
-        """Forget threshold groups whose matches all fell out of their window."""
+        """Forget threshold groups whose matches all fell out of their window (journal time:
+        pass the latest entry timestamp, not the wall clock)."""
         for r in self.rules:
             if r.kind != "threshold":
                 continue

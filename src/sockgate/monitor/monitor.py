@@ -138,7 +138,7 @@ class Monitor:
         out: list[Alert] = []
         now = self.clock()
         self.engine.tick(now, out)
-        self.engine.prune(now)
+        self.engine.prune(self.engine.latest_ts)   # windows are in journal time
         if out or self.engine.dirty_windows:
             self.state.commit(self.engine, out, now_ns=now)
             raised += len(out)
