@@ -1,0 +1,89 @@
+"""`sockgate run`, `status`, `unload`."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from sockgate.cli.options import DEFAULT_ALERTS, DEFAULT_POLICY, journal_option, json_option
+
+pin_dir_option = click.option("--pin-dir", default="/sys/fs/bpf/sockgate", show_default=True,
+                              help="bpffs directory holding sockgate's pinned programs and maps.")
+
+
+@click.command("run")
+@click.option("--policy", type=click.Path(dir_okay=False),
+              help=f"Policy file. Default: {DEFAULT_POLICY} if it exists, else the embedded default policy.")
+@journal_option
+@click.option("--no-journal", is_flag=True, help="Do not journal (events only with --print-events).")
+@click.option("--scope-cgroup", type=click.Path(exists=True, file_okay=False),
+              help="Enforce only in this cgroup v2 subtree (default: the cgroup v2 root, the whole host).")
+@click.option("--netns", type=click.Path(exists=True, dir_okay=False),
+              help="Network namespace for accept decisions (default: the daemon's own).")
+@click.option("--backend", type=click.Choice(["auto", "cgroup"]), default="auto", show_default=True,
+              help="Kernel backend; auto picks the best this kernel runs.")
+@click.option("--alerts", type=click.Path(exists=True, dir_okay=False),
+              help=f"Alert rules for the built-in monitor (default: {DEFAULT_ALERTS} if it exists).")
+@click.option("--print-events", is_flag=True, help="Also write each decision as a JSON line to stdout.")
+@pin_dir_option
+def run_cmd(policy, journal_dir, no_journal, scope_cgroup, netns, backend, alerts, print_events, pin_dir):
+    """Load the policy into the kernel, enforce it, journal decisions (as root).
+
+    \b
+    Programs and maps are pinned under --pin-dir: enforcement goes on if the daemon
+    dies, and a restarted daemon picks up the same tables. SIGHUP reloads the policy
+    (atomically; a bad file is refused and the old policy stays). SIGTERM seals the
+    journal and stops the daemon; the programs stay until `sockgate unload`.
+    """
+    from sockgate.daemon import RunOptions, run
+
+    run(RunOptions(policy=policy, journal_dir=None if no_journal else journal_dir, scope_cgroup=scope_cgroup,
+                   netns=netns, pin_dir=pin_dir, backend=backend, alerts=alerts, print_events=print_events))
+
+
+@click.command("status")
+@json_option
+@pin_dir_option
+def status_cmd(as_json, pin_dir):
+    """Backend, scope, policy digest, per-rule hit counters, drops."""
+    from sockgate.daemon import status
+
+    s = status(pin_dir)
+    if as_json:
+        click.echo(json.dumps(s, indent=2))
+        return
+    if not s["loaded"]:
+        click.echo(f"sockgate is not loaded (nothing pinned at {pin_dir})")
+        raise SystemExit(3)
+    p, c = s["policy"], s["counters"]
+    daemon = f"running (pid {s['daemon_pid']})" if s["daemon_pid"] else "not running (pinned programs still enforce)"
+    click.echo(f"backend:   {s['backend']}\nscope:     cgroup {s['scope_cgroup']}, accept in netns {s['netns']}\n"
+               f"daemon:    {daemon}\npolicy:    {p['source']} ({p['rules']} rules, {p['mode']}, "
+               f"generation {p['generation']})\ndigest:    {p['digest']}\n"
+               f"decisions: {c['decisions']}  journaled: {c['selected'] - c['dropped']}  dropped: {c['dropped']}")
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table("#", "rule", "hits", box=None)
+    for r in s["rules"]:
+        t.add_row(str(r["index"]), r["name"], str(r["hits"]))
+    for e, n in s["defaults"].items():
+        t.add_row("-", f"default:{e}", str(n))
+    Console().print(t)
+
+
+@click.command("unload")
+@journal_option
+@pin_dir_option
+def unload_cmd(journal_dir, pin_dir):
+    """Stop the daemon, detach every program and remove every pin (journaled)."""
+    from sockgate.daemon import unload
+
+    removed = unload(pin_dir, journal_dir)
+    click.echo(f"unloaded: removed {len(removed)} pins" if removed else f"nothing was loaded at {pin_dir}")
+
+
+def register(cli: click.Group) -> None:
+    for cmd in (run_cmd, status_cmd, unload_cmd):
+        cli.add_command(cmd)

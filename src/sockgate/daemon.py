@@ -1,0 +1,306 @@
+"""The daemon: kernel events -> journal (-> monitor), policy loads, signals.
+
+    policy --compile--> kernel tables (atomic swap)      SIGHUP: reload the policy file
+    ring buffer --decode+enrich--> journal entries        SIGTERM/SIGINT: seal and stop
+    kernel drop counter --> gap records                    programs stay pinned: enforcement
+    journal --> monitor thread (if alert rules exist)      outlives the daemon until `unload`
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import signal
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from sockgate.errors import KernelError, SockgateError
+from sockgate.journal import Code, Entry, EntryType, Journal, Outcome, Source
+from sockgate.kernel import events as kevents
+from sockgate.kernel import tables
+from sockgate.kernel.loader import DEFAULT_PIN_DIR, STATE_DIR, Gate, remove_pins
+from sockgate.kernel.owners import seed_owners
+from sockgate.policy.compile import compile_policy
+from sockgate.policy.model import Policy
+from sockgate.policy.parse import load_configured_policy
+
+ENTRY_TYPE = {"connect": EntryType.CONNECT, "listen": EntryType.LISTEN, "accept": EntryType.ACCEPT}
+DEFAULT_ALERTS = "/etc/sockgate/alerts.toml"
+DEFAULT_MONITOR_STATE = "/var/lib/sockgate/monitor"
+
+
+@dataclass
+class RunOptions:
+    policy: str | None = None
+    journal_dir: str | None = "/var/lib/sockgate/journal"   # None: no journal
+    scope_cgroup: str | None = None
+    netns: str | None = None
+    pin_dir: str = DEFAULT_PIN_DIR
+    backend: str = "auto"
+    alerts: str | None = None
+    monitor_state: str = DEFAULT_MONITOR_STATE
+    print_events: bool = False
+
+
+def pid_file(pin_dir: str) -> Path:
+    return STATE_DIR / (pin_dir.strip("/").replace("/", "_") + ".pid")
+
+
+def running_pid(pin_dir: str) -> int | None:
+    try:
+        pid = int(pid_file(pin_dir).read_text())
+        os.kill(pid, 0)
+        return pid
+    except (OSError, ValueError):
+        return None
+
+
+class Enricher:
+    """Turns kernel events into journal entries: names for ids, paths for executables,
+    rule names for rule indexes (per policy generation, so a reload mid-batch is exact)."""
+
+    def __init__(self, host: str):
+        self.host = host
+        self.rule_names: dict[int, list[str]] = {}
+        self._users: dict[int, str | None] = {}
+        self._paths: dict[tuple[int, int], str] = {}
+
+    def user(self, uid: int) -> str | None:
+        if uid not in self._users:
+            try:
+                self._users[uid] = pwd.getpwuid(uid).pw_name
+            except KeyError:
+                self._users[uid] = None
+        return self._users[uid]
+
+    def program(self, ev: kevents.Event) -> str | None:
+        key = (ev.dev, ev.ino)
+        path = self._paths.get(key)
+        if path is None and ev.pid:
+            try:
+                path = os.readlink(f"/proc/{ev.pid}/exe")
+                self._paths[key] = path
+            except OSError:
+                return None
+        return path
+
+    def rule(self, ev: kevents.Event) -> str:
+        if ev.rule < 0:
+            return f"default:{ev.exit}"
+        names = self.rule_names.get(ev.generation, [])
+        return names[ev.rule] if ev.rule < len(names) else f"#{ev.rule}"
+
+    def entry(self, ev: kevents.Event) -> Entry:
+        known = ev.euid != 0xFFFFFFFE
+        return Entry(
+            code=Code.SOCKET, type=ENTRY_TYPE[ev.exit], ts_ns=ev.ts_ns, source=Source.KERNEL, host=self.host,
+            outcome=Outcome(ev.verdict), rule=self.rule(ev),
+            uid=ev.euid if known else None, user=self.user(ev.euid) if known else None,
+            gid=ev.egid if known else None, pid=ev.pid or None, program=self.program(ev) if known else None,
+            family=ev.family, local_addr=ev.local_addr if ev.exit != "connect" else None,
+            local_port=ev.local_port if ev.exit != "connect" else None,
+            remote_addr=ev.remote_addr if ev.exit != "listen" else None,
+            remote_port=ev.remote_port if ev.exit != "listen" else None,
+            extra={"comm": ev.comm, "real_uid": ev.uid, "protocol": "tcp" if ev.protocol == 6 else
+                   "udp" if ev.protocol == 17 else ev.protocol, "generation": ev.generation}
+            if known else {"owner": "unknown", "protocol": "tcp", "generation": ev.generation},
+        )
+
+
+class Daemon:
+    def __init__(self, opts: RunOptions):
+        self.opts = opts
+        self.gate: Gate | None = None
+        self.journal: Journal | None = None
+        self.reader: kevents.EventReader | None = None
+        self.policy: Policy | None = None
+        self.enricher = Enricher(os.uname().nodename)
+        self.stop_event = threading.Event()
+        self.reload_requested = False
+        self.monitor_thread: threading.Thread | None = None
+        self._last_dropped = 0
+        self.log = lambda msg: print(f"sockgate: {msg}", file=sys.stderr, flush=True)
+
+    # -- start / stop ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        o = self.opts
+        policy = load_configured_policy(o.policy)      # a bad policy stops us before any change
+        compiled = compile_policy(policy)
+        if o.journal_dir:
+            self.journal = Journal.open(o.journal_dir)
+        if Gate.is_pinned(o.pin_dir):
+            self.gate = Gate.open(o.pin_dir)
+            self.log(f"reopened pinned programs at {o.pin_dir} (enforcement never stopped)")
+            for what, want, have in (("scope cgroup", o.scope_cgroup, self.gate.state.scope_cgroup),
+                                     ("netns", o.netns, self.gate.state.netns)):
+                if want and os.path.realpath(want) != os.path.realpath(have):
+                    raise KernelError(f"already loaded with {what} {have}, not {want}; `sockgate unload` first")
+        else:
+            self.gate = Gate.load(o.pin_dir, scope_cgroup=o.scope_cgroup, netns=o.netns, backend=o.backend)
+            self.log(f"attached {self.gate.state.backend} backend at {self.gate.state.scope_cgroup}"
+                     f" (accept in {self.gate.state.netns})")
+        self._last_dropped = self.gate.stats()["dropped"]
+        pid_file(o.pin_dir).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        pid_file(o.pin_dir).write_text(str(os.getpid()))
+        self._record(EntryType.DAEMON_START, backend=self.gate.state.backend,
+                     scope=self.gate.state.scope_cgroup, netns=self.gate.state.netns, pid=os.getpid())
+        self._install(policy, compiled)
+        if not o.netns or os.path.realpath(o.netns) == os.path.realpath("/proc/self/ns/net"):
+            n = seed_owners(self.gate.maps["sg_owners"])
+            self.log(f"recorded the owners of {n} existing listening sockets")
+        self.reader = kevents.EventReader(self.gate.maps["sg_events"])
+        self._start_monitor()
+
+    def _install(self, policy: Policy, compiled=None) -> None:
+        compiled = compiled or compile_policy(policy)
+        names = [r.name for r in policy.rules]
+        self.enricher.rule_names[self.gate.state.generation + 1] = names
+        info = tables.install(self.gate, compiled, rule_names=names, source=policy.source,
+                              mode=policy.mode.value, audit_levels=sorted(policy.audit_levels))
+        self.policy = policy
+        self._record(EntryType.POLICY_LOADED, digest=policy.digest, rules=len(policy.rules),
+                     policy_file=policy.source, generation=info["generation"], mode=policy.mode.value)
+        self.log(f"policy {policy.source} loaded: {len(policy.rules)} rules, generation {info['generation']}, "
+                 f"{info['seconds'] * 1000:.0f} ms")
+
+    def _start_monitor(self) -> None:
+        rules = self.opts.alerts or (DEFAULT_ALERTS if os.path.exists(DEFAULT_ALERTS) else None)
+        if not rules or not self.opts.journal_dir:
+            return
+        from sockgate.monitor import Monitor  # the monitor is optional at run time
+
+        monitor = Monitor.open(rules, self.opts.journal_dir, self.opts.monitor_state)
+
+        def run():
+            try:
+                monitor.run(self.stop_event)
+            finally:
+                monitor.close()
+
+        self.monitor_thread = threading.Thread(target=run, name="monitor", daemon=True)
+        self.monitor_thread.start()
+        self.log(f"monitor running with {rules}")
+
+    def _record(self, type: EntryType, **fields) -> None:
+        if self.journal:
+            self.journal.record(type, **fields)
+        if self.opts.print_events:
+            print(json.dumps({"record": type.value, **fields}), flush=True)
+
+    def reload(self) -> None:
+        try:
+            policy = load_configured_policy(self.opts.policy)
+            self._install(policy)
+        except SockgateError as e:
+            self.log(f"reload refused, the previous policy stays in force:\n{e}")
+            self._record(EntryType.POLICY_LOADED, error=str(e)[:2000], policy_file=self.opts.policy or "(default)")
+
+    def stop(self, *, clean: bool = True) -> None:
+        self.stop_event.set()
+        if self.monitor_thread:
+            self.monitor_thread.join(timeout=10)
+        if self.reader:
+            self._drain(self.reader.poll(0))
+            self.reader.close()
+        if self.journal:
+            self._record(EntryType.DAEMON_STOP, pid=os.getpid(), programs="stay attached until `sockgate unload`")
+            self.journal.close()
+            self.journal = None
+        if self.gate:
+            self.gate.close()
+        try:
+            pid_file(self.opts.pin_dir).unlink()
+        except OSError:
+            pass
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def _drain(self, batch: list[kevents.Event]) -> None:
+        if batch:
+            if self.journal:
+                self.journal.append([self.enricher.entry(ev) for ev in batch])
+            if self.opts.print_events:
+                out = sys.stdout
+                for ev in batch:
+                    out.write(json.dumps(asdict(ev)) + "\n")
+                out.flush()
+        dropped = self.gate.stats()["dropped"]
+        if dropped > self._last_dropped:
+            self._record(EntryType.GAP, dropped=dropped - self._last_dropped)
+            self._last_dropped = dropped
+
+    def run(self) -> None:
+        signal.signal(signal.SIGHUP, lambda *_: setattr(self, "reload_requested", True))
+        signal.signal(signal.SIGTERM, lambda *_: self.stop_event.set())
+        signal.signal(signal.SIGINT, lambda *_: self.stop_event.set())
+        while not self.stop_event.is_set():
+            if self.reload_requested:
+                self.reload_requested = False
+                self.reload()
+            if not Gate.is_pinned(self.opts.pin_dir):
+                self.log("programs were detached (unpinned) under us; stopping")
+                self._record(EntryType.DETACHED, by="unpinned while running")
+                break
+            self._drain(self.reader.poll(100))
+
+
+def run(opts: RunOptions) -> None:
+    d = Daemon(opts)
+    try:
+        d.start()
+    except BaseException:
+        d.stop()
+        raise
+    try:
+        d.run()
+    finally:
+        d.stop()
+
+
+def unload(pin_dir: str = DEFAULT_PIN_DIR, journal_dir: str | None = None, timeout: float = 10) -> list[str]:
+    """Stop a running daemon, detach and unpin everything, journal it."""
+    pid = running_pid(pin_dir)
+    if pid:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and running_pid(pin_dir):
+            time.sleep(0.05)
+    removed = remove_pins(pin_dir)
+    if removed and journal_dir and os.path.isdir(journal_dir):
+        try:
+            with Journal.open(journal_dir, create=False) as j:
+                j.record(EntryType.DETACHED, by="sockgate unload", uid=os.getuid(), pins=len(removed))
+        except SockgateError:
+            pass  # unloading must not fail because the journal is unusable
+    return removed
+
+
+def status(pin_dir: str = DEFAULT_PIN_DIR) -> dict:
+    if not Gate.is_pinned(pin_dir):
+        return {"loaded": False, "pin_dir": pin_dir, "daemon_pid": running_pid(pin_dir)}
+    gate = Gate.open(pin_dir)
+    try:
+        st = gate.state
+        hits, defaults = gate.hits()
+        stats = gate.stats()
+        return {
+            "loaded": True,
+            "pin_dir": pin_dir,
+            "backend": st.backend,
+            "scope_cgroup": st.scope_cgroup,
+            "netns": st.netns,
+            "daemon_pid": running_pid(pin_dir),
+            "policy": {"source": st.policy_source, "digest": st.policy_digest, "generation": st.generation,
+                       "rules": len(st.rule_names), "mode": st.mode, "audit_levels": st.audit_levels,
+                       "errno": st.errno},
+            "counters": stats,
+            "rules": [{"index": i, "name": n, "hits": h} for i, (n, h) in enumerate(zip(st.rule_names, hits))],
+            "defaults": {e: defaults[i] for i, e in enumerate(("connect", "listen", "accept"))},
+        }
+    finally:
+        gate.close()

@@ -1,0 +1,108 @@
+"""Seed the listener-owner map with sockets that were listening before sockgate loaded.
+
+Accept rules test the owner of the listening socket; the kernel learns owners at bind()
+time, so servers started earlier are found here from /proc/net/tcp{,6} (state 0A =
+LISTEN), the socket inode's process and that process's credentials and executable.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import struct
+
+from sockgate.kernel import layout as L
+from sockgate.kernel import libbpf
+
+LISTEN = "0A"
+
+
+def _proc_addr(hex_addr: str) -> bytes:
+    """/proc/net/tcp address (host-endian 32-bit words) -> 16 bytes, v4 mapped."""
+    raw = bytes.fromhex(hex_addr)
+    if len(raw) == 4:
+        v4 = struct.pack(">I", struct.unpack("=I", raw)[0])
+        return b"\0" * 10 + b"\xff\xff" + v4
+    return b"".join(struct.pack(">I", struct.unpack("=I", raw[i:i + 4])[0]) for i in range(0, 16, 4))
+
+
+def listening_sockets(proc: str = "/proc") -> list[tuple[bytes, int, int, int]]:
+    """[(addr16, port, uid, inode)] of TCP listeners in this network namespace."""
+    out = []
+    for name in ("tcp", "tcp6"):
+        try:
+            with open(f"{proc}/net/{name}") as f:
+                next(f)
+                for line in f:
+                    p = line.split()
+                    if p[3] != LISTEN:
+                        continue
+                    addr, port = p[1].split(":")
+                    out.append((_proc_addr(addr), int(port, 16), int(p[7]), int(p[9])))
+        except FileNotFoundError:
+            continue
+    return out
+
+
+def _socket_pids(proc: str = "/proc") -> dict[int, int]:
+    """socket inode -> pid holding it."""
+    owners: dict[int, int] = {}
+    for pid in os.listdir(proc):
+        if not pid.isdigit():
+            continue
+        try:
+            for fd in os.listdir(f"{proc}/{pid}/fd"):
+                try:
+                    target = os.readlink(f"{proc}/{pid}/fd/{fd}")
+                except OSError:
+                    continue
+                if target.startswith("socket:["):
+                    owners.setdefault(int(target[8:-1]), int(pid))
+        except OSError:
+            continue
+    return owners
+
+
+def _process_identity(pid: int, proc: str = "/proc") -> tuple[int, int, list[int], int, int, str] | None:
+    """(euid, egid, groups, dev, ino, comm)."""
+    try:
+        with open(f"{proc}/{pid}/status") as f:
+            status = dict(l.rstrip("\n").split(":\t", 1) for l in f if ":\t" in l)
+        euid = int(status["Uid"].split()[1])
+        egid = int(status["Gid"].split()[1])
+        groups = [int(g) for g in status.get("Groups", "").split()]
+        st = os.stat(f"{proc}/{pid}/exe")
+        with open(f"{proc}/{pid}/comm") as f:
+            comm = f.read().strip()
+    except (OSError, KeyError, ValueError):
+        return None
+    dev = (os.major(st.st_dev) << 20) | os.minor(st.st_dev)
+    return euid, egid, groups, dev, st.st_ino, comm
+
+
+def seed_owners(owners_fd: int, proc: str = "/proc") -> int:
+    """Record every current listener's owner; returns how many were recorded."""
+    socks = listening_sockets(proc)
+    if not socks:
+        return 0
+    pids = _socket_pids(proc)
+    n = 0
+    for addr, port, uid, inode in socks:
+        key = L.OwnerKey(port=port)
+        if addr.strip(b"\0") not in (b"", b"\xff\xff"):  # 0.0.0.0 / :: are "any"
+            ctypes.memmove(key.addr, addr, 16)
+        val = L.Owner(uid=uid, gid=L.UID_UNKNOWN)
+        pid = pids.get(inode)
+        ident = _process_identity(pid, proc) if pid else None
+        if ident:
+            euid, egid, groups, dev, ino, comm = ident
+            gl = [egid] + [g for g in groups if g != egid]
+            gl = gl[: L.MAX_GROUPS]
+            val.tgid, val.uid, val.gid, val.dev, val.ino = pid, euid, egid, dev, ino
+            val.ngroups = len(gl)
+            for i, g in enumerate(gl):
+                val.groups[i] = g
+            val.comm = comm.encode()[:15]
+        libbpf.map_update(owners_fd, key, val)
+        n += 1
+    return n
