@@ -89,6 +89,7 @@ class LocalTime:
                 ) from None
             self.describe = s
         self._minutes: dict[str, int] = {}
+        self._seconds: dict[str, int] = {}
 
     def _minute(self, key: str, y: int, mo: int, d: int, h: int, mi: int) -> int:
         """Epoch seconds of a local minute (cached: journals are in time order)."""
@@ -125,6 +126,16 @@ class LocalTime:
         if len(ts) != 26 or ts[19] != "." or not (sf.isascii() and sf.isdigit()) or sf[0] > "5":
             raise ValueError(f"{ts!r} is not a timestamp YYYY-MM-DD-HH.MM.SS.ffffff")
         return (secs + int(sf[:2])) * 1_000_000_000 + int(sf[2:]) * 1000
+
+    def second(self, head: str) -> int:
+        """'YYYY-MM-DD-HH.MM.SS' -> UTC ns of that second (cached: the parser's fast path)."""
+        ns = self._seconds.get(head)
+        if ns is None:
+            ns = self.saa(head + ".000000")
+            if len(self._seconds) > 100_000:
+                self._seconds.clear()
+            self._seconds[head] = ns
+        return ns
 
     def text(self, ts: str) -> int:
         """SAA, ISO ('YYYY-MM-DD HH:MM:SS.ffffff', 'T' too) with 0-12 fraction digits and an

@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import codecs
 import re
+import gc
 import struct
+from dataclasses import fields as dc_fields
 from itertools import chain
+from operator import itemgetter
 from collections.abc import Callable, Iterator
 
 from sockgate.errors import ImportRecordError, UsageError
-from sockgate.journal.entry import Entry
+from sockgate.journal.entry import Code, Entry, Source
 
 from . import mapping as m
-from .layout import Layout
+from .layout import ENTRY_TYPE_TEXT, Layout
 
 CHUNK = 4096  # records decoded per codec call
 
@@ -35,6 +38,17 @@ def codec_for_ccsid(ccsid: int) -> str:
             f"--ccsid {ccsid}: no codec for this CCSID (EBCDIC ones known here: 37, 273, 500, "
             "875, 1026, 1140; ASCII: 819, 850, 1208, 1252)"
         ) from None
+
+
+def decoder(codec: str) -> Callable[[bytes], str]:
+    """bytes -> str for a single-byte codec. A code page whose 256 characters all lie in
+    Latin-1 (37, 500, ...) is one bytes.translate plus a Latin-1 decode, both in C, which
+    beats the charmap codec for the short fields read per record."""
+    chars = bytes(range(256)).decode(codec)
+    if max(map(ord, chars)) < 256:
+        table = chars.encode("latin-1")
+        return lambda b: b.translate(table).decode("latin-1")
+    return lambda b: str(b, codec)
 
 
 def is_ebcdic(codec: str) -> bool:
@@ -93,6 +107,7 @@ class RecordReader:
     def __init__(self, data, layout: Layout, *, codec: str, clock: m.LocalTime,
                  record_length: int | None = None, file: str = "-"):
         check_single_byte(codec)
+        self.buf = data  # slices of it are bytes (bytes, mmap) for the per-field decodes
         self.data = memoryview(data).cast("B")
         self.layout = layout
         self.codec = codec
@@ -118,154 +133,255 @@ class RecordReader:
 
     def entries(self, on_bad: Callable | None = None,
                 progress: Callable[[int], None] | None = None) -> Iterator[Entry]:
+        """The fast path: every hot field of a record in one C call (itemgetter of slices
+        over the chunk's compact text, rstripped by map), plain checks, one Entry. A record
+        it cannot take goes to the careful path, which names the bad field or accepts it."""
         L = self.record_length
-        lay = self.layout
-        f = lay.fields
         data = self.data
-        codec = self.codec
-        clock_saa = self.clock.saa
-        file = self.file
-        mk = m.make_entry
+        decode = decoder(self.codec)
+        buf = self.buf
+        plan = self._plan = _Plan(self.layout, L)
+        K = plan.stride
+        hot = plan.hot
+        careful = self._careful
+        second = self.clock.second
+        seconds = self.clock._seconds
         types = m.TYPES
-        port, address, family, job_number = m.port, m.address, m.family, m.job_number
+        outcomes = m.OUTCOMES
+        texts = ENTRY_TYPE_TEXT
+        families = _FAMILIES
+        seen_addr: set[str] = set()
         secure_t, filter_t, dhcp_t = m.SECURE_TYPES, m.FILTER_TYPES, m.DHCP_TYPES
         unpack_i = struct.Struct(">i").unpack_from
         unpack_h = struct.Struct(">h").unpack_from
-        gather, K, at = _gather_plan(lay, L, _HOT)
-
-        def raw(name):  # 0-based start/end in the record of a field read on demand
-            fld = f.get(name)
-            return (fld.start, min(fld.end, L)) if fld and fld.start < L else (0, 0)
-
-        seq0, seq1 = at["JOSEQN"]
-        code0, code1 = at["JOCODE"][0], at["JOENTT"][1]
-        ts0, ts1 = at["JOTSTP"]
-        job0, job1 = at["JOJOB"]
-        usr0, usr1 = at["JOUSER"]
-        nbr0, nbr1 = at["JONBR"]
-        pgm0, pgm1 = at["JOPGM"]
-        plib0, plib1 = at.get("JOPGMLIB", (0, 0))
-        uspf0, uspf1 = at["JOUSPF"]
-        sys0, sys1 = at["JOSYNM"]
-        rcv0, rcv1 = at["JORCV"]
-        rlib0, rlib1 = at["JORCVLIB"]
-        et0 = at["entry_type"][0]
-        l150, l151 = at["local_ip15"]
-        lp0, lp1 = at["local_port"]
-        r150, r151 = at["remote_ip15"]
-        rp0, rp1 = at["remote_port"]
-        af0, af1 = at["address_family"]
-        la0, la1 = at["local_ip"]
-        ra0, ra1 = at["remote_ip"]
-        sv0, sv1 = at.get("secure_version", (0, 0))
-        sp0, sp1 = at.get("secure_properties", (0, 0))
-        sd0 = f["socket_descriptor"].start
+        sd0 = plan.sd0
+        f = self.layout.fields
         fl0 = f["filter_data_length"].start
-        fd0, fd1 = raw("filter_description")
-        fdat0, fdat1 = raw("filter_data")
-        mac0, mac1 = raw("mac_address")
-        hn0, hn1 = raw("host_name")
-
-        for c0 in range(0, self.count, CHUNK):
-            c1 = min(c0 + CHUNK, self.count)
-            text = gather(data[c0 * L:c1 * L]).decode(codec)
-            for i in range(c1 - c0):
-                b = i * K
-                rec = c0 + i
-                off = rec * L
-                field = "JOCODE"
-                try:
-                    if text[b + code0:b + code1] != "TSK":
-                        raise m.FieldError(field, f"journal code and entry type are "
-                                           f"{text[b + code0:b + code1]!r}, not 'TSK' (wrong "
-                                           "record length or CCSID?)")
-                    field = "JOSEQN"
-                    s = text[b + seq0:b + seq1].strip()
-                    if not (s.isascii() and s.isdigit()):
-                        raise m.FieldError(field, f"{s!r} is not a sequence number")
-                    seq = int(s)
-                    field = "JOTSTP"
-                    ts = text[b + ts0:b + ts1]
-                    ts_ns = clock_saa(ts)
-                    field = "JONBR"
-                    nbr = text[b + nbr0:b + nbr1]
-                    if not (nbr.isascii() and nbr.isdigit()):
-                        nbr = job_number(nbr)
-                    field = "entry_type"
-                    code = text[b + et0]
-                    et = types.get(code)
-                    if et is None:
-                        raise m.FieldError(field, f"{code!r} is not an SK entry type "
-                                           "(A C D F I O P R S U X)")
-                    field = "local_ip"
-                    la = text[b + la0:b + la1].rstrip() or text[b + l150:b + l151].rstrip()
-                    la = address(la, field) if la else None
-                    field = "remote_ip"
-                    ra = text[b + ra0:b + ra1].rstrip() or text[b + r150:b + r151].rstrip()
-                    ra = address(ra, field) if ra else None
-                    field = "local_port"
-                    lp = port(text[b + lp0:b + lp1].strip(), field)
-                    field = "remote_port"
-                    rp = port(text[b + rp0:b + rp1].strip(), field)
-                    field = "address_family"
-                    af = text[b + af0:b + af1].rstrip()
-                    fam = "ipv4" if af == "*IPV4" else "ipv6" if af == "*IPV6" else family(af, la, ra)
-                    more = {"socket_descriptor": unpack_i(data, off + sd0)[0]}
-                    if code in secure_t:
-                        if sv1:
-                            v = text[b + sv0:b + sv1].rstrip()
-                            if v:
-                                more["secure_version"] = v
-                        if sp1:
-                            v = text[b + sp0:b + sp1].rstrip()
-                            if v:
-                                more["secure_properties"] = v
-                    elif code in filter_t:
-                        field = "filter_data_length"
-                        more["filter_description"] = str(data[off + fd0:off + fd1], codec).rstrip()
-                        n = unpack_h(data, off + fl0)[0]
-                        if not 0 <= n <= fdat1 - fdat0:
-                            raise m.FieldError(field, f"{n} is not a length (0-{fdat1 - fdat0})")
-                        if n:
-                            more["filter_data"] = str(data[off + fdat0:off + fdat0 + n], codec)
-                    elif code in dhcp_t:
-                        v = str(data[off + mac0:off + mac1], codec).rstrip()
-                        if v:
-                            more["mac_address"] = v
-                        v = str(data[off + hn0:off + hn1], codec).rstrip()
-                        if v:
-                            more["host_name"] = v
-                    rlib = text[b + rlib0:b + rlib1].rstrip()
-                    rcv = text[b + rcv0:b + rcv1].rstrip()
-                    usr = text[b + usr0:b + usr1].rstrip()
-                    field = "JOSYNM"
-                    entry = mk(
-                        et, ts_ns, ts, text[b + sys0:b + sys1].rstrip(), seq,
-                        text[b + uspf0:b + uspf1].rstrip() or usr,
-                        text[b + job0:b + job1].rstrip(), usr, nbr,
-                        text[b + plib0:b + plib1].rstrip(), text[b + pgm0:b + pgm1].rstrip(),
-                        f"{rlib}/{rcv}" if rlib and rcv else rcv or None,
-                        fam, la, lp, ra, rp, more,
-                    )
-                except ValueError as e:  # FieldError is a ValueError; so are the clock's
-                    where = f.get(field)
-                    fo = off + (where.start if where else 0)
-                    reason = str(e) if isinstance(e, m.FieldError) else f"{field}: {e}"
-                    err = ImportRecordError(reason, record=rec + 1, offset=fo, file=file)
-                    if on_bad is None:
-                        raise err from None
-                    on_bad(err, self.raw(rec))
-                    continue
-                yield entry
-            if progress:
-                progress(c1 - c0)
+        fd0, fd1 = f["filter_description"].start, f["filter_description"].end
+        fdat0, fdmax = f["filter_data"].start, f["filter_data"].length
+        mac0, mac1 = f["mac_address"].start, f["mac_address"].end
+        hn0, hn1 = f["host_name"].start, f["host_name"].end
+        rstrip = str.rstrip
+        SOCKET, IBMI = Code.SOCKET, Source.IBMI
+        make = _entry
+        # the entries of one file are kept until the journal takes them all: no cycles among
+        # them, so the cyclic GC would only rescan them again and again
+        gc_was = gc.isenabled()
+        gc.disable()
+        try:
+            for c0 in range(0, self.count, CHUNK):
+                c1 = min(c0 + CHUNK, self.count)
+                text = decode(plan.gather(data[c0 * L:c1 * L]))
+                off = c0 * L - L
+                b = -K
+                for rec in range(c0, c1):
+                    off += L
+                    b += K
+                    try:
+                        (tsk, seq, ts, job, usr, nbr, pgm, plib, uspf, system, rcv, rlib, et,
+                         l15, lp, r15, rp, af, l46, r46, sv, sp) = map(rstrip, hot(text[b:b + K]))
+                        t = types[et]
+                        la = l46 or l15 or None
+                        ra = r46 or r15 or None
+                        if (tsk != "TSK" or not seq.isdecimal() or ts[19:20] != "."
+                                or not ts[20:].isdecimal() or len(ts) != 26
+                                or not nbr.isdecimal() or len(nbr) != 6 or not system
+                                or (la is not None and la not in seen_addr)
+                                or (ra is not None and ra not in seen_addr)):
+                            raise ValueError
+                        base = seconds.get(ts[:19])
+                        if base is None:
+                            base = second(ts[:19])
+                        if lp:
+                            if not lp.isdecimal() or len(lp) > 5 or int(lp) > 65535:
+                                raise ValueError
+                            lp = int(lp)
+                        else:
+                            lp = None
+                        if rp:
+                            if not rp.isdecimal() or len(rp) > 5 or int(rp) > 65535:
+                                raise ValueError
+                            rp = int(rp)
+                        else:
+                            rp = None
+                        fam = families[af] if af else ("ipv6" if ":" in (ra or la or "") else
+                                                       "ipv4" if (ra or la) else None)
+                        seq = int(seq)
+                        extra = {
+                            "socket_descriptor": unpack_i(data, off + sd0)[0],
+                            "ibmi_seq": seq, "ibmi_timestamp": ts,
+                            "entry_type_detail": texts[et],
+                            "job": f"{nbr}/{usr}/{job}", "job_name": job, "job_user": usr,
+                            "job_number": nbr,
+                        }
+                        if rcv:
+                            extra["ibmi_receiver"] = f"{rlib}/{rcv}" if rlib else rcv
+                        if plib:
+                            extra["program_library"] = plib
+                        if pgm:
+                            extra["program_name"] = pgm
+                        if et in secure_t:
+                            if sv:
+                                extra["secure_version"] = sv
+                            if sp:
+                                extra["secure_properties"] = sp
+                        elif et in filter_t:
+                            n = unpack_h(data, off + fl0)[0]
+                            if not 0 <= n <= fdmax:
+                                raise ValueError
+                            extra["filter_description"] = decode(buf[off + fd0:off + fd1]).rstrip()
+                            if n:
+                                extra["filter_data"] = decode(buf[off + fdat0:off + fdat0 + n])
+                        elif et in dhcp_t:
+                            if v := decode(buf[off + mac0:off + mac1]).rstrip():
+                                extra["mac_address"] = v
+                            if v := decode(buf[off + hn0:off + hn1]).rstrip():
+                                extra["host_name"] = v
+                        entry = make(
+                            SOCKET, t, base + int(ts[20:]) * 1000, IBMI, system, outcomes[et],
+                            None, None, uspf or usr, None, None,
+                            (f"{plib}/{pgm}" if plib else pgm) if pgm else None,
+                            fam, la, lp, ra, rp, extra, f"{system}:{seq}")
+                    except (ValueError, KeyError):
+                        try:
+                            entry = careful(text, b, off)
+                        except ImportRecordError as e:
+                            err = ImportRecordError(e.reason, record=rec + 1, offset=e.offset,
+                                                    file=self.file)
+                            if on_bad is None:
+                                raise err from None
+                            on_bad(err, self.raw(rec))
+                            continue
+                        if len(seen_addr) > 100_000:
+                            seen_addr.clear()
+                        if entry.local_addr:
+                            seen_addr.add(entry.local_addr)
+                        if entry.remote_addr:
+                            seen_addr.add(entry.remote_addr)
+                    yield entry
+                if progress:
+                    progress(c1 - c0)
+        finally:
+            if gc_was:
+                gc.enable()
         if self.tail:
             err = ImportRecordError(
                 f"truncated: the last {self.tail} bytes are not a whole {L}-byte record",
-                record=self.count + 1, offset=self.count * L, file=file)
+                record=self.count + 1, offset=self.count * L, file=self.file)
             if on_bad is None:
                 raise err
             on_bad(err, bytes(data[self.count * L:]))
+
+    def _careful(self, text: str, b: int, off: int) -> Entry:
+        """One record, field by field: the Entry, or ImportRecordError naming the bad field
+        and its byte offset (record number filled in by the caller)."""
+        p = self._plan
+        f = self.layout.fields
+        data, codec, L = self.data, self.codec, self.record_length
+        at = p.at
+
+        def val(name: str) -> str:
+            a, z = at.get(name, (0, 0))
+            return text[b + a:b + z]
+
+        def raw(name: str) -> str:
+            fld = f.get(name)
+            if fld is None or fld.start >= L:
+                return ""
+            return str(data[off + fld.start:off + min(fld.end, L)], codec)
+
+        field = "JOCODE"
+        try:
+            tsk = val("JOCODE") + val("JOENTT")
+            if tsk != "TSK":
+                raise m.FieldError(field, f"journal code and entry type are {tsk!r}, not 'TSK' "
+                                   "(wrong record length or CCSID?)")
+            field = "JOSEQN"
+            seq = m.sequence(val("JOSEQN"))
+            field = "JOTSTP"
+            ts = val("JOTSTP")
+            ts_ns = self.clock.saa(ts)
+            field = "JONBR"
+            nbr = m.job_number(val("JONBR"))
+            field = "entry_type"
+            et = m.entry_type(val("entry_type"))
+            code = et.value
+            field = "local_ip"
+            la = m.address(val("local_ip").strip() or val("local_ip15").strip(), field)
+            field = "remote_ip"
+            ra = m.address(val("remote_ip").strip() or val("remote_ip15").strip(), field)
+            field = "local_port"
+            lp = m.port(val("local_port").strip(), field)
+            field = "remote_port"
+            rp = m.port(val("remote_port").strip(), field)
+            field = "address_family"
+            fam = m.family(val("address_family").strip(), la, ra)
+            more = {"socket_descriptor": struct.unpack_from(">i", data, off + p.sd0)[0]}
+            if code in m.SECURE_TYPES:
+                for k in ("secure_version", "secure_properties"):
+                    if v := val(k).rstrip():
+                        more[k] = v
+            elif code in m.FILTER_TYPES:
+                field = "filter_data_length"
+                more["filter_description"] = raw("filter_description").rstrip()
+                n = struct.unpack_from(">h", data, off + f[field].start)[0]
+                fd = f["filter_data"]
+                if not 0 <= n <= fd.length:
+                    raise m.FieldError(field, f"{n} is not a length (0-{fd.length})")
+                if n:
+                    more["filter_data"] = str(data[off + fd.start:off + fd.start + n], codec)
+            elif code in m.DHCP_TYPES:
+                for k in ("mac_address", "host_name"):
+                    if v := raw(k).rstrip():
+                        more[k] = v
+            usr = val("JOUSER").rstrip()
+            rcv, rlib = val("JORCV").rstrip(), val("JORCVLIB").rstrip()
+            field = "JOSYNM"
+            return m.make_entry(
+                et, ts_ns, ts, val("JOSYNM").rstrip(), seq, val("JOUSPF").rstrip() or usr,
+                val("JOJOB").rstrip(), usr, nbr, val("JOPGMLIB").rstrip(), val("JOPGM").rstrip(),
+                f"{rlib}/{rcv}" if rlib and rcv else rcv or None, fam, la, lp, ra, rp, more)
+        except ValueError as e:  # FieldError is a ValueError; so are the clock's
+            where = f.get(field)
+            reason = str(e) if isinstance(e, m.FieldError) else f"{field}: {e}"
+            raise ImportRecordError(reason, offset=off + (where.start if where else 0)) from None
+
+
+_FAMILIES = {"*IPV4": "ipv4", "*IPV6": "ipv6"}
+
+
+class _Plan:
+    """Where the hot fields sit in the compact text of one record."""
+
+    def __init__(self, layout: Layout, length: int):
+        self.gather, self.stride, self.at = _gather_plan(layout, length, _HOT)
+        at = self.at
+        names = ("JOCODE", "JOSEQN", "JOTSTP", "JOJOB", "JOUSER", "JONBR", "JOPGM", "JOPGMLIB",
+                 "JOUSPF", "JOSYNM", "JORCV", "JORCVLIB", "entry_type", "local_ip15",
+                 "local_port", "remote_ip15", "remote_port", "address_family", "local_ip",
+                 "remote_ip", "secure_version", "secure_properties")
+        spans = []
+        for n in names:
+            a, z = at.get(n, (0, 0))  # absent (TYPE4 program library, pre-7.3 secure): ""
+            if n == "JOCODE":
+                z = at["JOENTT"][1]
+            spans.append(slice(a, z))
+        self.hot = itemgetter(*spans)
+        self.sd0 = layout["socket_descriptor"].start
+
+
+def _entry_factory() -> Callable[..., Entry]:
+    """Entry with positional arguments (fastest), if Entry's fields are in the order this
+    module was written for; otherwise by keyword."""
+    order = ("code", "type", "ts_ns", "source", "host", "outcome", "rule", "uid", "user", "gid",
+             "pid", "program", "family", "local_addr", "local_port", "remote_addr",
+             "remote_port", "extra", "ident")
+    if tuple(f.name for f in dc_fields(Entry))[:len(order)] == order:
+        return Entry
+    return lambda *args: Entry(**dict(zip(order, args)))
+
+
+_entry = _entry_factory()
 
 
 # Fields read for every record; gathered into one compact buffer per chunk, decoded at once.
