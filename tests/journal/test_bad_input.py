@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sockgate.errors import JournalError, UsageError
-from sockgate.journal import Filter, Journal
+from sockgate.journal import EntryType, Filter, Journal
 from sockgate.journal.verify import verify
 
 
@@ -79,7 +79,7 @@ def test_directory_that_is_not_a_journal(tmp_path):
 def test_bad_entry_is_refused_without_writing(jdir):
     with Journal.open(jdir) as j:
         for bad in (decision(0, type="Q"), decision(0, uid="33"), decision(0, ts_ns=-1),
-                    decision(0, extra=[1]), decision(0, user=5)):
+                    decision(0, extra=[1]), decision(0, user=5), decision(0, type=EntryType.CUT)):
             with pytest.raises(JournalError):
                 j.append([bad])
         assert j.last_seq == 0

@@ -171,6 +171,14 @@ def sd_escape(s: str) -> str:
 _SD_NAME_BAD = re.compile(r'[^!-~]|[= \]"]')
 
 
+_CONTROL = re.compile("[\x00-\x1f\x7f\x85\u2028\u2029]")
+
+
+def _oneline(s: str) -> str:
+    """One entry is one line on the wire: control characters become visible escapes."""
+    return _CONTROL.sub(lambda m: {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(m.group(), f"\\x{ord(m.group()):02x}"), s)
+
+
 def _sd_name(k: str) -> str:
     return (_SD_NAME_BAD.sub("_", k) or "_")[:32]
 
@@ -188,14 +196,15 @@ def to_rfc5424(e: Entry, app: str = "sockgate") -> str:
           ("localAddr", e.local_addr), ("localPort", e.local_port),
           ("remoteAddr", e.remote_addr), ("remotePort", e.remote_port), ("ident", e.ident)]
     elements = [f"[sk@{SD_ENTERPRISE}" + "".join(
-        f' {k}="{sd_escape(str(v))}"' for k, v in sk if v is not None) + "]"]
+        f' {k}="{sd_escape(_oneline(str(v)))}"' for k, v in sk if v is not None) + "]"]
     if e.extra:
         elements.append(f"[sgx@{SD_ENTERPRISE}" + "".join(
-            f' {_sd_name(k)}="{sd_escape(str(v))}"' for k, v in sorted(e.extra.items())) + "]")
+            f' {_sd_name(k)}="{sd_escape(_oneline(str(v)))}"' for k, v in sorted(e.extra.items())) + "]")
     msgid = _printusascii(f"{_v(e.code)}-{_v(e.type)}", 32)
     host = _printusascii(e.host, 255)
     # MSG is UTF-8, so it starts with the BOM (RFC 5424 6.4).
-    return f"<{pri}>1 {format_ts(e.ts_ns)} {host} {app} - {msgid} {''.join(elements)} \ufeff{summary(e)}"
+    msg = _oneline(summary(e))
+    return f"<{pri}>1 {format_ts(e.ts_ns)} {host} {app} - {msgid} {''.join(elements)} \ufeff{msg}"
 
 
 def formatter(fmt: str) -> Callable[[Iterable[Entry]], Iterator[str]]:

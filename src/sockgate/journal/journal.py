@@ -35,6 +35,8 @@ BATCH = 5000             # entries per transaction when not atomic
 SEAL_EVERY = 10_000      # seal after this many entries ...
 SEAL_INTERVAL = 60.0     # ... or this many seconds, whichever comes first
 _ENTRY_FIELDS = {f.name for f in dc_fields(Entry)}
+# Structural records only the journal itself writes (verify relies on their contents).
+_INTERNAL = frozenset({EntryType.ROTATE.value, EntryType.CUT.value})
 _SELECT = "SELECT " + ",".join(FIELDS) + " FROM entry"
 
 
@@ -97,6 +99,7 @@ class Journal:
         self._key: sealing.SealKey | None = None
         self._sealed_seq = 0
         self._last_seal_time = time.monotonic()
+        self._internal_ok = False
 
     # -- opening ------------------------------------------------------------------------
 
@@ -211,10 +214,11 @@ class Journal:
         if self.readonly:
             raise JournalError(f"{self.directory}: journal is open read-only")
 
-    def append(self, entries: Iterable[Entry], *, atomic: bool = False) -> int:
+    def append(self, entries: Iterable[Entry], *, atomic: bool = False, _internal: bool = False) -> int:
         """Append entries, assigning gap-free seqs (set on the Entry objects too).
         Entries whose ident is already journaled are skipped. Returns the last seq."""
         self._check_writer()
+        self._internal_ok = _internal
         with self._lock:
             if atomic:
                 self._append_batch(list(entries))
@@ -268,6 +272,8 @@ class Journal:
         try:
             code = Code(e.code).value
             etype = EntryType(e.type).value
+            if etype in _INTERNAL and not self._internal_ok:
+                raise JournalError(f"entry {i}: {etype!r} records are written by the journal itself")
             source = Source(e.source).value
             outcome = None if e.outcome is None else Outcome(e.outcome).value
         except ValueError as exc:
@@ -315,7 +321,7 @@ class Journal:
         base.setdefault("ts_ns", time.time_ns())
         base.setdefault("source", Source.SOCKGATE)
         e = Entry(code=Code.SOCKGATE, type=etype, extra=extra, **base)
-        return self.append([e])
+        return self.append([e], _internal=etype.value in _INTERNAL)
 
     def _maybe_seal(self) -> None:
         unsealed = self._head_seq - self._sealed_seq

@@ -33,6 +33,8 @@ _SIDE_RE = re.compile(r"^r\d{6}\.sgj-(wal|shm|journal)$|^\.tmp-")
 _KNOWN = {META_FILE, KEY_FILE, LOCK_FILE, VERIFY_KEY_FILE}
 SQLITE_MAGIC = b"SQLite format 3\x00"
 ZERO_HASH = bytes(32)
+# What reading a damaged receiver can raise (a flipped byte in a text column fails decoding).
+DB_ERRORS = (sqlite3.DatabaseError, UnicodeDecodeError)
 
 # Entry fields in their stored (and hashed) order. The chain hash of an entry covers
 # exactly these values as stored, so verify needs nothing but the row.
@@ -215,7 +217,7 @@ class Receiver:
             meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
             conn.execute("SELECT seq FROM entry LIMIT 1").fetchall()
             conn.execute("SELECT epoch FROM seal LIMIT 1").fetchall()
-        except sqlite3.Error as e:
+        except DB_ERRORS as e:
             conn.close()
             raise JournalError(f"{path}: not a journal receiver ({e})") from None
         problem = None
@@ -279,14 +281,14 @@ class Receiver:
     def fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[tuple]:
         try:
             return self.conn.execute(sql, tuple(params)).fetchall()
-        except sqlite3.DatabaseError as e:
+        except DB_ERRORS as e:
             raise JournalError(f"{self.path}: {e}") from None
 
     def iterate(self, sql: str, params: Iterable[Any] = ()) -> Iterator[tuple]:
         """Stream rows; a receiver that turns out corrupt mid-way is a JournalError."""
         try:
             yield from self.conn.execute(sql, tuple(params))
-        except sqlite3.DatabaseError as e:
+        except DB_ERRORS as e:
             raise JournalError(f"{self.path}: corrupt receiver: {e}") from None
 
     def execute(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Cursor:
