@@ -1,0 +1,189 @@
+"""Fixtures for tests that attach real BPF programs.
+
+Safety: every test gets its own cgroup v2 child and its own network namespace; programs
+attach there only, pins live in a per-test bpffs directory, and everything is detached,
+unpinned and removed in the fixture's finally, also when the test fails. Only the
+processes a test started (all inside its own cgroup) are ever killed.
+
+Skips happen only where the kernel or privileges lack the feature; with CI=true they
+fail instead, so CI cannot pass with the kernel tests silently skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from sockgate.errors import SockgateError
+
+HERE = Path(__file__).parent
+CLIENT = HERE / "sockclient.py"
+TEST_UID, TEST_GID, OTHER_GID = 4242, 4242, 4343
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if str(item.fspath).startswith(str(HERE)):
+            item.add_marker(pytest.mark.kernel)
+
+
+def _unavailable(reason: str):
+    if IN_CI:
+        pytest.fail(f"kernel test cannot run in CI: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def kernel_ok():
+    if os.geteuid() != 0:
+        _unavailable("needs root")
+    from sockgate.kernel import layout
+    from sockgate.kernel.loader import Gate, cgroup2_root, remove_pins
+
+    if not layout.OBJECT.exists():
+        _unavailable(f"{layout.OBJECT} not built (make bpf)")
+    try:
+        cgroup2_root()
+    except SockgateError as e:
+        _unavailable(str(e))
+    if shutil.which("ip") is None:
+        _unavailable("iproute2 (ip) is not installed")
+    pin = f"/sys/fs/bpf/sockgate-probe-{os.getpid()}"
+    try:
+        g = Gate.load(pin, attach=False)
+        g.close()
+    except SockgateError as e:
+        _unavailable(f"BPF programs do not load here: {str(e).splitlines()[0]}")
+    finally:
+        remove_pins(pin)
+    return True
+
+
+@dataclass
+class Scope:
+    cgroup: str
+    netns: str
+    netns_name: str
+    pin_dir: str
+    tmp: Path
+    procs: list = field(default_factory=list)
+
+    def client(self, op: str, *, uid: int | None = TEST_UID, gid: int | None = None, groups=(),
+               exe: str | None = None, **args) -> dict:
+        """Run one socket operation in this scope as `uid` (None: root) and return its result."""
+        a = {"cgroup": self.cgroup, "netns": self.netns, "op": op, **args}
+        if uid is not None:
+            a.update(uid=uid, gid=gid if gid is not None else uid, groups=list(groups))
+        r = subprocess.run([exe or sys.executable, str(CLIENT), json.dumps(a)], capture_output=True,
+                           text=True, timeout=60)
+        if r.returncode != 0:
+            raise AssertionError(f"client failed: {r.stderr}")
+        return json.loads(r.stdout.strip().splitlines()[-1])
+
+    def start(self, op: str, *, uid: int | None = None, **args) -> subprocess.Popen:
+        """Start a long-running client (e.g. a server); returns after its first line."""
+        a = {"cgroup": self.cgroup, "netns": self.netns, "op": op, **args}
+        if uid is not None:
+            a.update(uid=uid, gid=uid, groups=[])
+        p = subprocess.Popen([sys.executable, str(CLIENT), json.dumps(a)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+        self.procs.append(p)
+        return p
+
+    def daemon(self, policy: Path, *extra: str, journal: Path | None = None) -> subprocess.Popen:
+        args = [sys.executable, "-c", "from sockgate.cli import main; main()", "run", "--policy", str(policy),
+                "--scope-cgroup", self.cgroup, "--netns", self.netns, "--pin-dir", self.pin_dir]
+        args += ["--journal", str(journal)] if journal else ["--no-journal"]
+        p = subprocess.Popen(args + list(extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONPATH": str(HERE.parent.parent / "src")})
+        self.procs.append(p)
+        return p
+
+    def write_policy(self, text: str, name: str = "policy.toml") -> Path:
+        p = self.tmp / name
+        p.write_text(text)
+        return p
+
+
+@pytest.fixture
+def scope(kernel_ok, tmp_path):
+    from sockgate.kernel.loader import cgroup2_root, remove_pins
+
+    tag = uuid.uuid4().hex[:8]
+    cg = os.path.join(cgroup2_root(), f"sockgate-test-{tag}")
+    ns = f"sgtest-{tag}"
+    os.mkdir(cg)
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    s = Scope(cgroup=cg, netns=f"/run/netns/{ns}", netns_name=ns, pin_dir=f"/sys/fs/bpf/sockgate-test-{tag}",
+              tmp=tmp_path)
+    try:
+        subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
+        yield s
+    finally:
+        for p in s.procs:           # only what this test started
+            if p.poll() is None:
+                p.kill()
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+        remove_pins(s.pin_dir)
+        from sockgate.daemon import pid_file
+        pid_file(s.pin_dir).unlink(missing_ok=True)
+        _empty_cgroup(cg)
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
+def _empty_cgroup(cg: str) -> None:
+    """Kill what is left in the test's own cgroup (all started by the test), then remove it."""
+    for _ in range(50):
+        try:
+            pids = [int(p) for p in Path(cg, "cgroup.procs").read_text().split()]
+        except FileNotFoundError:
+            return
+        if not pids:
+            break
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.05)
+    try:
+        os.rmdir(cg)
+    except OSError:
+        pass
+
+
+@pytest.fixture
+def gate(scope):
+    """Programs loaded and attached in the test scope, without a daemon."""
+    from sockgate.kernel.loader import Gate
+
+    g = Gate.load(scope.pin_dir, scope_cgroup=scope.cgroup, netns=scope.netns)
+    try:
+        yield g
+    finally:
+        g.unload()
+
+
+def install_text(gate, text: str):
+    """Parse, compile and install a policy given as TOML text; returns the Policy."""
+    from sockgate.kernel import tables
+    from sockgate.policy.compile import compile_policy
+    from sockgate.policy.parse import parse_policy
+
+    p = parse_policy(text, "test.toml")
+    tables.install(gate, compile_policy(p))
+    return p
