@@ -86,49 +86,10 @@ def jdir(tmp_path):
     return str(tmp_path / "journal")
 
 
-def _main():
-    try:
-        from sockgate.cli import main
-        return main
-    except ImportError:
-        # Other CLI groups are not there yet (cli/__init__ imports them): load the cli
-        # package without its __init__ and wrap the ibmi group in main's error handling.
-        import os
-        import types
-
-        import click
-
-        import sockgate
-
-        pkg = types.ModuleType("sockgate.cli")
-        pkg.__path__ = [os.path.join(os.path.dirname(sockgate.__file__), "cli")]
-        sys.modules["sockgate.cli"] = pkg
-        from sockgate.cli import ibmi
-        from sockgate.errors import SockgateError
-
-        @click.group()
-        def cli():
-            pass
-
-        ibmi.register(cli)
-
-        def main(argv):
-            try:
-                cli.main(args=argv, prog_name="sockgate", standalone_mode=False)
-            except click.ClickException as e:
-                e.show()
-                sys.exit(2 if isinstance(e, click.UsageError) else e.exit_code)
-            except SockgateError as e:
-                click.echo(f"sockgate: {e}", err=True)
-                sys.exit(e.exit_code)
-            sys.exit(0)
-        return main
-
-
 @pytest.fixture
 def run(monkeypatch, capsys):
     """run(args, stdin=b"") -> (exit code, stdout, stderr), through sockgate.cli.main."""
-    main = _main()
+    from sockgate.cli import main
 
     def runner(args, stdin: bytes = b""):
         monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin)))

@@ -151,6 +151,7 @@ class RecordReader:
         texts = ENTRY_TYPE_TEXT
         families = _FAMILIES
         seen_addr: set[str] = set()
+        ports = _PORTS
         secure_t, filter_t, dhcp_t = m.SECURE_TYPES, m.FILTER_TYPES, m.DHCP_TYPES
         unpack_i = struct.Struct(">i").unpack_from
         unpack_h = struct.Struct(">h").unpack_from
@@ -192,18 +193,8 @@ class RecordReader:
                         base = seconds.get(ts[:19])
                         if base is None:
                             base = second(ts[:19])
-                        if lp:
-                            if not lp.isdecimal() or len(lp) > 5 or int(lp) > 65535:
-                                raise ValueError
-                            lp = int(lp)
-                        else:
-                            lp = None
-                        if rp:
-                            if not rp.isdecimal() or len(rp) > 5 or int(rp) > 65535:
-                                raise ValueError
-                            rp = int(rp)
-                        else:
-                            rp = None
+                        lp = ports[lp]  # KeyError: not a plain port number, be careful
+                        rp = ports[rp]
                         fam = families[af] if af else ("ipv6" if ":" in (ra or la or "") else
                                                        "ipv4" if (ra or la) else None)
                         seq = int(seq)
@@ -348,6 +339,9 @@ class RecordReader:
 
 
 _FAMILIES = {"*IPV4": "ipv4", "*IPV6": "ipv6"}
+# Char(5) port text -> number, one dict lookup that also validates ("" is no port).
+_PORTS: dict[str, int | None] = {str(p): p for p in range(65536)}
+_PORTS[""] = None
 
 
 class _Plan:
