@@ -27,7 +27,7 @@ from sockgate.journal.entry import Code, Entry, EntryType, Outcome, Source
 from sockgate.journal.query import Filter
 from sockgate.journal.store import (
     FIELDS, FORMAT, FORMAT_VERSION, KEY_FILE, LOCK_FILE, META_FILE, VERIFY_KEY_FILE, ZERO_HASH,
-    Receiver, addr_key, canonical, create_private_file, dump_extra, fsync_dir,
+    Receiver, addr_key, canonical, key_addr, create_private_file, dump_extra, fsync_dir,
     read_journal_meta, receiver_name, row_to_entry, scan_directory,
 )
 
@@ -459,15 +459,15 @@ class Journal:
             raise JournalError(f"cannot group by {field!r} (one of: {', '.join(sorted(allowed))})")
         where, params = (filter or Filter()).where()
         key = {"remote_addr": "remote_key", "local_addr": "local_key"}.get(field, field)
-        counts: dict[Any, list] = {}
+        counts: dict[Any, int] = {}
         for r in self.receivers:
-            q = (f"SELECT {key}, min({field}), count(*) FROM entry WHERE {where} "
-                 f"GROUP BY {key}")
-            for k, label, c in r.fetchall(q, params):
-                slot = counts.setdefault(k, [label, 0])
-                slot[1] += c
-        ranked = sorted(counts.values(), key=lambda v: -v[1])
-        return [(label, c) for label, c in ranked[:n]]
+            # Addresses group on their sort key alone, so the covering index answers it.
+            for k, c in r.fetchall(f"SELECT {key}, count(*) FROM entry WHERE {where} GROUP BY {key}", params):
+                counts[k] = counts.get(k, 0) + c
+        ranked = sorted(counts.items(), key=lambda kv: -kv[1])[:n]
+        if key != field:
+            return [(key_addr(k), c) for k, c in ranked]
+        return ranked
 
     # -- closing ------------------------------------------------------------------------
 

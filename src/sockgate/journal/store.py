@@ -89,15 +89,27 @@ def addr_key(addr: str | None) -> bytes | None:
     return ip.packed
 
 
+def key_addr(key: bytes | None) -> str | None:
+    """The text form of an addr_key."""
+    if key is None:
+        return None
+    ip = ipaddress.IPv6Address(bytes(key))
+    return str(ip.ipv4_mapped) if ip.ipv4_mapped else str(ip)
+
+
 def net_range(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> tuple[bytes, bytes]:
     lo, hi = addr_key(str(net.network_address)), addr_key(str(net.broadcast_address))
     assert lo is not None and hi is not None
     return lo, hi
 
 
-def canonical(values: Iterable[Any]) -> bytes:
-    """The bytes an entry's chain hash covers: its FIELDS values, as stored, in order."""
-    return json.dumps(list(values), separators=(",", ":"), ensure_ascii=False).encode()
+_CANON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
+def canonical(values: tuple | list) -> bytes:
+    """The bytes an entry's chain hash covers: its FIELDS values, as stored, in order, as a
+    compact JSON array (UTF-8)."""
+    return _CANON.encode(values).encode()
 
 
 def dump_extra(extra: dict[str, Any] | None) -> str:
