@@ -83,9 +83,10 @@ class Enricher:
         if path is None and ev.pid:
             try:
                 path = os.readlink(f"/proc/{ev.pid}/exe")
-                self._paths[key] = path
             except OSError:
-                return None
+                return ev.exe_name or None  # the process is gone: the kernel's file name
+            if os.path.basename(path) == ev.exe_name:  # same file, not an exec since the event
+                self._paths[key] = path
         return path
 
     def rule(self, ev: kevents.Event) -> str:
@@ -136,6 +137,8 @@ class Daemon:
         if Gate.is_pinned(o.pin_dir):
             self.gate = Gate.open(o.pin_dir)
             self.log(f"reopened pinned programs at {o.pin_dir} (enforcement never stopped)")
+            # events still buffered from the running generation need its rule names
+            self.enricher.rule_names[self.gate.state.generation] = list(self.gate.state.rule_names)
             for what, want, have in (("scope cgroup", o.scope_cgroup, self.gate.state.scope_cgroup),
                                      ("netns", o.netns, self.gate.state.netns)):
                 if want and os.path.realpath(want) != os.path.realpath(have):

@@ -20,7 +20,7 @@ VERDICT_NAMES = ("allowed", "rejected", "audit-rejected")
 AF_INET, AF_INET6 = 2, 10
 
 # struct sg_event, field for field (layout.Event is the ctypes mirror checked against BTF)
-_EVENT = struct.Struct("<QQIIIIIIIiIBBBBHH16s16s16s4x")  # 4x: tail padding to 8
+_EVENT = struct.Struct("<QQIIIIIIIiIBBBBHH16s16s16s32s4x")  # 4x: tail padding to 8
 assert _EVENT.size == ctypes.sizeof(L.Event)
 
 
@@ -38,6 +38,7 @@ class Event:
     gid: int
     egid: int
     comm: str
+    exe_name: str
     dev: int
     ino: int
     family: str           # ipv4 | ipv6
@@ -69,12 +70,13 @@ def decode(raw: list[bytes], offset_ns: int) -> list[Event]:
     out = []
     for rec in raw:
         (boot_ns, ino, dev, pid, tid, uid, euid, gid, egid, rule, gen, exit_, verdict, family, proto,
-         lport, rport, laddr, raddr, comm) = _EVENT.unpack_from(rec)
+         lport, rport, laddr, raddr, comm, exe_name) = _EVENT.unpack_from(rec)
         out.append(Event(
             ts_ns=boot_ns + offset_ns, exit=EXIT_NAMES[exit_] if exit_ < 3 else str(exit_),
             verdict=VERDICT_NAMES[verdict] if verdict < 3 else str(verdict), rule=rule, generation=gen,
             pid=pid, tid=tid, uid=uid, euid=euid, gid=gid, egid=egid,
             comm=comm.split(b"\0", 1)[0].decode(errors="replace"), dev=dev, ino=ino,
+            exe_name=exe_name.split(b"\0", 1)[0].decode(errors="replace"),
             family="ipv6" if family == AF_INET6 else "ipv4", protocol=proto,
             local_addr=addr_text(laddr), local_port=lport, remote_addr=addr_text(raddr), remote_port=rport,
         ))

@@ -140,6 +140,7 @@ class Owner(Structure):
         ("pad", c_uint32),
         ("ino", c_uint64),
         ("comm", c_char * 16),
+        ("exe_name", c_char * 32),
     ]
 
 
@@ -165,6 +166,7 @@ class Event(Structure):
         ("local_addr", c_uint8 * 16),
         ("remote_addr", c_uint8 * 16),
         ("comm", c_char * 16),
+        ("exe_name", c_char * 32),
     ]
 
 

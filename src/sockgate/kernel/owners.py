@@ -103,6 +103,7 @@ def seed_owners(owners_fd: int, proc: str = "/proc") -> int:
             for i, g in enumerate(gl):
                 val.groups[i] = g
             val.comm = comm.encode()[:15]
+            val.exe_name = os.path.basename(os.readlink(f"{proc}/{pid}/exe")).encode()[:31]
         libbpf.map_update(owners_fd, key, val)
         n += 1
     return n

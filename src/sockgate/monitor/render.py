@@ -25,6 +25,7 @@ DERIVED_FIELDS = ("time", "type_name", "local", "remote")
 # Fields an alert adds to the template namespace.
 ALERT_FIELDS = ("alert", "severity", "kind", "count", "window", "group")
 
+_ALL_FIELDS = (*ENTRY_FIELDS, "extra")
 KEY_FIELDS = frozenset(ENTRY_FIELDS) | frozenset(DERIVED_FIELDS)
 TEMPLATE_FIELDS = KEY_FIELDS | frozenset(ALERT_FIELDS)
 
@@ -37,8 +38,25 @@ def _addr_port(addr: str | None, port: int | None) -> str | None:
     return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
 
 
+_ENUMS = ("code", "type", "outcome", "source")
+_PLAIN = frozenset(ENTRY_FIELDS) - frozenset(_ENUMS)
+
+
+def entry_dict(e: Entry) -> dict[str, Any]:
+    """Entry.to_dict(), without dataclasses.asdict's deep copies (alerts are built often)."""
+    d = {f: getattr(e, f) for f in _ALL_FIELDS}
+    for k in _ENUMS:
+        v = d[k]
+        if v is not None and not isinstance(v, str) or type(v) is not str and v is not None:
+            d[k] = v.value
+    d["extra"] = dict(e.extra) if e.extra else {}
+    return d
+
+
 def entry_field(e: Entry, name: str) -> Any:
     """The value of a field (plain str/int/None) of an entry, by rule/template name."""
+    if name in _PLAIN:
+        return getattr(e, name)
     if name.startswith("extra."):
         return e.extra.get(name[6:]) if e.extra else None
     if name == "time":

@@ -18,6 +18,7 @@ import hashlib
 import ipaddress
 import json
 import re
+import socket
 import tomllib
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -136,28 +137,48 @@ def _ranges_pred(ranges: list[tuple[int, int]]) -> Pred:
     return lambda v: v in singles or any(a <= v <= b for a, b in spans)
 
 
-def _to_ip(v: str) -> Any:
-    ip = ipaddress.ip_address(v.split("%", 1)[0])
-    if ip.version == 6 and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
+_IP_CACHE: dict[str, tuple[int, int] | None] = {}
+_MAPPED = 0xFFFF << 32
+
+
+def ip_key(v: str) -> tuple[int, int] | None:
+    """(version, integer) of an address text, IPv4-mapped IPv6 as IPv4; None if not an
+    address. Cached: the same few addresses recur across entries and rules."""
+    r = _IP_CACHE.get(v, False)
+    if r is not False:
+        return r  # type: ignore[return-value]
+    text = v.split("%", 1)[0]
+    try:
+        r = (4, int.from_bytes(socket.inet_pton(socket.AF_INET, text), "big"))
+    except OSError:
+        try:
+            n = int.from_bytes(socket.inet_pton(socket.AF_INET6, text), "big")
+            r = (4, n & 0xFFFFFFFF) if n >> 32 == 0xFFFF else (6, n)
+        except OSError:
+            r = None
+    if len(_IP_CACHE) > 200_000:
+        _IP_CACHE.clear()
+    _IP_CACHE[v] = r
+    return r
 
 
 def _net_pred(nets: list[Any]) -> Pred:
-    cache: dict[str, bool] = {}
+    spans = []
+    for n in nets:
+        if n.version == 6 and n.prefixlen >= 96 and int(n.network_address) >> 32 == 0xFFFF:
+            n = ipaddress.ip_network((int(n.network_address) & 0xFFFFFFFF, n.prefixlen - 96))
+        lo = int(n.network_address)
+        spans.append((n.version, lo, lo + n.num_addresses - 1))
 
     def pred(v: Any) -> bool:
-        r = cache.get(v)
-        if r is None:
-            try:
-                ip = _to_ip(str(v))
-                r = any(ip.version == n.version and ip in n for n in nets)
-            except ValueError:
-                r = False
-            if len(cache) > 65536:
-                cache.clear()
-            cache[v] = r
-        return r
+        k = ip_key(v) if isinstance(v, str) else None
+        if k is None:
+            return False
+        ver, x = k
+        for sv, lo, hi in spans:
+            if sv == ver and lo <= x <= hi:
+                return True
+        return False
     return pred
 
 

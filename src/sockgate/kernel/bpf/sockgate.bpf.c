@@ -453,6 +453,9 @@ static __always_inline void current_identity(struct sg_owner *who)
 	struct file *exe = BPF_CORE_READ(task, mm, exe_file);
 	who->ino = BPF_CORE_READ(exe, f_inode, i_ino);
 	who->dev = BPF_CORE_READ(exe, f_inode, i_sb, s_dev);
+	const unsigned char *name = BPF_CORE_READ(exe, f_path.dentry, d_name.name);
+	if (bpf_probe_read_kernel_str(who->exe_name, sizeof(who->exe_name), name) < 0)
+		who->exe_name[0] = 0;
 	bpf_get_current_comm(who->comm, sizeof(who->comm));
 }
 
@@ -496,6 +499,7 @@ static __always_inline void emit(__u32 exit, int verdict, __s32 rule, __u32 gen,
 	__builtin_memcpy(e->local_addr, laddr, 16);
 	__builtin_memcpy(e->remote_addr, raddr, 16);
 	__builtin_memcpy(e->comm, who->comm, 16);
+	__builtin_memcpy(e->exe_name, who->exe_name, 32);
 
 	/* Batched wakeup: rejections wake the reader now; allowed events wait for a full
 	 * batch (the reader also polls with a timeout). */

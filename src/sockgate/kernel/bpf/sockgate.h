@@ -112,6 +112,7 @@ struct sg_owner {
 	__u32 pad;
 	__u64 ino;
 	char  comm[16];
+	char  exe_name[32];          /* executable's file name (the path is resolved in user space) */
 };
 
 /* One ring-buffer record per decision selected for auditing. */
@@ -136,6 +137,8 @@ struct sg_event {
 	__u8  local_addr[16];        /* v4-mapped for IPv4 */
 	__u8  remote_addr[16];
 	char  comm[16];
+	char  exe_name[32];          /* file name of the executable: short-lived callers are gone
+	                                before user space could read /proc/PID/exe */
 };
 
 /* Input of the differential-test program (BPF_PROG_TEST_RUN ctx): one decision. */

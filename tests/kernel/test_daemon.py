@@ -1,0 +1,138 @@
+"""The daemon as a user runs it: a real `sockgate run` process in the test scope."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import TEST_UID
+
+from sockgate.journal import EntryType, Journal
+
+
+def _sockgate(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", "from sockgate.cli import main; main()", *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+def _wait_loaded(p: subprocess.Popen, generation: int = 1, timeout: float = 20) -> str:
+    """Read the daemon's stderr until it reports the policy generation loaded."""
+    seen = []
+    deadline = time.monotonic() + timeout
+    os.set_blocking(p.stderr.fileno(), False)
+    while time.monotonic() < deadline:
+        line = p.stderr.readline()
+        if line:
+            seen.append(line)
+            if f"generation {generation}," in line:
+                return "".join(seen)
+        elif p.poll() is not None:
+            break
+        else:
+            time.sleep(0.05)
+    raise AssertionError(f"daemon did not load generation {generation}:\n{''.join(seen)}{p.stderr.read() or ''}")
+
+
+POLICY = f"""
+audit_levels = ["*NETFAIL"]
+[[rule]]
+name = "no-7001"
+exit = "connect"
+user = ["{TEST_UID}"]
+remote_port = 7001
+action = "reject"
+"""
+
+
+def test_kill9_keeps_enforcing_restart_picks_up_unload_leaves_nothing(scope, tmp_path):
+    policy = scope.write_policy(POLICY)
+    journal = tmp_path / "journal"
+    d1 = scope.daemon(policy, journal=journal)
+    _wait_loaded(d1)
+    assert scope.client("connect", addr="127.0.0.1", port=7001)["error"] == "EPERM"
+
+    d1.send_signal(signal.SIGKILL)
+    d1.wait(timeout=10)
+    # nobody is running, the pinned programs still decide
+    assert scope.client("connect", addr="127.0.0.1", port=7001)["error"] == "EPERM"
+    assert scope.client("connect", addr="127.0.0.1", port=7002)["error"] == "ECONNREFUSED"
+
+    d2 = scope.daemon(policy, journal=journal)
+    log = _wait_loaded(d2, generation=2)
+    assert "reopened pinned programs" in log
+    st = _sockgate("status", "--json", "--pin-dir", scope.pin_dir)
+    import json
+    s = json.loads(st.stdout)
+    assert s["loaded"] and s["daemon_pid"] == d2.pid and s["policy"]["generation"] == 2
+    assert s["rules"][0]["name"] == "no-7001"
+    assert scope.client("connect", addr="127.0.0.1", port=7001)["error"] == "EPERM"
+    time.sleep(0.5)
+    s = json.loads(_sockgate("status", "--json", "--pin-dir", scope.pin_dir).stdout)
+    assert s["rules"][0]["hits"] == 1  # counters restart with each generation
+
+    r = _sockgate("unload", "--pin-dir", scope.pin_dir, "--journal", str(journal))
+    assert r.returncode == 0, r.stderr
+    d2.wait(timeout=15)
+    assert not Path(scope.pin_dir).exists()
+    shown = subprocess.run(["bpftool", "cgroup", "show", scope.cgroup], capture_output=True, text=True)
+    assert shown.stdout.strip() == ""      # nothing attached to the scope any more
+    assert scope.client("connect", addr="127.0.0.1", port=7001)["error"] == "ECONNREFUSED"
+
+    with Journal.open(journal, readonly=True) as j:
+        entries = list(j.entries())
+    types = [e.type for e in entries]
+    assert types.count(EntryType.DAEMON_START) == 2
+    assert EntryType.INTERRUPTED in types     # the kill -9 is on record
+    assert types[-1] is EntryType.DETACHED
+    rejected = [e for e in entries if e.type is EntryType.CONNECT]
+    # before the kill, while no daemon ran (kept in the pinned ring buffer), after the restart
+    assert len(rejected) == 3
+    assert all(e.rule == "no-7001" and e.uid == TEST_UID and e.remote_port == 7001 for e in rejected)
+    # the full path while the caller lives, else the file name the kernel recorded
+    exe = os.path.basename(os.path.realpath(sys.executable))
+    assert all(e.program and os.path.basename(e.program) == exe for e in rejected), [e.program for e in rejected]
+
+
+def test_sighup_reloads_and_a_bad_policy_keeps_the_old_one(scope):
+    policy = scope.write_policy(POLICY)
+    d = scope.daemon(policy)
+    _wait_loaded(d)
+    assert scope.client("connect", addr="127.0.0.1", port=7001)["error"] == "EPERM"
+    policy.write_text(POLICY.replace("7001", "7003"))
+    d.send_signal(signal.SIGHUP)
+    _wait_loaded(d, generation=2)
+    assert scope.client("connect", addr="127.0.0.1", port=7001)["error"] == "ECONNREFUSED"
+    assert scope.client("connect", addr="127.0.0.1", port=7003)["error"] == "EPERM"
+
+    policy.write_text("[[rule]]\nexit = 'connect'\naction = 'maybe'\n")
+    d.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    err = ""
+    while time.monotonic() < deadline and "reload refused" not in err:
+        err += d.stderr.readline() or ""
+        time.sleep(0.02)
+    assert "reload refused" in err
+    assert scope.client("connect", addr="127.0.0.1", port=7003)["error"] == "EPERM"
+    d.send_signal(signal.SIGTERM)
+    assert d.wait(timeout=15) == 0
+    # a clean stop leaves enforcement in place
+    assert scope.client("connect", addr="127.0.0.1", port=7003)["error"] == "EPERM"
+
+
+def test_run_refuses_a_bad_policy_without_touching_the_kernel(scope):
+    bad = scope.write_policy("mode = 'sometimes'\n")
+    r = _sockgate("run", "--policy", str(bad), "--no-journal", "--scope-cgroup", scope.cgroup,
+                  "--netns", scope.netns, "--pin-dir", scope.pin_dir)
+    assert r.returncode == 1
+    assert "policy.toml:1:" in r.stderr and "Traceback" not in r.stderr
+    assert not Path(scope.pin_dir).exists()
+
+
+def test_status_when_not_loaded(kernel_ok, tmp_path):
+    r = _sockgate("status", "--pin-dir", "/sys/fs/bpf/sockgate-none-here")
+    assert r.returncode == 3 and "not loaded" in r.stdout
