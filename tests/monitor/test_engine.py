@@ -50,7 +50,7 @@ def seqd(entries):
     ('{ user = "!@svc", type = "C" }', [4]),
     ('{ remote = "@mgmt" }', [2]),
     ('{ remote = "!10.0.0.0/8", type = "C" }', [4, 5]),   # ::ffff:10.20.1.1 is 10.20.1.1
-    ('{ remote = "::ffff:10.20.0.0/112" }', []),
+    ('{ remote = "::ffff:10.20.0.0/112" }', [2]),   # mapped networks compare as IPv4
     ('{ remote = "10.20.0.0/16" }', [2]),
     ('{ remote_port = ["25", "1-22"] }', [1, 4]),
     ('{ remote_port = 443 }', [2]),

@@ -23,7 +23,7 @@ from typing import Any, Iterable
 
 from sockgate.journal.entry import EntryType, Entry, Outcome, Source
 from sockgate.monitor.durations import format_duration, iso
-from sockgate.monitor.render import entry_field
+from sockgate.monitor.render import entry_dict, entry_field
 from sockgate.monitor.rules import AlertRule, RuleSet
 
 
@@ -53,7 +53,7 @@ class OpenAlert:
         self.last_entry: Entry | dict | None = None
 
     def to_json(self) -> str:
-        le = self.last_entry.to_dict() if isinstance(self.last_entry, Entry) else self.last_entry
+        le = entry_dict(self.last_entry) if isinstance(self.last_entry, Entry) else self.last_entry
         return json.dumps({"id": self.id, "until": self.until, "count": self.count, "first_ts": self.first_ts,
                            "last_ts": self.last_ts, "n": self.n, "base": self.base, "last_entry": le})
 
@@ -203,9 +203,9 @@ class Engine:
         payload = {
             "id": aid, "alert": r.name, "kind": r.kind, "severity": r.severity, "message": message,
             "repeat": False, "count": count,
-            "first_time": iso(first_ts if first_ts is not None else ts), "last_time": iso(ts),
+            "first_time": iso(first_ts) if first_ts is not None else iso(ts), "last_time": iso(ts),
             "first_ts_ns": first_ts if first_ts is not None else ts, "last_ts_ns": ts,
-            "group": group, "entry": e.to_dict(), "monitor_host": self.monitor_host,
+            "group": group, "entry": entry_dict(e), "monitor_host": self.monitor_host,
         }
         out.append(Alert(aid, r.name, r.channels, payload))
         if r.suppress_ns > 0:
@@ -236,7 +236,7 @@ class Engine:
                 return
             oa.n += 1
             base = oa.base
-            le = oa.last_entry.to_dict() if isinstance(oa.last_entry, Entry) else oa.last_entry
+            le = entry_dict(oa.last_entry) if isinstance(oa.last_entry, Entry) else oa.last_entry
             aid = f"{oa.id}/repeat/{oa.n}"
             payload = dict(base, id=aid, repeat=True, count=oa.count,
                            message=f"{base['message']} [repeated {oa.count} more time{'s' if oa.count != 1 else ''}"

@@ -3,6 +3,7 @@ and the entry fields a template or a rule can name."""
 
 from __future__ import annotations
 
+import enum
 import re
 from typing import Any
 
@@ -47,7 +48,7 @@ def entry_dict(e: Entry) -> dict[str, Any]:
     d = {f: getattr(e, f) for f in _ALL_FIELDS}
     for k in _ENUMS:
         v = d[k]
-        if v is not None and not isinstance(v, str) or type(v) is not str and v is not None:
+        if isinstance(v, enum.Enum):
             d[k] = v.value
     d["extra"] = dict(e.extra) if e.extra else {}
     return d
@@ -57,6 +58,9 @@ def entry_field(e: Entry, name: str) -> Any:
     """The value of a field (plain str/int/None) of an entry, by rule/template name."""
     if name in _PLAIN:
         return getattr(e, name)
+    if name in _ENUMS:
+        v = getattr(e, name)
+        return v.value if isinstance(v, enum.Enum) else v
     if name.startswith("extra."):
         return e.extra.get(name[6:]) if e.extra else None
     if name == "time":
