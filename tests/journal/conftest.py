@@ -42,21 +42,10 @@ def now_ns() -> int:
 
 
 def run_cli(*args: str) -> tuple[int, str, str]:
-    """Run `sockgate ARGS` in-process through the real entry point; (exit code, out, err)."""
+    """Run `sockgate ARGS` in a subprocess through the real entry point; (exit code, out, err)."""
     import subprocess
 
     env = {"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin", "COLUMNS": "200"}
-    # While sibling CLI groups (written by others) are not in the tree yet, stand in empty
-    # modules for them, so the real cli.main drives the real journal group.
-    code = (
-        "import sys, types, importlib.util\n"
-        "for name in ('daemon', 'policy', 'ibmi', 'monitor'):\n"
-        "    full = 'sockgate.cli.' + name\n"
-        "    if importlib.util.find_spec('sockgate') and not __import__('os').path.exists(\n"
-        f"            {str(SRC)!r} + '/sockgate/cli/' + name + '.py'):\n"
-        "        m = types.ModuleType(full); m.register = lambda cli: None; sys.modules[full] = m\n"
-        "from sockgate.cli import main\n"
-        "main(sys.argv[1:])\n"
-    )
+    code = "import sys; from sockgate.cli import main; main(sys.argv[1:])"
     p = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, timeout=120)
     return p.returncode, p.stdout, p.stderr
