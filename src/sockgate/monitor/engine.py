@@ -97,7 +97,7 @@ class Engine:
             for r in self.rules:
                 m = r.match
                 if m.allows("type", t) and m.allows("outcome", o) and m.allows("source", s):
-                    rest = tuple((f.attr, f) for f in m.fields if f.name not in ("type", "outcome", "source"))
+                    rest = tuple(f.entry_test() for f in m.fields if f.name not in ("type", "outcome", "source"))
                     cands.append((r, rest))
             key = (t, o, s)
             self.index[key] = tuple(cands)
@@ -110,17 +110,13 @@ class Engine:
         idx = self.learn_index if self.learning else self.index
         cands = idx.get((e.type, e.outcome, e.source))
         if cands is None:   # a value outside the enums (should not happen): test every rule
-            cands = tuple((r, tuple((f.attr, f) for f in r.match.fields)) for r in self.rules
+            cands = tuple((r, tuple(f.entry_test() for f in r.match.fields)) for r in self.rules
                           if not (self.learning and r.kind != "first_seen"))
         if e.ts_ns > self.latest_ts:
             self.latest_ts = e.ts_ns
         for r, rest in cands:
-            for attr, f in rest:
-                if attr.startswith("extra."):
-                    v = e.extra.get(attr[6:]) if e.extra else None
-                else:
-                    v = getattr(e, attr)
-                if not f(v):
+            for test in rest:
+                if not test(e):
                     break
             else:
                 if r.kind == "every":
