@@ -116,3 +116,22 @@ def test_unknown_format_is_bad_data(run, tmp_path, jdir):
     f.write_bytes(b"hello, world\n")
     code, _, err = run(["ibmi", "import", str(f), "--journal", jdir])
     assert code == 1 and "--format" in err
+
+
+def test_large_file_two_passes_in_batches(run, tmp_path, jdir, monkeypatch):
+    # Files above HOLD_MAX entries are checked whole, then imported in atomic batches.
+    from sockgate.ibmi import importer
+    monkeypatch.setattr(importer, "HOLD_MAX", 5)
+    monkeypatch.setattr(importer, "BATCH", 7)
+    data = patch(build("type5"), 12, "JONBR", "12X456")
+    f = tmp_path / "in.bin"
+    f.write_bytes(data)
+    code, _, err = run(["ibmi", "import", str(f), "--journal", jdir])
+    assert code == 1 and "record 12" in err
+    assert journal_entries(jdir, source=None) == []  # the check pass found it: nothing written
+    code, out, _ = run(["ibmi", "import", str(f), "--journal", jdir, "--json",
+                        "--skip-bad", str(tmp_path / "bad")])
+    s = json.loads(out)
+    assert code == 0 and (s["records"], s["imported"], s["bad"]) == (21, 21, 1)
+    assert [e.extra["ibmi_seq"] for e in journal_entries(jdir)] == \
+        [r.seq for i, r in enumerate(SAMPLES) if i != 11]

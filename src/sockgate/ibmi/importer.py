@@ -1,7 +1,8 @@
 """`sockgate ibmi import`: read a file of IBM i SK entries, journal them, summarize.
 
 All or nothing: the whole file is parsed before anything is written, and the entries go to
-the journal in one atomic append, so a bad record leaves the journal as it was. With
+the journal in one atomic append (files of more than HOLD_MAX entries: parsed once to check,
+then again into atomic batches), so a bad record leaves the journal as it was. With
 `skip_bad` bad records are written to that file (as they were in the input) and the rest is
 imported. Entries are identified by SYSTEM:SEQUENCE, so importing the same data twice adds
 no entries (the journal skips known idents); each successful import adds one SG `import`
@@ -197,6 +198,38 @@ def parse_all(data, **kw) -> list[Entry]:
 
 # ---------------------------------------------------------------- import
 
+HOLD_MAX = 200_000   # entries held in memory for one atomic append
+BATCH = 50_000       # entries per atomic append when a large file is imported in batches
+
+
+def _second_pass(journal, data, fmt: str, ccsid, record_length, clock, name: str,
+                 bad_expected: int) -> int:
+    """Import a file already checked whole, in atomic batches. A failure between batches
+    (disk full, a kill) leaves whole batches in; importing again completes it, as entries
+    already present are skipped."""
+    bad = 0
+
+    def on_bad(err: ImportRecordError, raw: bytes) -> None:
+        nonlocal bad
+        bad += 1  # already reported by the first pass
+
+    _, entries = parse(data, fmt=fmt, ccsid=ccsid, record_length=record_length, clock=clock,
+                       file=name, on_bad=on_bad)
+    after = journal.last_seq
+    batch: list[Entry] = []
+    for e in entries:
+        batch.append(e)
+        if len(batch) >= BATCH:
+            after = journal.append(batch, atomic=True)
+            batch = []
+    if bad != bad_expected:
+        raise ImportRecordError("the file changed while it was imported; import it again "
+                                "(entries already imported are skipped)", file=name)
+    if batch:
+        after = journal.append(batch, atomic=True)
+    return after
+
+
 def import_file(path: str, journal_dir: str | None, *, fmt: str = "auto", ccsid: int | None = None,
                 record_length: int | None = None, utc_offset: str = "local",
                 skip_bad: str | None = None, dry_run: bool = False,
@@ -234,10 +267,21 @@ def import_file(path: str, journal_dir: str | None, *, fmt: str = "auto", ccsid:
             on_bad=on_bad if skip_bad else None, progress=progress,
             header_out=header_out if skip_bad else None)
         summary.format = fmt_used
-        parsed = list(tally.watch(entries))  # the whole file first: all or nothing
+        # The whole file is parsed before anything is written. Up to HOLD_MAX entries are
+        # kept for one atomic append; a larger file is parsed twice instead (check, then
+        # import in atomic batches) so memory stays bounded.
+        held: list[Entry] | None = []
+        count = 0
+        for e in tally.watch(entries):
+            count += 1
+            if held is not None:
+                held.append(e)
+                if len(held) > HOLD_MAX:
+                    held = None
+        entries = None
         if progress:
             progress.stop()
-        summary.records = len(parsed)
+        summary.records = count
         summary.by_type = dict(sorted(tally.types.items()))
         summary.systems = sorted(tally.systems)
         summary.first_ts_ns, summary.last_ts_ns = tally.lo, tally.hi
@@ -246,7 +290,12 @@ def import_file(path: str, journal_dir: str | None, *, fmt: str = "auto", ccsid:
             if progress:
                 progress.start(None, "writing to the journal")
             before = journal.last_seq
-            after = journal.append(parsed, atomic=True)
+            if held is not None:
+                after = journal.append(held, atomic=True)
+            else:
+                after = _second_pass(journal, data, fmt_used, ccsid, record_length, clock, name,
+                                     summary.bad)
+            held = None
             summary.imported = after - before
             summary.already_present = summary.records - summary.imported
             summary.import_seq = journal.record(
