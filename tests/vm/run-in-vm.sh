@@ -15,12 +15,18 @@ TIMEOUT=${SGVM_TIMEOUT:-900}
 BOOT_TIMEOUT=${SGVM_BOOT_TIMEOUT:-300}
 MEM=${SGVM_MEM:-2048}
 SMP=${SGVM_SMP:-2}
+CPU=${SGVM_CPU:-max}
 LSM=${SGVM_LSM:-lockdown,capability,landlock,yama,apparmor,bpf}
+# mitigations=off: a throwaway test guest; spectre mitigations only slow TCG down
+# (BPF verifier behaviour for root does not change: root bypasses them anyway).
+APPEND_BASE="mitigations=off"
 OVERLAY=1
 CONSOLE=0
 KEEP=0
 SETUP_ONLY=0
 EXTRA_ENV=()
+SHARES=()
+APPEND_EXTRA=${SGVM_APPEND:-}
 INITRD_MODULES="virtio_pci 9pnet_virtio 9p overlay"
 
 # Exit codes of the harness itself (the guest command's own code otherwise).
@@ -43,8 +49,12 @@ options:
   --timeout SECS       kill the guest after SECS in total (default 900; env SGVM_TIMEOUT)
   --boot-timeout SECS  fail if the command has not started after SECS (default 300)
   --mem MIB            guest memory (default 2048)      --smp N   guest CPUs (default 2)
+  --cpu MODEL          QEMU CPU model (default max)
+  --append ARGS        extra kernel command line (repeatable; env SGVM_APPEND)
   --env NAME[=VALUE]   pass a variable to the guest (repeatable). CI, LANG, LC_ALL and
                        every SOCKGATE_* and PYTEST_* variable are passed anyway
+  --share DIR          mount host directory DIR read-write in the guest at the same path
+                       (repeatable; e.g. for junit XML or logs the host should keep)
   --console            stream the guest's serial console (kernel log) to stderr
   --no-overlay         guest root is the read-only 9p mount (tmpfs on /tmp, /run, ...)
   --keep               keep the run directory (console.log, output, rc)
@@ -61,7 +71,10 @@ while [ $# -gt 0 ]; do
         --boot-timeout=*) BOOT_TIMEOUT=${1#*=}; shift ;;
         --mem) MEM=$2; shift 2 ;;
         --smp) SMP=$2; shift 2 ;;
+        --cpu) CPU=$2; shift 2 ;;
+        --append) APPEND_EXTRA="${APPEND_EXTRA:+$APPEND_EXTRA }$2"; shift 2 ;;
         --env) EXTRA_ENV+=("$2"); shift 2 ;;
+        --share) SHARES+=("$2"); shift 2 ;;
         --console) CONSOLE=1; shift ;;
         --no-overlay) OVERLAY=0; shift ;;
         --keep) KEEP=1; shift ;;
@@ -211,6 +224,8 @@ fi
 
 # ------------------------------------------------------------------ run ----
 
+# Runs kept after a failure are pruned after a day.
+find "$CACHE/runs" -mindepth 1 -maxdepth 1 -name 'run.*' -mmin +1440 -exec rm -rf {} + 2>/dev/null || true
 RUN=$(mktemp -d "$CACHE/runs/run.XXXXXX")
 QPID=
 TPID=
@@ -256,21 +271,32 @@ cp "$HERE/guest-stage2.sh" "$RUN/stage2.sh"
     printf '\n'
 } > "$RUN/cmd.sh"
 : > "$RUN/output"
+: > "$RUN/shares"
+SHARE_ARGS=()
+i=0
+for d in "${SHARES[@]+"${SHARES[@]}"}"; do
+    mkdir -p "$d" && d=$(cd "$d" && pwd) || die "--share $d: cannot create it"
+    SHARE_ARGS+=(-virtfs "local,path=$d,mount_tag=share$i,security_model=none")
+    printf 'share%d\t%s\n' $i "$d" >> "$RUN/shares"
+    i=$((i + 1))
+done
 : > "$RUN/console.log"
 
 LOGLEVEL=4; [ $CONSOLE = 1 ] && LOGLEVEL=7
-APPEND="console=ttyS0,115200 lsm=$LSM panic=-1 loglevel=$LOGLEVEL rdinit=/init 8250.nr_uarts=1"
+APPEND="console=ttyS0,115200 lsm=$LSM panic=-1 loglevel=$LOGLEVEL rdinit=/init 8250.nr_uarts=1 $APPEND_BASE"
 [ $OVERLAY = 1 ] || APPEND="$APPEND sgvm.overlay=0"
+[ -z "$APPEND_EXTRA" ] || APPEND="$APPEND $APPEND_EXTRA"
 
 log "booting $KVER (TCG, -smp $SMP -m $MEM), timeout ${TIMEOUT}s"
 qemu-system-x86_64 \
     -name sockgate-vm -nodefaults -no-user-config -no-reboot \
-    -accel tcg,thread=multi -cpu max -smp "$SMP" -m "$MEM" \
+    -accel tcg,thread=multi -cpu "$CPU" -smp "$SMP" -m "$MEM" \
     -display none -monitor none -serial "file:$RUN/console.log" \
     -kernel "$KDIR/vmlinuz" -initrd "$INITRD" -append "$APPEND" \
     -virtfs "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap" \
     -virtfs "local,path=$KDIR/modules,mount_tag=modules,security_model=none,readonly=on" \
     -virtfs "local,path=$RUN,mount_tag=vmshared,security_model=none" \
+    "${SHARE_ARGS[@]+"${SHARE_ARGS[@]}"}" \
     < /dev/null > "$RUN/qemu.log" 2>&1 &
 QPID=$!
 tail -n +1 -f --pid=$QPID "$RUN/output" &
