@@ -130,6 +130,8 @@ class _TablePrinter:
         from rich.console import Console
 
         self.console = Console(highlight=False, soft_wrap=False)
+        if not self.console.is_terminal:   # piped: don't fold rows at 80 columns
+            self.console = Console(highlight=False, soft_wrap=False, width=240)
 
     def print(self, batch: list[Entry], first: bool) -> None:
         from rich.table import Table
@@ -137,7 +139,8 @@ class _TablePrinter:
         if not batch and not first:
             return
         t = Table(show_header=first, box=None, pad_edge=False)
-        for col, kw in (("SEQ", {"justify": "right"}), ("TIME (UTC)", {}), ("T", {}), ("OUTCOME", {}),
+        for col, kw in (("SEQ", {"justify": "right", "no_wrap": True}), ("TIME (UTC)", {"no_wrap": True}),
+                        ("T", {"no_wrap": True}), ("OUTCOME", {"no_wrap": True}),
                         ("USER", {}), ("PROGRAM", {"overflow": "fold"}), ("LOCAL", {}), ("REMOTE", {}),
                         ("RULE / DETAIL", {"overflow": "fold"})):
             t.add_column(col, **kw)
