@@ -21,11 +21,13 @@ class UsageError(SockgateError):
     exit_code = 2
 
 
-class PolicyError(SockgateError):
-    """One problem in a policy file, located as FILE:LINE."""
+class LocatedError(SockgateError):
+    """One problem in a user's file, located as FILE:LINE."""
 
-    def __init__(self, message: str, file: str = "<policy>", line: int | None = None):
-        self.file = file
+    default_file = "<file>"
+
+    def __init__(self, message: str, file: str | None = None, line: int | None = None):
+        self.file = file or self.default_file
         self.line = line
         super().__init__(message)
 
@@ -34,12 +36,20 @@ class PolicyError(SockgateError):
         return f"{where}: {self.message}"
 
 
-class PolicyErrors(SockgateError):
-    """All problems found in one policy file (check reports every one)."""
+class LocatedErrors(SockgateError):
+    """Every problem found in one file (checks report them all, not just the first)."""
 
-    def __init__(self, errors: list[PolicyError]):
+    def __init__(self, errors: list):
         self.errors = errors
         super().__init__("\n".join(str(e) for e in errors))
+
+
+class PolicyError(LocatedError):
+    default_file = "<policy>"
+
+
+class PolicyErrors(LocatedErrors):
+    pass
 
 
 class KernelError(SockgateError):
@@ -74,23 +84,14 @@ class ImportRecordError(SockgateError):
         super().__init__(f"{where}: {reason}")
 
 
-class RulesError(SockgateError):
-    """A problem in a monitor alert-rules file, located as FILE:LINE."""
+class RulesError(LocatedError):
+    """A problem in a monitor alert-rules file."""
 
-    def __init__(self, message: str, file: str = "<rules>", line: int | None = None):
-        self.file = file
-        self.line = line
-        super().__init__(message)
-
-    def __str__(self) -> str:
-        where = f"{self.file}:{self.line}" if self.line else self.file
-        return f"{where}: {self.message}"
+    default_file = "<rules>"
 
 
-class RulesErrors(SockgateError):
-    def __init__(self, errors: list[RulesError]):
-        self.errors = errors
-        super().__init__("\n".join(str(e) for e in errors))
+class RulesErrors(LocatedErrors):
+    pass
 
 
 class ChannelError(SockgateError):
