@@ -285,6 +285,16 @@ done
 LOGLEVEL=4; [ $CONSOLE = 1 ] && LOGLEVEL=7
 APPEND="console=ttyS0,115200 lsm=$LSM panic=-1 loglevel=$LOGLEVEL rdinit=/init 8250.nr_uarts=1 $APPEND_BASE"
 [ $OVERLAY = 1 ] || APPEND="$APPEND sgvm.overlay=0"
+# A fresh tmpfs on /tmp and /var/tmp would hide the work tree or this harness
+# if they live there (e.g. a CI clone in /tmp): then keep the host's /tmp visible
+# (writes still go to the overlay's tmpfs, never to the host).
+for p in "$PWD" "$HERE"; do
+    case "$p/" in
+        /tmp/*|/var/tmp/*)
+            [ $OVERLAY = 1 ] || log "warning: $p is under a directory the guest covers with tmpfs"
+            APPEND="$APPEND sgvm.tmpfs=0"; break ;;
+    esac
+done
 [ -z "$APPEND_EXTRA" ] || APPEND="$APPEND $APPEND_EXTRA"
 
 log "booting $KVER (TCG, -smp $SMP -m $MEM), timeout ${TIMEOUT}s"
