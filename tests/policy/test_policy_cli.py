@@ -95,7 +95,10 @@ def test_check_through_main_subprocess():
     assert ok.returncode == 0, ok.stderr
     bad = subprocess.run(cmd + ["-"], input="[[rule]]\nexit = 1\n", env=env, capture_output=True, text=True)
     assert bad.returncode == 1
-    assert bad.stderr.splitlines()[0].startswith("<stdin>:2: ")
+    lines = bad.stderr.splitlines()
+    assert lines[0].startswith("<stdin>:1: ") and "action" in lines[0]  # reported at the [[rule]] header
+    assert any(l.startswith("<stdin>:2: ") and "exit" in l for l in lines)
+    assert "Traceback" not in bad.stderr
 
 
 # --------------------------------------------------------------------------- explain: CLI value parsing
