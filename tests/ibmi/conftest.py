@@ -10,7 +10,6 @@ from datetime import datetime, timezone
 import pytest
 
 from sockgate.ibmi import synth
-from sockgate.ibmi.layout import ENTRY_TYPE_TEXT
 from sockgate.ibmi.mapping import OUTCOMES
 from sockgate.journal import Journal
 
@@ -36,15 +35,10 @@ def expected(r: synth.SkRecord, fmt: str, offset_s: int = 0) -> dict:
     extra = {
         "ibmi_seq": r.seq,
         "ibmi_timestamp": t if not audit else f"{t[:10]} {t[11:13]}:{t[14:16]}:{t[17:19]}.{t[20:]}",
-        "entry_type_detail": ENTRY_TYPE_TEXT[r.entry_type],
         "ibmi_receiver": f"{r.receiver_library}/{r.receiver}",
         "job": f"{r.job_number}/{r.job_user}/{r.job_name}",
-        "job_name": r.job_name, "job_user": r.job_user, "job_number": r.job_number,
-        "program_name": r.program,
         "socket_descriptor": r.socket_descriptor,
     }
-    if not type4:
-        extra["program_library"] = r.program_library
     t_ = r.entry_type
     if t_ in "SX" and not type4:
         extra["secure_version"] = r.secure_version

@@ -18,7 +18,8 @@ def test_import_file_then_reimport_adds_nothing(run, tmp_path, jdir):
     code, out, err = run(["ibmi", "import", str(f), "--journal", jdir, "--utc-offset", "UTC"])
     assert code == 0, err
     assert "Imported 22 new entries" in out and "PROD400" in out
-    assert "A 2  C 2" in out and "2026-11-24T10:15:30.000000Z" in out
+    assert "A  Accept" in out and "X  Failed System SSL/TLS connection" in out
+    assert "2026-11-24T10:15:30.000000Z" in out
     assert "read as UTC" in out
     assert len(journal_entries(jdir)) == 22
     code, out, err = run(["ibmi", "import", str(f), "--journal", jdir, "--json",

@@ -23,7 +23,6 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from sockgate.errors import UsageError
 from sockgate.journal.entry import Code, Entry, EntryType, Outcome, Source
 
-from .layout import ENTRY_TYPE_TEXT
 
 OUTCOMES = {
     "A": Outcome.ALLOWED, "C": Outcome.ALLOWED, "D": Outcome.ALLOWED, "F": Outcome.ALLOWED,
@@ -242,23 +241,18 @@ def make_entry(
     rport: int | None, more: dict,
 ) -> Entry:
     """One SK entry. `more` holds the type-specific extras already chosen by the reader
-    (socket_descriptor, secure_*, filter_*, mac_address, host_name, ...); it becomes `extra`."""
+    (socket_descriptor, secure_*, filter_*, mac_address, host_name, ...); it becomes `extra`.
+    The job's parts and the program's parts are not repeated in `extra`: `job` is
+    NUMBER/USER/NAME and `program` LIB/PGM (IBM i names cannot contain '/')."""
     if not system:
         raise FieldError("system name", "blank (the entry's identity is SYSTEM:SEQUENCE)")
     code = et.value
     more["ibmi_seq"] = seq
     more["ibmi_timestamp"] = ts_text
-    more["entry_type_detail"] = more.get("entry_type_detail") or ENTRY_TYPE_TEXT[code]
     if receiver:
         more["ibmi_receiver"] = receiver
-    more["job"] = f"{job_nbr}/{job_user}/{job_name}"
-    more["job_name"] = job_name
-    more["job_user"] = job_user
-    more["job_number"] = job_nbr
-    if pgm_lib:
-        more["program_library"] = pgm_lib
-    if pgm:
-        more["program_name"] = pgm
+    if job_name:
+        more["job"] = f"{job_nbr}/{job_user}/{job_name}"
     return Entry(
         code=Code.SOCKET, type=et, ts_ns=ts_ns, source=Source.IBMI, host=system,
         outcome=OUTCOMES[code], user=user or None, program=qualified(pgm_lib, pgm),

@@ -21,7 +21,7 @@ from sockgate.errors import ImportRecordError, UsageError
 from sockgate.journal.entry import Code, Entry, Source
 
 from . import mapping as m
-from .layout import ENTRY_TYPE_TEXT, Layout
+from .layout import Layout
 
 CHUNK = 4096  # records decoded per codec call
 
@@ -148,7 +148,6 @@ class RecordReader:
         seconds = self.clock._seconds
         types = m.TYPES
         outcomes = m.OUTCOMES
-        texts = ENTRY_TYPE_TEXT
         families = _FAMILIES
         seen_addr: set[str] = set()
         ports = _PORTS
@@ -164,6 +163,40 @@ class RecordReader:
         hn0, hn1 = f["host_name"].start, f["host_name"].end
         rstrip = str.rstrip
         SOCKET, IBMI = Code.SOCKET, Source.IBMI
+        # Jobs, programs and receivers repeat: each distinct heading text is parsed once.
+        jobs: dict[str, tuple[str, str]] = {}
+        programs: dict[str, str] = {}
+        receivers: dict[str, str] = {}
+        j_job, j_usr, j_nbr = plan.rel("JOJOB", "JOJOB"), plan.rel("JOJOB", "JOUSER"), \
+            plan.rel("JOJOB", "JONBR")
+        p_pgm = plan.rel("JOPGM", "JOPGM")
+        p_lib = plan.rel("JOPGM", "JOPGMLIB") if "JOPGMLIB" in plan.at else slice(0, 0)
+        r_rcv, r_lib = plan.rel("JORCV", "JORCV"), plan.rel("JORCV", "JORCVLIB")
+
+        def new_job(key: str) -> tuple[str, str]:
+            nbr = key[j_nbr]
+            if not nbr.isdecimal() or len(nbr) != 6:
+                raise ValueError
+            usr = key[j_usr].rstrip()
+            if len(jobs) > 100_000:
+                jobs.clear()
+            v = jobs[key] = (f"{nbr}/{usr}/{key[j_job].rstrip()}", usr)
+            return v
+
+        def new_program(key: str) -> str:
+            pgm, lib = key[p_pgm].rstrip(), key[p_lib].rstrip()
+            if len(programs) > 100_000:
+                programs.clear()
+            v = programs[key] = (f"{lib}/{pgm}" if lib else pgm) if pgm else ""
+            return v
+
+        def new_receiver(key: str) -> str:
+            rcv, lib = key[r_rcv].rstrip(), key[r_lib].rstrip()
+            if len(receivers) > 100_000:
+                receivers.clear()
+            v = receivers[key] = (f"{lib}/{rcv}" if lib else rcv) if rcv else ""
+            return v
+
         make = _entry
         # the entries of one file are kept until the journal takes them all: no cycles among
         # them, so the cyclic GC would only rescan them again and again
@@ -179,17 +212,18 @@ class RecordReader:
                     off += L
                     b += K
                     try:
-                        (tsk, seq, ts, job, usr, nbr, pgm, plib, uspf, system, rcv, rlib, et,
+                        (tsk, seq, ts, jobkey, pgmkey, uspf, system, rcvkey, et,
                          l15, lp, r15, rp, af, l46, r46, sv, sp) = map(rstrip, hot(text[b:b + K]))
                         t = types[et]
                         la = l46 or l15 or None
                         ra = r46 or r15 or None
                         if (tsk != "TSK" or not seq.isdecimal() or ts[19:20] != "."
-                                or not ts[20:].isdecimal() or len(ts) != 26
-                                or not nbr.isdecimal() or len(nbr) != 6 or not system
+                                or not ts[20:].isdecimal() or len(ts) != 26 or not system
                                 or (la is not None and la not in seen_addr)
                                 or (ra is not None and ra not in seen_addr)):
                             raise ValueError
+                        job, usr = jobs.get(jobkey) or new_job(jobkey)
+                        pgm = programs.get(pgmkey) or new_program(pgmkey)
                         base = seconds.get(ts[:19])
                         if base is None:
                             base = second(ts[:19])
@@ -200,17 +234,10 @@ class RecordReader:
                         seq = int(seq)
                         extra = {
                             "socket_descriptor": unpack_i(data, off + sd0)[0],
-                            "ibmi_seq": seq, "ibmi_timestamp": ts,
-                            "entry_type_detail": texts[et],
-                            "job": f"{nbr}/{usr}/{job}", "job_name": job, "job_user": usr,
-                            "job_number": nbr,
+                            "ibmi_seq": seq, "ibmi_timestamp": ts, "job": job,
                         }
-                        if rcv:
-                            extra["ibmi_receiver"] = f"{rlib}/{rcv}" if rlib else rcv
-                        if plib:
-                            extra["program_library"] = plib
-                        if pgm:
-                            extra["program_name"] = pgm
+                        if rcvkey and (rcv := receivers.get(rcvkey) or new_receiver(rcvkey)):
+                            extra["ibmi_receiver"] = rcv
                         if et in secure_t:
                             if sv:
                                 extra["secure_version"] = sv
@@ -230,8 +257,7 @@ class RecordReader:
                                 extra["host_name"] = v
                         entry = make(
                             SOCKET, t, base + int(ts[20:]) * 1000, IBMI, system, outcomes[et],
-                            None, None, uspf or usr, None, None,
-                            (f"{plib}/{pgm}" if plib else pgm) if pgm else None,
+                            None, None, uspf or usr, None, None, pgm or None,
                             fam, la, lp, ra, rp, extra, f"{system}:{seq}")
                     except (ValueError, KeyError):
                         try:
@@ -350,18 +376,33 @@ class _Plan:
     def __init__(self, layout: Layout, length: int):
         self.gather, self.stride, self.at = _gather_plan(layout, length, _HOT)
         at = self.at
-        names = ("JOCODE", "JOSEQN", "JOTSTP", "JOJOB", "JOUSER", "JONBR", "JOPGM", "JOPGMLIB",
-                 "JOUSPF", "JOSYNM", "JORCV", "JORCVLIB", "entry_type", "local_ip15",
-                 "local_port", "remote_ip15", "remote_port", "address_family", "local_ip",
-                 "remote_ip", "secure_version", "secure_properties")
+        # (first field, last field): one text from the start of the first to the end of the
+        # last; JOJOB..JONBR, JOPGM..JOPGMLIB and JORCV..JORCVLIB are adjacent in both layouts.
+        # A field the record lacks (TYPE4 program library, pre-7.3 secure fields) reads "".
+        hot = (("JOCODE", "JOENTT"), ("JOSEQN", "JOSEQN"), ("JOTSTP", "JOTSTP"),
+               ("JOJOB", "JONBR"), ("JOPGM", "JOPGMLIB" if "JOPGMLIB" in at else "JOPGM"),
+               ("JOUSPF", "JOUSPF"), ("JOSYNM", "JOSYNM"), ("JORCV", "JORCVLIB"),
+               ("entry_type", "entry_type"), ("local_ip15", "local_ip15"),
+               ("local_port", "local_port"), ("remote_ip15", "remote_ip15"),
+               ("remote_port", "remote_port"), ("address_family", "address_family"),
+               ("local_ip", "local_ip"), ("remote_ip", "remote_ip"),
+               ("secure_version", "secure_version"), ("secure_properties", "secure_properties"))
         spans = []
-        for n in names:
-            a, z = at.get(n, (0, 0))  # absent (TYPE4 program library, pre-7.3 secure): ""
-            if n == "JOCODE":
-                z = at["JOENTT"][1]
+        for first, last in hot:
+            if first not in at:
+                spans.append(slice(0, 0))
+                continue
+            a, z = at[first][0], at[last][1]
+            if first != last and layout[last].end - layout[first].start != z - a:
+                raise AssertionError(f"{first}..{last} are not adjacent in {layout.name}")
             spans.append(slice(a, z))
         self.hot = itemgetter(*spans)
         self.sd0 = layout["socket_descriptor"].start
+
+    def rel(self, first: str, name: str) -> slice:
+        """Slice of field `name` inside the combined text that starts at field `first`."""
+        a = self.at[name][0] - self.at[first][0]
+        return slice(a, a + self.at[name][1] - self.at[name][0])
 
 
 def _entry_factory() -> Callable[..., Entry]:
