@@ -20,6 +20,7 @@ one column per field, heading fields first, then the SK fields.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 
 @dataclass(frozen=True)
@@ -159,7 +160,7 @@ class Layout:
     heading: tuple[Field, ...]
     sk: tuple[Field, ...]
 
-    @property
+    @cached_property
     def fields(self) -> dict[str, Field]:
         return {f.name: f for f in self.heading + self.sk}
 

@@ -12,6 +12,8 @@ import codecs
 import re
 import gc
 import struct
+import sys
+from array import array
 from dataclasses import fields as dc_fields
 from itertools import chain
 from operator import itemgetter
@@ -152,9 +154,9 @@ class RecordReader:
         seen_addr: set[str] = set()
         ports = _PORTS
         secure_t, filter_t, dhcp_t = m.SECURE_TYPES, m.FILTER_TYPES, m.DHCP_TYPES
-        unpack_i = struct.Struct(">i").unpack_from
         unpack_h = struct.Struct(">h").unpack_from
-        sd0 = plan.sd0
+        gather_sd = _gather_plan(self.layout, L, ("socket_descriptor",))[0]
+        swap = sys.byteorder == "little"
         f = self.layout.fields
         fl0 = f["filter_data_length"].start
         fd0, fd1 = f["filter_description"].start, f["filter_description"].end
@@ -205,7 +207,11 @@ class RecordReader:
         try:
             for c0 in range(0, self.count, CHUNK):
                 c1 = min(c0 + CHUNK, self.count)
-                text = decode(plan.gather(data[c0 * L:c1 * L]))
+                chunk = data[c0 * L:c1 * L]
+                text = decode(plan.gather(chunk))
+                sds = array(_I32, gather_sd(chunk))  # socket descriptors, Binary(5)
+                if swap:
+                    sds.byteswap()
                 off = c0 * L - L
                 b = -K
                 for rec in range(c0, c1):
@@ -233,7 +239,7 @@ class RecordReader:
                                                        "ipv4" if (ra or la) else None)
                         seq = int(seq)
                         extra = {
-                            "socket_descriptor": unpack_i(data, off + sd0)[0],
+                            "socket_descriptor": sds[rec - c0],
                             "ibmi_seq": seq, "ibmi_timestamp": ts, "job": job,
                         }
                         if rcvkey and (rcv := receivers.get(rcvkey) or new_receiver(rcvkey)):
@@ -365,6 +371,7 @@ class RecordReader:
 
 
 _FAMILIES = {"*IPV4": "ipv4", "*IPV6": "ipv6"}
+_I32 = next(c for c in "ilh" if array(c).itemsize == 4)  # array type of a 4-byte int
 # Char(5) port text -> number, one dict lookup that also validates ("" is no port).
 _PORTS: dict[str, int | None] = {str(p): p for p in range(65536)}
 _PORTS[""] = None
