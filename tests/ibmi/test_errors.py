@@ -194,3 +194,24 @@ def test_fuzzed_import_is_all_or_nothing(tmp_path_factory, case):
             assert journal_entries(jdir, source=None) == []
         return
     assert len(journal_entries(jdir)) == s.imported == s.records
+
+
+def test_damaged_heading_of_record_2_is_named_not_skipped():
+    # The stride must not become two records long when record 2's heading is broken.
+    data = patch(build("type5"), 2, "JOCODE", "X")
+    e = error_of(data)
+    assert (e.record, e.offset) == (2, L5 + 25)
+
+
+def test_stray_heading_inside_a_record_needs_record_length():
+    rec = synth.sample(3)
+    rec.filter_data = "xx TSK2026-11 xx"  # text that looks like a heading, inside record 3
+    recs = SAMPLES[:2] + [rec] + SAMPLES[3:6]
+    data = synth.outfile(recs, codec="cp037")
+    try:
+        got = parse_all(data, clock=UTC)
+        assert len(got) == 6
+    except ImportRecordError as e:
+        assert "--record-length" in e.reason
+    got = parse_all(data, clock=UTC, record_length=L5)
+    assert got[2].extra["filter_data"] == "xx TSK2026-11 xx"
