@@ -203,7 +203,7 @@ BATCH = 50_000       # entries per atomic append when a large file is imported i
 
 
 def _second_pass(journal, data, fmt: str, ccsid, record_length, clock, name: str,
-                 bad_expected: int) -> int:
+                 bad_expected: int, progress: Progress | None) -> int:
     """Import a file already checked whole, in atomic batches. A failure between batches
     (disk full, a kill) leaves whole batches in; importing again completes it, as entries
     already present are skipped."""
@@ -221,6 +221,8 @@ def _second_pass(journal, data, fmt: str, ccsid, record_length, clock, name: str
         batch.append(e)
         if len(batch) >= BATCH:
             after = journal.append(batch, atomic=True)
+            if progress:
+                progress.advance(len(batch))
             batch = []
     if bad != bad_expected:
         raise ImportRecordError("the file changed while it was imported; import it again "
@@ -287,14 +289,16 @@ def import_file(path: str, journal_dir: str | None, *, fmt: str = "auto", ccsid:
         summary.first_ts_ns, summary.last_ts_ns = tally.lo, tally.hi
         summary.first, summary.last = _iso(tally.lo), _iso(tally.hi)
         if journal is not None:
-            if progress:
-                progress.start(None, "writing to the journal")
             before = journal.last_seq
             if held is not None:
+                if progress:
+                    progress.start(None, "writing to the journal")
                 after = journal.append(held, atomic=True)
             else:
+                if progress:
+                    progress.start(count, "writing to the journal")
                 after = _second_pass(journal, data, fmt_used, ccsid, record_length, clock, name,
-                                     summary.bad)
+                                     summary.bad, progress)
             held = None
             summary.imported = after - before
             summary.already_present = summary.records - summary.imported
