@@ -29,11 +29,14 @@ class RichProgress:
     def __init__(self) -> None:
         self.bar = None
         self.task = None
+        self.drawn = False  # an open-ended phase (total None) follows a drawn one only
 
     def start(self, total: int | None, description: str) -> None:
         self.stop()
-        if not sys.stderr.isatty() or (total is not None and total < PROGRESS_MIN):
+        big = self.drawn if total is None else total >= PROGRESS_MIN
+        if not sys.stderr.isatty() or not big:
             return
+        self.drawn = True
         from rich.console import Console
         from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn,
                                    TextColumn, TimeElapsedColumn, TimeRemainingColumn)
