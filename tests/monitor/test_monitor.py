@@ -302,3 +302,14 @@ def test_sigkill_mid_stream_no_duplicates_no_misses(tmp_path, journal, http_rece
     # the engine side is exact: ids are deterministic, each raised once (in journal order per channel)
     firsts = list(dict.fromkeys(got))
     assert firsts == want
+
+
+def test_unusable_channel_file_is_a_rules_error(tmp_path, journal):
+    from sockgate.errors import RulesErrors
+    p = tmp_path / "alerts.toml"
+    p.write_text('[channel.log]\ntype = "syslog"\nurl = "tls://127.0.0.1:6514"\nca_file = "/nonexistent/ca.pem"\n'
+                 '[[alert]]\nname = "a"\nchannels = ["log"]\n')
+    with pytest.raises(RulesErrors) as ei:
+        Monitor.open(p, journal.directory, tmp_path / "state")
+    assert str(ei.value).startswith(f"{p}:1: channel 'log': ") and "/nonexistent/ca.pem" in str(ei.value)
+    assert not (tmp_path / "state").exists()

@@ -192,3 +192,30 @@ def test_fuzz_mutations_of_a_good_file(pos, junk):
         parse_rules(GOOD[:pos] + junk + GOOD[pos:], "f.toml")
     except RulesErrors as e:
         assert e.errors
+
+
+CHANNEL_KEYS = ["type", "url", "facility", "framing", "host", "port", "tls", "from", "to", "username",
+                "password_file", "subject", "format", "headers", "argv", "env", "timeout", "retry_initial",
+                "verify", "client_key", "ca_file", "bogus"]
+channel_values = st.one_of(scalars, st.lists(scalars, max_size=3),
+                           st.sampled_from(["syslog", "email", "webhook", "command", "udp://h", "tls://h:x",
+                                            "http://[::1", "https://h/x", "slack", "{alert} {nope}"]),
+                           st.dictionaries(st.text(max_size=3), scalars, max_size=2))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(CHANNEL_KEYS), channel_values, max_size=7))
+def test_fuzz_channels_never_crash(spec):
+    text = "[channel.c]\n" + "".join(f'"{k}" = {toml_value(v)}\n' for k, v in spec.items()) + \
+        '[[alert]]\nname = "a"\nchannels = ["c"]\n'
+    try:
+        rs = parse_rules(text, "f.toml")
+    except RulesErrors as e:
+        assert e.errors and all(x.line is None or x.line >= 1 for x in e.errors)
+        return
+    from sockgate.monitor.monitor import build_channels
+    try:
+        for ch in build_channels(rs).values():   # a valid file builds its channels, or says why not
+            ch.close()
+    except RulesErrors as e:
+        assert all(x.line == 1 for x in e.errors)

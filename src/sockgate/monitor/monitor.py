@@ -10,13 +10,14 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import ssl
 import threading
 import time
 from itertools import islice
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from sockgate.errors import ChannelError, JournalError
+from sockgate.errors import ChannelError, JournalError, RulesError, RulesErrors
 from sockgate.journal.entry import Entry
 from sockgate.monitor.channels import Channel, PermanentChannelError, make_channel
 from sockgate.monitor.engine import Alert, Engine
@@ -51,7 +52,7 @@ class Monitor:
              state_dir: str | os.PathLike = DEFAULT_STATE, **kw: Any) -> "Monitor":
         """Load and validate the rules (RulesErrors on a bad file), open the state."""
         ruleset = load_rules(str(rules_file))
-        channels = {n: make_channel(n, c.type, c.options) for n, c in ruleset.channels.items()}
+        channels = build_channels(ruleset)
         state = State.open(state_dir)
         try:
             return cls(ruleset, journal_dir, state, channels, **kw)
@@ -228,6 +229,27 @@ class Monitor:
                     self._journal.close()
                     self._journal = None
             stop.wait(poll_interval)
+
+
+def build_channels(ruleset: RuleSet) -> dict[str, Channel]:
+    """The channels of a rule set; a channel that cannot be set up (unreadable CA file or
+    client certificate) is a RulesErrors at its [channel.NAME] line, like any file error."""
+    channels: dict[str, Channel] = {}
+    errors: list[RulesError] = []
+    for n, c in ruleset.channels.items():
+        try:
+            channels[n] = make_channel(n, c.type, c.options)
+        except (OSError, ssl.SSLError, ValueError) as e:
+            why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            files = ", ".join(f"{k} = {c.options[k]}" for k in ("ca_file", "client_cert", "client_key")
+                              if k in c.options)
+            errors.append(RulesError(f"channel {n!r}: cannot set up TLS" + (f" ({files})" if files else "")
+                                     + f": {why}", ruleset.path, c.line))
+    if errors:
+        for ch in channels.values():
+            ch.close()
+        raise RulesErrors(errors)
+    return channels
 
 
 def replay(ruleset: RuleSet, entries: Iterable[Entry], *, since_ns: int | None = None,
