@@ -137,3 +137,12 @@ def test_fast_and_careful_paths_agree(fmt):
     got = parse_all(build(fmt, SAMPLES + again), clock=LocalTime("UTC"))
     want = [expected(r, fmt) for r in SAMPLES + again]
     assert [actual(e) for e in got] == want
+
+
+def test_cpytoimpf_in_ebcdic_with_ccsid():
+    # CPYTOIMPF ... STMFCCSID(37): EBCDIC text, lines end in X'0D25'
+    data = synth.cpytoimpf(SAMPLES).encode("cp037")
+    assert b"\x0d\x25" in data
+    got = parse_all(data, fmt="csv", ccsid=37, clock=LocalTime("UTC"))
+    assert [actual(e) for e in got] == [expected(r, "csv") for r in SAMPLES]
+    assert sniff(data, 37) == "csv"

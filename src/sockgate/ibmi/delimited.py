@@ -39,6 +39,13 @@ class TextLines:
         """(line number, byte offset, text)."""
         pos = self.start
         data = self.data
+        if _single_byte(self.codec):
+            # EBCDIC ends lines with X'25' (LF) or X'15' (NEL): split the decoded text; one
+            # byte per character, so character offsets are byte offsets
+            for no, text in enumerate(data.decode(self.codec).splitlines(keepends=True), 1):
+                yield no, pos, text
+                pos += len(text)
+            return
         for no, raw in enumerate(data[self.start:].splitlines(keepends=True), 1):
             try:
                 text = raw.decode(self.codec)
@@ -48,6 +55,13 @@ class TextLines:
                     record=no, offset=pos + e.start, file=self.file) from None
             yield no, pos, text
             pos += len(raw)
+
+
+def _single_byte(codec: str) -> bool:
+    try:
+        return len(bytes(range(256)).decode(codec)) == 256
+    except UnicodeDecodeError:
+        return False
 
 
 def csv_rows(lines: TextLines) -> Iterator[tuple[int, int, list[str], bytes]]:
