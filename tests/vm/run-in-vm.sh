@@ -16,7 +16,7 @@ BOOT_TIMEOUT=${SGVM_BOOT_TIMEOUT:-300}
 MEM=${SGVM_MEM:-2048}
 SMP=${SGVM_SMP:-2}
 CPU=${SGVM_CPU:-max}
-LSM=${SGVM_LSM:-lockdown,capability,landlock,yama,apparmor,bpf}
+LSM=${SGVM_LSM-lockdown,capability,landlock,yama,apparmor,bpf}  # SGVM_LSM= (empty): kernel default
 # mitigations=off: a throwaway test guest; spectre mitigations only slow TCG down
 # (BPF verifier behaviour for root does not change: root bypasses them anyway).
 APPEND_BASE="mitigations=off"
@@ -91,7 +91,7 @@ if [ $SETUP_ONLY = 0 ] && [ $# -eq 0 ]; then usage >&2; exit 2; fi
 
 apt_retry() {  # apt-get ARGS...; waits for the shared apt/dpkg locks
     local i
-    for i in $(seq 1 30); do
+    for i in $(seq 1 12); do
         if DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=120 -q "$@" >&2; then
             return 0
         fi
@@ -283,7 +283,7 @@ done
 : > "$RUN/console.log"
 
 LOGLEVEL=4; [ $CONSOLE = 1 ] && LOGLEVEL=7
-APPEND="console=ttyS0,115200 lsm=$LSM panic=-1 loglevel=$LOGLEVEL rdinit=/init 8250.nr_uarts=1 $APPEND_BASE"
+APPEND="console=ttyS0,115200${LSM:+ lsm=$LSM} panic=-1 loglevel=$LOGLEVEL rdinit=/init 8250.nr_uarts=1 $APPEND_BASE"
 [ $OVERLAY = 1 ] || APPEND="$APPEND sgvm.overlay=0"
 # A fresh tmpfs on /tmp and /var/tmp would hide the work tree or this harness
 # if they live there (e.g. a CI clone in /tmp): then keep the host's /tmp visible
