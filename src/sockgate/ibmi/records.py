@@ -167,6 +167,15 @@ class RecordReader:
         fdat0, fdmax = f["filter_data"].start, f["filter_data"].length
         mac0, mac1 = f["mac_address"].start, f["mac_address"].end
         hn0, hn1 = f["host_name"].start, f["host_name"].end
+        l150, l151 = f["local_ip15"].start, f["local_ip15"].end
+        r150, r151 = f["remote_ip15"].start, f["remote_ip15"].end
+
+        def clipped(name: str) -> tuple[int, int]:  # fields a shorter record lacks: (0, 0)
+            fld = f.get(name)
+            return (fld.start, min(fld.end, L)) if fld and fld.start < L else (0, 0)
+
+        sv0, sv1 = clipped("secure_version")
+        sp0, sp1 = clipped("secure_properties")
         rstrip = str.rstrip
         SOCKET, IBMI = Code.SOCKET, Source.IBMI
         # Jobs, programs and receivers repeat: each distinct heading text is parsed once.
@@ -223,10 +232,12 @@ class RecordReader:
                     b += K
                     try:
                         (tsk, seq, ts, jobkey, pgmkey, uspf, system, rcvkey, et,
-                         l15, lp, r15, rp, af, l46, r46, sv, sp) = map(rstrip, hot(text[b:b + K]))
+                         lp, rp, af, la, ra) = map(rstrip, hot(text[b:b + K]))
                         t = types[et]
-                        la = l46 or l15 or None
-                        ra = r46 or r15 or None
+                        if not la:
+                            la = decode(buf[off + l150:off + l151]).rstrip() or None
+                        if not ra:
+                            ra = decode(buf[off + r150:off + r151]).rstrip() or None
                         if (tsk != "TSK" or not seq.isdecimal() or ts[19:20] != "."
                                 or not ts[20:].isdecimal() or len(ts) != 26 or not system
                                 or (la is not None and la not in seen_addr)
@@ -249,10 +260,10 @@ class RecordReader:
                         if rcvkey and (rcv := receivers.get(rcvkey) or new_receiver(rcvkey)):
                             extra["ibmi_receiver"] = rcv
                         if et in secure_t:
-                            if sv:
-                                extra["secure_version"] = sv
-                            if sp:
-                                extra["secure_properties"] = sp
+                            if sv1 and (v := decode(buf[off + sv0:off + sv1]).rstrip()):
+                                extra["secure_version"] = v
+                            if sp1 and (v := decode(buf[off + sp0:off + sp1]).rstrip()):
+                                extra["secure_properties"] = v
                         elif et in filter_t:
                             n = unpack_h(data, off + fl0)[0]
                             if not 0 <= n <= fdmax:
@@ -308,7 +319,9 @@ class RecordReader:
         at = p.at
 
         def val(name: str) -> str:
-            a, z = at.get(name, (0, 0))
+            if name not in at:
+                return raw(name)
+            a, z = at[name]
             return text[b + a:b + z]
 
         def raw(name: str) -> str:
@@ -393,11 +406,9 @@ class _Plan:
         hot = (("JOCODE", "JOENTT"), ("JOSEQN", "JOSEQN"), ("JOTSTP", "JOTSTP"),
                ("JOJOB", "JONBR"), ("JOPGM", "JOPGMLIB" if "JOPGMLIB" in at else "JOPGM"),
                ("JOUSPF", "JOUSPF"), ("JOSYNM", "JOSYNM"), ("JORCV", "JORCVLIB"),
-               ("entry_type", "entry_type"), ("local_ip15", "local_ip15"),
-               ("local_port", "local_port"), ("remote_ip15", "remote_ip15"),
+               ("entry_type", "entry_type"), ("local_port", "local_port"),
                ("remote_port", "remote_port"), ("address_family", "address_family"),
-               ("local_ip", "local_ip"), ("remote_ip", "remote_ip"),
-               ("secure_version", "secure_version"), ("secure_properties", "secure_properties"))
+               ("local_ip", "local_ip"), ("remote_ip", "remote_ip"))
         spans = []
         for first, last in hot:
             if first not in at:
@@ -432,9 +443,8 @@ _entry = _entry_factory()
 
 # Fields read for every record; gathered into one compact buffer per chunk, decoded at once.
 _HOT = ("JOSEQN", "JOCODE", "JOENTT", "JOTSTP", "JOJOB", "JOUSER", "JONBR", "JOPGM", "JOPGMLIB",
-        "JOUSPF", "JOSYNM", "JORCV", "JORCVLIB", "entry_type", "local_ip15", "local_port",
-        "remote_ip15", "remote_port", "address_family", "local_ip", "remote_ip",
-        "secure_version", "secure_properties")
+        "JOUSPF", "JOSYNM", "JORCV", "JORCVLIB", "entry_type", "local_port", "remote_port",
+        "address_family", "local_ip", "remote_ip")
 
 
 def _gather_plan(layout: Layout, length: int, names) -> tuple[Callable, int, dict]:
