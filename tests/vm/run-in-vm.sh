@@ -230,9 +230,16 @@ RUN=$(mktemp -d "$CACHE/runs/run.XXXXXX")
 QPID=
 TPID=
 CPID=
+stop_qemu() {  # TERM, then KILL after 5 s; reaps it
+    local i
+    kill "$QPID" 2>/dev/null || true
+    for i in $(seq 50); do kill -0 "$QPID" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$QPID" 2>/dev/null || true
+    wait "$QPID" 2>/dev/null || true
+}
 cleanup() {
     local rc=$?
-    [ -n "$QPID" ] && kill "$QPID" 2>/dev/null || true
+    [ -n "$QPID" ] && stop_qemu
     [ -n "$TPID" ] && kill "$TPID" 2>/dev/null || true
     [ -n "$CPID" ] && kill "$CPID" 2>/dev/null || true
     if [ $KEEP = 1 ] || [ $rc -eq $RC_TIMEOUT ] || [ $rc -eq $RC_HARNESS ]; then
@@ -334,7 +341,7 @@ while kill -0 $QPID 2>/dev/null; do
     sleep 1
 done
 if [ -n "$result" ]; then
-    kill $QPID 2>/dev/null || true
+    stop_qemu
 fi
 wait $QPID 2>/dev/null && qrc=0 || qrc=$?
 QPID=
