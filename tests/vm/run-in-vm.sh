@@ -208,14 +208,13 @@ ensure_initramfs() {
 
 mkdir -p "$CACHE/runs"
 t0=$(date +%s.%N)
-(
-    flock 9
-    ensure_packages
-    ensure_kernel
-    ensure_initramfs
-    printf 'KDIR=%q\nKVER=%q\nINITRD=%q\n' "$KDIR" "$KVER" "$INITRD" > "$CACHE/.setup"
-) 9> "$CACHE/.lock"
-. "$CACHE/.setup"
+exec 9> "$CACHE/.lock"
+flock 9
+ensure_packages
+ensure_kernel
+ensure_initramfs
+flock -u 9
+exec 9>&-
 t1=$(date +%s.%N)
 if [ $SETUP_ONLY = 1 ]; then
     log "setup done: kernel $KVER, $(basename "$INITRD") ($(awk "BEGIN{printf \"%.1f\", $t1-$t0}")s)"
