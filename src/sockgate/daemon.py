@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import queue
 import signal
 import sys
 import threading
@@ -124,6 +125,12 @@ class Daemon:
         self.reload_requested = False
         self.monitor_thread: threading.Thread | None = None
         self._last_dropped = 0
+        # Journal writes run on their own thread (sqlite releases the GIL while it inserts
+        # and syncs), in order, through a bounded queue: if the journal falls behind, the
+        # ring buffer fills and the kernel's drop counter turns the loss into gap records.
+        self._writes: queue.Queue = queue.Queue(maxsize=64)
+        self._writer: threading.Thread | None = None
+        self.writer_error: BaseException | None = None
         self.log = lambda msg: print(f"sockgate: {msg}", file=sys.stderr, flush=True)
 
     # -- start / stop ---------------------------------------------------------------------
@@ -134,6 +141,8 @@ class Daemon:
         compiled = compile_policy(policy)
         if o.journal_dir:
             self.journal = Journal.open(o.journal_dir)
+            self._writer = threading.Thread(target=self._write_loop, name="journal-writer", daemon=True)
+            self._writer.start()
         if Gate.is_pinned(o.pin_dir):
             self.gate = Gate.open(o.pin_dir)
             self.log(f"reopened pinned programs at {o.pin_dir} (enforcement never stopped)")
@@ -189,9 +198,22 @@ class Daemon:
         self.monitor_thread.start()
         self.log(f"monitor running with {rules}")
 
+    def _write_loop(self) -> None:
+        while True:
+            job = self._writes.get()
+            if job is None:
+                return
+            try:
+                job()
+            except BaseException as e:  # the main loop stops on it; nothing is dropped silently
+                self.writer_error = e
+                self.stop_event.set()
+                return
+
     def _record(self, type: EntryType, **fields) -> None:
         if self.journal:
-            self.journal.record(type, **fields)
+            journal = self.journal
+            self._writes.put(lambda: journal.record(type, **fields))
         if self.opts.print_events:
             print(json.dumps({"record": type.value, **fields}), flush=True)
 
@@ -211,9 +233,14 @@ class Daemon:
             self._drain(self.reader.poll(0))
             self.reader.close()
         if self.journal:
-            self._record(EntryType.DAEMON_STOP, pid=os.getpid(), programs="stay attached until `sockgate unload`")
+            if self._writer and self._writer.is_alive():
+                self._record(EntryType.DAEMON_STOP, pid=os.getpid(), programs="stay attached until `sockgate unload`")
+                self._writes.put(None)
+                self._writer.join()
             self.journal.close()
             self.journal = None
+        if self.writer_error:
+            raise self.writer_error
         if self.gate:
             self.gate.close()
         try:
@@ -226,7 +253,9 @@ class Daemon:
     def _drain(self, batch: list[kevents.Event]) -> None:
         if batch:
             if self.journal:
-                self.journal.append([self.enricher.entry(ev) for ev in batch])
+                entries = [self.enricher.entry(ev) for ev in batch]
+                journal = self.journal
+                self._writes.put(lambda: journal.append(entries))
             if self.opts.print_events:
                 out = sys.stdout
                 for ev in batch:

@@ -37,6 +37,16 @@ SEAL_INTERVAL = 60.0     # ... or this many seconds, whichever comes first
 _ENTRY_FIELDS = {f.name for f in dc_fields(Entry)}
 # Structural records only the journal itself writes (verify relies on their contents).
 _INTERNAL = frozenset({EntryType.ROTATE.value, EntryType.CUT.value})
+
+
+def _values(enum_cls) -> dict:
+    """member or its value -> value: one dict lookup validates and converts."""
+    d = {m: m.value for m in enum_cls}
+    d.update({m.value: m.value for m in enum_cls})
+    return d
+
+
+_CODES, _TYPES, _SOURCES, _OUTCOMES = (_values(c) for c in (Code, EntryType, Source, Outcome))
 _SELECT = "SELECT " + ",".join(FIELDS) + " FROM entry"
 
 
@@ -268,34 +278,35 @@ class Journal:
         self._head_seq, self._head_hash = seq, h
 
     def _normalize(self, e: Entry, i: int) -> list[Any]:
-        """Entry -> stored values in FIELDS order (seq filled in by the caller)."""
+        """Entry -> stored values in FIELDS order (seq filled in by the caller).
+        This runs once per journaled decision, so the checks are flat, not closures."""
         try:
-            code = Code(e.code).value
-            etype = EntryType(e.type).value
-            if etype in _INTERNAL and not self._internal_ok:
-                raise JournalError(f"entry {i}: {etype!r} records are written by the journal itself")
-            source = Source(e.source).value
-            outcome = None if e.outcome is None else Outcome(e.outcome).value
-        except ValueError as exc:
-            raise JournalError(f"entry {i}: {exc}") from None
-
-        def integer(name: str, v: Any, lo: int | None = None, hi: int | None = None) -> int | None:
-            if v is None:
-                return None
-            if isinstance(v, bool) or not isinstance(v, int) or (lo is not None and v < lo) or (hi is not None and v > hi):
+            code = _CODES[e.code]
+            etype = _TYPES[e.type]
+            source = _SOURCES[e.source]
+            outcome = None if e.outcome is None else _OUTCOMES[e.outcome]
+        except (KeyError, TypeError) as exc:
+            raise JournalError(f"entry {i}: not a valid code/type/source/outcome: {exc}") from None
+        if etype in _INTERNAL and not self._internal_ok:
+            raise JournalError(f"entry {i}: {etype!r} records are written by the journal itself")
+        ts = e.ts_ns
+        if type(ts) is not int or ts < 0:
+            raise JournalError(f"entry {i}: bad ts_ns {ts!r}")
+        for name in ("uid", "gid", "pid"):
+            v = getattr(e, name)
+            if v is not None and type(v) is not int:
                 raise JournalError(f"entry {i}: bad {name} {v!r}")
-            return v
-
-        def text(name: str, v: Any) -> str | None:
-            if v is None:
-                return None
-            if not isinstance(v, str):
+        for name in ("local_port", "remote_port"):
+            v = getattr(e, name)
+            if v is not None and (type(v) is not int or not 0 <= v <= 65535):
+                raise JournalError(f"entry {i}: bad {name} {v!r}")
+        for name in ("host", "rule", "user", "program", "family", "local_addr", "remote_addr", "ident"):
+            v = getattr(e, name)
+            if v is not None and type(v) is not str:
                 raise JournalError(f"entry {i}: {name} must be text, not {type(v).__name__}")
-            return v
-
         if not isinstance(e.extra, dict):
             raise JournalError(f"entry {i}: extra must be a dict")
-        family = text("family", e.family)
+        family = e.family
         if family is None:
             for a in (e.remote_addr, e.local_addr):
                 k = addr_key(a) if isinstance(a, str) else None
@@ -303,12 +314,9 @@ class Journal:
                     family = "ipv4" if k[:12] == b"\x00" * 10 + b"\xff\xff" and ":" not in a else "ipv6"
                     break
         return [
-            None, integer("ts_ns", e.ts_ns, 0), code, etype, source, text("host", e.host) or self.host,
-            outcome, text("rule", e.rule), integer("uid", e.uid), text("user", e.user),
-            integer("gid", e.gid), integer("pid", e.pid), text("program", e.program), family,
-            text("local_addr", e.local_addr), integer("local_port", e.local_port, 0, 65535),
-            text("remote_addr", e.remote_addr), integer("remote_port", e.remote_port, 0, 65535),
-            dump_extra(e.extra), text("ident", e.ident),
+            None, ts, code, etype, source, e.host or self.host, outcome, e.rule, e.uid, e.user,
+            e.gid, e.pid, e.program, family, e.local_addr, e.local_port, e.remote_addr, e.remote_port,
+            dump_extra(e.extra), e.ident,
         ]
 
     def record(self, type: EntryType | str, **fields: Any) -> int:

@@ -14,6 +14,7 @@ import ipaddress
 import json
 import os
 import re
+import socket
 import sqlite3
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -76,17 +77,20 @@ CREATE TABLE seal (
 """
 
 
+_MAPPED = b"\x00" * 10 + b"\xff\xff"
+
+
 def addr_key(addr: str | None) -> bytes | None:
     """16 bytes that sort like the address; IPv4 is mapped into ::ffff:0:0/96."""
     if not addr:
         return None
     try:
-        ip = ipaddress.ip_address(addr.split("%", 1)[0])
-    except ValueError:
+        if ":" in addr:
+            return socket.inet_pton(socket.AF_INET6, addr.split("%", 1)[0])
+        packed = socket.inet_pton(socket.AF_INET, addr)
+    except (OSError, ValueError):
         return None
-    if ip.version == 4:
-        return b"\x00" * 10 + b"\xff\xff" + ip.packed
-    return ip.packed
+    return _MAPPED + packed
 
 
 def key_addr(key: bytes | None) -> str | None:
@@ -112,8 +116,11 @@ def canonical(values: tuple | list) -> bytes:
     return _CANON.encode(values).encode()
 
 
+_EXTRA = json.JSONEncoder(separators=(",", ":"), sort_keys=True, ensure_ascii=False, default=str)
+
+
 def dump_extra(extra: dict[str, Any] | None) -> str:
-    return json.dumps(extra or {}, separators=(",", ":"), sort_keys=True, ensure_ascii=False, default=str)
+    return _EXTRA.encode(extra) if extra else "{}"
 
 
 def row_to_entry(row: sqlite3.Row | tuple) -> Entry:
