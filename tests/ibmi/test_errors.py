@@ -215,3 +215,58 @@ def test_stray_heading_inside_a_record_needs_record_length():
         assert "--record-length" in e.reason
     got = parse_all(data, clock=UTC, record_length=L5)
     assert got[2].extra["filter_data"] == "xx TSK2026-11 xx"
+
+
+# ---------------------------------------------------------------- targeted properties
+
+EBCDIC_DIGITS = set(range(0xF0, 0xFA))
+
+
+@settings(max_examples=150, deadline=None)
+@given(record=st.integers(1, 22), field=st.sampled_from(["JONBR", "JOSEQN"]),
+       pos=st.integers(0, 5), byte=st.integers(0, 255).filter(lambda b: b not in EBCDIC_DIGITS
+                                                                 and b != 0x40))
+def test_bad_zoned_digit_is_located(record, field, pos, byte):
+    data = bytearray(build("type5"))
+    f = layout.TYPE5[field]
+    at = (record - 1) * L5 + f.end - 1 - pos  # one of the last six digits
+    data[at] = byte
+    e = error_of(bytes(data))
+    assert e.record == record and e.offset == (record - 1) * L5 + f.start
+    assert field in e.reason
+
+
+@settings(max_examples=100, deadline=None)
+@given(cut=st.integers(1, 22 * L5 - 1).filter(lambda n: n % L5))
+def test_truncation_is_located(cut):
+    data = build("type5")[:cut]
+    if layout.TYPE5.min_length <= cut <= L5:
+        # one record without its last fields: what a record from before 7.3 looks like
+        [entry] = parse_all(data, fmt="type5", clock=UTC)
+        assert entry.ident == f"PROD400:{SAMPLES[0].seq}"
+        return
+    e = error_of(data, fmt="type5")
+    if cut < layout.TYPE5.min_length:
+        assert e.record == 1 and "truncated" in e.reason
+    elif cut < L5 + 33:  # record 2 cut inside its heading: the stride cannot be seen
+        assert "--record-length" in e.reason
+    else:
+        assert e.record == cut // L5 + 1 and e.offset == cut // L5 * L5
+        assert "truncated" in e.reason
+
+
+@settings(max_examples=100, deadline=None)
+@given(length=st.integers(layout.TYPE5.min_length, 2 * L5).filter(lambda n: n != L5))
+def test_wrong_stride_never_imports(length):
+    with pytest.raises(ImportRecordError) as ex:
+        parse_all(build("type5"), record_length=length, clock=UTC)
+    assert ex.value.record is not None
+
+
+@settings(max_examples=30, deadline=None)
+@given(ccsid=st.sampled_from([37, 273, 500, 1140]), ascii_data=st.booleans())
+def test_wrong_ccsid_is_record_1(ccsid, ascii_data):
+    data = build("type5-ascii" if ascii_data else "type5")
+    kw = {"ccsid": ccsid} if ascii_data else {"ccsid": 819}
+    e = error_of(data, fmt="type5", **kw)
+    assert (e.record, e.offset) == (1, 25) and "TSK" in e.reason

@@ -42,15 +42,23 @@ def codec_for_ccsid(ccsid: int) -> str:
         ) from None
 
 
-def decoder(codec: str) -> Callable[[bytes], str]:
+def decoder(codec: str, fields: bool = False) -> Callable[[bytes], str]:
     """bytes -> str for a single-byte codec. A code page whose 256 characters all lie in
     Latin-1 (37, 500, ...) is one bytes.translate plus a Latin-1 decode, both in C, which
-    beats the charmap codec for the short fields read per record."""
+    beats the charmap codec for the short fields read per record.
+
+    fields=True: for blank-padded fields. Control characters that str.strip() would take for
+    white space (tab, line ends, NBSP, ...) become SUB (X'1A', what IBM i puts for a
+    character it cannot convert), so stripping removes blanks only and such bytes fail the
+    field checks instead of vanishing."""
     chars = bytes(range(256)).decode(codec)
+    if fields:
+        chars = "".join("\x1a" if c.isspace() and c != " " else c for c in chars)
     if max(map(ord, chars)) < 256:
         table = chars.encode("latin-1")
         return lambda b: b.translate(table).decode("latin-1")
-    return lambda b: str(b, codec)
+    table_s = dict(enumerate(chars))  # e.g. CCSID 1140 has the euro sign
+    return lambda b: bytes(b).decode("latin-1").translate(table_s)
 
 
 def check_single_byte(codec: str) -> None:
@@ -77,33 +85,51 @@ def detect_record_length(data, layout: Layout, codec: str, file: str = "-") -> i
     pat = _heading_regex(layout, codec)
     if n == 0:
         raise ImportRecordError("empty file", record=1, offset=0, file=file)
+    if n < layout.min_length:
+        raise ImportRecordError(
+            f"truncated: {n} bytes, an SK {layout.name} record has at least {layout.min_length}",
+            record=1, offset=0, file=file)
     if not pat.match(data, code_at):
         got = bytes(data[code_at:code_at + 3]).decode(codec, "replace")
         raise ImportRecordError(
             f"journal code and entry type are {got!r}, not 'TSK' - not a {layout.name} SK "
             f"record, or not CCSID {codec} (--ccsid)", record=1, offset=code_at, file=file)
-    if n < layout.min_length:
-        raise ImportRecordError(
-            f"truncated: {n} bytes, an SK {layout.name} record has at least {layout.min_length}",
-            record=1, offset=0, file=file)
-    # Offsets of the next headings; the stride is the smallest distance between two of
-    # them (so a record whose heading is damaged cannot double it) and every heading must
-    # sit at a multiple of it.
-    hits = [h.start() - code_at for h in islice(pat.finditer(data, code_at), 256)]
-    gaps = [b - a for a, b in zip(hits, hits[1:]) if b - a >= layout.min_length]
-    if not gaps:
-        if n < 2 * layout.min_length:
-            return n  # a single record
+    # every heading must sit at a multiple of the stride
+    hits, length = _stride(data, layout, pat)
+    if length is None:
+        if n <= layout.full_length:
+            return n  # a single record (longer ones need --record-length)
         raise ImportRecordError(
             "cannot find the record length: the heading (journal code T, entry type SK) does "
             "not recur; pass --record-length", record=2, offset=layout.min_length, file=file)
-    length = min(gaps)
     odd = next((h for h in hits if h % length), None)
     if odd is not None:
         raise ImportRecordError(
             f"cannot find the record length: headings recur every {length} bytes, but one is "
             f"at byte {odd + code_at}; pass --record-length", offset=odd + code_at, file=file)
     return length
+
+
+def _stride(data, layout: Layout, pat: re.Pattern[bytes]) -> tuple[list[int], int | None]:
+    """Offsets of the first headings (relative to the first), and the smallest distance
+    between two of them (so a record whose heading is damaged cannot double it)."""
+    code_at = layout["JOCODE"].start
+    hits = [h.start() - code_at for h in islice(pat.finditer(data, code_at), 256)]
+    gaps = [b - a for a, b in zip(hits, hits[1:]) if b - a >= layout.min_length]
+    return hits, min(gaps) if gaps else None
+
+
+def check_record_length(data, layout: Layout, codec: str, length: int, file: str = "-") -> None:
+    """A --record-length that is a multiple of the real one would read every other record
+    as the tail of the one before: refuse it when the headings say so."""
+    hits, real = _stride(data, layout, _heading_regex(layout, codec))
+    if real is not None and real < length and length % real == 0 and \
+            not any(h % real for h in hits):
+        inner = next(h for h in hits if h % length) + layout["JOCODE"].start
+        raise ImportRecordError(
+            f"--record-length {length}: a record heading lies inside record "
+            f"{inner // length + 1}; the headings recur every {real} bytes",
+            record=inner // length + 1, offset=inner, file=file)
 
 
 class RecordReader:
@@ -125,6 +151,8 @@ class RecordReader:
             raise UsageError(
                 f"--record-length {record_length}: an SK {layout.name} record has at least "
                 f"{layout.min_length} bytes")
+        else:
+            check_record_length(self.data, layout, codec, record_length, file)
         self.record_length = record_length
         self.count = len(self.data) // record_length
         self.tail = len(self.data) - self.count * record_length  # bytes of a truncated record
@@ -144,7 +172,8 @@ class RecordReader:
         it cannot take goes to the careful path, which names the bad field or accepts it."""
         L = self.record_length
         data = self.data
-        decode = decoder(self.codec)
+        decode = decoder(self.codec, fields=True)
+        plain = decoder(self.codec)  # free text (filter data) keeps its control characters
         buf = self.buf
         plan = self._plan = _Plan(self.layout, L)
         K = plan.stride
@@ -270,7 +299,7 @@ class RecordReader:
                                 raise ValueError
                             extra["filter_description"] = decode(buf[off + fd0:off + fd1]).rstrip()
                             if n:
-                                extra["filter_data"] = decode(buf[off + fdat0:off + fdat0 + n])
+                                extra["filter_data"] = plain(buf[off + fdat0:off + fdat0 + n])
                         elif et in dhcp_t:
                             if v := decode(buf[off + mac0:off + mac1]).rstrip():
                                 extra["mac_address"] = v
@@ -324,11 +353,13 @@ class RecordReader:
             a, z = at[name]
             return text[b + a:b + z]
 
+        decode = decoder(codec, fields=True)
+
         def raw(name: str) -> str:
             fld = f.get(name)
             if fld is None or fld.start >= L:
                 return ""
-            return str(data[off + fld.start:off + min(fld.end, L)], codec)
+            return decode(bytes(data[off + fld.start:off + min(fld.end, L)]))
 
         field = "JOCODE"
         try:
