@@ -41,7 +41,8 @@ _register()
 
 def main(argv: list[str] | None = None) -> None:
     try:
-        cli.main(args=argv, prog_name="sockgate", standalone_mode=False)
+        # standalone_mode=False hands back ctx.exit(N) codes instead of exiting
+        rv = cli.main(args=argv, prog_name="sockgate", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
@@ -55,5 +56,4 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except BrokenPipeError:
         sys.exit(0)
-    # click returns the command's exit code with standalone_mode=False
-    sys.exit(0)
+    sys.exit(rv if isinstance(rv, int) else 0)
