@@ -266,7 +266,7 @@ cp "$HERE/guest-stage2.sh" "$RUN/stage2.sh"
     for e in "${EXTRA_ENV[@]+"${EXTRA_ENV[@]}"}"; do
         case "$e" in
             *=*) printf 'export %s=%q\n' "${e%%=*}" "${e#*=}" ;;
-            *) [ -n "${!e+x}" ] && printf 'export %s=%q\n' "$e" "${!e}" ;;
+            *) if [ -n "${!e+x}" ]; then printf 'export %s=%q\n' "$e" "${!e}"; fi ;;
         esac
     done
     printf 'cd %q 2>/dev/null || cd /\n' "$PWD"
@@ -278,11 +278,12 @@ cp "$HERE/guest-stage2.sh" "$RUN/stage2.sh"
 } > "$RUN/cmd.sh"
 : > "$RUN/output"
 : > "$RUN/shares"
+qopt() { printf '%s' "${1//,/,,}"; }  # QEMU option values escape ',' as ',,'
 SHARE_ARGS=()
 i=0
 for d in "${SHARES[@]+"${SHARES[@]}"}"; do
     mkdir -p "$d" && d=$(cd "$d" && pwd) || die "--share $d: cannot create it"
-    SHARE_ARGS+=(-virtfs "local,path=$d,mount_tag=share$i,security_model=none")
+    SHARE_ARGS+=(-virtfs "local,path=$(qopt "$d"),mount_tag=share$i,security_model=none")
     printf 'share%d\t%s\n' $i "$d" >> "$RUN/shares"
     i=$((i + 1))
 done
@@ -307,11 +308,11 @@ log "booting $KVER (TCG, -smp $SMP -m $MEM), timeout ${TIMEOUT}s"
 qemu-system-x86_64 \
     -name sockgate-vm -nodefaults -no-user-config -no-reboot \
     -accel tcg,thread=multi -cpu "$CPU" -smp "$SMP" -m "$MEM" \
-    -display none -monitor none -serial "file:$RUN/console.log" \
+    -display none -monitor none -serial "file:$(qopt "$RUN")/console.log" \
     -kernel "$KDIR/vmlinuz" -initrd "$INITRD" -append "$APPEND" \
     -virtfs "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap" \
-    -virtfs "local,path=$KDIR/modules,mount_tag=modules,security_model=none,readonly=on" \
-    -virtfs "local,path=$RUN,mount_tag=vmshared,security_model=none" \
+    -virtfs "local,path=$(qopt "$KDIR")/modules,mount_tag=modules,security_model=none,readonly=on" \
+    -virtfs "local,path=$(qopt "$RUN"),mount_tag=vmshared,security_model=none" \
     "${SHARE_ARGS[@]+"${SHARE_ARGS[@]}"}" \
     < /dev/null > "$RUN/qemu.log" 2>&1 &
 QPID=$!
