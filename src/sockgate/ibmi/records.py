@@ -218,13 +218,13 @@ class RecordReader:
         r_rcv, r_lib = plan.rel("JORCV", "JORCV"), plan.rel("JORCV", "JORCVLIB")
 
         def new_job(key: str) -> tuple[str, str]:
-            nbr = key[j_nbr]
-            if not nbr.isdecimal() or len(nbr) != 6:
-                raise ValueError
+            nbr, name = key[j_nbr], key[j_job].rstrip()
+            if not nbr.isdecimal() or len(nbr) != 6 or not name:
+                raise ValueError  # the careful path says what is wrong (or takes it)
             usr = key[j_usr].rstrip()
             if len(jobs) > 100_000:
                 jobs.clear()
-            v = jobs[key] = (f"{nbr}/{usr}/{key[j_job].rstrip()}", usr)
+            v = jobs[key] = (f"{nbr}/{usr}/{name}", usr)
             return v
 
         def new_program(key: str) -> str:
