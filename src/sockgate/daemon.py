@@ -163,7 +163,7 @@ class Daemon:
                      scope=self.gate.state.scope_cgroup, netns=self.gate.state.netns, pid=os.getpid())
         self._install(policy, compiled)
         if not o.netns or os.path.realpath(o.netns) == os.path.realpath("/proc/self/ns/net"):
-            n = seed_owners(self.gate.maps["sg_owners"])
+            n = seed_owners(self.gate.maps["sg_listeners"], self.gate.maps["sg_owners"])
             self.log(f"recorded the owners of {n} existing listening sockets")
         self.reader = kevents.EventReader(self.gate.maps["sg_events"])
         self._start_monitor()

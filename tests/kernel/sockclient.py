@@ -74,7 +74,8 @@ def do_serve(a):
     """Listen, print the port, accept for `seconds`, report the peers accepted."""
     s = socket.socket(family_of(a["addr"]), socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind((a["addr"], a["port"]))
+    if not a.get("unbound"):
+        s.bind((a["addr"], a["port"]))
     s.listen(64)
     s.setblocking(False)
     print(json.dumps({"listening": s.getsockname()[1]}), flush=True)

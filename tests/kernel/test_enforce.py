@@ -288,3 +288,54 @@ audit_levels = ["*NETCMN"]
         assert got + dropped == selected
     finally:
         reader.close()
+
+
+def test_accept_owner_of_a_listener_on_an_unbound_socket(scope, gate):
+    """listen() without bind(): the kernel picks the port; the owner still comes from the
+    listening socket (recorded at listen()), so owner rules hold."""
+    install_text(gate, f"""
+[[rule]]
+name = "test-user-servers-unreachable"
+exit = "accept"
+user = ["{TEST_UID}"]
+action = "reject"
+""")
+    p = scope.start("serve", uid=TEST_UID, addr="127.0.0.1", port=0, seconds=3.0, unbound=True)
+    port = json.loads(p.stdout.readline())["listening"]
+    assert scope.client("connect", uid=None, addr="127.0.0.1", port=port)["error"] == "ECONNREFUSED"
+    assert _served(p) == []
+
+
+def test_listeners_from_before_the_load_are_indexed(scope):
+    """A server already listening when sockgate loads: found through /proc, its socket
+    duplicated with pidfd_getfd and indexed, so accept rules on its owner apply."""
+    from sockgate.kernel.loader import Gate
+    from sockgate.kernel.owners import seed_owners
+
+    server = _serve(scope, 9401, uid=TEST_UID, seconds=6.0)
+    g = Gate.load(scope.pin_dir, scope_cgroup=scope.cgroup, netns=scope.netns)
+    try:
+        install_text(g, f"""
+[[rule]]
+name = "test-user-servers-unreachable"
+exit = "accept"
+user = ["{TEST_UID}"]
+action = "reject"
+""")
+        # the daemon seeds from its own netns; here we enter the test netns to do the same
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        own = os.open("/proc/self/ns/net", os.O_RDONLY)
+        ns = os.open(scope.netns, os.O_RDONLY)
+        try:
+            assert libc.setns(ns, 0x40000000) == 0
+            n = seed_owners(g.maps["sg_listeners"], g.maps["sg_owners"])
+        finally:
+            libc.setns(own, 0x40000000)
+            os.close(own)
+            os.close(ns)
+        assert n >= 1
+        assert scope.client("connect", uid=None, addr="127.0.0.1", port=9401)["error"] == "ECONNREFUSED"
+    finally:
+        g.unload()
+    assert _served(server) == []

@@ -30,7 +30,7 @@ STATE_DIR = Path("/run/sockgate")
 def state_path(pin_dir: str) -> Path:
     return STATE_DIR / (pin_dir.strip("/").replace("/", "_") + ".json")
 MAP_NAMES = ("sg_config", "sg_policy", "sg_rules", "sg_bitmaps", "sg_users", "sg_groups", "sg_programs",
-             "sg_addrs", "sg_ports", "sg_owners", "sg_hits", "sg_stats", "sg_events", "sg_scratch",
+             "sg_addrs", "sg_ports", "sg_owners", "sg_listeners", "sg_hits", "sg_stats", "sg_events", "sg_scratch",
              "sg_sync", "sg_sync_inner")
 
 # backend -> {program name: (attach kind, exit point)}
@@ -40,11 +40,12 @@ BACKENDS = {
         "sg_connect6": "cgroup",
         "sg_bind4": "cgroup",
         "sg_bind6": "cgroup",
+        "sg_listen_cb": "cgroup",
         "sg_accept": "netns",
     },
 }
 TEST_PROGRAM = "sg_probe"
-ALL_PROGRAMS = ("sg_connect4", "sg_connect6", "sg_bind4", "sg_bind6", "sg_accept", TEST_PROGRAM)
+ALL_PROGRAMS = ("sg_connect4", "sg_connect6", "sg_bind4", "sg_bind6", "sg_listen_cb", "sg_accept", TEST_PROGRAM)
 
 
 @dataclass

@@ -1,20 +1,27 @@
-"""Seed the listener-owner map with sockets that were listening before sockgate loaded.
+"""Index the sockets that were listening before sockgate loaded.
 
-Accept rules test the owner of the listening socket; the kernel learns owners at bind()
-time, so servers started earlier are found here from /proc/net/tcp{,6} (state 0A =
-LISTEN), the socket inode's process and that process's credentials and executable.
+Accept rules test the owner of the listening socket. The kernel records a listener when
+it calls listen() (sockops): the socket goes into sg_listeners and its caller's identity
+into sg_owners under the socket's cookie. Servers started earlier are found here from
+/proc/net/tcp{,6} (state 0A = LISTEN); we take a duplicate of the very socket from its
+process (pidfd_getfd), index it the same way, and record that process's credentials
+and executable under the socket's SO_COOKIE.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+import socket
 import struct
 
 from sockgate.kernel import layout as L
 from sockgate.kernel import libbpf
 
 LISTEN = "0A"
+SO_COOKIE = 57
+SYS_pidfd_getfd = 438
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def _proc_addr(hex_addr: str) -> bytes:
@@ -44,9 +51,9 @@ def listening_sockets(proc: str = "/proc") -> list[tuple[bytes, int, int, int]]:
     return out
 
 
-def _socket_pids(proc: str = "/proc") -> dict[int, int]:
-    """socket inode -> pid holding it."""
-    owners: dict[int, int] = {}
+def _socket_pids(proc: str = "/proc") -> dict[int, tuple[int, int]]:
+    """socket inode -> (pid, fd) holding it."""
+    owners: dict[int, tuple[int, int]] = {}
     for pid in os.listdir(proc):
         if not pid.isdigit():
             continue
@@ -57,7 +64,7 @@ def _socket_pids(proc: str = "/proc") -> dict[int, int]:
                 except OSError:
                     continue
                 if target.startswith("socket:["):
-                    owners.setdefault(int(target[8:-1]), int(pid))
+                    owners.setdefault(int(target[8:-1]), (int(pid), int(fd)))
         except OSError:
             continue
     return owners
@@ -80,30 +87,61 @@ def _process_identity(pid: int, proc: str = "/proc") -> tuple[int, int, list[int
     return euid, egid, groups, dev, st.st_ino, comm
 
 
-def seed_owners(owners_fd: int, proc: str = "/proc") -> int:
-    """Record every current listener's owner; returns how many were recorded."""
+def _dup_socket(pid: int, fd: int) -> int | None:
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return None
+    try:
+        new = _libc.syscall(SYS_pidfd_getfd, pidfd, fd, 0)
+        return new if new >= 0 else None
+    finally:
+        os.close(pidfd)
+
+
+def seed_owners(listeners_fd: int, owners_fd: int, proc: str = "/proc") -> int:
+    """Index every current listener and its owner; returns how many were indexed."""
     socks = listening_sockets(proc)
     if not socks:
         return 0
-    pids = _socket_pids(proc)
+    holders = _socket_pids(proc)
     n = 0
     for addr, port, uid, inode in socks:
-        key = L.OwnerKey(port=port)
-        if addr.strip(b"\0") not in (b"", b"\xff\xff"):  # 0.0.0.0 / :: are "any"
-            ctypes.memmove(key.addr, addr, 16)
-        val = L.Owner(uid=uid, gid=L.UID_UNKNOWN)
-        pid = pids.get(inode)
-        ident = _process_identity(pid, proc) if pid else None
-        if ident:
-            euid, egid, groups, dev, ino, comm = ident
-            gl = [egid] + [g for g in groups if g != egid]
-            gl = gl[: L.MAX_GROUPS]
-            val.tgid, val.uid, val.gid, val.dev, val.ino = pid, euid, egid, dev, ino
-            val.ngroups = len(gl)
-            for i, g in enumerate(gl):
-                val.groups[i] = g
-            val.comm = comm.encode()[:15]
-            val.exe_name = os.path.basename(os.readlink(f"{proc}/{pid}/exe")).encode()[:31]
-        libbpf.map_update(owners_fd, key, val)
-        n += 1
+        held = holders.get(inode)
+        if not held:
+            continue
+        pid, fd = held
+        dup = _dup_socket(pid, fd)
+        if dup is None:
+            continue
+        try:
+            key = L.OwnerKey(port=port)
+            if addr.strip(b"\0") not in (b"", b"\xff\xff"):  # 0.0.0.0 / :: are "any"
+                ctypes.memmove(key.addr, addr, 16)
+            val = L.Owner(uid=uid, gid=L.UID_UNKNOWN)
+            ident = _process_identity(pid, proc)
+            if ident:
+                euid, egid, groups, dev, ino, comm = ident
+                gl = ([egid] + [g for g in groups if g != egid])[: L.MAX_GROUPS]
+                val.tgid, val.uid, val.gid, val.dev, val.ino = pid, euid, egid, dev, ino
+                val.ngroups = len(gl)
+                for i, g in enumerate(gl):
+                    val.groups[i] = g
+                val.comm = comm.encode()[:15]
+                try:
+                    val.exe_name = os.path.basename(os.readlink(f"{proc}/{pid}/exe")).encode()[:31]
+                except OSError:
+                    pass
+            s = socket.socket(fileno=os.dup(dup))
+            try:
+                cookie = struct.unpack("=Q", s.getsockopt(socket.SOL_SOCKET, SO_COOKIE, 8))[0]
+            finally:
+                s.close()
+            libbpf.map_update(owners_fd, ctypes.c_uint64(cookie), val)
+            libbpf.map_update(listeners_fd, key, ctypes.c_uint64(dup))
+            n += 1
+        except Exception:  # a listener that closed meanwhile, or one the sockhash refuses
+            continue
+        finally:
+            os.close(dup)
     return n

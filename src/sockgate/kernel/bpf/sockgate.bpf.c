@@ -126,10 +126,20 @@ struct {
 	__type(value, __u32);
 } sg_ports SEC(".maps");
 
+/* Listening sockets by (local address, port), indexed at listen() by the sockops program;
+ * accept decisions find the real listener here. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__uint(max_entries, SG_OWNERS_MAX);
+	__type(key, struct sg_owner_key);
+	__type(value, __u64);
+} sg_listeners SEC(".maps");
+
+/* Who called listen(), by the listening socket's cookie (never reused while it lives). */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, SG_OWNERS_MAX);
-	__type(key, struct sg_owner_key);
+	__type(key, __u64);
 	__type(value, struct sg_owner);
 } sg_owners SEC(".maps");
 
@@ -433,7 +443,7 @@ static __always_inline void current_identity(struct sg_owner *who)
 {
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	const struct cred *cred = BPF_CORE_READ(task, cred);
-	who->tgid = bpf_get_current_pid_tgid() >> 32;
+	who->tgid = BPF_CORE_READ(task, tgid);
 	who->uid = BPF_CORE_READ(cred, euid.val);
 	who->gid = BPF_CORE_READ(cred, egid.val);
 	who->groups[0] = who->gid;
@@ -456,7 +466,7 @@ static __always_inline void current_identity(struct sg_owner *who)
 	const unsigned char *name = BPF_CORE_READ(exe, f_path.dentry, d_name.name);
 	if (bpf_probe_read_kernel_str(who->exe_name, sizeof(who->exe_name), name) < 0)
 		who->exe_name[0] = 0;
-	bpf_get_current_comm(who->comm, sizeof(who->comm));
+	BPF_CORE_READ_STR_INTO(&who->comm, task, comm);
 }
 
 static __always_inline void emit(__u32 exit, int verdict, __s32 rule, __u32 gen, __u32 flags,
@@ -619,12 +629,6 @@ static __always_inline int on_bind(struct sg_ctx_sock *ctx, bool v6)
 			bpf_set_retval(-err);
 		return 0;
 	}
-	/* remember who owns this port, for accept decisions */
-	struct sg_owner_key ok = { .port = lport };
-	__builtin_memcpy(ok.addr, laddr, 16);
-	if (!v6 && src4 == 0)
-		__builtin_memset(ok.addr, 0, 16);  /* 0.0.0.0 and :: are both "any" */
-	bpf_map_update_elem(&sg_owners, &ok, who, BPF_ANY);
 	return 1;
 }
 
@@ -642,15 +646,57 @@ int sg_bind6(struct bpf_sock *ctx)
 
 /* ---- accept: refuse the connection before any listener sees it --------------------- */
 
+/* The owner of the socket that would get this connection: the listener indexed at
+ * (address, port) or else at (any, port), and the identity recorded by its listen(). */
 static __always_inline struct sg_owner *find_owner(const __u8 *laddr, __u16 lport)
 {
 	struct sg_owner_key k = { .port = lport };
 	__builtin_memcpy(k.addr, laddr, 16);
-	struct sg_owner *o = bpf_map_lookup_elem(&sg_owners, &k);
-	if (o)
-		return o;
-	__builtin_memset(k.addr, 0, 16);
-	return bpf_map_lookup_elem(&sg_owners, &k);
+	struct bpf_sock *sk = bpf_map_lookup_elem(&sg_listeners, &k);
+	if (!sk) {
+		__builtin_memset(k.addr, 0, 16);
+		sk = bpf_map_lookup_elem(&sg_listeners, &k);
+		if (!sk)
+			return NULL;
+	}
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
+	__u64 cookie = tp ? tp->inet_conn.icsk_inet.sk.__sk_common.skc_cookie.counter : 0;
+	bpf_sk_release(sk);
+	return cookie ? bpf_map_lookup_elem(&sg_owners, &cookie) : NULL;
+}
+
+/* ---- listen(): record the listener (both backends) --------------------------------- */
+
+SEC("sockops")
+int sg_listen_cb(struct bpf_sock_ops *raw)
+{
+	if (READ_CTX(raw->op) != BPF_SOCK_OPS_TCP_LISTEN_CB)
+		return 1;
+	__u32 family = READ_CTX(raw->family);
+	struct sg_owner_key k = { .port = (__u16)READ_CTX(raw->local_port) };
+	if (family == AF_INET6) {
+		__u32 a[4] = { READ_CTX(raw->local_ip6[0]), READ_CTX(raw->local_ip6[1]),
+			       READ_CTX(raw->local_ip6[2]), READ_CTX(raw->local_ip6[3]) };
+		v6_copy(k.addr, a);
+	} else {
+		__u32 a4 = READ_CTX(raw->local_ip4);
+		if (a4)
+			v4_mapped(k.addr, a4);  /* 0.0.0.0 and :: both stay all-zero: "any" */
+	}
+	bool any = true;
+	for (int i = 0; i < 16; i++)
+		if (k.addr[i])
+			any = false;
+	if (!any && k.addr[10] == 0xff && k.addr[11] == 0xff && !k.addr[12] && !k.addr[13] && !k.addr[14] && !k.addr[15])
+		__builtin_memset(k.addr, 0, 16);
+	struct sg_scratch *sc = scratch();
+	if (!sc)
+		return 1;
+	current_identity(&sc->who);
+	__u64 cookie = bpf_get_socket_cookie(raw);
+	bpf_map_update_elem(&sg_owners, &cookie, &sc->who, BPF_ANY);
+	bpf_sock_hash_update(raw, &sg_listeners, &k, BPF_ANY);
+	return 1;
 }
 
 SEC("sk_lookup")
