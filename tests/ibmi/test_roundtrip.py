@@ -4,6 +4,8 @@ every mapped field matches."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sockgate.ibmi import layout, synth
 from sockgate.ibmi.importer import import_file, parse_all, sniff
@@ -146,3 +148,46 @@ def test_cpytoimpf_in_ebcdic_with_ccsid():
     got = parse_all(data, fmt="csv", ccsid=37, clock=LocalTime("UTC"))
     assert [actual(e) for e in got] == [expected(r, "csv") for r in SAMPLES]
     assert sniff(data, 37) == "csv"
+
+
+_name = st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789#$@_", max_size=10)
+
+
+@st.composite
+def sk_records(draw):
+    v6 = draw(st.booleans())
+    ip = (st.ip_addresses(v=6) if v6 else st.ip_addresses(v=4)).map(str)
+    r = synth.sample(draw(st.integers(0, 10_000)))
+    r.entry_type = draw(st.sampled_from("ACDFIOPRSUX"))
+    r.system = draw(_name.filter(bool).map(lambda s: s[:8]))
+    r.job_name, r.job_user, r.current_user = draw(_name), draw(_name), draw(_name)
+    r.program, r.program_library = draw(_name), draw(_name)
+    r.receiver, r.receiver_library = draw(_name), draw(_name)
+    r.local_ip = draw(st.one_of(st.just(""), ip))
+    r.remote_ip = draw(st.one_of(st.just(""), ip))
+    r.family = draw(st.sampled_from(["", "*IPV6" if v6 else "*IPV4"]))
+    r.legacy_ip = not v6 and draw(st.booleans())
+    r.local_port = draw(st.one_of(st.none(), st.integers(0, 65535)))
+    r.remote_port = draw(st.one_of(st.none(), st.integers(0, 65535)))
+    r.socket_descriptor = draw(st.integers(-2**31, 2**31 - 1))
+    text = st.text(alphabet=" abcdefghijklmnopqrstuvwxyz0123456789.:_-", max_size=30)
+    r.secure_version, r.secure_properties = draw(text)[:10], draw(text)
+    r.filter_description, r.filter_data = draw(text)[:10], draw(text)
+    r.mac_address, r.host_name = draw(text), draw(text)
+    return r
+
+
+@settings(max_examples=150, deadline=None)
+@given(recs=st.lists(sk_records(), min_size=1, max_size=8), fmt=st.sampled_from(["type5", "type4"]))
+def test_fast_and_careful_paths_agree_on_any_valid_record(recs, fmt):
+    # every record twice: the first sight goes the careful way, the second the fast way
+    # (its addresses have been seen); both must give the same entry
+    recs = [synth.SkRecord(**{**synth.as_dict(r), "seq": i + 1}) for i, r in enumerate(recs)]
+    again = [synth.SkRecord(**{**synth.as_dict(r), "seq": r.seq + 100}) for r in recs]
+    got = parse_all(build(fmt, recs + again), clock=LocalTime("UTC"))
+    assert len(got) == 2 * len(recs)
+    for a, b in zip(got[:len(recs)], got[len(recs):]):
+        da, db = actual(a), actual(b)
+        assert db["extra"].pop("ibmi_seq") == da["extra"].pop("ibmi_seq") + 100
+        assert db.pop("ident") != da.pop("ident")
+        assert da == db

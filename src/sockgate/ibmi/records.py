@@ -307,7 +307,7 @@ class RecordReader:
                                 extra["host_name"] = v
                         entry = make(
                             SOCKET, t, base + int(ts[20:]) * 1000, IBMI, system, outcomes[et],
-                            None, None, uspf or usr, None, None, pgm or None,
+                            None, None, uspf or usr or None, None, None, pgm or None,
                             fam, la, lp, ra, rp, extra, f"{system}:{seq}")
                     except (ValueError, KeyError):
                         try:
