@@ -44,10 +44,10 @@ def result(ok, err=None, **kw):
 def do_connect(a):
     s = socket.socket(family_of(a["addr"]), socket.SOCK_DGRAM if a.get("udp") else socket.SOCK_STREAM)
     s.settimeout(a.get("timeout", 2))
-    if a.get("src"):
-        s.bind((a["src"], 0))
     t0 = time.monotonic()
     try:
+        if a.get("src"):
+            s.bind((a["src"], a.get("src_port", 0)))
         s.connect((a["addr"], a["port"]))
         return result(True, seconds=time.monotonic() - t0)
     except OSError as e:
@@ -68,6 +68,22 @@ def do_listen(a):
         return result(False, e.errno)
     finally:
         s.close()
+
+
+def do_bind(a):
+    """bind() only, then listen(): says which of the two was refused."""
+    s = socket.socket(family_of(a["addr"]), socket.SOCK_STREAM)
+    try:
+        s.bind((a["addr"], a["port"]))
+    except OSError as e:
+        return result(False, e.errno, failed="bind")
+    try:
+        s.listen(8)
+    except OSError as e:
+        return result(False, e.errno, failed="listen")
+    finally:
+        s.close()
+    return result(True)
 
 
 def do_serve(a):
@@ -117,5 +133,6 @@ def do_loop(a):
 if __name__ == "__main__":
     args = json.loads(sys.argv[1])
     enter(args)
-    op = {"connect": do_connect, "listen": do_listen, "serve": do_serve, "loop": do_loop}[args["op"]]
+    op = {"connect": do_connect, "listen": do_listen, "bind": do_bind, "serve": do_serve,
+          "loop": do_loop}[args["op"]]
     print(json.dumps(op(args)), flush=True)

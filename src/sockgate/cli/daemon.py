@@ -21,8 +21,8 @@ pin_dir_option = click.option("--pin-dir", default="/sys/fs/bpf/sockgate", show_
               help="Enforce only in this cgroup v2 subtree (default: the cgroup v2 root, the whole host).")
 @click.option("--netns", type=click.Path(exists=True, dir_okay=False),
               help="Network namespace for accept decisions (default: the daemon's own).")
-@click.option("--backend", type=click.Choice(["auto", "cgroup"]), default="auto", show_default=True,
-              help="Kernel backend; auto picks the best this kernel runs.")
+@click.option("--backend", type=click.Choice(["auto", "lsm", "cgroup"]), default="auto", show_default=True,
+              help="Kernel backend: lsm (BPF LSM hooks: true listen(), any errno) where the kernel allows it, else cgroup. auto picks the best that loads.")
 @click.option("--alerts", type=click.Path(exists=True, dir_okay=False),
               help=f"Alert rules for the built-in monitor (default: {DEFAULT_ALERTS} if it exists).")
 @click.option("--print-events", is_flag=True, help="Also write each decision as a JSON line to stdout.")

@@ -31,7 +31,7 @@ def state_path(pin_dir: str) -> Path:
     return STATE_DIR / (pin_dir.strip("/").replace("/", "_") + ".json")
 MAP_NAMES = ("sg_config", "sg_policy", "sg_rules", "sg_bitmaps", "sg_users", "sg_groups", "sg_programs",
              "sg_addrs", "sg_ports", "sg_owners", "sg_listeners", "sg_hits", "sg_stats", "sg_events", "sg_scratch",
-             "sg_sync", "sg_sync_inner")
+             "sg_sync", "sg_sync_inner", "sg_scope")
 
 # backend -> {program name: (attach kind, exit point)}
 BACKENDS = {
@@ -43,9 +43,19 @@ BACKENDS = {
         "sg_listen_cb": "cgroup",
         "sg_accept": "netns",
     },
+    # BPF LSM: connect() and listen() themselves (any errno, unbound listen() too); accept
+    # stays with sk_lookup, which alone can refuse a client at once.
+    "lsm": {
+        "sg_lsm_connect": "lsm",
+        "sg_lsm_listen": "lsm",
+        "sg_listen_cb": "cgroup",
+        "sg_accept": "netns",
+    },
 }
 TEST_PROGRAM = "sg_probe"
-ALL_PROGRAMS = ("sg_connect4", "sg_connect6", "sg_bind4", "sg_bind6", "sg_listen_cb", "sg_accept", TEST_PROGRAM)
+ALL_PROGRAMS = ("sg_connect4", "sg_connect6", "sg_bind4", "sg_bind6", "sg_listen_cb", "sg_accept",
+                "sg_lsm_connect", "sg_lsm_listen", TEST_PROGRAM)
+BACKEND_PREFERENCE = ("lsm", "cgroup")
 
 
 @dataclass
@@ -85,11 +95,20 @@ def ensure_bpffs(pin_dir: str) -> None:
             raise KernelError(f"cannot mount bpffs at {base}: {r.stderr.strip()}")
 
 
-def probe_backend(requested: str = "auto") -> str:
-    """The best backend this kernel runs. LSM lands with its own issue; until then cgroup."""
-    if requested not in ("auto", "cgroup"):
-        raise KernelError(f"backend {requested!r} is not available in this build (available: cgroup)")
-    return "cgroup"
+def lsm_active() -> bool:
+    """Is BPF among the kernel's active LSMs? (The kernel may still refuse to load them.)"""
+    try:
+        return "bpf" in open("/sys/kernel/security/lsm").read().split(",")
+    except OSError:
+        return True  # securityfs not mounted: let the load decide
+
+
+def candidate_backends(requested: str = "auto") -> list[str]:
+    if requested == "auto":
+        return [b for b in BACKEND_PREFERENCE if b != "lsm" or lsm_active()]
+    if requested not in BACKENDS:
+        raise KernelError(f"unknown backend {requested!r} (choose auto, {', '.join(BACKENDS)})")
+    return [requested]
 
 
 class Gate:
@@ -115,7 +134,6 @@ class Gate:
         """Load the object, pin its maps, attach the backend's programs and pin the links."""
         if os.geteuid() != 0:
             raise KernelError("loading BPF programs needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN)")
-        backend = probe_backend(backend)
         obj_path = Path(object_path or L.OBJECT)
         if not obj_path.exists():
             raise KernelError(f"{obj_path} is missing; build it with `make bpf`")
@@ -127,23 +145,16 @@ class Gate:
         if attach and cls.is_pinned(pin_dir):
             raise KernelError(f"sockgate is already loaded at {pin_dir}; `sockgate unload` first")
         ensure_bpffs(pin_dir)
-        lib = libbpf.lib()
-        libbpf.take_log()
-        obj = libbpf.check_ptr(lib.bpf_object__open_file(str(obj_path).encode(), None), f"open {obj_path}")
-        try:
-            wanted = set(BACKENDS[backend]) | {TEST_PROGRAM}
-            for name in ALL_PROGRAMS:
-                prog = libbpf.check_ptr(lib.bpf_object__find_program_by_name(obj, name.encode()), f"find {name}")
-                lib.bpf_program__set_autoload(prog, name in wanted)
-            libbpf.check_rc(lib.bpf_object__load(obj), "load BPF object (the verifier's log follows)")
-            maps = {n: libbpf.check_rc(lib.bpf_map__fd(
-                libbpf.check_ptr(lib.bpf_object__find_map_by_name(obj, n.encode()), f"find map {n}")), n)
-                for n in MAP_NAMES}
-            progs = {n: lib.bpf_program__fd(lib.bpf_object__find_program_by_name(obj, n.encode()))
-                     for n in wanted}
-        except BaseException:
-            lib.bpf_object__close(obj)
-            raise
+        refusals = []
+        for candidate in candidate_backends(backend):
+            try:
+                obj, maps, progs = cls._load_object(obj_path, candidate)
+                backend = candidate
+                break
+            except KernelError as e:
+                refusals.append(f"{candidate}: {str(e).splitlines()[0]}")
+        else:
+            raise KernelError("no kernel backend loads here:\n  " + "\n  ".join(refusals))
         state = PinState(backend=backend, scope_cgroup=scope_cgroup, netns=netns)
         gate = cls(pin_dir, maps, state, progs, obj)
         if attach:
@@ -156,6 +167,28 @@ class Gate:
                 gate.unload()
                 raise
         return gate
+
+    @staticmethod
+    def _load_object(obj_path: Path, backend: str):
+        """Open and load the object with only `backend`'s programs (plus the probe)."""
+        lib = libbpf.lib()
+        libbpf.take_log()
+        obj = libbpf.check_ptr(lib.bpf_object__open_file(str(obj_path).encode(), None), f"open {obj_path}")
+        try:
+            wanted = set(BACKENDS[backend]) | {TEST_PROGRAM}
+            for name in ALL_PROGRAMS:
+                prog = libbpf.check_ptr(lib.bpf_object__find_program_by_name(obj, name.encode()), f"find {name}")
+                lib.bpf_program__set_autoload(prog, name in wanted)
+            libbpf.check_rc(lib.bpf_object__load(obj), f"load the {backend} programs (the verifier's log follows)")
+            maps = {n: libbpf.check_rc(lib.bpf_map__fd(
+                libbpf.check_ptr(lib.bpf_object__find_map_by_name(obj, n.encode()), f"find map {n}")), n)
+                for n in MAP_NAMES}
+            progs = {n: lib.bpf_program__fd(lib.bpf_object__find_program_by_name(obj, n.encode()))
+                     for n in wanted}
+        except BaseException:
+            lib.bpf_object__close(obj)
+            raise
+        return obj, maps, progs
 
     @classmethod
     def open(cls, pin_dir: str = DEFAULT_PIN_DIR) -> "Gate":
@@ -191,9 +224,13 @@ class Gate:
         cg_fd = os.open(scope_cgroup, os.O_RDONLY | os.O_DIRECTORY)
         ns_fd = os.open(netns, os.O_RDONLY)
         try:
+            # LSM programs see every task: they test membership of the scope cgroup
+            libbpf.map_update(self.maps["sg_scope"], ctypes.c_uint32(0), ctypes.c_uint32(cg_fd))
             for name, kind in BACKENDS[backend].items():
                 prog = lib.bpf_object__find_program_by_name(obj, name.encode())
-                if kind == "cgroup":
+                if kind == "lsm":
+                    link = libbpf.check_ptr(lib.bpf_program__attach(prog), f"attach {name}")
+                elif kind == "cgroup":
                     link = libbpf.check_ptr(lib.bpf_program__attach_cgroup(prog, cg_fd), f"attach {name} to {scope_cgroup}")
                 else:
                     link = libbpf.check_ptr(lib.bpf_program__attach_netns(prog, ns_fd), f"attach {name} to {netns}")

@@ -10,6 +10,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_endian.h>
+#include <bpf/bpf_tracing.h>
 #include "sockgate.h"
 
 char LICENSE[] SEC("license") = "GPL";
@@ -742,6 +743,99 @@ int sg_accept(struct bpf_sk_lookup *raw)
 	count_hit(SG_EXIT_ACCEPT, rule);
 	emit(SG_EXIT_ACCEPT, verdict, rule, gen, flags, who, false, family, IPPROTO_TCP, laddr, lport, raddr, rport);
 	return verdict == SG_REJECTED ? SK_DROP : SK_PASS;
+}
+
+/* ---- LSM backend: connect() and listen() themselves, any errno --------------------- */
+
+/* LSM hooks see every task on the host; the scope is the cgroup stored here at load. */
+struct {
+	__uint(type, BPF_MAP_TYPE_CGROUP_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} sg_scope SEC(".maps");
+
+static __always_inline int lsm_verdict(int verdict, __s32 err)
+{
+	if (verdict != SG_REJECTED)
+		return 0;
+	return err > 0 ? -err : -EPERM;
+}
+
+SEC("lsm/socket_connect")
+int BPF_PROG(sg_lsm_connect, struct socket *sock, struct sockaddr *address, int addrlen, int ret)
+{
+	if (ret)
+		return ret;
+	if (bpf_current_task_under_cgroup(&sg_scope, 0) != 1)
+		return 0;
+	struct sock *sk = BPF_CORE_READ(sock, sk);
+	__u16 skfam = BPF_CORE_READ(sk, __sk_common.skc_family);
+	__u16 protocol = BPF_CORE_READ(sk, sk_protocol);
+	if ((skfam != AF_INET && skfam != AF_INET6) || (protocol != IPPROTO_TCP && protocol != 17))
+		return 0;
+	__u16 fam = 0;
+	bpf_probe_read_kernel(&fam, sizeof(fam), &address->sa_family);
+	__u8 raddr[16], laddr[16] = {};
+	__u16 rport;
+	if (fam == AF_INET && addrlen >= (int)sizeof(struct sockaddr_in)) {
+		struct sockaddr_in sin;
+		bpf_probe_read_kernel(&sin, sizeof(sin), address);
+		v4_mapped(raddr, sin.sin_addr.s_addr);
+		rport = bpf_ntohs(sin.sin_port);
+	} else if (fam == AF_INET6 && addrlen >= (int)sizeof(struct sockaddr_in6)) {
+		struct sockaddr_in6 sin6;
+		bpf_probe_read_kernel(&sin6, sizeof(sin6), address);
+		__builtin_memcpy(raddr, &sin6.sin6_addr, 16);
+		rport = bpf_ntohs(sin6.sin6_port);
+	} else {
+		return 0;  /* AF_UNSPEC (UDP disconnect) and malformed addresses: the kernel decides */
+	}
+	struct sg_scratch *sc = scratch();
+	if (!sc)
+		return 0;
+	struct sg_owner *who = &sc->who;
+	current_identity(who);
+	__s32 rule; __u32 gen = 0, flags = 0; __s32 err = EPERM;
+	stat_add(SG_STAT_DECISIONS);
+	int verdict = decide(SG_EXIT_CONNECT, who, laddr, 0, raddr, rport, sc, &rule, &gen, &flags, &err);
+	count_hit(SG_EXIT_CONNECT, rule);
+	emit(SG_EXIT_CONNECT, verdict, rule, gen, flags, who, true, skfam, protocol, laddr, 0, raddr, rport);
+	return lsm_verdict(verdict, err);
+}
+
+/* listen() itself: also a listen() on a socket that was never bound. Its port is chosen
+ * after this hook, so such a call is judged with local port 0. */
+SEC("lsm/socket_listen")
+int BPF_PROG(sg_lsm_listen, struct socket *sock, int backlog, int ret)
+{
+	if (ret)
+		return ret;
+	if (bpf_current_task_under_cgroup(&sg_scope, 0) != 1)
+		return 0;
+	struct sock *sk = BPF_CORE_READ(sock, sk);
+	__u16 skfam = BPF_CORE_READ(sk, __sk_common.skc_family);
+	if ((skfam != AF_INET && skfam != AF_INET6) || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+		return 0;
+	__u8 laddr[16], raddr[16] = {};
+	if (skfam == AF_INET6) {
+		BPF_CORE_READ_INTO(&laddr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
+	} else {
+		__u32 a4 = BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr);
+		v4_mapped(laddr, a4);
+	}
+	__u16 lport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	struct sg_scratch *sc = scratch();
+	if (!sc)
+		return 0;
+	struct sg_owner *who = &sc->who;
+	current_identity(who);
+	__s32 rule; __u32 gen = 0, flags = 0; __s32 err = EPERM;
+	stat_add(SG_STAT_DECISIONS);
+	int verdict = decide(SG_EXIT_LISTEN, who, laddr, lport, raddr, 0, sc, &rule, &gen, &flags, &err);
+	count_hit(SG_EXIT_LISTEN, rule);
+	emit(SG_EXIT_LISTEN, verdict, rule, gen, flags, who, true, skfam, IPPROTO_TCP, laddr, lport, raddr, 0);
+	return lsm_verdict(verdict, err);
 }
 
 /* ---- the same decision, driven by BPF_PROG_TEST_RUN for the differential test ------- */
