@@ -191,3 +191,14 @@ def test_fast_and_careful_paths_agree_on_any_valid_record(recs, fmt):
         assert db["extra"].pop("ibmi_seq") == da["extra"].pop("ibmi_seq") + 100
         assert db.pop("ident") != da.pop("ident")
         assert da == db
+
+
+def test_ccsid_1140_with_euro_sign_takes_the_careful_path():
+    # 1140 = 37 plus the euro sign, beyond Latin-1: read field by field, same entries
+    recs = [synth.sample(i) for i in range(22)]
+    recs[8].secure_properties = "COST 5€"  # an S entry
+    got = parse_all(synth.outfile(recs, codec="cp1140"), fmt="type5", ccsid=1140,
+                    clock=LocalTime("UTC"))
+    want = [expected(r, "type5") for r in recs]
+    assert [actual(e) for e in got] == want
+    assert got[8].extra["secure_properties"] == "COST 5€"

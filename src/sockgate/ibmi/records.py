@@ -16,8 +16,8 @@ import sys
 from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import fields as dc_fields
-from itertools import chain, islice
-from operator import itemgetter
+from itertools import chain, islice, repeat
+from typing import Any
 
 from sockgate.errors import ImportRecordError, UsageError
 from sockgate.journal.entry import Code, Entry, Source
@@ -42,22 +42,31 @@ def codec_for_ccsid(ccsid: int) -> str:
         ) from None
 
 
-def decoder(codec: str, fields: bool = False) -> Callable[[bytes], str]:
-    """bytes -> str for a single-byte codec. A code page whose 256 characters all lie in
-    Latin-1 (37, 500, ...) is one bytes.translate plus a Latin-1 decode, both in C, which
-    beats the charmap codec for the short fields read per record.
-
-    fields=True: for blank-padded fields. Control characters that str.strip() would take for
-    white space (tab, line ends, NBSP, ...) become SUB (X'1A', what IBM i puts for a
-    character it cannot convert), so stripping removes blanks only and such bytes fail the
-    field checks instead of vanishing."""
+def _chars(codec: str, fields: bool) -> str:
+    """The 256 characters of a single-byte code page. fields=True, for blank-padded fields:
+    control characters that str.strip() would take for white space (tab, line ends, NBSP,
+    ...) become SUB (X'1A', what IBM i puts for a character it cannot convert), so stripping
+    removes blanks only and such bytes fail the field checks instead of vanishing."""
     chars = bytes(range(256)).decode(codec)
     if fields:
         chars = "".join("\x1a" if c.isspace() and c != " " else c for c in chars)
-    if max(map(ord, chars)) < 256:
-        table = chars.encode("latin-1")
+    return chars
+
+
+def latin1_table(codec: str, fields: bool = False) -> bytes | None:
+    """A bytes.translate table from the code page to Latin-1, or None when the code page has
+    characters beyond Latin-1 (CCSID 1140 and its euro sign)."""
+    chars = _chars(codec, fields)
+    return chars.encode("latin-1") if max(map(ord, chars)) < 256 else None
+
+
+def decoder(codec: str, fields: bool = False) -> Callable[[bytes], str]:
+    """bytes -> str for a single-byte codec: bytes.translate plus a Latin-1 decode, both in
+    C, which beats the charmap codec for the short fields read per record."""
+    table = latin1_table(codec, fields)
+    if table is not None:
         return lambda b: b.translate(table).decode("latin-1")
-    table_s = dict(enumerate(chars))  # e.g. CCSID 1140 has the euro sign
+    table_s = dict(enumerate(_chars(codec, fields)))
     return lambda b: bytes(b).decode("latin-1").translate(table_s)
 
 
@@ -167,80 +176,39 @@ class RecordReader:
 
     def entries(self, on_bad: Callable | None = None,
                 progress: Callable[[int], None] | None = None) -> Iterator[Entry]:
-        """The fast path: every hot field of a record in one C call (itemgetter of slices
-        over the chunk's compact text, rstripped by map), plain checks, one Entry. A record
-        it cannot take goes to the careful path, which names the bad field or accepts it."""
+        """Entries, in record order. The fast path: the hot fields of a chunk of records are
+        gathered, translated to Latin-1 in one call and unpacked per record by struct, in C;
+        each field is then one dict lookup (_Memo: a distinct raw text is checked and
+        converted once: jobs, users, programs, addresses, ports repeat). A record it cannot
+        take goes to the careful path, which names the bad field or accepts it."""
         L = self.record_length
-        data = self.data
+        data, buf = self.data, self.buf
+        plan = _Plan(self.layout, L)
+        table = latin1_table(self.codec, fields=True)
         decode = decoder(self.codec, fields=True)
         plain = decoder(self.codec)  # free text (filter data) keeps its control characters
-        buf = self.buf
-        plan = self._plan = _Plan(self.layout, L)
-        K = plan.stride
-        hot = plan.hot
         careful = self._careful
-        second = self.clock.second
-        seconds = self.clock._seconds
-        types = m.TYPES
-        outcomes = m.OUTCOMES
-        families = _FAMILIES
-        seen_addr: set[str] = set()
-        ports = _PORTS
+        types, outcomes = _TYPES, m.OUTCOMES
+        memo = plan.memos(self.clock)
+        jobs, programs, receivers, users, systems, ports, families, addrs, seconds = memo
         secure_t, filter_t, dhcp_t = m.SECURE_TYPES, m.FILTER_TYPES, m.DHCP_TYPES
         unpack_h = struct.Struct(">h").unpack_from
         gather_sd = _gather_plan(self.layout, L, ("socket_descriptor",))[0]
         swap = sys.byteorder == "little"
         f = self.layout.fields
-        fl0 = f["filter_data_length"].start
-        fd0, fd1 = f["filter_description"].start, f["filter_description"].end
-        fdat0, fdmax = f["filter_data"].start, f["filter_data"].length
-        mac0, mac1 = f["mac_address"].start, f["mac_address"].end
-        hn0, hn1 = f["host_name"].start, f["host_name"].end
-        l150, l151 = f["local_ip15"].start, f["local_ip15"].end
-        r150, r151 = f["remote_ip15"].start, f["remote_ip15"].end
 
-        def clipped(name: str) -> tuple[int, int]:  # fields a shorter record lacks: (0, 0)
+        def span(name: str) -> tuple[int, int]:  # fields a shorter record lacks: (0, 0)
             fld = f.get(name)
             return (fld.start, min(fld.end, L)) if fld and fld.start < L else (0, 0)
 
-        sv0, sv1 = clipped("secure_version")
-        sp0, sp1 = clipped("secure_properties")
-        rstrip = str.rstrip
-        SOCKET, IBMI = Code.SOCKET, Source.IBMI
-        # Jobs, programs and receivers repeat: each distinct heading text is parsed once.
-        jobs: dict[str, tuple[str, str]] = {}
-        programs: dict[str, str] = {}
-        receivers: dict[str, str] = {}
-        j_job, j_usr, j_nbr = plan.rel("JOJOB", "JOJOB"), plan.rel("JOJOB", "JOUSER"), \
-            plan.rel("JOJOB", "JONBR")
-        p_pgm = plan.rel("JOPGM", "JOPGM")
-        p_lib = plan.rel("JOPGM", "JOPGMLIB") if "JOPGMLIB" in plan.at else slice(0, 0)
-        r_rcv, r_lib = plan.rel("JORCV", "JORCV"), plan.rel("JORCV", "JORCVLIB")
-
-        def new_job(key: str) -> tuple[str, str]:
-            nbr, name = key[j_nbr], key[j_job].rstrip()
-            if not nbr.isdecimal() or len(nbr) != 6 or not name:
-                raise ValueError  # the careful path says what is wrong (or takes it)
-            usr = key[j_usr].rstrip()
-            if len(jobs) > 100_000:
-                jobs.clear()
-            v = jobs[key] = (f"{nbr}/{usr}/{name}", usr)
-            return v
-
-        def new_program(key: str) -> str:
-            pgm, lib = key[p_pgm].rstrip(), key[p_lib].rstrip()
-            if len(programs) > 100_000:
-                programs.clear()
-            v = programs[key] = (f"{lib}/{pgm}" if lib else pgm) if pgm else ""
-            return v
-
-        def new_receiver(key: str) -> str:
-            rcv, lib = key[r_rcv].rstrip(), key[r_lib].rstrip()
-            if len(receivers) > 100_000:
-                receivers.clear()
-            v = receivers[key] = (f"{lib}/{rcv}" if lib else rcv) if rcv else ""
-            return v
-
+        fl0 = f["filter_data_length"].start
+        fd0, fd1 = span("filter_description")
+        fdat0, fdmax = f["filter_data"].start, f["filter_data"].length
+        mac0, mac1 = span("mac_address")
+        hn0, hn1 = span("host_name")
+        sv0, sv1 = span("secure_version")
+        sp0, sp1 = span("secure_properties")
+        SOCKET, IBMI, TSK = Code.SOCKET, Source.IBMI, b"TSK"
         make = _entry
         # the entries of one file are kept until the journal takes them all: no cycles among
         # them, so the cyclic GC would only rescan them again and again
@@ -250,43 +218,36 @@ class RecordReader:
             for c0 in range(0, self.count, CHUNK):
                 c1 = min(c0 + CHUNK, self.count)
                 chunk = data[c0 * L:c1 * L]
-                text = decode(plan.gather(chunk))
+                if table is not None:
+                    rows = plan.unpack(plan.gather(chunk).translate(table))
+                else:  # a code page beyond Latin-1 (1140: the euro sign): careful path only
+                    rows = repeat(None, c1 - c0)
                 sds = array(_I32, gather_sd(chunk))  # socket descriptors, Binary(5)
                 if swap:
                     sds.byteswap()
                 off = c0 * L - L
-                b = -K
-                for rec in range(c0, c1):
+                for rec, row in enumerate(rows, c0):
                     off += L
-                    b += K
                     try:
-                        (tsk, seq, ts, jobkey, pgmkey, uspf, system, rcvkey, et,
-                         lp, rp, af, la, ra) = map(rstrip, hot(text[b:b + K]))
+                        (seq, tsk, ts, jobkey, pgmkey, uspf, system, rcvkey, et,
+                         l15, lp, r15, rp, af, l46, r46) = row
                         t = types[et]
-                        if not la:
-                            la = decode(buf[off + l150:off + l151]).rstrip() or None
-                        if not ra:
-                            ra = decode(buf[off + r150:off + r151]).rstrip() or None
-                        if (tsk != "TSK" or not seq.isdecimal() or ts[19:20] != "."
-                                or not ts[20:].isdecimal() or len(ts) != 26 or not system
-                                or (la is not None and la not in seen_addr)
-                                or (ra is not None and ra not in seen_addr)):
+                        if tsk != TSK or not seq.isdigit() or ts[19:20] != b"." \
+                                or not ts[20:].isdigit():
                             raise ValueError
-                        job, usr = jobs.get(jobkey) or new_job(jobkey)
-                        pgm = programs.get(pgmkey) or new_program(pgmkey)
-                        base = seconds.get(ts[:19])
-                        if base is None:
-                            base = second(ts[:19])
-                        lp = ports[lp]  # KeyError: not a plain port number, be careful
-                        rp = ports[rp]
-                        fam = families[af] if af else ("ipv6" if ":" in (ra or la or "") else
-                                                       "ipv4" if (ra or la) else None)
+                        job, usr = jobs[jobkey]
+                        system = systems[system]
                         seq = int(seq)
+                        la = addrs[l46] or addrs[l15] or None
+                        ra = addrs[r46] or addrs[r15] or None
+                        fam = families[af] or (("ipv6" if ":" in (ra or la) else "ipv4")
+                                               if (ra or la) else None)
+                        et = t.value
                         extra = {
-                            "socket_descriptor": sds[rec - c0],
-                            "ibmi_seq": seq, "ibmi_timestamp": ts, "job": job,
+                            "socket_descriptor": sds[rec - c0], "ibmi_seq": seq,
+                            "ibmi_timestamp": ts.decode("latin-1"), "job": job,
                         }
-                        if rcvkey and (rcv := receivers.get(rcvkey) or new_receiver(rcvkey)):
+                        if rcv := receivers[rcvkey]:
                             extra["ibmi_receiver"] = rcv
                         if et in secure_t:
                             if sv1 and (v := decode(buf[off + sv0:off + sv1]).rstrip()):
@@ -306,12 +267,13 @@ class RecordReader:
                             if v := decode(buf[off + hn0:off + hn1]).rstrip():
                                 extra["host_name"] = v
                         entry = make(
-                            SOCKET, t, base + int(ts[20:]) * 1000, IBMI, system, outcomes[et],
-                            None, None, uspf or usr or None, None, None, pgm or None,
-                            fam, la, lp, ra, rp, extra, f"{system}:{seq}")
-                    except (ValueError, KeyError):
+                            SOCKET, t, seconds[ts[:19]] + int(ts[20:]) * 1000, IBMI, system,
+                            outcomes[et], None, None, users[uspf] or usr or None, None, None,
+                            programs[pgmkey], fam, la, ports[lp], ra, ports[rp], extra,
+                            f"{system}:{seq}")
+                    except (ValueError, KeyError, TypeError):
                         try:
-                            entry = careful(text, b, off)
+                            entry = careful(off)
                         except ImportRecordError as e:
                             err = ImportRecordError(e.reason, record=rec + 1, offset=e.offset,
                                                     file=self.file)
@@ -319,12 +281,6 @@ class RecordReader:
                                 raise err from None
                             on_bad(err, self.raw(rec))
                             continue
-                        if len(seen_addr) > 100_000:
-                            seen_addr.clear()
-                        if entry.local_addr:
-                            seen_addr.add(entry.local_addr)
-                        if entry.remote_addr:
-                            seen_addr.add(entry.remote_addr)
                     yield entry
                 if progress:
                     progress(c1 - c0)
@@ -339,23 +295,14 @@ class RecordReader:
                 raise err
             on_bad(err, bytes(data[self.count * L:]))
 
-    def _careful(self, text: str, b: int, off: int) -> Entry:
-        """One record, field by field: the Entry, or ImportRecordError naming the bad field
-        and its byte offset (record number filled in by the caller)."""
-        p = self._plan
+    def _careful(self, off: int) -> Entry:
+        """The record at byte `off`, field by field: the Entry, or ImportRecordError naming
+        the bad field and its byte offset (the caller adds the record number)."""
         f = self.layout.fields
         data, codec, L = self.data, self.codec, self.record_length
-        at = p.at
-
-        def val(name: str) -> str:
-            if name not in at:
-                return raw(name)
-            a, z = at[name]
-            return text[b + a:b + z]
-
         decode = decoder(codec, fields=True)
 
-        def raw(name: str) -> str:
+        def val(name: str) -> str:
             fld = f.get(name)
             if fld is None or fld.start >= L:
                 return ""
@@ -387,14 +334,15 @@ class RecordReader:
             rp = m.port(val("remote_port").strip(), field)
             field = "address_family"
             fam = m.family(val("address_family").strip(), la, ra)
-            more = {"socket_descriptor": struct.unpack_from(">i", data, off + p.sd0)[0]}
+            sd = struct.unpack_from(">i", data, off + f["socket_descriptor"].start)[0]
+            more: dict = {"socket_descriptor": sd}
             if code in m.SECURE_TYPES:
                 for k in ("secure_version", "secure_properties"):
                     if v := val(k).rstrip():
                         more[k] = v
             elif code in m.FILTER_TYPES:
                 field = "filter_data_length"
-                more["filter_description"] = raw("filter_description").rstrip()
+                more["filter_description"] = val("filter_description").rstrip()
                 n = struct.unpack_from(">h", data, off + f[field].start)[0]
                 fd = f["filter_data"]
                 if not 0 <= n <= fd.length:
@@ -403,7 +351,7 @@ class RecordReader:
                     more["filter_data"] = str(data[off + fd.start:off + fd.start + n], codec)
             elif code in m.DHCP_TYPES:
                 for k in ("mac_address", "host_name"):
-                    if v := raw(k).rstrip():
+                    if v := val(k).rstrip():
                         more[k] = v
             usr = val("JOUSER").rstrip()
             rcv, rlib = val("JORCV").rstrip(), val("JORCVLIB").rstrip()
@@ -418,44 +366,100 @@ class RecordReader:
             raise ImportRecordError(reason, offset=off + (where.start if where else 0)) from None
 
 
-_FAMILIES = {"*IPV4": "ipv4", "*IPV6": "ipv6"}
+_TYPES = {code.encode("latin-1"): t for code, t in m.TYPES.items()}
 _I32 = next(c for c in "ilh" if array(c).itemsize == 4)  # array type of a 4-byte int
-# Char(5) port text -> number, one dict lookup that also validates ("" is no port).
-_PORTS: dict[str, int | None] = {str(p): p for p in range(65536)}
-_PORTS[""] = None
+
+
+class _Memo(dict):
+    """A dict that computes the value of a missing key once, with fn (which raises
+    ValueError for a bad value: nothing is stored then, and the record goes careful)."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[[str], Any]):
+        super().__init__()
+        self.fn = fn
+
+    def __missing__(self, key: bytes) -> Any:
+        if len(self) > 100_000:
+            self.clear()
+        value = self[key] = self.fn(key.decode("latin-1"))
+        return value
+
+
+# The fields read for every record, as (first field, last field) groups in record order;
+# a group is one text from the start of its first field to the end of its last.
+_HOT = (("JOSEQN", "JOSEQN"), ("JOCODE", "JOENTT"), ("JOTSTP", "JOTSTP"), ("JOJOB", "JONBR"),
+        ("JOPGM", "JOPGMLIB"), ("JOUSPF", "JOUSPF"), ("JOSYNM", "JOSYNM"), ("JORCV", "JORCVLIB"),
+        ("entry_type", "entry_type"), ("local_ip15", "local_ip15"), ("local_port", "local_port"),
+        ("remote_ip15", "remote_ip15"), ("remote_port", "remote_port"),
+        ("address_family", "address_family"), ("local_ip", "local_ip"),
+        ("remote_ip", "remote_ip"))
 
 
 class _Plan:
-    """Where the hot fields sit in the compact text of one record."""
+    """How the hot fields of a record are gathered (byte spans, nearby fields merged) and
+    unpacked (one struct over the gathered bytes of a record)."""
 
     def __init__(self, layout: Layout, length: int):
-        self.gather, self.stride, self.at = _gather_plan(layout, length, _HOT)
-        at = self.at
-        # (first field, last field): one text from the start of the first to the end of the
-        # last; JOJOB..JONBR, JOPGM..JOPGMLIB and JORCV..JORCVLIB are adjacent in both layouts.
-        # A field the record lacks (TYPE4 program library, pre-7.3 secure fields) reads "".
-        hot = (("JOCODE", "JOENTT"), ("JOSEQN", "JOSEQN"), ("JOTSTP", "JOTSTP"),
-               ("JOJOB", "JONBR"), ("JOPGM", "JOPGMLIB" if "JOPGMLIB" in at else "JOPGM"),
-               ("JOUSPF", "JOUSPF"), ("JOSYNM", "JOSYNM"), ("JORCV", "JORCVLIB"),
-               ("entry_type", "entry_type"), ("local_port", "local_port"),
-               ("remote_port", "remote_port"), ("address_family", "address_family"),
-               ("local_ip", "local_ip"), ("remote_ip", "remote_ip"))
-        spans = []
-        for first, last in hot:
-            if first not in at:
-                spans.append(slice(0, 0))
-                continue
+        self.layout = layout
+        groups = [(a, z if z in layout.fields else a) for a, z in _HOT]  # TYPE4: no JOPGMLIB
+        names = {n for g in groups for n in g}
+        self.gather, stride, at = _gather_plan(layout, length, names)
+        fmt, pos = ">", 0
+        for first, last in groups:
             a, z = at[first][0], at[last][1]
-            if first != last and layout[last].end - layout[first].start != z - a:
-                raise AssertionError(f"{first}..{last} are not adjacent in {layout.name}")
-            spans.append(slice(a, z))
-        self.hot = itemgetter(*spans)
-        self.sd0 = layout["socket_descriptor"].start
+            if a < pos or z - a != layout[last].end - layout[first].start:
+                raise AssertionError(f"layout {layout.name}: {first}..{last} out of order")
+            fmt += (f"{a - pos}x" if a > pos else "") + f"{z - a}s"
+            pos = z
+        fmt += f"{stride - pos}x" if stride > pos else ""
+        self.unpack = struct.Struct(fmt).iter_unpack
+        self.groups = groups
 
-    def rel(self, first: str, name: str) -> slice:
-        """Slice of field `name` inside the combined text that starts at field `first`."""
-        a = self.at[name][0] - self.at[first][0]
-        return slice(a, a + self.at[name][1] - self.at[name][0])
+    def memos(self, clock: m.LocalTime) -> tuple[_Memo, ...]:
+        """jobs, programs, receivers, users, systems, ports, families, addrs, seconds:
+        raw field text -> checked value; each the same function of the text as the careful
+        path, so both paths give the same entry."""
+        f = self.layout.fields
+
+        def rel(first: str, name: str) -> slice:
+            a = f[name].start - f[first].start
+            return slice(a, a + f[name].length)
+
+        j_job, j_usr, j_nbr = rel("JOJOB", "JOJOB"), rel("JOJOB", "JOUSER"), rel("JOJOB", "JONBR")
+        p_pgm = rel("JOPGM", "JOPGM")
+        p_lib = rel("JOPGM", "JOPGMLIB") if "JOPGMLIB" in f else slice(0, 0)
+        r_rcv, r_lib = rel("JORCV", "JORCV"), rel("JORCV", "JORCVLIB")
+
+        def job(s: str) -> tuple[str, str]:
+            nbr, name, usr = s[j_nbr], s[j_job].rstrip(), s[j_usr].rstrip()
+            if not name:
+                raise ValueError  # careful: no job then, like the other formats
+            return f"{m.job_number(nbr)}/{usr}/{name}", usr
+
+        def program(s: str) -> str | None:
+            return m.qualified(s[p_lib].rstrip(), s[p_pgm].rstrip())
+
+        def receiver(s: str) -> str | None:
+            rcv, lib = s[r_rcv].rstrip(), s[r_lib].rstrip()
+            return f"{lib}/{rcv}" if lib and rcv else rcv or None
+
+        def system(s: str) -> str:
+            if not (s := s.rstrip()):
+                raise ValueError
+            return s
+
+        def family(s: str) -> str:
+            if not (s := s.strip()):
+                return ""  # from the addresses
+            if (fam := m.FAMILIES.get(s.upper())) is None:
+                raise ValueError
+            return fam
+
+        return (_Memo(job), _Memo(program), _Memo(receiver), _Memo(str.rstrip), _Memo(system),
+                _Memo(lambda s: m.port(s.strip(), "port")), _Memo(family),
+                _Memo(lambda s: m.address(s.strip(), "ip") or ""), _Memo(clock.second))
 
 
 def _entry_factory() -> Callable[..., Entry]:
@@ -470,12 +474,6 @@ def _entry_factory() -> Callable[..., Entry]:
 
 
 _entry = _entry_factory()
-
-
-# Fields read for every record; gathered into one compact buffer per chunk, decoded at once.
-_HOT = ("JOSEQN", "JOCODE", "JOENTT", "JOTSTP", "JOJOB", "JOUSER", "JONBR", "JOPGM", "JOPGMLIB",
-        "JOUSPF", "JOSYNM", "JORCV", "JORCVLIB", "entry_type", "local_port", "remote_port",
-        "address_family", "local_ip", "remote_ip")
 
 
 def _gather_plan(layout: Layout, length: int, names) -> tuple[Callable, int, dict]:
