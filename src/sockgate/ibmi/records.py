@@ -2,8 +2,10 @@
 binary: text fields in EBCDIC (or ASCII), zoned digits as text, Binary(n) big-endian.
 
 Speed (see docs/ibmi.md): per chunk of records, the byte spans of the fields read for every
-record are gathered (struct.iter_unpack + join) and decoded in one call; per record, one
-itemgetter of slices yields them all. Offsets all come from layout.py.
+record are gathered (struct.iter_unpack + join) and translated to Latin-1 in one call; per
+record, struct unpacks them and each is one lookup in a memo of checked values. A record
+the fast path does not take is read field by field (the careful path), which accepts it or
+names the bad field. Offsets all come from layout.py.
 """
 
 from __future__ import annotations
