@@ -208,6 +208,10 @@ static __always_inline void stat_add(__u32 which)
 		*v += 1;
 }
 
+/* Bound a value for the verifier with a mask clang cannot fold away (older verifiers,
+ * e.g. 6.1's, lose track of masks clang merged into the following shift). */
+#define BOUND(x, mask) ({ __u64 __v = (x); asm volatile("%0 &= " #mask : "+r"(__v)); __v; })
+
 /* Index of the lowest set bit, branch-free (popcount of the bits below it): branches
  * here would multiply the states the verifier has to walk. */
 static __always_inline __u32 lowest_bit(__u64 x)
@@ -247,10 +251,10 @@ struct or_words_ctx {
 	__u32 copy;                  /* first group: copy instead of OR */
 };
 
-static long or_words_step(__u32 w, void *data)
+static long or_words_step(__u32 i, void *data)
 {
 	struct or_words_ctx *c = data;
-	w &= SG_WORDS - 1;
+	__u64 w = BOUND(i, 255);
 	if (c->copy)
 		c->acc->words[w] = c->src->words[w];
 	else
@@ -264,14 +268,14 @@ struct combine_ctx {
 	const struct sg_bitmap *neg;
 };
 
-static long combine_step(__u32 w, void *data)
+static long combine_step(__u32 i, void *data)
 {
 	struct combine_ctx *c = data;
-	w &= SG_WORDS - 1;
+	__u64 w = BOUND(i, 255);
 	__u64 v = c->wild->words[w] | (c->acc->words[w] ^ c->neg->words[w]);
 	c->acc->words[w] = v;
 	if (v)
-		c->acc->summary[(w >> 6) & (SG_SUMMARY_WORDS - 1)] |= 1ULL << (w & 63);
+		c->acc->summary[BOUND(w >> 6, 3)] |= 1ULL << (w & 63);
 	return 0;
 }
 
@@ -287,14 +291,14 @@ struct group_hits_ctx {
 static long group_hit_step(__u32 i, void *data)
 {
 	struct group_hits_ctx *c = data;
-	struct sg_id_key k = { .slot = c->slot, .id = c->who->groups[i & (SG_MAX_GROUPS - 1)] };
+	struct sg_id_key k = { .slot = c->slot, .id = c->who->groups[BOUND(i, 31)] };
 	struct sg_group_val *g = bpf_map_lookup_elem(&sg_groups, &k);
 	if (!g)
 		return 0;
 	/* the same gid twice (primary also listed as supplementary) counts once */
 	if (c->hits == 1 && c->alone[0] == g->alone)
 		return 0;
-	__u32 h = c->hits & (SG_MAX_GROUPS - 1);
+	__u64 h = BOUND(c->hits, 31);
 	c->alone[h] = g->alone;
 	c->membership[h] = g->membership;
 	c->hits++;
@@ -350,30 +354,36 @@ struct scan_ctx {
 	__s32 rule;                  /* out: first matching rule, or -1 */
 };
 
+/* One step: load the next summary word, or test one 8-word block of candidates
+ * (unrolled: one callback per 512 rules instead of per 64). Words in the block whose
+ * summary bit is clear AND to zero, so testing them is exact. */
 static long scan_step(__u32 i, void *data)
 {
 	struct scan_ctx *c = data;
-	while (!c->sum) {            /* at most SG_SUMMARY_WORDS times */
+	if (!c->sum) {
 		if (c->s >= c->nsum || c->s >= SG_SUMMARY_WORDS)
 			return 1;
-		__u32 s = c->s & (SG_SUMMARY_WORDS - 1);
+		__u64 s = BOUND(c->s, 3);
 		c->sum = c->b[0]->summary[s] & c->b[1]->summary[s] & c->b[2]->summary[s] & c->b[3]->summary[s] &
 			 c->b[4]->summary[s] & c->b[5]->summary[s] & c->b[6]->summary[s] & c->b[7]->summary[s];
 		c->s++;
-		if (!c->sum && c->s >= SG_SUMMARY_WORDS)
-			return 1;
-		break;
-	}
-	if (!c->sum)
 		return 0;
-	__u32 w = (((c->s - 1) << 6) | lowest_bit(c->sum)) & (SG_WORDS - 1);
-	__u64 v = c->b[0]->words[w] & c->b[1]->words[w] & c->b[2]->words[w] & c->b[3]->words[w] &
-		  c->b[4]->words[w] & c->b[5]->words[w] & c->b[6]->words[w] & c->b[7]->words[w];
-	if (v) {
-		c->rule = (w << 6) | lowest_bit(v);
-		return 1;
 	}
-	c->sum &= c->sum - 1;
+	__u32 first = lowest_bit(c->sum) & ~7U;
+	c->sum &= ~(0xffULL << first);
+	__u64 base = BOUND((((__u64)c->s - 1) << 6) | first, 0xf8);
+	const struct sg_bitmap *b0 = c->b[0], *b1 = c->b[1], *b2 = c->b[2], *b3 = c->b[3];
+	const struct sg_bitmap *b4 = c->b[4], *b5 = c->b[5], *b6 = c->b[6], *b7 = c->b[7];
+#pragma unroll
+	for (int j = 0; j < 8; j++) {
+		__u64 w = base + j;
+		__u64 v = b0->words[w] & b1->words[w] & b2->words[w] & b3->words[w] &
+			  b4->words[w] & b5->words[w] & b6->words[w] & b7->words[w];
+		if (v) {
+			c->rule = (w << 6) | lowest_bit(v);
+			return 1;
+		}
+	}
 	return 0;
 }
 
@@ -418,7 +428,7 @@ static __always_inline int decide(__u32 exit, const struct sg_owner *who, const 
 	if (!sc.b[0] || !sc.b[1] || !sc.b[2] || !sc.b[3] || !sc.b[4] || !sc.b[5] || !sc.b[6] || !sc.b[7])
 		return fallback;  /* tables incomplete: only possible mid-initialisation */
 
-	bpf_loop(SG_WORDS + SG_SUMMARY_WORDS, scan_step, &sc, 0);
+	bpf_loop(SG_WORDS / 8 + SG_SUMMARY_WORDS, scan_step, &sc, 0);
 	if (sc.rule < 0)
 		return fallback;
 	*rule = sc.rule;
