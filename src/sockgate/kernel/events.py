@@ -1,19 +1,16 @@
-"""Ring buffer -> decoded decision events, in batches.
-
-libbpf's ring_buffer calls back once per record; the callback only copies the raw bytes,
-and decoding happens per batch (kernel-notes: decoding per event is what costs).
-"""
+"""Ring buffer -> decoded decision events, in batches."""
 
 from __future__ import annotations
 
 import ctypes
-import ipaddress
+import mmap
+import select
+import socket
 import struct
 import time
 from dataclasses import dataclass
 
 from sockgate.kernel import layout as L
-from sockgate.kernel import libbpf
 
 EXIT_NAMES = ("connect", "listen", "accept")
 VERDICT_NAMES = ("allowed", "rejected", "audit-rejected")
@@ -22,6 +19,7 @@ AF_INET, AF_INET6 = 2, 10
 # struct sg_event, field for field (layout.Event is the ctypes mirror checked against BTF)
 _EVENT = struct.Struct("<QQIIIIIIIiIBBBBHH16s16s16s32s4x")  # 4x: tail padding to 8
 assert _EVENT.size == ctypes.sizeof(L.Event)
+_U32, _U64 = struct.Struct("<I"), struct.Struct("<Q")
 
 
 @dataclass(slots=True)
@@ -62,52 +60,79 @@ _MAPPED_PREFIX = b"\0" * 10 + b"\xff\xff"
 
 def addr_text(raw: bytes) -> str:
     if raw[:12] == _MAPPED_PREFIX:
-        return str(ipaddress.IPv4Address(raw[12:]))
-    return str(ipaddress.IPv6Address(raw))
+        return socket.inet_ntop(socket.AF_INET, raw[12:])
+    return socket.inet_ntop(socket.AF_INET6, raw)
+
+
+def _event(t: tuple, offset_ns: int) -> Event:
+    (boot_ns, ino, dev, pid, tid, uid, euid, gid, egid, rule, gen, exit_, verdict, family, proto,
+     lport, rport, laddr, raddr, comm, exe_name) = t
+    return Event(
+        ts_ns=boot_ns + offset_ns, exit=EXIT_NAMES[exit_] if exit_ < 3 else str(exit_),
+        verdict=VERDICT_NAMES[verdict] if verdict < 3 else str(verdict), rule=rule, generation=gen,
+        pid=pid, tid=tid, uid=uid, euid=euid, gid=gid, egid=egid,
+        comm=comm.split(b"\0", 1)[0].decode(errors="replace"),
+        exe_name=exe_name.split(b"\0", 1)[0].decode(errors="replace"), dev=dev, ino=ino,
+        family="ipv6" if family == AF_INET6 else "ipv4", protocol=proto,
+        local_addr=addr_text(laddr), local_port=lport, remote_addr=addr_text(raddr), remote_port=rport,
+    )
 
 
 def decode(raw: list[bytes], offset_ns: int) -> list[Event]:
-    out = []
-    for rec in raw:
-        (boot_ns, ino, dev, pid, tid, uid, euid, gid, egid, rule, gen, exit_, verdict, family, proto,
-         lport, rport, laddr, raddr, comm, exe_name) = _EVENT.unpack_from(rec)
-        out.append(Event(
-            ts_ns=boot_ns + offset_ns, exit=EXIT_NAMES[exit_] if exit_ < 3 else str(exit_),
-            verdict=VERDICT_NAMES[verdict] if verdict < 3 else str(verdict), rule=rule, generation=gen,
-            pid=pid, tid=tid, uid=uid, euid=euid, gid=gid, egid=egid,
-            comm=comm.split(b"\0", 1)[0].decode(errors="replace"), dev=dev, ino=ino,
-            exe_name=exe_name.split(b"\0", 1)[0].decode(errors="replace"),
-            family="ipv6" if family == AF_INET6 else "ipv4", protocol=proto,
-            local_addr=addr_text(laddr), local_port=lport, remote_addr=addr_text(raddr), remote_port=rport,
-        ))
-    return out
+    return [_event(_EVENT.unpack_from(rec), offset_ns) for rec in raw]
 
 
 class EventReader:
-    """Drains the sg_events ring buffer. poll() returns the decoded batch available now."""
+    """Drains the sg_events ring buffer by reading its shared pages directly.
 
-    def __init__(self, ringbuf_fd: int):
-        self._raw: list[bytes] = []
-        size = ctypes.sizeof(L.Event)
+    The kernel's ring buffer is mmap-able: a consumer page (we write consumer_pos), then
+    the producer page and the data area mapped twice in a row, so a record never wraps.
+    Reading records here instead of through a per-record callback is what lets Python
+    keep up (kernel-notes: decode in batches). poll() returns the decoded batch."""
 
-        def on_sample(_ctx, data, n):
-            self._raw.append(ctypes.string_at(data, size if n >= size else n))
-            return 0
+    BUSY, DISCARD = 1 << 31, 1 << 30
 
-        self._cb = libbpf.SAMPLE_FN(on_sample)  # keep the callback alive as long as the reader
-        self._rb = libbpf.check_ptr(libbpf.lib().ring_buffer__new(ringbuf_fd, self._cb, None, None),
-                                    "open the event ring buffer")
+    def __init__(self, ringbuf_fd: int, data_size: int = L.C["SG_RINGBUF_BYTES"]):
+        page = mmap.PAGESIZE
+        self._page = page
+        self._mask = data_size - 1
+        self._cons = mmap.mmap(ringbuf_fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
+        self._prod = mmap.mmap(ringbuf_fd, page + 2 * data_size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
+        self._epoll = select.epoll()
+        self._epoll.register(ringbuf_fd, select.EPOLLIN)
         self._offset = boot_to_realtime_offset()
 
+    def read(self) -> list[Event]:
+        """Everything committed now, in order."""
+        cons = _U64.unpack_from(self._cons, 0)[0]
+        prod = _U64.unpack_from(self._prod, 0)[0]
+        buf, page, mask, off_ns = self._prod, self._page, self._mask, self._offset
+        out = []
+        while cons < prod:
+            at = page + (cons & mask)
+            hdr = _U32.unpack_from(buf, at)[0]
+            if hdr & self.BUSY:
+                break  # reserved but not yet submitted: the rest waits for the next read
+            size = hdr & ~(self.BUSY | self.DISCARD)
+            if not hdr & self.DISCARD and size >= _EVENT.size:
+                out.append(_event(_EVENT.unpack_from(buf, at + 8), off_ns))
+            cons += (size + 8 + 7) & ~7
+        _U64.pack_into(self._cons, 0, cons)
+        return out
+
     def poll(self, timeout_ms: int = 100) -> list[Event]:
-        rc = libbpf.lib().ring_buffer__poll(self._rb, timeout_ms)
-        if rc < 0 and rc != -4:  # -EINTR: a signal arrived, return what we have
-            libbpf.check_rc(rc, "poll the event ring buffer")
-        libbpf.lib().ring_buffer__consume(self._rb)
-        raw, self._raw = self._raw, []
-        return decode(raw, self._offset)
+        batch = self.read()
+        if batch or timeout_ms == 0:
+            return batch
+        try:
+            self._epoll.poll(timeout_ms / 1000)
+        except InterruptedError:
+            pass
+        return self.read()
 
     def close(self) -> None:
-        if self._rb:
-            libbpf.lib().ring_buffer__free(self._rb)
-            self._rb = None
+        if self._epoll is not None:
+            self._epoll.close()
+            self._cons.close()
+            self._prod.close()
+            self._epoll = None

@@ -1,0 +1,119 @@
+"""Sustained ingest: the real daemon journals every decision while the fastest loopback
+connect loop this machine runs hammers it (issue 3, bench (a)).
+
+    .venv/bin/python bench/daemon_ingest.py              # 60 s
+    .venv/bin/python bench/daemon_ingest.py --seconds 20 --json
+
+A `sockgate run` process (policy: 10 rules, audit_levels = *NETCMN, so every connect and
+every accept is journaled; synchronous=FULL commits) is scoped to the bench's own cgroup
+and netns; bench/loadgen.c runs there for --seconds. Afterwards the daemon is given time
+to drain and stopped cleanly, and the numbers come from the kernel's counters (decisions
+selected for the journal, ring-buffer drops) and from the journal itself (entries
+committed), so "lost" is measured, not inferred. The journal is verified at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import enforce as eb  # noqa: E402  (scope setup, loadgen build/run, cleanup)
+
+from sockgate.journal import Journal  # noqa: E402
+
+POLICY = """
+audit_levels = ["*NETCMN"]
+""" + "".join(f"""
+[[rule]]
+name = "r{i}"
+exit = "connect"
+remote = ["10.{i}.0.0/16"]
+action = "reject"
+""" for i in range(10))
+
+
+def sockgate(*args: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", "from sockgate.cli import main; main()", *args],
+                          capture_output=True, text=True, **kw)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--json", action="store_true", help="also write bench/out/daemon_ingest.json")
+    a = ap.parse_args()
+    eb.build_loadgen()
+    eb.remove_stale()
+    c = eb.Config("ingest", "daemon journals every decision", "none")
+    tag = str(__import__("os").getpid())
+    out = eb.OUT / f"ingest-{tag}"
+    out.mkdir(parents=True, exist_ok=True)
+    policy = out / "policy.toml"
+    policy.write_text(POLICY)
+    journal = out / "journal"
+    daemon = None
+    try:
+        eb.setup(c, tag)
+        pin = f"/sys/fs/bpf/{c.ns}"
+        c.pin = pin
+        daemon = subprocess.Popen(
+            [sys.executable, "-c", "from sockgate.cli import main; main()", "run", "--policy", str(policy),
+             "--journal", str(journal), "--scope-cgroup", c.cg, "--netns", f"/run/netns/{c.ns}", "--pin-dir", pin],
+            stderr=subprocess.PIPE, text=True)
+        while "generation 1," not in (line := daemon.stderr.readline()):
+            if not line and daemon.poll() is not None:
+                raise RuntimeError("daemon did not start")
+        before = json.loads(sockgate("status", "--json", "--pin-dir", pin).stdout)["counters"]
+        t0 = time.monotonic()
+        lg = eb.loadgen(c, a.seconds)
+        elapsed = time.monotonic() - t0
+        after_load = json.loads(sockgate("status", "--json", "--pin-dir", pin).stdout)["counters"]
+        # let the daemon drain what is buffered, then stop it cleanly (seals the journal)
+        drain_t0 = time.monotonic()
+        time.sleep(1.0)
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(timeout=600)
+        drain_s = time.monotonic() - drain_t0
+        with Journal.open(journal, readonly=True) as j:
+            journaled = sum(1 for e in j.entries() if e.code.value == "SK")
+            gaps = sum(e.extra.get("dropped", 0) for e in j.entries() if e.type.value == "gap")
+        verify = sockgate("journal", "verify", "--journal", str(journal), "--key", str(journal / "verification.key"))
+        selected = after_load["selected"] - before["selected"]
+        dropped = after_load["dropped"] - before["dropped"]
+        res = {
+            "seconds": round(elapsed, 1),
+            "loadgen_conn_per_s": lg.get("conn_per_s") or lg.get("rate"),
+            "generated_events": selected,
+            "generated_per_s": round(selected / elapsed),
+            "journaled_entries": journaled,
+            "journaled_per_s_during_load": round(journaled / elapsed),
+            "dropped_in_kernel": dropped,
+            "gap_records_total": gaps,
+            "lost": selected - journaled,
+            "drain_after_load_s": round(drain_s, 1),
+            "verify_rc": verify.returncode,
+        }
+        print(json.dumps(res, indent=1))
+        print(f"\ngenerated {res['generated_per_s']:,}/s  journaled {res['journaled_per_s_during_load']:,}/s  "
+              f"lost {res['lost']:,} (kernel drops {dropped:,}, declared in gap records: {gaps:,})  "
+              f"verify rc={verify.returncode}")
+        if a.json:
+            (eb.OUT / "daemon_ingest.json").write_text(json.dumps(res, indent=1))
+        return 0
+    finally:
+        if daemon and daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+        sockgate("unload", "--pin-dir", f"/sys/fs/bpf/{c.ns}")
+        eb.teardown(c)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
