@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sockgate.ibmi import layout, synth
+from sockgate.ibmi import layout, records, synth
 from sockgate.ibmi.importer import import_file, parse_all, sniff
 from sockgate.ibmi.mapping import LocalTime
 
@@ -132,22 +132,13 @@ def test_utc_offset_zone_name_follows_dst():
 
 @pytest.mark.parametrize("fmt", ["type5", "type5-ascii", "type4"])
 def test_fast_and_careful_paths_agree(fmt):
-    # The binary reader takes a record the fast way once its addresses have been seen (the
-    # first sight of an address, and the rare types F R D U, go the careful, field-by-field
-    # way). Repeat the samples with new sequence numbers: both ways must give the same.
-    again = [synth.SkRecord(**{**synth.as_dict(r), "seq": r.seq + 1000}) for r in SAMPLES]
-    got = parse_all(build(fmt, SAMPLES + again), clock=LocalTime("UTC"))
-    want = [expected(r, fmt) for r in SAMPLES + again]
-    assert [actual(e) for e in got] == want
-
-
-def test_cpytoimpf_in_ebcdic_with_ccsid():
-    # CPYTOIMPF ... STMFCCSID(37): EBCDIC text, lines end in X'0D25'
-    data = synth.cpytoimpf(SAMPLES).encode("cp037")
-    assert b"\x0d\x25" in data
-    got = parse_all(data, fmt="csv", ccsid=37, clock=LocalTime("UTC"))
-    assert [actual(e) for e in got] == [expected(r, "csv") for r in SAMPLES]
-    assert sniff(data, 37) == "csv"
+    data = build(fmt)
+    lay = layout.LAYOUTS[fmt[:5]]
+    reader = records.RecordReader(data, lay, codec="latin-1" if "ascii" in fmt else "cp037",
+                                  clock=LocalTime("UTC"))
+    careful = [reader._careful(i * reader.record_length) for i in range(reader.count)]
+    assert [actual(e) for e in careful] == [expected(r, fmt) for r in SAMPLES]
+    assert [actual(e) for e in reader.entries()] == [actual(e) for e in careful]
 
 
 _name = st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789#$@_", max_size=10)
@@ -177,24 +168,26 @@ def sk_records(draw):
     return r
 
 
+CODECS = {"cp037": 37, "cp500": 500, "cp1140": 1140, "latin-1": 819}
+
+
 @settings(max_examples=150, deadline=None)
-@given(recs=st.lists(sk_records(), min_size=1, max_size=8), fmt=st.sampled_from(["type5", "type4"]))
-def test_fast_and_careful_paths_agree_on_any_valid_record(recs, fmt):
-    # every record twice: the first sight goes the careful way, the second the fast way
-    # (its addresses have been seen); both must give the same entry
+@given(recs=st.lists(sk_records(), min_size=1, max_size=8), fmt=st.sampled_from(["type5", "type4"]),
+       codec=st.sampled_from(sorted(CODECS)))
+def test_fast_and_careful_paths_agree_on_any_valid_record(recs, fmt, codec):
+    # The fast path (struct + memos) and the careful, field-by-field path must give the
+    # same entry for every valid record; the careful one is also what names bad fields.
     recs = [synth.SkRecord(**{**synth.as_dict(r), "seq": i + 1}) for i, r in enumerate(recs)]
-    again = [synth.SkRecord(**{**synth.as_dict(r), "seq": r.seq + 100}) for r in recs]
-    got = parse_all(build(fmt, recs + again), clock=LocalTime("UTC"))
-    assert len(got) == 2 * len(recs)
-    for a, b in zip(got[:len(recs)], got[len(recs):]):
-        da, db = actual(a), actual(b)
-        assert db["extra"].pop("ibmi_seq") == da["extra"].pop("ibmi_seq") + 100
-        assert db.pop("ident") != da.pop("ident")
-        assert da == db
+    data = synth.outfile(recs, layout.LAYOUTS[fmt], codec)
+    reader = records.RecordReader(data, layout.LAYOUTS[fmt], codec=records.codec_for_ccsid(
+        CODECS[codec]), clock=LocalTime("UTC"))
+    fast = list(reader.entries())
+    careful = [reader._careful(i * reader.record_length) for i in range(len(recs))]
+    assert [actual(e) for e in fast] == [actual(e) for e in careful]
 
 
-def test_ccsid_1140_with_euro_sign_takes_the_careful_path():
-    # 1140 = 37 plus the euro sign, beyond Latin-1: read field by field, same entries
+def test_ccsid_1140_with_euro_sign():
+    # 1140 = 37 plus the euro sign, a character beyond Latin-1
     recs = [synth.sample(i) for i in range(22)]
     recs[8].secure_properties = "COST 5€"  # an S entry
     got = parse_all(synth.outfile(recs, codec="cp1140"), fmt="type5", ccsid=1140,

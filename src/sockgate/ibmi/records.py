@@ -1,11 +1,10 @@
 """Fixed-length DSPJRN outfile records (*TYPE5 QASYSKJ5, *TYPE4 QASYSKJ4), transferred in
 binary: text fields in EBCDIC (or ASCII), zoned digits as text, Binary(n) big-endian.
 
-Speed (see docs/ibmi.md): per chunk of records, the byte spans of the fields read for every
-record are gathered (struct.iter_unpack + join) and translated to Latin-1 in one call; per
-record, struct unpacks them and each is one lookup in a memo of checked values. A record
-the fast path does not take is read field by field (the careful path), which accepts it or
-names the bad field. Offsets all come from layout.py.
+Speed (see docs/ibmi.md): one struct unpacks the fields read for every record straight from
+the raw bytes, and each is one lookup in a memo of checked values keyed by its raw bytes. A
+record the fast path does not take is read field by field (the careful path), which
+accepts it or names the bad field. Offsets all come from layout.py.
 """
 
 from __future__ import annotations
@@ -14,11 +13,9 @@ import codecs
 import gc
 import re
 import struct
-import sys
-from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import fields as dc_fields
-from itertools import chain, islice, repeat
+from itertools import islice
 from typing import Any
 
 from sockgate.errors import ImportRecordError, UsageError
@@ -27,7 +24,7 @@ from sockgate.journal.entry import Code, Entry, Source
 from . import mapping as m
 from .layout import Layout
 
-CHUNK = 4096  # records decoded per codec call
+CHUNK = 4096  # records per struct.iter_unpack call (and per progress update)
 
 # CCSIDs without a "cpNNN" codec of the same number in Python.
 _CCSID_CODECS = {819: "latin-1", 367: "latin-1", 1208: "utf-8", 850: "cp850", 1252: "cp1252"}
@@ -60,6 +57,12 @@ def latin1_table(codec: str, fields: bool = False) -> bytes | None:
     characters beyond Latin-1 (CCSID 1140 and its euro sign)."""
     chars = _chars(codec, fields)
     return chars.encode("latin-1") if max(map(ord, chars)) < 256 else None
+
+
+def ascii_table(codec: str) -> bytes:
+    """A bytes.translate table that turns digits and punctuation of the code page into
+    ASCII (every character beyond Latin-1 becomes SUB): for the per-record number fields."""
+    return "".join(c if ord(c) < 256 else "\x1a" for c in _chars(codec, True)).encode("latin-1")
 
 
 def decoder(codec: str, fields: bool = False) -> Callable[[bytes], str]:
@@ -178,39 +181,37 @@ class RecordReader:
 
     def entries(self, on_bad: Callable | None = None,
                 progress: Callable[[int], None] | None = None) -> Iterator[Entry]:
-        """Entries, in record order. The fast path: the hot fields of a chunk of records are
-        gathered, translated to Latin-1 in one call and unpacked per record by struct, in C;
-        each field is then one dict lookup (_Memo: a distinct raw text is checked and
-        converted once: jobs, users, programs, addresses, ports repeat). A record it cannot
-        take goes to the careful path, which names the bad field or accepts it."""
+        """Entries, in record order. The fast path: one struct unpacks the fields read for
+        every record straight from the raw bytes (in C, a chunk at a time); each field is then
+        one dict lookup in a memo keyed by its raw bytes (_Memo: a distinct text is decoded,
+        checked and converted once: jobs, users, programs, addresses, ports repeat). Only the
+        sequence number and the timestamp are decoded per record. A record the fast path does
+        not take goes to the careful path, which names the bad field or accepts it."""
         L = self.record_length
         data, buf = self.data, self.buf
         plan = _Plan(self.layout, L)
-        table = latin1_table(self.codec, fields=True)
+        table = ascii_table(self.codec)
         decode = decoder(self.codec, fields=True)
         plain = decoder(self.codec)  # free text (filter data) keeps its control characters
         careful = self._careful
-        types, outcomes = _TYPES, m.OUTCOMES
-        memo = plan.memos(self.clock)
+        types = {code.encode(self.codec): (t, code, m.OUTCOMES[code])
+                 for code, t in m.TYPES.items()}
+        memo = plan.memos(self.clock, decode)
         jobs, programs, receivers, users, systems, ports, families, addrs, seconds = memo
         secure_t, filter_t, dhcp_t = m.SECURE_TYPES, m.FILTER_TYPES, m.DHCP_TYPES
-        unpack_h = struct.Struct(">h").unpack_from
-        gather_sd = _gather_plan(self.layout, L, ("socket_descriptor",))[0]
-        swap = sys.byteorder == "little"
         f = self.layout.fields
 
         def span(name: str) -> tuple[int, int]:  # fields a shorter record lacks: (0, 0)
             fld = f.get(name)
             return (fld.start, min(fld.end, L)) if fld and fld.start < L else (0, 0)
 
-        fl0 = f["filter_data_length"].start
         fd0, fd1 = span("filter_description")
         fdat0, fdmax = f["filter_data"].start, f["filter_data"].length
         mac0, mac1 = span("mac_address")
         hn0, hn1 = span("host_name")
         sv0, sv1 = span("secure_version")
         sp0, sp1 = span("secure_properties")
-        SOCKET, IBMI, TSK = Code.SOCKET, Source.IBMI, b"TSK"
+        SOCKET, IBMI, TSK = Code.SOCKET, Source.IBMI, "TSK".encode(self.codec)
         make = _entry
         # the entries of one file are kept until the journal takes them all: no cycles among
         # them, so the cyclic GC would only rescan them again and again
@@ -219,23 +220,17 @@ class RecordReader:
         try:
             for c0 in range(0, self.count, CHUNK):
                 c1 = min(c0 + CHUNK, self.count)
-                chunk = data[c0 * L:c1 * L]
-                if table is not None:
-                    rows = plan.unpack(plan.gather(chunk).translate(table))
-                else:  # a code page beyond Latin-1 (1140: the euro sign): careful path only
-                    rows = repeat(None, c1 - c0)
-                sds = array(_I32, gather_sd(chunk))  # socket descriptors, Binary(5)
-                if swap:
-                    sds.byteswap()
                 off = c0 * L - L
-                for rec, row in enumerate(rows, c0):
+                for rec, row in enumerate(plan.unpack(data[c0 * L:c1 * L]), c0):
                     off += L
                     try:
-                        (seq, tsk, ts, jobkey, pgmkey, uspf, system, rcvkey, et,
-                         l15, lp, r15, rp, af, l46, r46) = row
-                        t = types[et]
-                        if tsk != TSK or not seq.isdigit() or ts[19:20] != b"." \
-                                or not ts[20:].isdigit():
+                        (seq, tsk, ts, jobkey, pgmkey, uspf, system, rcvkey, et, l15, lp, r15,
+                         rp, sd, fdlen, af, l46, r46) = row
+                        t, et, outcome = types[et]
+                        seq = seq.translate(table)
+                        tsa = ts.translate(table)
+                        if tsk != TSK or not seq.isdigit() or tsa[19:20] != b"." \
+                                or not tsa[20:].isdigit():
                             raise ValueError
                         job, usr = jobs[jobkey]
                         system = systems[system]
@@ -244,10 +239,9 @@ class RecordReader:
                         ra = addrs[r46] or addrs[r15] or None
                         fam = families[af] or (("ipv6" if ":" in (ra or la) else "ipv4")
                                                if (ra or la) else None)
-                        et = t.value
                         extra = {
-                            "socket_descriptor": sds[rec - c0], "ibmi_seq": seq,
-                            "ibmi_timestamp": ts.decode("latin-1"), "job": job,
+                            "socket_descriptor": sd, "ibmi_seq": seq,
+                            "ibmi_timestamp": tsa.decode("latin-1"), "job": job,
                         }
                         if rcv := receivers[rcvkey]:
                             extra["ibmi_receiver"] = rcv
@@ -257,23 +251,22 @@ class RecordReader:
                             if sp1 and (v := decode(buf[off + sp0:off + sp1]).rstrip()):
                                 extra["secure_properties"] = v
                         elif et in filter_t:
-                            n = unpack_h(data, off + fl0)[0]
-                            if not 0 <= n <= fdmax:
+                            if not 0 <= fdlen <= fdmax:
                                 raise ValueError
                             extra["filter_description"] = decode(buf[off + fd0:off + fd1]).rstrip()
-                            if n:
-                                extra["filter_data"] = plain(buf[off + fdat0:off + fdat0 + n])
+                            if fdlen:
+                                extra["filter_data"] = plain(buf[off + fdat0:off + fdat0 + fdlen])
                         elif et in dhcp_t:
                             if v := decode(buf[off + mac0:off + mac1]).rstrip():
                                 extra["mac_address"] = v
                             if v := decode(buf[off + hn0:off + hn1]).rstrip():
                                 extra["host_name"] = v
                         entry = make(
-                            SOCKET, t, seconds[ts[:19]] + int(ts[20:]) * 1000, IBMI, system,
-                            outcomes[et], None, None, users[uspf] or usr or None, None, None,
+                            SOCKET, t, seconds[ts[:19]] + int(tsa[20:]) * 1000, IBMI, system,
+                            outcome, None, None, users[uspf] or usr or None, None, None,
                             programs[pgmkey], fam, la, ports[lp], ra, ports[rp], extra,
                             f"{system}:{seq}")
-                    except (ValueError, KeyError, TypeError):
+                    except (ValueError, KeyError):
                         try:
                             entry = careful(off)
                         except ImportRecordError as e:
@@ -368,8 +361,6 @@ class RecordReader:
             raise ImportRecordError(reason, offset=off + (where.start if where else 0)) from None
 
 
-_TYPES = {code.encode("latin-1"): t for code, t in m.TYPES.items()}
-_I32 = next(c for c in "ilh" if array(c).itemsize == 4)  # array type of a 4-byte int
 
 
 class _Memo(dict):
@@ -378,50 +369,51 @@ class _Memo(dict):
 
     __slots__ = ("fn",)
 
-    def __init__(self, fn: Callable[[str], Any]):
+    def __init__(self, fn: Callable[[bytes], Any]):
         super().__init__()
         self.fn = fn
 
     def __missing__(self, key: bytes) -> Any:
         if len(self) > 100_000:
             self.clear()
-        value = self[key] = self.fn(key.decode("latin-1"))
+        value = self[key] = self.fn(key)
         return value
 
 
 # The fields read for every record, as (first field, last field) groups in record order;
-# a group is one text from the start of its first field to the end of its last.
+# a group is the raw bytes from the start of its first field to the end of its last.
 _HOT = (("JOSEQN", "JOSEQN"), ("JOCODE", "JOENTT"), ("JOTSTP", "JOTSTP"), ("JOJOB", "JONBR"),
         ("JOPGM", "JOPGMLIB"), ("JOUSPF", "JOUSPF"), ("JOSYNM", "JOSYNM"), ("JORCV", "JORCVLIB"),
         ("entry_type", "entry_type"), ("local_ip15", "local_ip15"), ("local_port", "local_port"),
         ("remote_ip15", "remote_ip15"), ("remote_port", "remote_port"),
+        ("socket_descriptor", "socket_descriptor"), ("filter_data_length", "filter_data_length"),
         ("address_family", "address_family"), ("local_ip", "local_ip"),
         ("remote_ip", "remote_ip"))
+_STRUCT = {"bin2": "h", "bin4": "i"}  # big-endian binary fields come out as ints
 
 
 class _Plan:
-    """How the hot fields of a record are gathered (byte spans, nearby fields merged) and
-    unpacked (one struct over the gathered bytes of a record)."""
+    """One struct over a whole record that yields the hot groups (bytes, or ints for the
+    binary fields) and skips the rest."""
 
     def __init__(self, layout: Layout, length: int):
         self.layout = layout
-        groups = [(a, z if z in layout.fields else a) for a, z in _HOT]  # TYPE4: no JOPGMLIB
-        names = {n for g in groups for n in g}
-        self.gather, stride, at = _gather_plan(layout, length, names)
         fmt, pos = ">", 0
-        for first, last in groups:
-            a, z = at[first][0], at[last][1]
-            if a < pos or z - a != layout[last].end - layout[first].start:
+        for first, last in _HOT:
+            if last not in layout.fields:
+                last = first  # TYPE4 has no JOPGMLIB
+            a, z = layout[first].start, layout[last].end
+            if a < pos or z > length:
                 raise AssertionError(f"layout {layout.name}: {first}..{last} out of order")
-            fmt += (f"{a - pos}x" if a > pos else "") + f"{z - a}s"
+            fmt += (f"{a - pos}x" if a > pos else "") + _STRUCT.get(layout[first].kind,
+                                                                    f"{z - a}s")
             pos = z
-        fmt += f"{stride - pos}x" if stride > pos else ""
+        fmt += f"{length - pos}x" if length > pos else ""
         self.unpack = struct.Struct(fmt).iter_unpack
-        self.groups = groups
 
-    def memos(self, clock: m.LocalTime) -> tuple[_Memo, ...]:
+    def memos(self, clock: m.LocalTime, decode: Callable[[bytes], str]) -> tuple[_Memo, ...]:
         """jobs, programs, receivers, users, systems, ports, families, addrs, seconds:
-        raw field text -> checked value; each the same function of the text as the careful
+        raw field bytes -> checked value; each the same function of the text as the careful
         path, so both paths give the same entry."""
         f = self.layout.fields
 
@@ -434,34 +426,39 @@ class _Plan:
         p_lib = rel("JOPGM", "JOPGMLIB") if "JOPGMLIB" in f else slice(0, 0)
         r_rcv, r_lib = rel("JORCV", "JORCV"), rel("JORCV", "JORCVLIB")
 
-        def job(s: str) -> tuple[str, str]:
+        def job(raw: bytes) -> tuple[str, str]:
+            s = decode(raw)
             nbr, name, usr = s[j_nbr], s[j_job].rstrip(), s[j_usr].rstrip()
             if not name:
                 raise ValueError  # careful: no job then, like the other formats
             return f"{m.job_number(nbr)}/{usr}/{name}", usr
 
-        def program(s: str) -> str | None:
+        def program(raw: bytes) -> str | None:
+            s = decode(raw)
             return m.qualified(s[p_lib].rstrip(), s[p_pgm].rstrip())
 
-        def receiver(s: str) -> str | None:
+        def receiver(raw: bytes) -> str | None:
+            s = decode(raw)
             rcv, lib = s[r_rcv].rstrip(), s[r_lib].rstrip()
             return f"{lib}/{rcv}" if lib and rcv else rcv or None
 
-        def system(s: str) -> str:
-            if not (s := s.rstrip()):
+        def system(raw: bytes) -> str:
+            if not (s := decode(raw).rstrip()):
                 raise ValueError
             return s
 
-        def family(s: str) -> str:
-            if not (s := s.strip()):
+        def family(raw: bytes) -> str:
+            if not (s := decode(raw).strip()):
                 return ""  # from the addresses
             if (fam := m.FAMILIES.get(s.upper())) is None:
                 raise ValueError
             return fam
 
-        return (_Memo(job), _Memo(program), _Memo(receiver), _Memo(str.rstrip), _Memo(system),
-                _Memo(lambda s: m.port(s.strip(), "port")), _Memo(family),
-                _Memo(lambda s: m.address(s.strip(), "ip") or ""), _Memo(clock.second))
+        return (_Memo(job), _Memo(program), _Memo(receiver),
+                _Memo(lambda raw: decode(raw).rstrip()), _Memo(system),
+                _Memo(lambda raw: m.port(decode(raw).strip(), "port")), _Memo(family),
+                _Memo(lambda raw: m.address(decode(raw).strip(), "ip") or ""),
+                _Memo(lambda raw: clock.second(decode(raw))))
 
 
 def _entry_factory() -> Callable[..., Entry]:
@@ -476,34 +473,3 @@ def _entry_factory() -> Callable[..., Entry]:
 
 
 _entry = _entry_factory()
-
-
-def _gather_plan(layout: Layout, length: int, names) -> tuple[Callable, int, dict]:
-    """A function bytes-of-N-records -> bytes holding only the byte spans of `names`
-    (nearby fields merged), the compact stride, and each field's (start, end) in it."""
-    fields = sorted((layout.fields[n] for n in names if n in layout.fields
-                     and layout.fields[n].start < length), key=lambda x: x.start)
-    spans: list[list[int]] = []
-    for fld in fields:
-        end = min(fld.end, length)
-        if spans and fld.start - spans[-1][1] <= 48:
-            spans[-1][1] = max(spans[-1][1], end)
-        else:
-            spans.append([fld.start, end])
-    fmt, pos, where, cpos = ">", 0, {}, 0
-    for a, z in spans:
-        fmt += (f"{a - pos}x" if a > pos else "") + f"{z - a}s"
-        for fld in fields:
-            if a <= fld.start < z:
-                where[fld.name] = (cpos + fld.start - a, cpos + min(fld.end, z) - a)
-        cpos += z - a
-        pos = z
-    fmt += f"{length - pos}x" if length > pos else ""
-    iter_unpack = struct.Struct(fmt).iter_unpack
-    join = b"".join
-    from_iterable = chain.from_iterable
-
-    def gather(buf) -> bytes:
-        return join(from_iterable(iter_unpack(buf)))
-
-    return gather, cpos, where
