@@ -199,6 +199,7 @@ class RecordReader:
         memo = plan.memos(self.clock, decode)
         jobs, programs, receivers, users, systems, ports, families, addrs, seconds = memo
         secure_t, filter_t, dhcp_t = m.SECURE_TYPES, m.FILTER_TYPES, m.DHCP_TYPES
+        special = secure_t | filter_t | dhcp_t  # types with fields read from the record
         f = self.layout.fields
 
         def span(name: str) -> tuple[int, int]:  # fields a shorter record lacks: (0, 0)
@@ -220,17 +221,16 @@ class RecordReader:
         try:
             for c0 in range(0, self.count, CHUNK):
                 c1 = min(c0 + CHUNK, self.count)
-                off = c0 * L - L
                 for rec, row in enumerate(plan.unpack(data[c0 * L:c1 * L]), c0):
-                    off += L
                     try:
                         (seq, tsk, ts, jobkey, pgmkey, uspf, system, rcvkey, et, l15, lp, r15,
                          rp, sd, fdlen, af, l46, r46) = row
                         t, et, outcome = types[et]
                         seq = seq.translate(table)
                         tsa = ts.translate(table)
+                        frac = tsa[20:]
                         if tsk != TSK or not seq.isdigit() or tsa[19:20] != b"." \
-                                or not tsa[20:].isdigit():
+                                or not frac.isdigit():
                             raise ValueError
                         job, usr = jobs[jobkey]
                         system = systems[system]
@@ -245,6 +245,8 @@ class RecordReader:
                         }
                         if rcv := receivers[rcvkey]:
                             extra["ibmi_receiver"] = rcv
+                        if et in special:
+                            off = rec * L
                         if et in secure_t:
                             if sv1 and (v := decode(buf[off + sv0:off + sv1]).rstrip()):
                                 extra["secure_version"] = v
@@ -262,13 +264,13 @@ class RecordReader:
                             if v := decode(buf[off + hn0:off + hn1]).rstrip():
                                 extra["host_name"] = v
                         entry = make(
-                            SOCKET, t, seconds[ts[:19]] + int(tsa[20:]) * 1000, IBMI, system,
+                            SOCKET, t, seconds[ts[:19]] + int(frac) * 1000, IBMI, system,
                             outcome, None, None, users[uspf] or usr or None, None, None,
                             programs[pgmkey], fam, la, ports[lp], ra, ports[rp], extra,
                             f"{system}:{seq}")
                     except (ValueError, KeyError):
                         try:
-                            entry = careful(off)
+                            entry = careful(rec * L)
                         except ImportRecordError as e:
                             err = ImportRecordError(e.reason, record=rec + 1, offset=e.offset,
                                                     file=self.file)
