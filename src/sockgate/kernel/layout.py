@@ -89,15 +89,13 @@ class PolicyHeader(Structure):
         ("flags", c_uint32),
         ("reject_errno", c_int32),
         ("generation", c_uint32),
-        ("exit_bitmap", c_uint32 * EXITS),
-        ("ones_bitmap", c_uint32),
-        ("user_miss", c_uint32),
+        ("user_miss", c_uint32 * EXITS),
         ("program_miss", c_uint32),
         ("group_miss", c_uint32),
         ("group_wild", c_uint32),
         ("group_neg", c_uint32),
         ("default_verdict", c_uint8 * EXITS),
-        ("pad", c_uint8),
+        ("zero", c_uint8),
     ]
 
 
@@ -107,6 +105,10 @@ class RuleInfo(Structure):
 
 class IdKey(Structure):
     _fields_ = [("slot", c_uint32), ("id", c_uint32)]
+
+
+class UserKey(Structure):
+    _fields_ = [("slot", c_uint16), ("exit", c_uint16), ("uid", c_uint32)]
 
 
 class GroupVal(Structure):
@@ -195,6 +197,7 @@ MIRRORS = {
     "sg_policy": PolicyHeader,
     "sg_rule": RuleInfo,
     "sg_id_key": IdKey,
+    "sg_user_key": UserKey,
     "sg_group_val": GroupVal,
     "sg_program_key": ProgramKey,
     "sg_addr_key": AddrKey,

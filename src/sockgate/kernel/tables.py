@@ -18,7 +18,7 @@ from sockgate.policy.compile import Compiled, port_table
 
 PER_SLOT_HASHES = {
     "sg_bitmaps": L.BitmapKey,
-    "sg_users": L.IdKey,
+    "sg_users": L.UserKey,
     "sg_groups": L.IdKey,
     "sg_programs": L.ProgramKey,
     "sg_addrs": L.AddrKey,
@@ -86,8 +86,8 @@ def install(gate: Gate, c: Compiled, *, rule_names: list[str] | None = None, sou
             ks[i], vs[i] = k, v
         libbpf.map_update_batch(m[name], ks, vs, len(items))
 
-    put_all("sg_users", ((L.IdKey(slot, uid), ctypes.c_uint32(idx)) for uid, idx in c.users.items()),
-            L.IdKey, ctypes.c_uint32)
+    put_all("sg_users", ((L.UserKey(slot, e, uid), ctypes.c_uint32(idx)) for (e, uid), idx in c.users.items()),
+            L.UserKey, ctypes.c_uint32)
     put_all("sg_groups", ((L.IdKey(slot, gid), L.GroupVal(a, mem)) for gid, (a, mem) in c.groups.items()),
             L.IdKey, L.GroupVal)
     put_all("sg_programs", ((L.ProgramKey(slot=slot, dev=dev, ino=ino), ctypes.c_uint32(idx))
@@ -120,15 +120,13 @@ def install(gate: Gate, c: Compiled, *, rule_names: list[str] | None = None, sou
         flags=(L.EMIT_ALLOWED if c.emit_allowed else 0) | (L.EMIT_REJECTED if c.emit_rejected else 0),
         reject_errno=c.reject_errno,
         generation=generation,
-        ones_bitmap=c.ones_idx,
-        user_miss=c.user_miss,
         program_miss=c.program_miss,
         group_miss=c.group_miss,
         group_wild=c.group_wild,
         group_neg=c.group_neg,
     )
     for e in range(L.EXITS):
-        hdr.exit_bitmap[e] = c.exit_idx[e]
+        hdr.user_miss[e] = c.user_miss[e]
         hdr.default_verdict[e] = c.default_verdicts[e]
     libbpf.map_update(m["sg_policy"], ctypes.c_uint32(slot), hdr)
 

@@ -73,10 +73,9 @@ class Compiled:
     verdicts: list[int]                        # per rule
     default_verdicts: list[int]                # per exit
     bitmaps: list[int] = field(default_factory=list)
-    exit_idx: list[int] = field(default_factory=list)
-    ones_idx: int = 0
-    users: dict[int, int] = field(default_factory=dict)
-    user_miss: int = 0
+    # the exit point is folded into the user dimension: (exit, uid) -> idx, miss per exit
+    users: dict[tuple[int, int], int] = field(default_factory=dict)
+    user_miss: list[int] = field(default_factory=list)
     groups: dict[int, tuple[int, int]] = field(default_factory=dict)  # gid -> (alone, membership)
     group_miss: int = 0
     group_wild: int = 0
@@ -143,18 +142,16 @@ def compile_policy(policy: Policy) -> Compiled:
         digest=policy.digest,
     )
     intern = _Interner(c.bitmaps)
-    ones = (1 << len(rules)) - 1
-    c.ones_idx = intern(ones)
-    c.exit_idx = [intern(sum(1 << r.index for r in rules if e in r.exits)) for e in Exit]
+    exit_bits = [sum(1 << r.index for r in rules if e in r.exits) for e in Exit]
 
-    # users
+    # users, per exit point (the exit dimension rides along: one bitmap fewer per decision)
     wild, neg, cons = _split(rules, "user")
     members: dict[int, int] = {}
     for ri, m in cons:
         for uid in m.values:
             members[uid] = members.get(uid, 0) | (1 << ri)
-    c.users = {uid: intern(wild | (mem ^ neg)) for uid, mem in members.items()}
-    c.user_miss = intern(wild | neg)
+    c.users = {(e, uid): intern((wild | (mem ^ neg)) & exit_bits[e]) for e in Exit for uid, mem in members.items()}
+    c.user_miss = [intern((wild | neg) & exit_bits[e]) for e in Exit]
 
     # groups
     wild, neg, cons = _split(rules, "group")

@@ -57,8 +57,7 @@ def decide(c: Compiled, exit: int, uid: int, gids: tuple[int, ...], ident: tuple
     """(verdict, rule index or -1): the kernel's decide(), bit for bit."""
     b = c.bitmaps
     dims = [
-        b[c.exit_idx[exit]],
-        b[c.users.get(uid, c.user_miss)],
+        b[c.users.get((exit, uid), c.user_miss[exit])],  # carries the exit dimension
         _group_bits(c, gids),
         b[c.programs.get(ident, c.program_miss) if ident else c.program_miss],
     ]

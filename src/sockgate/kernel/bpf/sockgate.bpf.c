@@ -92,7 +92,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, SG_SLOTS * SG_MAX_RULES);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct sg_id_key);
+	__type(key, struct sg_user_key);
 	__type(value, __u32);
 } sg_users SEC(".maps");
 
@@ -212,6 +212,12 @@ static __always_inline void stat_add(__u32 which)
  * e.g. 6.1's, lose track of masks clang merged into the following shift). */
 #define BOUND(x, mask) ({ __u64 __v = (x); asm volatile("%0 &= " #mask : "+r"(__v)); __v; })
 
+/* Verifiers before 6.7 check a bpf_loop callback once, with the callback context's
+ * initial values as constants, and hard-wire the branches that looked dead (e.g. the
+ * block scan, when `sum` starts at 0). Seeding those fields from pol->zero, which is 0 at
+ * run time but unknown to the verifier, keeps every branch. */
+#define OPAQUE_ZERO(pol) ((__u32)(pol)->zero)
+
 /* Index of the lowest set bit, branch-free (popcount of the bits below it): branches
  * here would multiply the states the verifier has to walk. */
 static __always_inline __u32 lowest_bit(__u64 x)
@@ -317,7 +323,8 @@ static __always_inline const struct sg_bitmap *group_bitmap(__u32 slot, const st
 	if (nw > SG_WORDS)
 		nw = SG_WORDS;
 
-	struct group_hits_ctx gc = { .slot = slot, .who = who, .alone = sc->hit_alone,
+	__u32 z = OPAQUE_ZERO(pol);
+	struct group_hits_ctx gc = { .slot = slot, .hits = z, .who = who, .alone = sc->hit_alone,
 				     .membership = sc->hit_membership };
 	bpf_loop(n, group_hit_step, &gc, 0);
 	if (gc.hits == 0)
@@ -332,7 +339,7 @@ static __always_inline const struct sg_bitmap *group_bitmap(__u32 slot, const st
 		const struct sg_bitmap *m = bitmap(slot, sc->hit_membership[j]);
 		if (!m)
 			return NULL;
-		struct or_words_ctx oc = { .acc = acc, .src = m, .copy = j == 0 };
+		struct or_words_ctx oc = { .acc = acc, .src = m, .copy = (j == 0) ^ (z & 1) };
 		bpf_loop(nw, or_words_step, &oc, 0);
 	}
 	struct combine_ctx cc = { .acc = acc, .wild = bitmap(slot, pol->group_wild),
@@ -345,46 +352,58 @@ static __always_inline const struct sg_bitmap *group_bitmap(__u32 slot, const st
 	return acc;
 }
 
-/* The AND of all dimensions, one candidate word per step. */
+/* The AND of the dimensions a decision uses (5 for connect/listen, 7 for accept). */
 struct scan_ctx {
-	const struct sg_bitmap *b[8];
+	const struct sg_bitmap *b[7];
 	__u64 sum;                   /* candidate words left in the current summary word */
-	__u32 s;                     /* current summary word */
+	__u32 s;                     /* next summary word */
 	__u32 nsum;
 	__s32 rule;                  /* out: first matching rule, or -1 */
 };
 
 /* One step: load the next summary word, or test one 8-word block of candidates
- * (unrolled: one callback per 512 rules instead of per 64). Words in the block whose
- * summary bit is clear AND to zero, so testing them is exact. */
-static long scan_step(__u32 i, void *data)
+ * (unrolled: one callback per 512 rules). Words in the block whose summary bit is clear
+ * AND to zero, so testing them is exact. */
+static __always_inline long scan_block(struct scan_ctx *c, const int n)
 {
-	struct scan_ctx *c = data;
 	if (!c->sum) {
 		if (c->s >= c->nsum || c->s >= SG_SUMMARY_WORDS)
 			return 1;
 		__u64 s = BOUND(c->s, 3);
-		c->sum = c->b[0]->summary[s] & c->b[1]->summary[s] & c->b[2]->summary[s] & c->b[3]->summary[s] &
-			 c->b[4]->summary[s] & c->b[5]->summary[s] & c->b[6]->summary[s] & c->b[7]->summary[s];
+		__u64 sum = c->b[0]->summary[s];
+#pragma unroll
+		for (int d = 1; d < n; d++)
+			sum &= c->b[d]->summary[s];
+		c->sum = sum;
 		c->s++;
 		return 0;
 	}
 	__u32 first = lowest_bit(c->sum) & ~7U;
 	c->sum &= ~(0xffULL << first);
 	__u64 base = BOUND((((__u64)c->s - 1) << 6) | first, 0xf8);
-	const struct sg_bitmap *b0 = c->b[0], *b1 = c->b[1], *b2 = c->b[2], *b3 = c->b[3];
-	const struct sg_bitmap *b4 = c->b[4], *b5 = c->b[5], *b6 = c->b[6], *b7 = c->b[7];
 #pragma unroll
 	for (int j = 0; j < 8; j++) {
 		__u64 w = base + j;
-		__u64 v = b0->words[w] & b1->words[w] & b2->words[w] & b3->words[w] &
-			  b4->words[w] & b5->words[w] & b6->words[w] & b7->words[w];
+		__u64 v = c->b[0]->words[w];
+#pragma unroll
+		for (int d = 1; d < n; d++)
+			v &= c->b[d]->words[w];
 		if (v) {
 			c->rule = (w << 6) | lowest_bit(v);
 			return 1;
 		}
 	}
 	return 0;
+}
+
+static long scan_step5(__u32 i, void *data)
+{
+	return scan_block(data, 5);
+}
+
+static long scan_step7(__u32 i, void *data)
+{
+	return scan_block(data, 7);
 }
 
 /* The decision. Returns the verdict; *rule gets the deciding rule index or -1. */
@@ -406,29 +425,35 @@ static __always_inline int decide(__u32 exit, const struct sg_owner *who, const 
 	*reject_errno = pol->reject_errno;
 	__u8 fallback = pol->default_verdict[exit];
 
-	struct scan_ctx sc = { .nsum = pol->nsummary, .rule = -1 };
-	const struct sg_bitmap *ones = bitmap(slot, pol->ones_bitmap);
-	sc.b[0] = bitmap(slot, pol->exit_bitmap[exit]);
-	struct sg_id_key uk = { .slot = slot, .id = who->uid };
+	__u32 z = OPAQUE_ZERO(pol);
+	struct scan_ctx sc = { .nsum = pol->nsummary, .s = z, .sum = z, .rule = (__s32)z - 1 };
+	struct sg_user_key uk = { .slot = slot, .exit = exit, .uid = who->uid };
 	__u32 *uidx = bpf_map_lookup_elem(&sg_users, &uk);
-	sc.b[1] = bitmap(slot, uidx ? *uidx : pol->user_miss);
+	sc.b[0] = bitmap(slot, uidx ? *uidx : pol->user_miss[BOUND(exit, 3)]);
 	struct sg_program_key pk = { .slot = slot, .dev = who->dev, .ino = who->ino };
 	__u32 *pidx = bpf_map_lookup_elem(&sg_programs, &pk);
-	sc.b[2] = bitmap(slot, pidx ? *pidx : pol->program_miss);
-	sc.b[3] = group_bitmap(slot, pol, who, scr);
-	sc.b[4] = sc.b[5] = sc.b[6] = sc.b[7] = ones;
-	if (exit != SG_EXIT_CONNECT) {
-		sc.b[4] = addr_bitmap(slot, SG_LOCAL, laddr);
-		sc.b[5] = port_bitmap(slot, SG_LOCAL, lport);
+	sc.b[1] = bitmap(slot, pidx ? *pidx : pol->program_miss);
+	sc.b[2] = group_bitmap(slot, pol, who, scr);
+	if (exit == SG_EXIT_CONNECT) {
+		sc.b[3] = addr_bitmap(slot, SG_REMOTE, raddr);
+		sc.b[4] = port_bitmap(slot, SG_REMOTE, rport);
+		sc.b[5] = sc.b[6] = sc.b[4];
+	} else {
+		sc.b[3] = addr_bitmap(slot, SG_LOCAL, laddr);
+		sc.b[4] = port_bitmap(slot, SG_LOCAL, lport);
+		sc.b[5] = sc.b[6] = sc.b[4];
+		if (exit == SG_EXIT_ACCEPT) {
+			sc.b[5] = addr_bitmap(slot, SG_REMOTE, raddr);
+			sc.b[6] = port_bitmap(slot, SG_REMOTE, rport);
+		}
 	}
-	if (exit != SG_EXIT_LISTEN) {
-		sc.b[6] = addr_bitmap(slot, SG_REMOTE, raddr);
-		sc.b[7] = port_bitmap(slot, SG_REMOTE, rport);
-	}
-	if (!sc.b[0] || !sc.b[1] || !sc.b[2] || !sc.b[3] || !sc.b[4] || !sc.b[5] || !sc.b[6] || !sc.b[7])
+	if (!sc.b[0] || !sc.b[1] || !sc.b[2] || !sc.b[3] || !sc.b[4] || !sc.b[5] || !sc.b[6])
 		return fallback;  /* tables incomplete: only possible mid-initialisation */
 
-	bpf_loop(SG_WORDS / 8 + SG_SUMMARY_WORDS, scan_step, &sc, 0);
+	if (exit == SG_EXIT_ACCEPT)
+		bpf_loop(SG_WORDS / 8 + SG_SUMMARY_WORDS, scan_step7, &sc, 0);
+	else
+		bpf_loop(SG_WORDS / 8 + SG_SUMMARY_WORDS, scan_step5, &sc, 0);
 	if (sc.rule < 0)
 		return fallback;
 	*rule = sc.rule;

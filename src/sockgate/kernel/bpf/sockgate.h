@@ -9,7 +9,6 @@
 #define SG_SUMMARY_WORDS  (SG_WORDS / 64)       /* one summary bit per non-empty word */
 #define SG_MAX_GROUPS     32                    /* supplementary groups looked at per caller */
 #define SG_SLOTS          2                     /* double-buffered policy tables */
-#define SG_DIMS           7                     /* exit, user, group, program, local, lport, remote, rport (see below) */
 #define SG_MAX_BITMAPS    65536                 /* distinct bitmaps per slot */
 #define SG_HIT_SLOTS      (SG_MAX_RULES + 3)    /* per-rule hit counters + one default per exit */
 #define SG_PORT_SIDES     2
@@ -39,21 +38,21 @@ struct sg_bitmap_key {
 
 /* Per-slot header: how to read this slot's tables. Dimension results are always
  *   wildcard | (membership ^ negated)
- * precomputed per key; the *_miss bitmaps are that expression for a key not in the map. */
+ * precomputed per key; the *_miss bitmaps are that expression for a key not in the map.
+ * The exit point is folded into the user dimension (its bitmaps are per exit), so a
+ * connect or listen decision ANDs 5 dimensions and an accept 7. */
 struct sg_policy {
 	__u32 nsummary;              /* summary words in use (ceil(rules / 4096)) */
 	__u32 flags;                 /* SG_EMIT_* */
 	__s32 reject_errno;          /* errno for rejected connect/listen */
 	__u32 generation;            /* increments on every load */
-	__u32 exit_bitmap[SG_EXITS]; /* rules that apply to each exit */
-	__u32 ones_bitmap;           /* all rules: the neutral element for an unused dimension */
-	__u32 user_miss;
+	__u32 user_miss[SG_EXITS];   /* user dimension for a uid no rule names, per exit */
 	__u32 program_miss;
 	__u32 group_miss;            /* no caller group is named by any rule */
 	__u32 group_wild;            /* rules without a group field */
 	__u32 group_neg;             /* rules with a negated group field */
 	__u8  default_verdict[SG_EXITS];
-	__u8  pad;
+	__u8  zero;                  /* always 0; see OPAQUE in sockgate.bpf.c */
 };
 
 /* What one rule decides once it matches (action and mode folded together). */
@@ -62,9 +61,15 @@ struct sg_rule {
 	__u8 pad[3];
 };
 
-struct sg_id_key {                /* users and groups */
+struct sg_id_key {                /* groups */
 	__u32 slot;
 	__u32 id;
+};
+
+struct sg_user_key {              /* users: per exit, see sg_policy */
+	__u16 slot;
+	__u16 exit;
+	__u32 uid;
 };
 
 struct sg_group_val {
