@@ -123,18 +123,22 @@ def dump_extra(extra: dict[str, Any] | None) -> str:
     return _EXTRA.encode(extra) if extra else "{}"
 
 
+_CODE = {m.value: m for m in Code}
+_TYPE = {m.value: m for m in EntryType}
+_SOURCE = {m.value: m for m in Source}
+_OUTCOME = {m.value: m for m in Outcome}
+_OUTCOME[None] = None
+_loads = json.JSONDecoder().decode
+
+
 def row_to_entry(row: sqlite3.Row | tuple) -> Entry:
-    """A stored row (FIELDS order) back into an Entry."""
-    d = dict(zip(FIELDS, row))
-    return Entry(
-        code=Code(d["code"]), type=EntryType(d["type"]), ts_ns=d["ts_ns"],
-        source=Source(d["source"]), host=d["host"],
-        outcome=Outcome(d["outcome"]) if d["outcome"] is not None else None,
-        rule=d["rule"], uid=d["uid"], user=d["user"], gid=d["gid"], pid=d["pid"],
-        program=d["program"], family=d["family"], local_addr=d["local_addr"],
-        local_port=d["local_port"], remote_addr=d["remote_addr"], remote_port=d["remote_port"],
-        extra=json.loads(d["extra"]), ident=d["ident"], seq=d["seq"],
-    )
+    """A stored row (FIELDS order) back into an Entry. Positional and table-driven: this
+    runs once per displayed or exported entry."""
+    (seq, ts_ns, code, etype, source, host, outcome, rule, uid, user, gid, pid, program, family,
+     local_addr, local_port, remote_addr, remote_port, extra, ident) = row[:20]
+    return Entry(_CODE[code], _TYPE[etype], ts_ns, _SOURCE[source], host, _OUTCOME[outcome], rule, uid,
+                 user, gid, pid, program, family, local_addr, local_port, remote_addr, remote_port,
+                 _loads(extra) if extra != "{}" else {}, ident, seq)
 
 
 def create_private_file(path: Path, data: bytes = b"", mode: int = 0o600) -> None:
