@@ -7,7 +7,7 @@ BIN     := $(VENV)/bin
 APT_PKGS := clang-16 llvm-16 libbpf-dev libbpf1 bpftool iproute2 nftables make
 PYTEST_ARGS ?=
 
-.PHONY: setup deps venv bpf run test bench clean
+.PHONY: setup deps venv bpf run test test-lsm bench clean
 
 setup: deps venv bpf
 
@@ -32,6 +32,13 @@ run: setup
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The kernel suite on the BPF LSM backend, in Debian's stock kernel under QEMU (tests/vm).
+test-lsm: setup
+	mkdir -p build/vm
+	tests/vm/run-in-vm.sh --timeout 1200 --share $(CURDIR)/build/vm \
+	  --env SOCKGATE_BACKEND=lsm --env SOCKGATE_DIFF_TUPLES=3000 -- \
+	  $(BIN)/python -m pytest tests/kernel -q -p no:cacheprovider --junitxml=build/vm/junit.xml
 
 clean:
 	$(MAKE) -C src/sockgate/kernel/bpf clean
