@@ -583,6 +583,32 @@ static __always_inline struct sg_scratch *scratch(void)
 	return bpf_map_lookup_elem(&sg_scratch, &zero);
 }
 
+/* One decision at an exit point, end to end: count it, decide, count the deciding rule,
+ * journal it if the audit levels ask. `who` is sc->who, already filled in by the caller
+ * (the current task, or a listener's recorded owner). *err gets the policy's errno. */
+static __always_inline int judge(__u32 exit, struct sg_scratch *sc, bool is_current, __u32 family,
+				 __u32 protocol, const __u8 *laddr, __u16 lport, const __u8 *raddr, __u16 rport,
+				 __s32 *err)
+{
+	__s32 rule; __u32 gen = 0, flags = 0;
+	*err = EPERM;
+	stat_add(SG_STAT_DECISIONS);
+	int verdict = decide(exit, &sc->who, laddr, lport, raddr, rport, sc, &rule, &gen, &flags, err);
+	count_hit(exit, rule);
+	emit(exit, verdict, rule, gen, flags, &sc->who, is_current, family, protocol, laddr, lport, raddr, rport);
+	return verdict;
+}
+
+/* cgroup hooks: 1 lets the call through; 0 refuses it (EPERM, or the policy's errno). */
+static __always_inline int cgroup_verdict(int verdict, __s32 err)
+{
+	if (verdict != SG_REJECTED)
+		return 1;
+	if (err != EPERM && err > 0)
+		bpf_set_retval(-err);
+	return 0;
+}
+
 /* ---- connect ---------------------------------------------------------------------- */
 
 static __always_inline int on_connect(struct sg_ctx_sock_addr *ctx, bool v6)
@@ -604,18 +630,9 @@ static __always_inline int on_connect(struct sg_ctx_sock_addr *ctx, bool v6)
 	__u16 rport = bpf_ntohs((__u16)READ_CTX(ctx->user_port));
 	__u32 protocol = READ_CTX(ctx->protocol);
 
-	__s32 rule; __u32 gen = 0, flags = 0; __s32 err = EPERM;
-	stat_add(SG_STAT_DECISIONS);
-	int verdict = decide(SG_EXIT_CONNECT, who, laddr, 0, raddr, rport, sc, &rule, &gen, &flags, &err);
-	count_hit(SG_EXIT_CONNECT, rule);
-	emit(SG_EXIT_CONNECT, verdict, rule, gen, flags, who, true, v6 ? AF_INET6 : AF_INET, protocol,
-	     laddr, 0, raddr, rport);
-	if (verdict == SG_REJECTED) {
-		if (err != EPERM && err > 0)
-			bpf_set_retval(-err);
-		return 0;
-	}
-	return 1;
+	__s32 err;
+	int verdict = judge(SG_EXIT_CONNECT, sc, true, v6 ? AF_INET6 : AF_INET, protocol, laddr, 0, raddr, rport, &err);
+	return cgroup_verdict(verdict, err);
 }
 
 SEC("cgroup/connect4")
@@ -654,18 +671,9 @@ static __always_inline int on_bind(struct sg_ctx_sock *ctx, bool v6)
 	}
 	__u16 lport = (__u16)READ_CTX(ctx->src_port);
 
-	__s32 rule; __u32 gen = 0, flags = 0; __s32 err = EPERM;
-	stat_add(SG_STAT_DECISIONS);
-	int verdict = decide(SG_EXIT_LISTEN, who, laddr, lport, raddr, 0, sc, &rule, &gen, &flags, &err);
-	count_hit(SG_EXIT_LISTEN, rule);
-	emit(SG_EXIT_LISTEN, verdict, rule, gen, flags, who, true, v6 ? AF_INET6 : AF_INET, protocol,
-	     laddr, lport, raddr, 0);
-	if (verdict == SG_REJECTED) {
-		if (err != EPERM && err > 0)
-			bpf_set_retval(-err);
-		return 0;
-	}
-	return 1;
+	__s32 err;
+	int verdict = judge(SG_EXIT_LISTEN, sc, true, v6 ? AF_INET6 : AF_INET, protocol, laddr, lport, raddr, 0, &err);
+	return cgroup_verdict(verdict, err);
 }
 
 SEC("cgroup/post_bind4")
@@ -772,11 +780,8 @@ int sg_accept(struct bpf_sk_lookup *raw)
 		who->gid = SG_UID_UNKNOWN;
 	}
 
-	__s32 rule; __u32 gen = 0, flags = 0; __s32 err = EPERM;
-	stat_add(SG_STAT_DECISIONS);
-	int verdict = decide(SG_EXIT_ACCEPT, who, laddr, lport, raddr, rport, sc, &rule, &gen, &flags, &err);
-	count_hit(SG_EXIT_ACCEPT, rule);
-	emit(SG_EXIT_ACCEPT, verdict, rule, gen, flags, who, false, family, IPPROTO_TCP, laddr, lport, raddr, rport);
+	__s32 err;
+	int verdict = judge(SG_EXIT_ACCEPT, sc, false, family, IPPROTO_TCP, laddr, lport, raddr, rport, &err);
 	return verdict == SG_REJECTED ? SK_DROP : SK_PASS;
 }
 
@@ -829,13 +834,9 @@ int BPF_PROG(sg_lsm_connect, struct socket *sock, struct sockaddr *address, int 
 	struct sg_scratch *sc = scratch();
 	if (!sc)
 		return 0;
-	struct sg_owner *who = &sc->who;
-	current_identity(who);
-	__s32 rule; __u32 gen = 0, flags = 0; __s32 err = EPERM;
-	stat_add(SG_STAT_DECISIONS);
-	int verdict = decide(SG_EXIT_CONNECT, who, laddr, 0, raddr, rport, sc, &rule, &gen, &flags, &err);
-	count_hit(SG_EXIT_CONNECT, rule);
-	emit(SG_EXIT_CONNECT, verdict, rule, gen, flags, who, true, skfam, protocol, laddr, 0, raddr, rport);
+	current_identity(&sc->who);
+	__s32 err;
+	int verdict = judge(SG_EXIT_CONNECT, sc, true, skfam, protocol, laddr, 0, raddr, rport, &err);
 	return lsm_verdict(verdict, err);
 }
 
@@ -863,13 +864,9 @@ int BPF_PROG(sg_lsm_listen, struct socket *sock, int backlog, int ret)
 	struct sg_scratch *sc = scratch();
 	if (!sc)
 		return 0;
-	struct sg_owner *who = &sc->who;
-	current_identity(who);
-	__s32 rule; __u32 gen = 0, flags = 0; __s32 err = EPERM;
-	stat_add(SG_STAT_DECISIONS);
-	int verdict = decide(SG_EXIT_LISTEN, who, laddr, lport, raddr, 0, sc, &rule, &gen, &flags, &err);
-	count_hit(SG_EXIT_LISTEN, rule);
-	emit(SG_EXIT_LISTEN, verdict, rule, gen, flags, who, true, skfam, IPPROTO_TCP, laddr, lport, raddr, 0);
+	current_identity(&sc->who);
+	__s32 err;
+	int verdict = judge(SG_EXIT_LISTEN, sc, true, skfam, IPPROTO_TCP, laddr, lport, raddr, 0, &err);
 	return lsm_verdict(verdict, err);
 }
 
