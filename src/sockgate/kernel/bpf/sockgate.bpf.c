@@ -253,18 +253,27 @@ static __always_inline const struct sg_bitmap *port_bitmap(__u32 slot, __u32 sid
 /* Word loops run under bpf_loop() so the verifier checks their body once, not per word. */
 struct or_words_ctx {
 	struct sg_bitmap *acc;
-	const struct sg_bitmap *src;
-	__u32 copy;                  /* first group: copy instead of OR */
+	__u32 *membership;           /* -> scratch: membership bitmap index of each group hit */
+	__u32 slot;
+	__u32 nw;                    /* words in use */
 };
 
+/* Step i ORs word (i % nw) of hit (i / nw) into acc; hit 0 copies. One flat loop, so
+ * nothing after it is verified once per group. */
 static long or_words_step(__u32 i, void *data)
 {
 	struct or_words_ctx *c = data;
-	__u64 w = BOUND(i, 255);
-	if (c->copy)
-		c->acc->words[w] = c->src->words[w];
+	if (!c->nw)
+		return 1;
+	__u32 hit = i / c->nw;
+	__u64 w = BOUND(i % c->nw, 255);
+	const struct sg_bitmap *m = bitmap(c->slot, c->membership[BOUND(hit, 31)]);
+	if (!m)
+		return 0;
+	if (hit == 0)
+		c->acc->words[w] = m->words[w];
 	else
-		c->acc->words[w] |= c->src->words[w];
+		c->acc->words[w] |= m->words[w];
 	return 0;
 }
 
@@ -333,15 +342,8 @@ static __always_inline const struct sg_bitmap *group_bitmap(__u32 slot, const st
 		return bitmap(slot, sc->hit_alone[0]);
 
 	struct sg_bitmap *acc = &sc->groups;
-	for (__u32 j = 0; j < SG_MAX_GROUPS; j++) {
-		if (j >= gc.hits)
-			break;
-		const struct sg_bitmap *m = bitmap(slot, sc->hit_membership[j]);
-		if (!m)
-			return NULL;
-		struct or_words_ctx oc = { .acc = acc, .src = m, .copy = (j == 0) ^ (z & 1) };
-		bpf_loop(nw, or_words_step, &oc, 0);
-	}
+	struct or_words_ctx oc = { .acc = acc, .membership = sc->hit_membership, .slot = slot, .nw = nw };
+	bpf_loop(gc.hits * nw, or_words_step, &oc, 0);
 	struct combine_ctx cc = { .acc = acc, .wild = bitmap(slot, pol->group_wild),
 				  .neg = bitmap(slot, pol->group_neg) };
 	if (!cc.wild || !cc.neg)
@@ -355,32 +357,19 @@ static __always_inline const struct sg_bitmap *group_bitmap(__u32 slot, const st
 /* The AND of the dimensions a decision uses (5 for connect/listen, 7 for accept). */
 struct scan_ctx {
 	const struct sg_bitmap *b[7];
-	__u64 sum;                   /* candidate words left in the current summary word */
-	__u32 s;                     /* next summary word */
-	__u32 nsum;
+	__u64 sums[SG_SUMMARY_WORDS]; /* AND of the summaries: which words can hold a match */
 	__s32 rule;                  /* out: first matching rule, or -1 */
 };
 
-/* One step: load the next summary word, or test one 8-word block of candidates
- * (unrolled: one callback per 512 rules). Words in the block whose summary bit is clear
- * AND to zero, so testing them is exact. */
-static __always_inline long scan_block(struct scan_ctx *c, const int n)
+/* Step i tests block i (8 words = 512 rules), unrolled, if the summaries leave any
+ * candidate in it. The step keeps no state but `rule`, so the verifier checks it once
+ * instead of walking every iteration. Words whose summary bit is clear AND to zero. */
+static __always_inline long scan_block(struct scan_ctx *c, __u32 i, const int n)
 {
-	if (!c->sum) {
-		if (c->s >= c->nsum || c->s >= SG_SUMMARY_WORDS)
-			return 1;
-		__u64 s = BOUND(c->s, 3);
-		__u64 sum = c->b[0]->summary[s];
-#pragma unroll
-		for (int d = 1; d < n; d++)
-			sum &= c->b[d]->summary[s];
-		c->sum = sum;
-		c->s++;
+	__u64 blk = BOUND(i, 31);
+	if (!((c->sums[blk >> 3] >> ((blk & 7) * 8)) & 0xff))
 		return 0;
-	}
-	__u32 first = lowest_bit(c->sum) & ~7U;
-	c->sum &= ~(0xffULL << first);
-	__u64 base = BOUND((((__u64)c->s - 1) << 6) | first, 0xf8);
+	__u64 base = blk * 8;
 #pragma unroll
 	for (int j = 0; j < 8; j++) {
 		__u64 w = base + j;
@@ -398,12 +387,12 @@ static __always_inline long scan_block(struct scan_ctx *c, const int n)
 
 static long scan_step5(__u32 i, void *data)
 {
-	return scan_block(data, 5);
+	return scan_block(data, i, 5);
 }
 
 static long scan_step7(__u32 i, void *data)
 {
-	return scan_block(data, 7);
+	return scan_block(data, i, 7);
 }
 
 /* The decision. Returns the verdict; *rule gets the deciding rule index or -1. */
@@ -426,7 +415,7 @@ static __always_inline int decide(__u32 exit, const struct sg_owner *who, const 
 	__u8 fallback = pol->default_verdict[exit];
 
 	__u32 z = OPAQUE_ZERO(pol);
-	struct scan_ctx sc = { .nsum = pol->nsummary, .s = z, .sum = z, .rule = (__s32)z - 1 };
+	struct scan_ctx sc = { .rule = (__s32)z - 1 };
 	struct sg_user_key uk = { .slot = slot, .exit = exit, .uid = who->uid };
 	__u32 *uidx = bpf_map_lookup_elem(&sg_users, &uk);
 	sc.b[0] = bitmap(slot, uidx ? *uidx : pol->user_miss[BOUND(exit, 3)]);
@@ -450,10 +439,21 @@ static __always_inline int decide(__u32 exit, const struct sg_owner *who, const 
 	if (!sc.b[0] || !sc.b[1] || !sc.b[2] || !sc.b[3] || !sc.b[4] || !sc.b[5] || !sc.b[6])
 		return fallback;  /* tables incomplete: only possible mid-initialisation */
 
-	if (exit == SG_EXIT_ACCEPT)
-		bpf_loop(SG_WORDS / 8 + SG_SUMMARY_WORDS, scan_step7, &sc, 0);
+	int n = exit == SG_EXIT_ACCEPT ? 7 : 5;
+	__u32 nsum = pol->nsummary;
+	if (nsum > SG_SUMMARY_WORDS)
+		nsum = SG_SUMMARY_WORDS;
+	for (int s = 0; s < SG_SUMMARY_WORDS; s++) {
+		__u64 sum = s < nsum ? sc.b[0]->summary[s] : 0;
+		for (int d = 1; d < 7; d++)
+			if (d < n)
+				sum &= sc.b[d]->summary[s];
+		sc.sums[s] = sum;
+	}
+	if (n == 7)
+		bpf_loop(nsum * 8, scan_step7, &sc, 0);
 	else
-		bpf_loop(SG_WORDS / 8 + SG_SUMMARY_WORDS, scan_step5, &sc, 0);
+		bpf_loop(nsum * 8, scan_step5, &sc, 0);
 	if (sc.rule < 0)
 		return fallback;
 	*rule = sc.rule;
