@@ -136,3 +136,39 @@ def test_run_refuses_a_bad_policy_without_touching_the_kernel(scope):
 def test_status_when_not_loaded(kernel_ok, tmp_path):
     r = _sockgate("status", "--pin-dir", "/sys/fs/bpf/sockgate-none-here")
     assert r.returncode == 3 and "not loaded" in r.stdout
+
+
+def test_kill9_while_events_flow_keeps_every_committed_entry(scope, tmp_path):
+    """Issue 3's crash test with the real daemon: every decision journaled (*NETCMN) while a
+    connect loop runs; SIGKILL mid-stream; after a restart the journal verifies, holds
+    every entry committed before the kill (by sequence number) and records the interruption."""
+    policy = scope.write_policy('audit_levels = ["*NETCMN"]\n')
+    journal = tmp_path / "journal"
+    d1 = scope.daemon(policy, journal=journal)
+    _wait_loaded(d1)
+    loop = scope.start("loop", uid=TEST_UID, addr="127.0.0.1", ports=[7201], seconds=6.0)
+    deadline = time.monotonic() + 20
+    committed = []
+    while time.monotonic() < deadline:
+        with Journal.open(journal, readonly=True) as j:
+            committed = [(e.seq, e.ts_ns, e.remote_port) for e in j.entries() if e.type is EntryType.CONNECT]
+        if len(committed) > 500:
+            break
+        time.sleep(0.2)
+    assert len(committed) > 500, "events were flowing"
+    d1.send_signal(signal.SIGKILL)
+    d1.wait(timeout=10)
+    loop.wait(timeout=30)
+
+    d2 = scope.daemon(policy, journal=journal)
+    _wait_loaded(d2, generation=2)
+    d2.send_signal(signal.SIGTERM)
+    assert d2.wait(timeout=60) == 0
+    r = _sockgate("journal", "verify", "--journal", str(journal), "--key", str(journal / "verification.key"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    with Journal.open(journal, readonly=True) as j:
+        after = {e.seq: (e.seq, e.ts_ns, e.remote_port) for e in j.entries() if e.type is EntryType.CONNECT}
+        types = [e.type for e in j.entries()]
+    missing = [row for row in committed if after.get(row[0]) != row]
+    assert not missing, f"{len(missing)} committed entries changed or vanished, e.g. {missing[:3]}"
+    assert EntryType.INTERRUPTED in types

@@ -9,7 +9,6 @@ INTERRUPTED record before anything else.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from sockgate.errors import JournalError
+from sockgate.locking import lock_exclusive
 from sockgate.journal import seal as sealing
 from sockgate.journal.entry import Code, Entry, EntryType, Outcome, Source
 from sockgate.journal.query import Filter
@@ -139,17 +139,8 @@ class Journal:
         return j
 
     def _open_writer(self) -> None:
-        lock_path = self.directory / LOCK_FILE
-        try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError as e:
-            raise JournalError(f"{lock_path}: cannot open: {e.strerror}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise JournalError(f"{self.directory}: journal is open by another writer") from None
-        self._lock_fd = fd
+        self._lock_fd = lock_exclusive(self.directory / LOCK_FILE, error=JournalError,
+                                       busy=f"{self.directory}: journal is open by another writer")
         self._key = sealing.read_seal_key(self.directory / KEY_FILE)
         if self._key.journal_id != self.id:
             raise JournalError(f"{self.directory / KEY_FILE}: sealing key belongs to another journal")

@@ -66,6 +66,7 @@ UID_UNKNOWN = C["SG_UID_UNKNOWN"]
 LOCAL, REMOTE = C["SG_LOCAL"], C["SG_REMOTE"]
 ALLOWED, REJECTED, AUDIT_REJECTED = C["SG_ALLOWED"], C["SG_REJECTED"], C["SG_AUDIT_REJECTED"]
 EMIT_ALLOWED, EMIT_REJECTED = C["SG_EMIT_ALLOWED"], C["SG_EMIT_REJECTED"]
+NEED_GROUPS, NEED_PROGRAM, NEED_OWNER = C["SG_NEED_GROUPS"], C["SG_NEED_PROGRAM"], C["SG_NEED_OWNER"]
 STAT_DECISIONS, STAT_SELECTED, STAT_DROPPED, STATS = (
     C["SG_STAT_DECISIONS"], C["SG_STAT_SELECTED"], C["SG_STAT_DROPPED"], C["SG_STATS"])
 EXITS = C["SG_EXITS"]
@@ -89,6 +90,7 @@ class PolicyHeader(Structure):
         ("flags", c_uint32),
         ("reject_errno", c_int32),
         ("generation", c_uint32),
+        ("needs", c_uint32),
         ("user_miss", c_uint32 * EXITS),
         ("program_miss", c_uint32),
         ("group_miss", c_uint32),

@@ -120,6 +120,8 @@ def install(gate: Gate, c: Compiled, *, rule_names: list[str] | None = None, sou
         flags=(L.EMIT_ALLOWED if c.emit_allowed else 0) | (L.EMIT_REJECTED if c.emit_rejected else 0),
         reject_errno=c.reject_errno,
         generation=generation,
+        needs=(L.NEED_GROUPS if c.needs_groups else 0) | (L.NEED_PROGRAM if c.needs_program else 0)
+        | (L.NEED_OWNER if c.needs_owner else 0),
         program_miss=c.program_miss,
         group_miss=c.group_miss,
         group_wild=c.group_wild,

@@ -15,7 +15,6 @@ between, so a batch is neither re-alerted nor lost.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import sqlite3
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from sockgate.errors import SockgateError
+from sockgate.locking import lock_exclusive
 from sockgate.monitor.engine import Alert, Engine, OpenAlert
 
 SCHEMA = """
@@ -60,14 +60,10 @@ class State:
         d = Path(directory)
         try:
             d.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd = os.open(d / "lock", os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as e:
             raise StateError(f"{d}: cannot use as monitor state directory: {e.strerror}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise StateError(f"{d}: another monitor is running with this state directory") from None
+        fd = lock_exclusive(d / "lock", error=StateError,
+                            busy=f"{d}: another monitor is running with this state directory")
         try:
             db = sqlite3.connect(d / "state.db", isolation_level=None, check_same_thread=False)
             db.execute("PRAGMA journal_mode=WAL")

@@ -86,6 +86,10 @@ class Compiled:
     addrs: list[dict[tuple[int, int], int]] = field(default_factory=lambda: [{}, {}])
     # per side: sorted segments [(first_port, idx)], covering 0..65535
     ports: list[list[tuple[int, int]]] = field(default_factory=lambda: [[], []])
+    # what decisions need to know about the caller (the kernel skips the rest)
+    needs_groups: bool = True
+    needs_program: bool = True
+    needs_owner: bool = True
     emit_allowed: bool = False
     emit_rejected: bool = True
     reject_errno: int = 1
@@ -141,6 +145,9 @@ def compile_policy(policy: Policy) -> Compiled:
         reject_errno=policy.errno,
         digest=policy.digest,
     )
+    c.needs_groups = any(r.group for r in rules)
+    c.needs_program = any(r.program for r in rules)
+    c.needs_owner = any(Exit.ACCEPT in r.exits and (r.user or r.group or r.program) for r in rules)
     intern = _Interner(c.bitmaps)
     exit_bits = [sum(1 << r.index for r in rules if e in r.exits) for e in Exit]
 

@@ -395,23 +395,15 @@ static long scan_step7(__u32 i, void *data)
 	return scan_block(data, i, 7);
 }
 
-/* The decision. Returns the verdict; *rule gets the deciding rule index or -1. */
-static __always_inline int decide(__u32 exit, const struct sg_owner *who, const __u8 *laddr, __u16 lport,
-				  const __u8 *raddr, __u16 rport, struct sg_scratch *scr, __s32 *rule, __u32 *gen,
-				  __u32 *flags, __s32 *reject_errno)
+/* The decision over the tables of `slot`. Returns the verdict; *rule gets the deciding rule
+ * index or -1. */
+static __always_inline int decide(__u32 slot, const struct sg_policy *pol, __u32 exit, const struct sg_owner *who,
+				  const __u8 *laddr, __u16 lport, const __u8 *raddr, __u16 rport,
+				  struct sg_scratch *scr, __s32 *rule)
 {
-	__u32 zero = 0;
-	struct sg_config *cfg = bpf_map_lookup_elem(&sg_config, &zero);
 	*rule = -1;
-	if (!cfg)
+	if (exit >= SG_EXITS)
 		return SG_ALLOWED;
-	__u32 slot = cfg->active_slot & 1;
-	const struct sg_policy *pol = bpf_map_lookup_elem(&sg_policy, &slot);
-	if (!pol || exit >= SG_EXITS)
-		return SG_ALLOWED;
-	*gen = pol->generation;
-	*flags = pol->flags;
-	*reject_errno = pol->reject_errno;
 	__u8 fallback = pol->default_verdict[exit];
 
 	__u32 z = OPAQUE_ZERO(pol);
@@ -462,6 +454,18 @@ static __always_inline int decide(__u32 exit, const struct sg_owner *who, const 
 	return ri ? ri->verdict : fallback;
 }
 
+/* The active slot and its header, read once per decision: everything after uses them, so
+ * a decision never mixes two policies. */
+static __always_inline const struct sg_policy *active_policy(__u32 *slot)
+{
+	__u32 zero = 0;
+	struct sg_config *cfg = bpf_map_lookup_elem(&sg_config, &zero);
+	if (!cfg)
+		return NULL;
+	*slot = cfg->active_slot & 1;
+	return bpf_map_lookup_elem(&sg_policy, slot);
+}
+
 static __always_inline void count_hit(__u32 exit, __s32 rule)
 {
 	__u32 zero = 0;
@@ -477,7 +481,7 @@ static __always_inline void count_hit(__u32 exit, __s32 rule)
 /* The current task's identity: effective ids, groups, executable. */
 /* The current task's identity: effective ids, groups, executable. Direct BTF loads: one
  * guarded load per hop instead of a helper call (about a third of a decision's cost). */
-static __always_inline void current_identity(struct sg_owner *who)
+static __always_inline void current_identity(struct sg_owner *who, __u32 needs)
 {
 	struct task_struct *task = bpf_get_current_task_btf();
 	const struct cred *cred = task->cred;
@@ -485,6 +489,9 @@ static __always_inline void current_identity(struct sg_owner *who)
 	who->uid = cred->euid.val;
 	who->gid = cred->egid.val;
 	who->groups[0] = who->gid;
+	who->ngroups = 1;
+	__builtin_memcpy(who->comm, task->comm, sizeof(who->comm));
+	if (needs & SG_NEED_GROUPS) {
 	struct group_info *gi = cred->group_info;
 	int n = gi->ngroups;
 	__u32 count = 1;
@@ -498,22 +505,29 @@ static __always_inline void current_identity(struct sg_owner *who)
 		count++;
 	}
 	who->ngroups = count;
+	}
+	who->dev = 0;
+	who->ino = 0;
+	who->exe_name[0] = 0;
+	if (!(needs & SG_NEED_PROGRAM))
+		return;
 	struct file *exe = task->mm->exe_file;  /* NULL for kernel threads: loads read 0 */
 	struct inode *inode = exe->f_inode;
 	who->ino = inode->i_ino;
 	who->dev = inode->i_sb->s_dev;
 	if (bpf_probe_read_kernel_str(who->exe_name, sizeof(who->exe_name), exe->f_path.dentry->d_name.name) < 0)
 		who->exe_name[0] = 0;
-	__builtin_memcpy(who->comm, task->comm, sizeof(who->comm));
+}
+
+static __always_inline bool wants_event(int verdict, __u32 flags)
+{
+	return verdict == SG_ALLOWED ? (flags & SG_EMIT_ALLOWED) : (flags & SG_EMIT_REJECTED);
 }
 
 static __always_inline void emit(__u32 exit, int verdict, __s32 rule, __u32 gen, __u32 flags,
 				 const struct sg_owner *who, bool is_current, __u32 family, __u32 protocol,
 				 const __u8 *laddr, __u16 lport, const __u8 *raddr, __u16 rport)
 {
-	bool want = verdict == SG_ALLOWED ? (flags & SG_EMIT_ALLOWED) : (flags & SG_EMIT_REJECTED);
-	if (!want)
-		return;
 	stat_add(SG_STAT_SELECTED);
 	struct sg_event *e = bpf_ringbuf_reserve(&sg_events, sizeof(*e), 0);
 	if (!e) {
@@ -585,19 +599,52 @@ static __always_inline struct sg_scratch *scratch(void)
 	return bpf_map_lookup_elem(&sg_scratch, &zero);
 }
 
-/* One decision at an exit point, end to end: count it, decide, count the deciding rule,
- * journal it if the audit levels ask. `who` is sc->who, already filled in by the caller
- * (the current task, or a listener's recorded owner). *err gets the policy's errno. */
+static __always_inline struct sg_owner *find_owner(const __u8 *laddr, __u16 lport);
+
+/* Who is deciding: the current task, or for accept the listener's recorded owner. Only
+ * what `needs` asks for is gathered (groups, executable, owner lookup cost time). */
+static __always_inline void identify(struct sg_scratch *sc, bool is_current, const __u8 *laddr, __u16 lport,
+				     __u32 needs)
+{
+	if (is_current) {
+		current_identity(&sc->who, needs);
+		return;
+	}
+	struct sg_owner *o = (needs & SG_NEED_OWNER) ? find_owner(laddr, lport) : NULL;
+	if (o) {
+		__builtin_memcpy(&sc->who, o, sizeof(sc->who));
+	} else {
+		__builtin_memset(&sc->who, 0, sizeof(sc->who));
+		sc->who.uid = SG_UID_UNKNOWN;
+		sc->who.gid = SG_UID_UNKNOWN;
+	}
+}
+
+/* One decision at an exit point, end to end: read the active policy once, gather what it
+ * needs, decide, count the deciding rule, journal it (with the full identity) if the
+ * audit levels ask. *err gets the policy's errno. */
 static __always_inline int judge(__u32 exit, struct sg_scratch *sc, bool is_current, __u32 family,
 				 __u32 protocol, const __u8 *laddr, __u16 lport, const __u8 *raddr, __u16 rport,
 				 __s32 *err)
 {
-	__s32 rule; __u32 gen = 0, flags = 0;
+	__s32 rule;
+	__u32 slot;
 	*err = EPERM;
 	stat_add(SG_STAT_DECISIONS);
-	int verdict = decide(exit, &sc->who, laddr, lport, raddr, rport, sc, &rule, &gen, &flags, err);
+	const struct sg_policy *pol = active_policy(&slot);
+	if (!pol)
+		return SG_ALLOWED;  /* not initialised yet */
+	__u32 needs = pol->needs & SG_NEED_ALL;
+	identify(sc, is_current, laddr, lport, needs);
+	int verdict = decide(slot, pol, exit, &sc->who, laddr, lport, raddr, rport, sc, &rule);
+	*err = pol->reject_errno;
 	count_hit(exit, rule);
-	emit(exit, verdict, rule, gen, flags, &sc->who, is_current, family, protocol, laddr, lport, raddr, rport);
+	if (wants_event(verdict, pol->flags)) {
+		if (needs != SG_NEED_ALL)
+			identify(sc, is_current, laddr, lport, SG_NEED_ALL);
+		emit(exit, verdict, rule, pol->generation, pol->flags, &sc->who, is_current, family, protocol,
+		     laddr, lport, raddr, rport);
+	}
 	return verdict;
 }
 
@@ -618,9 +665,6 @@ static __always_inline int on_connect(struct sg_ctx_sock_addr *ctx, bool v6)
 	struct sg_scratch *sc = scratch();
 	if (!sc)
 		return 1;
-	struct sg_owner *who = &sc->who;
-	current_identity(who);
-
 	__u8 raddr[16], laddr[16] = {};
 	if (v6) {
 		__u32 a[4] = { READ_CTX(ctx->user_ip6[0]), READ_CTX(ctx->user_ip6[1]),
@@ -660,9 +704,6 @@ static __always_inline int on_bind(struct sg_ctx_sock *ctx, bool v6)
 	struct sg_scratch *sc = scratch();
 	if (!sc)
 		return 1;
-	struct sg_owner *who = &sc->who;
-	current_identity(who);
-
 	__u8 laddr[16], raddr[16] = {};
 	if (v6) {
 		__u32 a[4] = { READ_CTX(ctx->src_ip6[0]), READ_CTX(ctx->src_ip6[1]),
@@ -738,7 +779,7 @@ int sg_listen_cb(struct bpf_sock_ops *raw)
 	struct sg_scratch *sc = scratch();
 	if (!sc)
 		return 1;
-	current_identity(&sc->who);
+	current_identity(&sc->who, SG_NEED_ALL);
 	__u64 cookie = bpf_get_socket_cookie(raw);
 	bpf_map_update_elem(&sg_owners, &cookie, &sc->who, BPF_ANY);
 	bpf_sock_hash_update(raw, &sg_listeners, &k, BPF_ANY);
@@ -771,16 +812,6 @@ int sg_accept(struct bpf_sk_lookup *raw)
 	}
 	__u16 lport = (__u16)READ_CTX(ctx->local_port);
 	__u16 rport = bpf_ntohs((__u16)READ_CTX(ctx->remote_port));
-
-	struct sg_owner *who = &sc->who;
-	struct sg_owner *o = find_owner(laddr, lport);
-	if (o) {
-		__builtin_memcpy(who, o, sizeof(*who));
-	} else {
-		__builtin_memset(who, 0, sizeof(*who));
-		who->uid = SG_UID_UNKNOWN;
-		who->gid = SG_UID_UNKNOWN;
-	}
 
 	__s32 err;
 	int verdict = judge(SG_EXIT_ACCEPT, sc, false, family, IPPROTO_TCP, laddr, lport, raddr, rport, &err);
@@ -836,7 +867,6 @@ int BPF_PROG(sg_lsm_connect, struct socket *sock, struct sockaddr *address, int 
 	struct sg_scratch *sc = scratch();
 	if (!sc)
 		return 0;
-	current_identity(&sc->who);
 	__s32 err;
 	int verdict = judge(SG_EXIT_CONNECT, sc, true, skfam, protocol, laddr, 0, raddr, rport, &err);
 	return lsm_verdict(verdict, err);
@@ -866,7 +896,6 @@ int BPF_PROG(sg_lsm_listen, struct socket *sock, int backlog, int ret)
 	struct sg_scratch *sc = scratch();
 	if (!sc)
 		return 0;
-	current_identity(&sc->who);
 	__s32 err;
 	int verdict = judge(SG_EXIT_LISTEN, sc, true, skfam, IPPROTO_TCP, laddr, lport, raddr, 0, &err);
 	return lsm_verdict(verdict, err);
@@ -891,8 +920,12 @@ int sg_probe(struct __sk_buff *skb)
 		who->groups[i] = p->groups[i];
 	who->dev = p->dev;
 	who->ino = p->ino;
-	__s32 rule; __u32 gen = 0, flags = 0; __s32 err = 0;
-	int verdict = decide(p->exit, who, p->local_addr, p->local_port, p->remote_addr, p->remote_port,
-			     sc, &rule, &gen, &flags, &err);
+	__u32 slot;
+	const struct sg_policy *pol = active_policy(&slot);
+	if (!pol)
+		return -1;
+	__s32 rule;
+	int verdict = decide(slot, pol, p->exit, who, p->local_addr, p->local_port, p->remote_addr, p->remote_port,
+			     sc, &rule);
 	return (verdict << 16) | ((rule + 1) & 0xffff);
 }

@@ -25,6 +25,13 @@ enum sg_stat { SG_STAT_DECISIONS = 0, SG_STAT_SELECTED = 1, SG_STAT_DROPPED = 2,
 #define SG_EMIT_ALLOWED   1   /* *NETSCK: journal allowed decisions */
 #define SG_EMIT_REJECTED  2   /* *NETFAIL: journal rejections and audit-rejections */
 
+/* what a policy's decisions need to know about the caller (sg_policy.needs); an event
+ * always gets the full identity */
+#define SG_NEED_GROUPS    1   /* some rule tests groups */
+#define SG_NEED_PROGRAM   2   /* some rule tests the executable */
+#define SG_NEED_OWNER     4   /* some accept rule tests the listener's owner */
+#define SG_NEED_ALL       7
+
 /* A rule bitmap: bit r set = rule r is still a candidate. summary bit w set = words[w] != 0. */
 struct sg_bitmap {
 	__u64 summary[SG_SUMMARY_WORDS];
@@ -46,6 +53,7 @@ struct sg_policy {
 	__u32 flags;                 /* SG_EMIT_* */
 	__s32 reject_errno;          /* errno for rejected connect/listen */
 	__u32 generation;            /* increments on every load */
+	__u32 needs;                 /* SG_NEED_* */
 	__u32 user_miss[SG_EXITS];   /* user dimension for a uid no rule names, per exit */
 	__u32 program_miss;
 	__u32 group_miss;            /* no caller group is named by any rule */
