@@ -405,7 +405,7 @@ class Journal:
 
     # -- reading ------------------------------------------------------------------------
 
-    def entries(self, after_seq: int = 0, *, filter: Filter | None = None, page: int = 1000) -> Iterator[Entry]:
+    def entries(self, after_seq: int = 0, *, filter: Filter | None = None, page: int = 10_000) -> Iterator[Entry]:
         """Entries with seq > after_seq matching filter, ascending seq across receivers.
         Reads in pages, so a long iteration never holds a read transaction open."""
         where, params = (filter or Filter()).where()
