@@ -65,7 +65,6 @@ CREATE INDEX entry_ts ON entry (ts_ns);
 -- "rejections from 10.1.2.0/24 today" is one range scan; "top remotes by rejections"
 -- is a covering scan of one outcome prefix, already grouped by address.
 CREATE INDEX entry_outcome_remote ON entry (outcome, remote_key, ts_ns);
-CREATE INDEX entry_remote ON entry (remote_key, ts_ns);
 CREATE UNIQUE INDEX entry_ident ON entry (ident) WHERE ident IS NOT NULL;
 CREATE TABLE seal (
     epoch INTEGER PRIMARY KEY,         -- i: the MAC uses key k_i (k_{i+1} = H(k_i))
