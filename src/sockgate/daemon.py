@@ -29,7 +29,12 @@ from sockgate.policy.compile import compile_policy
 from sockgate.policy.model import Policy
 from sockgate.policy.parse import load_configured_policy
 
-ENTRY_TYPE = {"connect": EntryType.CONNECT, "listen": EntryType.LISTEN, "accept": EntryType.ACCEPT}
+# exit numbers (SG_EXIT_*) and verdicts (SG_*) as the kernel reports them
+_EXITS = kevents.EXIT_NAMES
+_ENTRY_TYPES = (EntryType.CONNECT, EntryType.LISTEN, EntryType.ACCEPT)
+_OUTCOMES = (Outcome.ALLOWED, Outcome.REJECTED, Outcome.AUDIT_REJECTED)
+_PROTOCOLS = {6: "tcp", 17: "udp"}
+UID_UNKNOWN = 0xFFFFFFFE
 DEFAULT_ALERTS = "/etc/sockgate/alerts.toml"
 DEFAULT_MONITOR_STATE = "/var/lib/sockgate/monitor"
 
@@ -78,39 +83,46 @@ class Enricher:
                 self._users[uid] = None
         return self._users[uid]
 
-    def program(self, ev: kevents.Event) -> str | None:
-        key = (ev.dev, ev.ino)
+    def program(self, pid: int, dev: int, ino: int, exe_name: str) -> str | None:
+        key = (dev, ino)
         path = self._paths.get(key)
-        if path is None and ev.pid:
+        if path is None and pid:
             try:
-                path = os.readlink(f"/proc/{ev.pid}/exe")
+                path = os.readlink(f"/proc/{pid}/exe")
             except OSError:
-                return ev.exe_name or None  # the process is gone: the kernel's file name
-            if os.path.basename(path) == ev.exe_name:  # same file, not an exec since the event
+                return exe_name or None  # the process is gone: the kernel's file name
+            if os.path.basename(path) == exe_name:  # same file, not an exec since the event
                 self._paths[key] = path
         return path
 
-    def rule(self, ev: kevents.Event) -> str:
-        if ev.rule < 0:
-            return f"default:{ev.exit}"
-        names = self.rule_names.get(ev.generation, [])
-        return names[ev.rule] if ev.rule < len(names) else f"#{ev.rule}"
+    def rule(self, rule: int, generation: int, exit: str) -> str:
+        if rule < 0:
+            return f"default:{exit}"
+        names = self.rule_names.get(generation, ())
+        return names[rule] if rule < len(names) else f"#{rule}"
 
-    def entry(self, ev: kevents.Event) -> Entry:
-        known = ev.euid != 0xFFFFFFFE
-        return Entry(
-            code=Code.SOCKET, type=ENTRY_TYPE[ev.exit], ts_ns=ev.ts_ns, source=Source.KERNEL, host=self.host,
-            outcome=Outcome(ev.verdict), rule=self.rule(ev),
-            uid=ev.euid if known else None, user=self.user(ev.euid) if known else None,
-            gid=ev.egid if known else None, pid=ev.pid or None, program=self.program(ev) if known else None,
-            family=ev.family, local_addr=ev.local_addr if ev.exit != "connect" else None,
-            local_port=ev.local_port if ev.exit != "connect" else None,
-            remote_addr=ev.remote_addr if ev.exit != "listen" else None,
-            remote_port=ev.remote_port if ev.exit != "listen" else None,
-            extra={"comm": ev.comm, "real_uid": ev.uid, "protocol": "tcp" if ev.protocol == 6 else
-                   "udp" if ev.protocol == 17 else ev.protocol, "generation": ev.generation}
-            if known else {"owner": "unknown", "protocol": "tcp", "generation": ev.generation},
-        )
+    def entries(self, raw: list[tuple], offset_ns: int) -> list[Entry]:
+        """Journal entries straight from ring-buffer tuples (this runs per decision)."""
+        out = []
+        host, user, program, rule = self.host, self.user, self.program, self.rule
+        for (boot_ns, ino, dev, pid, tid, uid, euid, gid, egid, rule_i, gen, exit_i, verdict, family,
+             proto, lport, rport, laddr, raddr, comm, exe_name) in raw:
+            exit_name = _EXITS[exit_i]
+            known = euid != UID_UNKNOWN
+            name = exe_name.split(b"\0", 1)[0].decode(errors="replace")
+            out.append(Entry(
+                Code.SOCKET, _ENTRY_TYPES[exit_i], boot_ns + offset_ns, Source.KERNEL, host,
+                _OUTCOMES[verdict], rule(rule_i, gen, exit_name),
+                euid if known else None, user(euid) if known else None, egid if known else None,
+                pid or None, program(pid, dev, ino, name) if known else None,
+                "ipv6" if family == kevents.AF_INET6 else "ipv4",
+                kevents.addr_text(laddr) if exit_i else None, lport if exit_i else None,
+                kevents.addr_text(raddr) if exit_i != 1 else None, rport if exit_i != 1 else None,
+                {"comm": comm.split(b"\0", 1)[0].decode(errors="replace"), "real_uid": uid,
+                 "protocol": _PROTOCOLS.get(proto, proto), "generation": gen}
+                if known else {"owner": "unknown", "protocol": "tcp", "generation": gen},
+            ))
+        return out
 
 
 class Daemon:
@@ -230,7 +242,7 @@ class Daemon:
         if self.monitor_thread:
             self.monitor_thread.join(timeout=10)
         if self.reader:
-            self._drain(self.reader.poll(0))
+            self._drain(self.reader.poll_raw(0))
             self.reader.close()
         if self.journal:
             if self._writer and self._writer.is_alive():
@@ -250,15 +262,16 @@ class Daemon:
 
     # -- the loop -------------------------------------------------------------------------
 
-    def _drain(self, batch: list[kevents.Event]) -> None:
+    def _drain(self, batch: list[tuple]) -> None:
         if batch:
+            offset = self.reader.offset_ns
             if self.journal:
-                entries = [self.enricher.entry(ev) for ev in batch]
+                entries = self.enricher.entries(batch, offset)
                 journal = self.journal
                 self._writes.put(lambda: journal.append(entries))
             if self.opts.print_events:
                 out = sys.stdout
-                for ev in batch:
+                for ev in kevents.decode_tuples(batch, offset):
                     out.write(json.dumps(asdict(ev)) + "\n")
                 out.flush()
         dropped = self.gate.stats()["dropped"]
@@ -278,7 +291,7 @@ class Daemon:
                 self.log("programs were detached (unpinned) under us; stopping")
                 self._record(EntryType.DETACHED, by="unpinned while running")
                 break
-            self._drain(self.reader.poll(100))
+            self._drain(self.reader.poll_raw(100))
 
 
 def run(opts: RunOptions) -> None:

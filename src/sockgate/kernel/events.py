@@ -82,6 +82,10 @@ def decode(raw: list[bytes], offset_ns: int) -> list[Event]:
     return [_event(_EVENT.unpack_from(rec), offset_ns) for rec in raw]
 
 
+def decode_tuples(raw: list[tuple], offset_ns: int) -> list[Event]:
+    return [_event(t, offset_ns) for t in raw]
+
+
 class EventReader:
     """Drains the sg_events ring buffer by reading its shared pages directly.
 
@@ -103,10 +107,15 @@ class EventReader:
         self._offset = boot_to_realtime_offset()
 
     def read(self) -> list[Event]:
-        """Everything committed now, in order."""
+        """Everything committed now, in order, decoded."""
+        return [_event(t, self._offset) for t in self.read_raw()]
+
+    def read_raw(self) -> list[tuple]:
+        """Everything committed now, in order, as struct sg_event field tuples (boot_ns
+        first; add `offset_ns` for UTC). The daemon builds journal entries from these."""
         cons = _U64.unpack_from(self._cons, 0)[0]
         prod = _U64.unpack_from(self._prod, 0)[0]
-        buf, page, mask, off_ns = self._prod, self._page, self._mask, self._offset
+        buf, page, mask = self._prod, self._page, self._mask
         out = []
         while cons < prod:
             at = page + (cons & mask)
@@ -115,20 +124,27 @@ class EventReader:
                 break  # reserved but not yet submitted: the rest waits for the next read
             size = hdr & ~(self.BUSY | self.DISCARD)
             if not hdr & self.DISCARD and size >= _EVENT.size:
-                out.append(_event(_EVENT.unpack_from(buf, at + 8), off_ns))
+                out.append(_EVENT.unpack_from(buf, at + 8))
             cons += (size + 8 + 7) & ~7
         _U64.pack_into(self._cons, 0, cons)
         return out
 
-    def poll(self, timeout_ms: int = 100) -> list[Event]:
-        batch = self.read()
+    @property
+    def offset_ns(self) -> int:
+        return self._offset
+
+    def poll_raw(self, timeout_ms: int = 100) -> list[tuple]:
+        batch = self.read_raw()
         if batch or timeout_ms == 0:
             return batch
         try:
             self._epoll.poll(timeout_ms / 1000)
         except InterruptedError:
             pass
-        return self.read()
+        return self.read_raw()
+
+    def poll(self, timeout_ms: int = 100) -> list[Event]:
+        return [_event(t, self._offset) for t in self.poll_raw(timeout_ms)]
 
     def close(self) -> None:
         if self._epoll is not None:
