@@ -37,8 +37,8 @@ test: setup
 test-lsm: setup
 	mkdir -p build/vm
 	tests/vm/run-in-vm.sh --timeout 1200 --share $(CURDIR)/build/vm \
-	  --env SOCKGATE_BACKEND=lsm --env SOCKGATE_DIFF_TUPLES=3000 -- \
-	  $(BIN)/python -m pytest tests/kernel -q -p no:cacheprovider --junitxml=build/vm/junit.xml
+	  --env SOCKGATE_DIFF_TUPLES=3000 -- \
+	  $(BIN)/python -m pytest tests/kernel --backend lsm -q -p no:cacheprovider --junitxml=build/vm/junit.xml
 
 clean:
 	$(MAKE) -C src/sockgate/kernel/bpf clean

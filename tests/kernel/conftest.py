@@ -30,8 +30,12 @@ HERE = Path(__file__).parent
 CLIENT = HERE / "sockclient.py"
 TEST_UID, TEST_GID, OTHER_GID = 4242, 4242, 4343
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-# SOCKGATE_BACKEND=lsm runs the suite on the LSM backend (tests/vm runs it in a guest)
-BACKEND = os.environ.get("SOCKGATE_BACKEND", "auto")
+
+
+def backend() -> str:
+    """--backend / SOCKGATE_BACKEND (tests/vm runs the suite with lsm in a guest); read when
+    used, since pytest may import this file before the option is parsed."""
+    return os.environ.get("SOCKGATE_BACKEND", "auto")
 
 
 def pytest_collection_modifyitems(items):
@@ -63,10 +67,10 @@ def kernel_ok():
         _unavailable("iproute2 (ip) is not installed")
     pin = f"/sys/fs/bpf/sockgate-probe-{os.getpid()}"
     try:
-        g = Gate.load(pin, attach=False, backend=BACKEND)
+        g = Gate.load(pin, attach=False, backend=backend())
         g.close()
     except SockgateError as e:
-        _unavailable(f"BPF programs ({BACKEND} backend) do not load here: {' '.join(str(e).split())[:300]}")
+        _unavailable(f"BPF programs ({backend()} backend) do not load here: {' '.join(str(e).split())[:300]}")
     finally:
         remove_pins(pin)
     return True
@@ -107,7 +111,7 @@ class Scope:
         args = [sys.executable, "-c", "from sockgate.cli import main; main()", "run", "--policy", str(policy),
                 "--scope-cgroup", self.cgroup, "--netns", self.netns, "--pin-dir", self.pin_dir]
         args += ["--journal", str(journal)] if journal else ["--no-journal"]
-        args += ["--backend", BACKEND]
+        args += ["--backend", backend()]
         p = subprocess.Popen(args + list(extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              env={**os.environ, "PYTHONPATH": str(HERE.parent.parent / "src")})
         self.procs.append(p)
@@ -174,7 +178,7 @@ def gate(scope):
     """Programs loaded and attached in the test scope, without a daemon."""
     from sockgate.kernel.loader import Gate
 
-    g = Gate.load(scope.pin_dir, scope_cgroup=scope.cgroup, netns=scope.netns, backend=BACKEND)
+    g = Gate.load(scope.pin_dir, scope_cgroup=scope.cgroup, netns=scope.netns, backend=backend())
     try:
         yield g
     finally:
