@@ -152,6 +152,7 @@ class Daemon:
         policy = load_configured_policy(o.policy)      # a bad policy stops us before any change
         compiled = compile_policy(policy)
         if o.journal_dir:
+            self.log(f"opening journal {o.journal_dir}")
             self.journal = Journal.open(o.journal_dir)
             self._writer = threading.Thread(target=self._write_loop, name="journal-writer", daemon=True)
             self._writer.start()

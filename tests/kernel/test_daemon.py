@@ -20,7 +20,7 @@ def _sockgate(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=60)
 
 
-def _wait_loaded(p: subprocess.Popen, generation: int = 1, timeout: float = 20) -> str:
+def _wait_loaded(p: subprocess.Popen, generation: int = 1, timeout: float = 60) -> str:
     """Read the daemon's stderr until it reports the policy generation loaded."""
     seen = []
     deadline = time.monotonic() + timeout
@@ -35,7 +35,8 @@ def _wait_loaded(p: subprocess.Popen, generation: int = 1, timeout: float = 20) 
             break
         else:
             time.sleep(0.05)
-    raise AssertionError(f"daemon did not load generation {generation}:\n{''.join(seen)}{p.stderr.read() or ''}")
+    rest = p.stderr.read() if p.poll() is not None else ""
+    raise AssertionError(f"daemon did not load generation {generation} in {timeout:.0f} s:\n{''.join(seen)}{rest or ''}")
 
 
 POLICY = f"""
