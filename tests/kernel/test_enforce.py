@@ -10,6 +10,7 @@ import os
 import shutil
 import sys
 import time
+from pathlib import Path
 
 from conftest import OTHER_GID, TEST_UID, install_text
 
@@ -65,23 +66,30 @@ action = "reject"
     assert scope.client("connect", uid=None, addr="127.0.0.1", port=5302)["error"] == "ECONNREFUSED"
 
 
-def test_program_rule_matches_by_inode(scope, gate, tmp_path):
+def test_program_rule_matches_by_inode(scope, gate):
+    # The copy goes on /run (tmpfs here and in the test guest): on overlayfs, stat() reports
+    # the overlay's device and inode while the kernel sees the file underneath (README).
     real = os.path.realpath(sys.executable)
-    copy = tmp_path / "python-copy"
-    shutil.copy2(real, copy)
-    install_text(gate, f"""
+    d = Path(f"/run/sockgate-test-{os.getpid()}-{scope.netns_name}")
+    d.mkdir(mode=0o700)
+    copy = d / "python-copy"
+    try:
+        shutil.copy2(real, copy)
+        install_text(gate, f"""
 [[rule]]
 name = "copied-python-may-not-connect"
 exit = "connect"
 program = ["{copy}"]
 action = "reject"
 """)
-    os.environ["PYTHONHOME"] = sys.base_prefix  # the copy must find its standard library
-    try:
-        assert scope.client("connect", exe=str(copy), addr="127.0.0.1", port=5401)["error"] == "EPERM"
+        os.environ["PYTHONHOME"] = sys.base_prefix  # the copy must find its standard library
+        try:
+            assert scope.client("connect", exe=str(copy), addr="127.0.0.1", port=5401)["error"] == "EPERM"
+        finally:
+            del os.environ["PYTHONHOME"]
+        assert scope.client("connect", addr="127.0.0.1", port=5401)["error"] == "ECONNREFUSED"
     finally:
-        del os.environ["PYTHONHOME"]
-    assert scope.client("connect", addr="127.0.0.1", port=5401)["error"] == "ECONNREFUSED"
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def test_ipv4_ipv6_and_v4_mapped(scope, gate):
