@@ -176,8 +176,10 @@ class Daemon:
                      scope=self.gate.state.scope_cgroup, netns=self.gate.state.netns, pid=os.getpid())
         self._install(policy, compiled)
         if not o.netns or os.path.realpath(o.netns) == os.path.realpath("/proc/self/ns/net"):
-            n = seed_owners(self.gate.maps["sg_listeners"], self.gate.maps["sg_owners"])
-            self.log(f"recorded the owners of {n} existing listening sockets")
+            n, total = seed_owners(self.gate.maps["sg_listeners"], self.gate.maps["sg_owners"])
+            self.log(f"indexed {n} of {total} existing listening sockets"
+                     + (f"; {total - n} could not be reached (their owners count as unknown for accept rules)"
+                        if n < total else ""))
         self.reader = kevents.EventReader(self.gate.maps["sg_events"])
         self._start_monitor()
 

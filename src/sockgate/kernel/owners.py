@@ -99,11 +99,11 @@ def _dup_socket(pid: int, fd: int) -> int | None:
         os.close(pidfd)
 
 
-def seed_owners(listeners_fd: int, owners_fd: int, proc: str = "/proc") -> int:
-    """Index every current listener and its owner; returns how many were indexed."""
+def seed_owners(listeners_fd: int, owners_fd: int, proc: str = "/proc") -> tuple[int, int]:
+    """Index every current listener and its owner; returns (indexed, listening)."""
     socks = listening_sockets(proc)
     if not socks:
-        return 0
+        return 0, 0
     holders = _socket_pids(proc)
     n = 0
     for addr, port, uid, inode in socks:
@@ -144,4 +144,4 @@ def seed_owners(listeners_fd: int, owners_fd: int, proc: str = "/proc") -> int:
             continue
         finally:
             os.close(dup)
-    return n
+    return n, len(socks)
