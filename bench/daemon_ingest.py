@@ -59,6 +59,7 @@ def main() -> int:
     policy.write_text(POLICY)
     journal = out / "journal"
     daemon = None
+    had_bpffs = eb.bpffs_mounted()
     try:
         eb.setup(c, tag)
         pin = f"/sys/fs/bpf/{c.ns}"
@@ -113,6 +114,7 @@ def main() -> int:
             daemon.wait()
         sockgate("unload", "--pin-dir", f"/sys/fs/bpf/{c.ns}")
         eb.teardown(c)
+        eb.unmount_bpffs_unless(had_bpffs)
 
 
 if __name__ == "__main__":

@@ -68,7 +68,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from sockgate.kernel import tables  # noqa: E402
 from sockgate.kernel.events import EventReader  # noqa: E402
-from sockgate.kernel.loader import Gate, cgroup2_root, remove_pins  # noqa: E402
+from sockgate.kernel.loader import Gate, bpffs_mounted, cgroup2_root, remove_pins  # noqa: E402
 from sockgate.policy.compile import compile_policy  # noqa: E402
 from sockgate.policy.parse import parse_policy  # noqa: E402
 
@@ -262,6 +262,12 @@ def teardown(c: Config) -> None:
         _kill_cgroup(c.cg)
     if c.ns:
         sh("ip", "netns", "del", c.ns, check=False)  # its nft tables go with it
+
+
+def unmount_bpffs_unless(had_it: bool) -> None:
+    """Leave /sys/fs/bpf as the bench found it: unmount a bpffs the bench's loads mounted."""
+    if not had_it and bpffs_mounted():
+        sh("umount", "/sys/fs/bpf", check=False)
 
 
 def remove_stale() -> None:
@@ -547,6 +553,7 @@ def main() -> int:
     cs = configs(not a.no_journal)
     tag = str(os.getpid())
     err = None
+    had_bpffs = bpffs_mounted()
     try:
         for c in cs:
             t0 = time.perf_counter()
@@ -563,6 +570,7 @@ def main() -> int:
     finally:
         for c in cs:
             teardown(c)
+        unmount_bpffs_unless(had_bpffs)
     machine["loadavg_end"] = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     s = summarize(cs)
     rs = ratios(cs, s)

@@ -50,6 +50,42 @@ def _unavailable(reason: str):
     pytest.skip(reason)
 
 
+def _sockgate_links() -> set[int]:
+    """Ids of BPF links whose program is one of sockgate's (names start with sg_)."""
+    bpftool = shutil.which("bpftool") or "/usr/sbin/bpftool"
+    try:
+        progs = json.loads(subprocess.run([bpftool, "-j", "prog", "show"], capture_output=True, text=True).stdout or "[]")
+        links = json.loads(subprocess.run([bpftool, "-j", "link", "show"], capture_output=True, text=True).stdout or "[]")
+    except (OSError, ValueError):
+        return set()
+    ours = {p["id"] for p in progs if p.get("name", "").startswith("sg_")}
+    return {l["id"] for l in links if l.get("prog_id") in ours}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def leaves_nothing_behind():
+    """After the kernel tests: no sockgate link they made is still attached, none of their
+    pins, netns or cgroups remain, and a bpffs they had to mount is unmounted again."""
+    if os.geteuid() != 0:
+        yield
+        return
+    from sockgate.kernel.loader import bpffs_mounted, cgroup2_root
+
+    had_bpffs = bpffs_mounted()
+    before = _sockgate_links()
+    yield
+    leaked = _sockgate_links() - before
+    left = [str(p) for p in Path("/sys/fs/bpf").glob("sockgate-*")] if bpffs_mounted() else []
+    left += [f"netns {p.name}" for p in Path("/run/netns").glob("sgtest-*")] if Path("/run/netns").exists() else []
+    try:
+        left += [str(p) for p in Path(cgroup2_root()).glob("sockgate-test-*")]
+    except SockgateError:
+        pass
+    if not had_bpffs and bpffs_mounted():
+        subprocess.run(["umount", "/sys/fs/bpf"], check=False)
+    assert not leaked and not left, f"kernel tests left behind: links {sorted(leaked)} {left}"
+
+
 @pytest.fixture(scope="session")
 def kernel_ok():
     if os.geteuid() != 0:

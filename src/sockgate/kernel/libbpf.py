@@ -110,7 +110,6 @@ def _declare(l: ctypes.CDLL) -> None:
         "bpf_link__pin": (c_int, [c_void_p, c_char_p]),
         "bpf_link__fd": (c_int, [c_void_p]),
         "bpf_link__destroy": (c_int, [c_void_p]),
-        "bpf_link__disconnect": (None, [c_void_p]),
         "bpf_obj_get": (c_int, [c_char_p]),
         "bpf_map_update_elem": (c_int, [c_int, c_void_p, c_void_p, c_uint64]),
         "bpf_map_lookup_elem": (c_int, [c_int, c_void_p, c_void_p]),

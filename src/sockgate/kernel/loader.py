@@ -84,15 +84,28 @@ def cgroup2_root() -> str:
     raise KernelError("no cgroup v2 hierarchy is mounted (mount -t cgroup2 none /sys/fs/cgroup)")
 
 
-def ensure_bpffs(pin_dir: str) -> None:
-    base = Path(pin_dir).parent
+def bpffs_mounted(path: str = "/sys/fs/bpf") -> bool:
+    """Is a bpffs mounted exactly at `path`? (mountinfo: mount point is field 5, the
+    filesystem type is the first field after " - ")."""
     with open("/proc/self/mountinfo") as f:
-        mounted = any(l.split()[4] == str(base) and " bpf " in l.split(" - ", 1)[1][:5] for l in f)
-    if not mounted:
-        base.mkdir(parents=True, exist_ok=True)
-        r = subprocess.run(["mount", "-t", "bpf", "bpf", str(base)], capture_output=True, text=True)
-        if r.returncode != 0:
-            raise KernelError(f"cannot mount bpffs at {base}: {r.stderr.strip()}")
+        for line in f:
+            fields, _, fs = line.partition(" - ")
+            if fields.split()[4] == path and fs.split()[0] == "bpf":
+                return True
+    return False
+
+
+def ensure_bpffs(pin_dir: str) -> bool:
+    """Mount bpffs at pin_dir's parent unless one is there; True if we mounted it.
+    (Mounting again would hide the pins of the mount below: they could never be removed.)"""
+    base = str(Path(pin_dir).parent)
+    if bpffs_mounted(base):
+        return False
+    Path(base).mkdir(parents=True, exist_ok=True)
+    r = subprocess.run(["mount", "-t", "bpf", "bpf", base], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise KernelError(f"cannot mount bpffs at {base}: {r.stderr.strip()}")
+    return True
 
 
 def lsm_active() -> bool:
@@ -235,8 +248,8 @@ class Gate:
                 else:
                     link = libbpf.check_ptr(lib.bpf_program__attach_netns(prog, ns_fd), f"attach {name} to {netns}")
                 libbpf.check_rc(lib.bpf_link__pin(link, str(d / name).encode()), f"pin link {name}")
-                # the pin holds the attachment; our handle can go without detaching it
-                lib.bpf_link__disconnect(link)
+                # destroy only closes our fd; the pin holds the attachment (disconnect would
+                # skip that close and keep the link alive as long as this process lives)
                 lib.bpf_link__destroy(link)
         finally:
             os.close(cg_fd)
