@@ -22,6 +22,7 @@ from pathlib import Path
 from sockgate.errors import KernelError, SockgateError
 from sockgate.journal import Code, Entry, EntryType, Journal, Outcome, Source
 from sockgate.kernel import events as kevents
+from sockgate.kernel import layout as L
 from sockgate.kernel import tables
 from sockgate.kernel.loader import DEFAULT_PIN_DIR, STATE_DIR, Gate, remove_pins
 from sockgate.kernel.owners import seed_owners
@@ -34,7 +35,6 @@ _EXITS = kevents.EXIT_NAMES
 _ENTRY_TYPES = (EntryType.CONNECT, EntryType.LISTEN, EntryType.ACCEPT)
 _OUTCOMES = (Outcome.ALLOWED, Outcome.REJECTED, Outcome.AUDIT_REJECTED)
 _PROTOCOLS = {6: "tcp", 17: "udp"}
-UID_UNKNOWN = 0xFFFFFFFE
 DEFAULT_ALERTS = "/etc/sockgate/alerts.toml"
 DEFAULT_MONITOR_STATE = "/var/lib/sockgate/monitor"
 
@@ -108,7 +108,7 @@ class Enricher:
         for (boot_ns, ino, dev, pid, tid, uid, euid, gid, egid, rule_i, gen, exit_i, verdict, family,
              proto, lport, rport, laddr, raddr, comm, exe_name) in raw:
             exit_name = _EXITS[exit_i]
-            known = euid != UID_UNKNOWN
+            known = euid != L.UID_UNKNOWN
             name = exe_name.split(b"\0", 1)[0].decode(errors="replace")
             out.append(Entry(
                 Code.SOCKET, _ENTRY_TYPES[exit_i], boot_ns + offset_ns, Source.KERNEL, host,
@@ -186,7 +186,11 @@ class Daemon:
     def _install(self, policy: Policy, compiled=None) -> None:
         compiled = compiled or compile_policy(policy)
         names = [r.name for r in policy.rules]
-        self.enricher.rule_names[self.gate.state.generation + 1] = names
+        generation = self.gate.state.generation + 1
+        names_by_gen = self.enricher.rule_names
+        names_by_gen[generation] = names
+        for old in [g for g in names_by_gen if g < generation - 3]:  # only recent events can still be queued
+            del names_by_gen[old]
         info = tables.install(self.gate, compiled, rule_names=names, source=policy.source,
                               mode=policy.mode.value, audit_levels=sorted(policy.audit_levels))
         self.policy = policy

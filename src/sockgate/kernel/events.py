@@ -78,10 +78,6 @@ def _event(t: tuple, offset_ns: int) -> Event:
     )
 
 
-def decode(raw: list[bytes], offset_ns: int) -> list[Event]:
-    return [_event(_EVENT.unpack_from(rec), offset_ns) for rec in raw]
-
-
 def decode_tuples(raw: list[tuple], offset_ns: int) -> list[Event]:
     return [_event(t, offset_ns) for t in raw]
 
@@ -105,10 +101,6 @@ class EventReader:
         self._epoll = select.epoll()
         self._epoll.register(ringbuf_fd, select.EPOLLIN)
         self._offset = boot_to_realtime_offset()
-
-    def read(self) -> list[Event]:
-        """Everything committed now, in order, decoded."""
-        return [_event(t, self._offset) for t in self.read_raw()]
 
     def read_raw(self) -> list[tuple]:
         """Everything committed now, in order, as struct sg_event field tuples (boot_ns

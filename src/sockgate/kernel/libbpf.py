@@ -24,7 +24,6 @@ _log_lock = threading.Lock()
 
 # libbpf_set_print's callback is variadic (fmt, va_list): vsnprintf formats it for us.
 _PRINT_FN = CFUNCTYPE(c_int, c_int, c_char_p, c_void_p)
-SAMPLE_FN = CFUNCTYPE(c_int, c_void_p, c_void_p, c_size_t)
 
 
 class TestRunOpts(Structure):
@@ -118,11 +117,6 @@ def _declare(l: ctypes.CDLL) -> None:
         "bpf_map_update_batch": (c_int, [c_int, c_void_p, c_void_p, POINTER(c_uint32), POINTER(BatchOpts)]),
         "bpf_map_delete_batch": (c_int, [c_int, c_void_p, POINTER(c_uint32), POINTER(BatchOpts)]),
         "bpf_prog_test_run_opts": (c_int, [c_int, POINTER(TestRunOpts)]),
-        "ring_buffer__new": (c_void_p, [c_int, SAMPLE_FN, c_void_p, c_void_p]),
-        "ring_buffer__poll": (c_int, [c_void_p, c_int]),
-        "ring_buffer__consume": (c_int, [c_void_p]),
-        "ring_buffer__free": (None, [c_void_p]),
-        "ring_buffer__epoll_fd": (c_int, [c_void_p]),
         "libbpf_num_possible_cpus": (c_int, []),
     }
     for name, (res, args) in sig.items():

@@ -17,6 +17,7 @@ import struct
 
 from sockgate.kernel import layout as L
 from sockgate.kernel import libbpf
+from sockgate.policy.compile import kernel_dev
 
 LISTEN = "0A"
 SO_COOKIE = 57
@@ -83,8 +84,7 @@ def _process_identity(pid: int, proc: str = "/proc") -> tuple[int, int, list[int
             comm = f.read().strip()
     except (OSError, KeyError, ValueError):
         return None
-    dev = (os.major(st.st_dev) << 20) | os.minor(st.st_dev)
-    return euid, egid, groups, dev, st.st_ino, comm
+    return euid, egid, groups, kernel_dev(st.st_dev), st.st_ino, comm
 
 
 def _dup_socket(pid: int, fd: int) -> int | None:

@@ -57,7 +57,6 @@ def install(gate: Gate, c: Compiled, *, rule_names: list[str] | None = None, sou
     t0 = time.perf_counter()
     m = gate.maps
     cfg = L.Config()
-    libbpf.map_update  # noqa: B018 (documented entry point)
     if not libbpf.map_lookup(m["sg_config"], ctypes.c_uint32(0), cfg):
         raise AssertionError("sg_config has no entry 0")
     slot = 1 - (cfg.active_slot & 1)

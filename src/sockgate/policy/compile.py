@@ -15,6 +15,7 @@ Python ints here (bit r = rule r), deduplicated into a table of indices.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 from dataclasses import dataclass, field
@@ -94,6 +95,16 @@ class Compiled:
     emit_rejected: bool = True
     reject_errno: int = 1
     digest: str = ""
+
+    @functools.cached_property
+    def addr_lengths(self) -> list[list[int]]:
+        """Per side, the prefix lengths present, longest first (longest-prefix match)."""
+        return [sorted({plen for _, plen in table}, reverse=True) for table in self.addrs]
+
+    @functools.cached_property
+    def port_starts(self) -> list[list[int]]:
+        """Per side, each port segment's first port (for bisect)."""
+        return [[p for p, _ in segs] for segs in self.ports]
 
     @property
     def nsummary(self) -> int:

@@ -38,7 +38,7 @@ class Decision:
 
 def lookup_addr(c: Compiled, side: int, addr128: int) -> int:
     table = c.addrs[side]
-    for plen in sorted({p for _, p in table}, reverse=True):
+    for plen in c.addr_lengths[side]:
         mask = ((1 << plen) - 1) << (128 - plen) if plen else 0
         idx = table.get((addr128 & mask, plen))
         if idx is not None:
@@ -47,9 +47,8 @@ def lookup_addr(c: Compiled, side: int, addr128: int) -> int:
 
 
 def lookup_port(c: Compiled, side: int, port: int) -> int:
-    segs = c.ports[side]
-    i = bisect.bisect_right([p for p, _ in segs], port) - 1
-    return segs[i][1]
+    i = bisect.bisect_right(c.port_starts[side], port) - 1
+    return c.ports[side][i][1]
 
 
 def decide(c: Compiled, exit: int, uid: int, gids: tuple[int, ...], ident: tuple[int, int] | None,

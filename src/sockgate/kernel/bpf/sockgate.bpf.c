@@ -466,13 +466,11 @@ static __always_inline const struct sg_policy *active_policy(__u32 *slot)
 	return bpf_map_lookup_elem(&sg_policy, slot);
 }
 
-static __always_inline void count_hit(__u32 exit, __s32 rule)
+/* Counted in the slot that decided (a swap between deciding and counting must not credit
+ * the other policy). */
+static __always_inline void count_hit(__u32 slot, __u32 exit, __s32 rule)
 {
-	__u32 zero = 0;
-	struct sg_config *cfg = bpf_map_lookup_elem(&sg_config, &zero);
-	if (!cfg)
-		return;
-	__u32 idx = (cfg->active_slot & 1) * SG_HIT_SLOTS + (rule >= 0 ? (__u32)rule : SG_MAX_RULES + exit);
+	__u32 idx = (slot & 1) * SG_HIT_SLOTS + (rule >= 0 ? (__u32)rule : SG_MAX_RULES + exit);
 	__u64 *v = bpf_map_lookup_elem(&sg_hits, &idx);
 	if (v)
 		*v += 1;
@@ -638,7 +636,7 @@ static __always_inline int judge(__u32 exit, struct sg_scratch *sc, bool is_curr
 	identify(sc, is_current, laddr, lport, needs);
 	int verdict = decide(slot, pol, exit, &sc->who, laddr, lport, raddr, rport, sc, &rule);
 	*err = pol->reject_errno;
-	count_hit(exit, rule);
+	count_hit(slot, exit, rule);
 	if (wants_event(verdict, pol->flags)) {
 		if (needs != SG_NEED_ALL)
 			identify(sc, is_current, laddr, lport, SG_NEED_ALL);
