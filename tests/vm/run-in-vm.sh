@@ -107,17 +107,20 @@ apt_update_once() {
     apt_retry update && APT_UPDATED=1
 }
 
+# dpkg -s also succeeds for a removed package whose config files remain
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
+
 ensure_packages() {
     local missing=() p
     command -v qemu-system-x86_64 >/dev/null || missing+=(qemu-system-x86)
-    dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)
+    installed busybox-static || missing+=(busybox-static)
     command -v cpio >/dev/null || missing+=(cpio)
     command -v depmod >/dev/null && command -v modprobe >/dev/null || missing+=(kmod)
     [ ${#missing[@]} -eq 0 ] && return 0
     log "installing ${missing[*]}"
     apt_update_once || die "apt-get update failed"
     apt_retry install -y --no-install-recommends "${missing[@]}" || die "apt-get install ${missing[*]} failed"
-    for p in "${missing[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || die "package $p did not install"; done
+    for p in "${missing[@]}"; do installed "$p" || die "package $p did not install"; done
 }
 
 # The kernel package that linux-image-amd64 depends on, e.g. linux-image-6.1.0-56-amd64.

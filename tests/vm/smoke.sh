@@ -16,7 +16,7 @@ OBJ=$OUT/lsm_smoke.bpf.o
 if [ "${SGVM:-}" != 1 ]; then
     # ---- host: build, then boot ----
     missing=()
-    for p in clang-16 llvm-16 libbpf-dev libbpf1 bpftool; do dpkg -s $p >/dev/null 2>&1 || missing+=("$p"); done
+    for p in clang-16 llvm-16 libbpf-dev libbpf1 bpftool; do dpkg-query -W -f='${Status}' $p 2>/dev/null | grep -q "install ok installed" || missing+=("$p"); done
     if [ ${#missing[@]} -gt 0 ]; then
         echo "smoke: apt-get install ${missing[*]}" >&2
         (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -q "${missing[@]}") >&2
