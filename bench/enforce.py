@@ -264,10 +264,25 @@ def teardown(c: Config) -> None:
         sh("ip", "netns", "del", c.ns, check=False)  # its nft tables go with it
 
 
-def unmount_bpffs_unless(had_it: bool) -> None:
-    """Leave /sys/fs/bpf as the bench found it: unmount a bpffs the bench's loads mounted."""
-    if not had_it and bpffs_mounted():
+def system_state() -> tuple[bool, bool, bool]:
+    """(bpffs mounted at /sys/fs/bpf, /run/netns exists, /run/sockgate exists): to leave
+    the machine as found."""
+    return bpffs_mounted(), Path("/run/netns").exists(), Path("/run/sockgate").exists()
+
+
+def leave_as_found(state: tuple[bool, bool, bool]) -> None:
+    """Unmount a bpffs the bench's loads mounted; remove /run/netns (made by `ip netns add`)
+    and /run/sockgate (pin state) if the bench made them and they are empty."""
+    had_bpffs, had_netns_dir, had_state_dir = state
+    if not had_state_dir and Path("/run/sockgate").exists() and not any(Path("/run/sockgate").iterdir()):
+        Path("/run/sockgate").rmdir()
+    if not had_bpffs and bpffs_mounted():
         sh("umount", "/sys/fs/bpf", check=False)
+    if not had_netns_dir and Path("/run/netns").exists() and not any(Path("/run/netns").iterdir()):
+        while sh("mountpoint", "-q", "/run/netns", check=False).returncode == 0:
+            if sh("umount", "/run/netns", check=False).returncode != 0:
+                break
+        sh("rmdir", "/run/netns", check=False)
 
 
 def remove_stale() -> None:
@@ -553,7 +568,7 @@ def main() -> int:
     cs = configs(not a.no_journal)
     tag = str(os.getpid())
     err = None
-    had_bpffs = bpffs_mounted()
+    found = system_state()
     try:
         for c in cs:
             t0 = time.perf_counter()
@@ -570,7 +585,7 @@ def main() -> int:
     finally:
         for c in cs:
             teardown(c)
-        unmount_bpffs_unless(had_bpffs)
+        leave_as_found(found)
     machine["loadavg_end"] = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     s = summarize(cs)
     rs = ratios(cs, s)

@@ -50,6 +50,12 @@ def _unavailable(reason: str):
     pytest.skip(reason)
 
 
+def _mounted_at(path: str) -> bool:
+    """Anything mounted at path (os.path.ismount misses a bind mount of the same fs)."""
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == path for line in f)
+
+
 def _sockgate_links() -> set[int]:
     """Ids of BPF links whose program is one of sockgate's (names start with sg_)."""
     bpftool = shutil.which("bpftool") or "/usr/sbin/bpftool"
@@ -72,6 +78,7 @@ def leaves_nothing_behind():
     from sockgate.kernel.loader import bpffs_mounted, cgroup2_root
 
     had_bpffs = bpffs_mounted()
+    new_dirs = [d for d in (Path("/run/sockgate"), Path("/run/netns")) if not d.exists()]
     before = _sockgate_links()
     yield
     leaked = _sockgate_links() - before
@@ -83,6 +90,14 @@ def leaves_nothing_behind():
         pass
     if not had_bpffs and bpffs_mounted():
         subprocess.run(["umount", "/sys/fs/bpf"], check=False)
+    for d in new_dirs:  # made by this session (pin state, `ip netns add`): gone if empty
+        while _mounted_at(str(d)):  # iproute2 bind-mounts /run/netns onto itself
+            if subprocess.run(["umount", str(d)], capture_output=True).returncode != 0:
+                break
+        try:
+            d.rmdir()
+        except OSError:
+            left.append(f"{d} (still in use)")
     assert not leaked and not left, f"kernel tests left behind: links {sorted(leaked)} {left}"
 
 
