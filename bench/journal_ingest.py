@@ -16,7 +16,6 @@ time the same append loop. Until that module exists it says so and exits 2.
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import resource
 import shutil

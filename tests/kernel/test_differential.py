@@ -41,7 +41,6 @@ def random_net(rnd: random.Random):
 
 def random_policy(rnd: random.Random, nrules: int):
     rules = []
-    idents = {}
     for i in range(nrules):
         exits = frozenset(rnd.sample(list(Exit), rnd.randint(1, 3)))
         allowed = set.intersection(*({"user", "group", "program", "local", "remote", "local_port", "remote_port"}

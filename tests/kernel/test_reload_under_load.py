@@ -9,7 +9,6 @@ slot, bitmaps from the other) or an out-of-range rule; none may ever appear. The
 from __future__ import annotations
 
 import threading
-import time
 
 from conftest import TEST_UID, install_text
 

@@ -15,7 +15,7 @@ from sockgate.monitor.channels.syslog import format_rfc5424
 from sockgate.monitor.engine import Engine
 from sockgate.monitor.rules import parse_rules
 
-from .conftest import HTTPReceiver, SMTPReceiver, SyslogReceiver, entry, wait_for
+from .conftest import SMTPReceiver, SyslogReceiver, entry, wait_for
 
 RULES = """
 [monitor]

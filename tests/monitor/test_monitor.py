@@ -3,7 +3,6 @@ SIGKILL, counted at real receivers."""
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from sockgate.errors import PolicyErrors
 from sockgate.policy.model import MATCH_FIELDS, Policy
-from sockgate.policy.parse import RULE_KEYS, TOP_KEYS, parse_policy
+from sockgate.policy.parse import RULE_KEYS, parse_policy
 
 EXAMPLE = (Path(__file__).resolve().parents[2] / "examples" / "policy.toml").read_text()
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

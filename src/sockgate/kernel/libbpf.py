@@ -12,8 +12,7 @@ import errno as errno_mod
 import os
 import threading
 from ctypes import (
-    CFUNCTYPE, POINTER, Structure, byref, c_bool, c_char_p, c_int, c_size_t, c_uint,
-    c_uint32, c_uint64, c_void_p,
+    CFUNCTYPE, POINTER, Structure, byref, c_bool, c_char_p, c_int, c_size_t, c_uint32, c_uint64, c_void_p,
 )
 
 from sockgate.errors import KernelError

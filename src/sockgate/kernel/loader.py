@@ -11,7 +11,6 @@ Removing the pins detaches everything (`unload`).
 from __future__ import annotations
 
 import ctypes
-import errno as errno_mod
 import json
 import os
 import shutil

@@ -12,7 +12,6 @@ import errno as errno_mod
 import grp
 import hashlib
 import ipaddress
-import math
 import os
 import pwd
 import re
