@@ -4,12 +4,13 @@
 PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
-APT_PKGS := clang-16 llvm-16 libbpf-dev libbpf1 bpftool iproute2 nftables make
+APT_PKGS := clang-16 llvm-16 libbpf-dev libbpf1 bpftool iproute2 nftables make \
+            gcc python3-dev libsqlite3-dev libssl-dev
 PYTEST_ARGS ?=
 
-.PHONY: setup deps venv bpf run test test-lsm bench clean
+.PHONY: setup deps venv bpf ext run test test-lsm bench clean
 
-setup: deps venv bpf
+setup: deps venv bpf ext
 
 deps:
 	@missing=""; for p in $(APT_PKGS); do \
@@ -27,6 +28,14 @@ $(BIN)/sockgate: pyproject.toml setup.py
 
 bpf:
 	$(MAKE) -C src/sockgate/kernel/bpf
+
+# the journal's C write path (src/sockgate/journal/_append.c), built in place
+ext: build/ext.stamp
+
+build/ext.stamp: src/sockgate/journal/_append.c setup.py | venv
+	$(BIN)/python setup.py -q build_ext --inplace 2>&1 | grep -v -e BetaConfiguration -e FutureWarning -e "warn(" || true
+	$(BIN)/python -c "import sockgate.journal._append"
+	mkdir -p build && touch $@
 
 run: setup
 	$(BIN)/sockgate run

@@ -1,8 +1,9 @@
-"""Build hook: compile the BPF object from the C sources before packaging it."""
+"""Build hooks: compile the BPF object from its C sources before packaging it, and the
+journal's C write path (sockgate.journal._append: libsqlite3 + libcrypto)."""
 import subprocess
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import Extension, setup
 from setuptools.command.build_py import build_py
 
 BPF_DIR = Path(__file__).parent / "src" / "sockgate" / "kernel" / "bpf"
@@ -14,4 +15,10 @@ class BuildWithBPF(build_py):
         super().run()
 
 
-setup(cmdclass={"build_py": BuildWithBPF})
+setup(
+    cmdclass={"build_py": BuildWithBPF},
+    ext_modules=[Extension(
+        "sockgate.journal._append", ["src/sockgate/journal/_append.c"],
+        libraries=["sqlite3", "crypto"], extra_compile_args=["-O2", "-Wall", "-Wno-unused-parameter"],
+    )],
+)

@@ -9,7 +9,6 @@ INTERRUPTED record before anything else.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import socket
@@ -17,17 +16,18 @@ import threading
 import time
 import uuid
 from dataclasses import fields as dc_fields
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from sockgate.errors import JournalError
 from sockgate.locking import lock_exclusive
-from sockgate.journal import seal as sealing
+from sockgate.journal import _append, seal as sealing
 from sockgate.journal.entry import Code, Entry, EntryType, Outcome, Source
 from sockgate.journal.query import Filter
 from sockgate.journal.store import (
     FIELDS, FORMAT, FORMAT_VERSION, KEY_FILE, LOCK_FILE, META_FILE, VERIFY_KEY_FILE, ZERO_HASH,
-    Receiver, addr_key, canonical, key_addr, create_private_file, dump_extra, fsync_dir,
+    Receiver, key_addr, create_private_file, dump_extra, fsync_dir,
     read_journal_meta, receiver_name, row_to_entry, scan_directory,
 )
 
@@ -39,14 +39,10 @@ _ENTRY_FIELDS = {f.name for f in dc_fields(Entry)}
 _INTERNAL = frozenset({EntryType.ROTATE.value, EntryType.CUT.value})
 
 
-def _values(enum_cls) -> dict:
-    """member or its value -> value: one dict lookup validates and converts."""
-    d = {m: m.value for m in enum_cls}
-    d.update({m.value: m.value for m in enum_cls})
-    return d
-
-
-_CODES, _TYPES, _SOURCES, _OUTCOMES = (_values(c) for c in (Code, EntryType, Source, Outcome))
+# What the C write path accepts (members are str, so one set holds members and values).
+_CODES, _TYPES, _SOURCES, _OUTCOMES = (frozenset(m.value for m in c) for c in (Code, EntryType, Source, Outcome))
+if _append.FIELDS != FIELDS:
+    raise ImportError("sockgate.journal._append was built for other FIELDS; rebuild it (make)")
 _SELECT = "SELECT " + ",".join(FIELDS) + " FROM entry"
 
 
@@ -109,7 +105,8 @@ class Journal:
         self._key: sealing.SealKey | None = None
         self._sealed_seq = 0
         self._last_seal_time = time.monotonic()
-        self._internal_ok = False
+        self._app: tuple[Receiver, _append.Appender] | None = None
+        self._bulk = False
 
     # -- opening ------------------------------------------------------------------------
 
@@ -219,10 +216,9 @@ class Journal:
         """Append entries, assigning gap-free seqs (set on the Entry objects too).
         Entries whose ident is already journaled are skipped. Returns the last seq."""
         self._check_writer()
-        self._internal_ok = _internal
         with self._lock:
-            if atomic:
-                self._append_batch(list(entries))
+            if atomic or self._bulk:
+                self._append_batch(list(entries), _internal)
             else:
                 # Cut transactions at seal boundaries too, so seals land every seal_every.
                 batch: list[Entry] = []
@@ -230,85 +226,82 @@ class Journal:
                 for e in entries:
                     batch.append(e)
                     if len(batch) >= room:
-                        self._append_batch(batch)
+                        self._append_batch(batch, _internal)
                         self._maybe_seal()
                         batch = []
                         room = min(BATCH, max(1, self.seal_every - (self._head_seq - self._sealed_seq)))
                 if batch:
-                    self._append_batch(batch)
-            self._maybe_seal()
+                    self._append_batch(batch, _internal)
+            if not self._bulk:
+                self._maybe_seal()
             return self._head_seq
 
-    def _append_batch(self, batch: list[Entry]) -> None:
+    @contextmanager
+    def bulk(self) -> Iterator[None]:
+        """Every append() inside is one transaction: all of it is committed at the end, or
+        nothing (an exception rolls it back). For an import that must be whole, in bounded
+        memory. Sealed once, after the commit."""
+        self._check_writer()
+        with self._lock:
+            if self._bulk:
+                raise JournalError("bulk() does not nest")
+            head = self._head_seq, self._head_hash
+            app = self._appender()
+            self._bulk = True
+            try:
+                app.begin()
+                yield
+                app.commit()
+            except BaseException:
+                app.rollback()
+                self._head_seq, self._head_hash = head
+                raise
+            finally:
+                self._bulk = False
+            self._maybe_seal()
+
+    def _appender(self) -> _append.Appender:
+        """The C write path into the current receiver (opened on first use)."""
+        cur = self._current()
+        if self._app is None or self._app[0] is not cur:
+            if self._app is not None:
+                self._app[1].close()
+            self._app = (cur, _append.Appender(
+                str(cur.path), self._sync, _CODES, _TYPES, _SOURCES, _OUTCOMES, _INTERNAL,
+                dump_extra))
+        return self._app[1]
+
+    def _append_batch(self, batch: list[Entry], internal: bool) -> None:
+        """Check, chain and insert (in C, see _append.c); its own transaction unless in bulk()."""
         if not batch:
             return
-        idents = [e.ident for e in batch if e.ident is not None]
-        known: set[str] = set()
-        if idents:
-            for r in self._ordered():
-                known |= r.known_idents(idents)
-        seq, h = self._head_seq, self._head_hash
-        rows = []
-        accepted = []
-        for i, e in enumerate(batch):
-            if e.ident is not None:
-                if e.ident in known:
-                    continue
-                known.add(e.ident)
-            values = self._normalize(e, i)
-            seq += 1
-            values[0] = seq
-            h = hashlib.sha256(h + canonical(values)).digest()
-            rows.append((*values, addr_key(values[14]), addr_key(values[16]), h))
-            accepted.append(e)
-        if not rows:
-            return
-        self._current().insert(rows)
-        for e, row in zip(accepted, rows):
-            e.seq = row[0]
-        self._head_seq, self._head_hash = seq, h
-
-    def _normalize(self, e: Entry, i: int) -> list[Any]:
-        """Entry -> stored values in FIELDS order (seq filled in by the caller).
-        This runs once per journaled decision, so the checks are flat, not closures."""
+        skip = None
+        if len(self._receivers) > 1:  # idents journaled before the last rotate
+            idents = [e.ident for e in batch if getattr(e, "ident", None) is not None]
+            if idents:
+                skip = set()
+                for r in self._ordered()[:-1]:
+                    skip |= r.known_idents(idents)
+        app = self._appender()
         try:
-            code = _CODES[e.code]
-            etype = _TYPES[e.type]
-            source = _SOURCES[e.source]
-            outcome = None if e.outcome is None else _OUTCOMES[e.outcome]
-        except (KeyError, TypeError) as exc:
-            raise JournalError(f"entry {i}: not a valid code/type/source/outcome: {exc}") from None
-        if etype in _INTERNAL and not self._internal_ok:
-            raise JournalError(f"entry {i}: {etype!r} records are written by the journal itself")
-        ts = e.ts_ns
-        if type(ts) is not int or ts < 0:
-            raise JournalError(f"entry {i}: bad ts_ns {ts!r}")
-        for name in ("uid", "gid", "pid"):
-            v = getattr(e, name)
-            if v is not None and type(v) is not int:
-                raise JournalError(f"entry {i}: bad {name} {v!r}")
-        for name in ("local_port", "remote_port"):
-            v = getattr(e, name)
-            if v is not None and (type(v) is not int or not 0 <= v <= 65535):
-                raise JournalError(f"entry {i}: bad {name} {v!r}")
-        for name in ("host", "rule", "user", "program", "family", "local_addr", "remote_addr", "ident"):
-            v = getattr(e, name)
-            if v is not None and type(v) is not str:
-                raise JournalError(f"entry {i}: {name} must be text, not {type(v).__name__}")
-        if not isinstance(e.extra, dict):
-            raise JournalError(f"entry {i}: extra must be a dict")
-        family = e.family
-        if family is None:
-            for a in (e.remote_addr, e.local_addr):
-                k = addr_key(a) if isinstance(a, str) else None
-                if k is not None:
-                    family = "ipv4" if k[:12] == b"\x00" * 10 + b"\xff\xff" and ":" not in a else "ipv6"
-                    break
-        return [
-            None, ts, code, etype, source, e.host or self.host, outcome, e.rule, e.uid, e.user,
-            e.gid, e.pid, e.program, family, e.local_addr, e.local_port, e.remote_addr, e.remote_port,
-            dump_extra(e.extra), e.ident,
-        ]
+            if not self._bulk:
+                app.begin()
+            seq, h, _ = app.append(batch, self._head_seq, self._head_hash, self.host, internal, skip)
+            if not self._bulk:
+                app.commit()
+        except ValueError as e:   # a bad entry: nothing of this batch was written
+            if not self._bulk:
+                app.rollback()
+            raise JournalError(str(e)) from None
+        except _append.WriteError as e:
+            if not self._bulk:
+                app.rollback()
+            raise JournalError(f"{self._current().path}: write failed: {e}") from None
+        except BaseException:
+            if not self._bulk:
+                app.rollback()
+            raise
+        self._head_seq, self._head_hash = seq, h
 
     def record(self, type: EntryType | str, **fields: Any) -> int:
         """Append one of sockgate's own (SG) records; fields that are not Entry fields
@@ -484,6 +477,9 @@ class Journal:
                 self._release()
 
     def _release(self) -> None:
+        if self._app is not None:
+            self._app[1].close()
+            self._app = None
         for r in self._receivers.values():
             r.close()
         self._receivers.clear()
