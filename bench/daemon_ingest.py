@@ -73,7 +73,7 @@ def main() -> int:
             if not line and daemon.poll() is not None:
                 raise RuntimeError("daemon did not start")
         before = json.loads(sockgate("status", "--json", "--pin-dir", pin).stdout)["counters"]
-        t0 = time.monotonic()
+        t0, t0_ns = time.monotonic(), time.time_ns()
         lg = eb.loadgen(c, a.seconds)
         elapsed = time.monotonic() - t0
         after_load = json.loads(sockgate("status", "--json", "--pin-dir", pin).stdout)["counters"]
@@ -85,7 +85,8 @@ def main() -> int:
         drain_s = time.monotonic() - drain_t0
         with Journal.open(journal, readonly=True) as j:
             journaled = sum(1 for e in j.entries() if e.code.value == "SK")
-            gaps = sum(e.extra.get("dropped", 0) for e in j.entries() if e.type.value == "gap")
+            gap_list = [(e.ts_ns, e.extra.get("dropped", 0)) for e in j.entries() if e.type.value == "gap"]
+            gaps = sum(n for _, n in gap_list)
         verify = sockgate("journal", "verify", "--journal", str(journal), "--key", str(journal / "verification.key"))
         selected = after_load["selected"] - before["selected"]
         dropped = after_load["dropped"] - before["dropped"]
@@ -98,6 +99,7 @@ def main() -> int:
             "journaled_per_s_during_load": round(journaled / elapsed),
             "dropped_in_kernel": dropped,
             "gap_records_total": gaps,
+            "gaps_at_s": [[round((ts - t0_ns) / 1e9, 2), n] for ts, n in gap_list][:20],
             "lost": selected - journaled,
             "drain_after_load_s": round(drain_s, 1),
             "verify_rc": verify.returncode,

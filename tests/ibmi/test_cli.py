@@ -119,17 +119,17 @@ def test_unknown_format_is_bad_data(run, tmp_path, jdir):
     assert code == 1 and "--format" in err
 
 
-def test_large_file_two_passes_in_batches(run, tmp_path, jdir, monkeypatch):
-    # Files above HOLD_MAX entries are checked whole, then imported in atomic batches.
+def test_bad_record_after_chunks_were_written_rolls_back(run, tmp_path, jdir, monkeypatch):
+    # Entries go to the journal in chunks while the file is still being read; a bad record
+    # after some chunks were written still leaves nothing (one transaction).
     from sockgate.ibmi import importer
-    monkeypatch.setattr(importer, "HOLD_MAX", 5)
-    monkeypatch.setattr(importer, "BATCH", 7)
+    monkeypatch.setattr(importer, "CHUNK", 5)
     data = patch(build("type5"), 12, "JONBR", "12X456")
     f = tmp_path / "in.bin"
     f.write_bytes(data)
     code, _, err = run(["ibmi", "import", str(f), "--journal", jdir])
     assert code == 1 and "record 12" in err
-    assert journal_entries(jdir, source=None) == []  # the check pass found it: nothing written
+    assert journal_entries(jdir, source=None) == []  # two chunks were written, then rolled back
     code, out, _ = run(["ibmi", "import", str(f), "--journal", jdir, "--json",
                         "--skip-bad", str(tmp_path / "bad")])
     s = json.loads(out)

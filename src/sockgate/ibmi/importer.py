@@ -1,8 +1,9 @@
 """`sockgate ibmi import`: read a file of IBM i SK entries, journal them, summarize.
 
-All or nothing: the whole file is parsed before anything is written, and the entries go to
-the journal in one atomic append (files of more than HOLD_MAX entries: parsed once to check,
-then again into atomic batches), so a bad record leaves the journal as it was. With
+All or nothing: the file is read once, and its entries go to the journal in one transaction
+(Journal.bulk) that commits only after the last record parsed, so a bad record leaves the
+journal as it was, in bounded memory. Parsing (this thread) and writing (a writer thread in
+the journal's C write path, which releases the GIL) overlap. With
 `skip_bad` bad records are written to that file (as they were in the input) and the rest is
 imported. Entries are identified by SYSTEM:SEQUENCE, so importing the same data twice adds
 no entries (the journal skips known idents); each successful import adds one SG `import`
@@ -13,7 +14,9 @@ from __future__ import annotations
 
 import mmap
 import os
+import queue
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -198,38 +201,55 @@ def parse_all(data, **kw) -> list[Entry]:
 
 # ---------------------------------------------------------------- import
 
-HOLD_MAX = 200_000   # entries held in memory for one atomic append
-BATCH = 50_000       # entries per atomic append when a large file is imported in batches
+CHUNK = 8192   # entries per hand-over from the parser to the journal writer
+_END = object()
 
 
-def _second_pass(journal, data, fmt: str, ccsid, record_length, clock, name: str,
-                 bad_expected: int, progress: Progress | None) -> int:
-    """Import a file already checked whole, in atomic batches. A failure between batches
-    (disk full, a kill) leaves whole batches in; importing again completes it, as entries
-    already present are skipped."""
-    bad = 0
+class _Aborted(Exception):
+    """The parser stopped (a bad record, Ctrl-C): roll the import back."""
 
-    def on_bad(err: ImportRecordError, raw: bytes) -> None:
-        nonlocal bad
-        bad += 1  # already reported by the first pass
 
-    _, entries = parse(data, fmt=fmt, ccsid=ccsid, record_length=record_length, clock=clock,
-                       file=name, on_bad=on_bad)
-    after = journal.last_seq
-    batch: list[Entry] = []
-    for e in entries:
-        batch.append(e)
-        if len(batch) >= BATCH:
-            after = journal.append(batch, atomic=True)
-            if progress:
-                progress.advance(len(batch))
-            batch = []
-    if bad != bad_expected:
-        raise ImportRecordError("the file changed while it was imported; import it again "
-                                "(entries already imported are skipped)", file=name)
-    if batch:
-        after = journal.append(batch, atomic=True)
-    return after
+def journal_entries(journal, entries: Iterator[Entry]) -> int:
+    """Write entries (parsed on this thread) to the journal on a writer thread, in one bulk
+    transaction: everything or, if parsing or writing fails, nothing. Returns the last seq."""
+    chunks: queue.Queue = queue.Queue(maxsize=4)
+    failure: list[BaseException] = []
+
+    def write() -> None:
+        chunk = None
+        try:
+            with journal.bulk():
+                while (chunk := chunks.get()) is not _END:
+                    if chunk is _Aborted:
+                        raise _Aborted
+                    journal.append(chunk)
+        except BaseException as e:
+            failure.append(e)
+            while chunk is not _END and chunk is not _Aborted:  # let the parser finish putting
+                chunk = chunks.get()
+
+    writer = threading.Thread(target=write, name="import-writer")
+    writer.start()
+    try:
+        chunk: list[Entry] = []
+        for e in entries:
+            chunk.append(e)
+            if len(chunk) >= CHUNK:
+                if failure:
+                    break
+                chunks.put(chunk)
+                chunk = []
+        if chunk and not failure:
+            chunks.put(chunk)
+    except BaseException:
+        chunks.put(_Aborted)
+        writer.join()
+        raise
+    chunks.put(_END)
+    writer.join()
+    if failure:
+        raise failure[0]
+    return journal.last_seq
 
 
 def import_file(path: str, journal_dir: str | None, *, fmt: str = "auto", ccsid: int | None = None,
@@ -269,37 +289,21 @@ def import_file(path: str, journal_dir: str | None, *, fmt: str = "auto", ccsid:
             on_bad=on_bad if skip_bad else None, progress=progress,
             header_out=header_out if skip_bad else None)
         summary.format = fmt_used
-        # The whole file is parsed before anything is written. Up to HOLD_MAX entries are
-        # kept for one atomic append; a larger file is parsed twice instead (check, then
-        # import in atomic batches) so memory stays bounded.
-        held: list[Entry] | None = []
-        count = 0
-        for e in tally.watch(entries):
-            count += 1
-            if held is not None:
-                held.append(e)
-                if len(held) > HOLD_MAX:
-                    held = None
+        if journal is not None:
+            before = journal.last_seq
+            after = journal_entries(journal, tally.watch(entries))
+        else:
+            for _ in tally.watch(entries):
+                pass
         entries = None
         if progress:
             progress.stop()
-        summary.records = count
+        summary.records = sum(tally.types.values())
         summary.by_type = dict(sorted(tally.types.items()))
         summary.systems = sorted(tally.systems)
         summary.first_ts_ns, summary.last_ts_ns = tally.lo, tally.hi
         summary.first, summary.last = _iso(tally.lo), _iso(tally.hi)
         if journal is not None:
-            before = journal.last_seq
-            if held is not None:
-                if progress:
-                    progress.start(None, "writing to the journal")
-                after = journal.append(held, atomic=True)
-            else:
-                if progress:
-                    progress.start(count, "writing to the journal")
-                after = _second_pass(journal, data, fmt_used, ccsid, record_length, clock, name,
-                                     summary.bad, progress)
-            held = None
             summary.imported = after - before
             summary.already_present = summary.records - summary.imported
             summary.import_seq = journal.record(
