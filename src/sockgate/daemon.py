@@ -37,6 +37,7 @@ _OUTCOMES = (Outcome.ALLOWED, Outcome.REJECTED, Outcome.AUDIT_REJECTED)
 _PROTOCOLS = {6: "tcp", 17: "udp"}
 DEFAULT_ALERTS = "/etc/sockgate/alerts.toml"
 DEFAULT_MONITOR_STATE = "/var/lib/sockgate/monitor"
+MERGE_MAX = 50_000  # entries per journal transaction when the writer catches up
 
 
 @dataclass
@@ -74,6 +75,24 @@ class Enricher:
         self.rule_names: dict[int, list[str]] = {}
         self._users: dict[int, str | None] = {}
         self._paths: dict[tuple[int, int], str] = {}
+        self._addrs: dict[bytes, str] = {}   # 16-byte address -> text
+        self._names: dict[bytes, str] = {}   # NUL-padded comm / file name -> text
+
+    def addr(self, raw: bytes) -> str:
+        t = self._addrs.get(raw)
+        if t is None:
+            if len(self._addrs) > 100_000:
+                self._addrs.clear()
+            t = self._addrs[raw] = kevents.addr_text(raw)
+        return t
+
+    def name(self, raw: bytes) -> str:
+        t = self._names.get(raw)
+        if t is None:
+            if len(self._names) > 100_000:
+                self._names.clear()
+            t = self._names[raw] = raw.split(b"\0", 1)[0].decode(errors="replace")
+        return t
 
     def user(self, uid: int) -> str | None:
         if uid not in self._users:
@@ -104,22 +123,20 @@ class Enricher:
     def entries(self, raw: list[tuple], offset_ns: int) -> list[Entry]:
         """Journal entries straight from ring-buffer tuples (this runs per decision)."""
         out = []
-        host, user, program, rule = self.host, self.user, self.program, self.rule
+        host, user, program, rule, addr, name = self.host, self.user, self.program, self.rule, self.addr, self.name
         for (boot_ns, ino, dev, pid, tid, uid, euid, gid, egid, rule_i, gen, exit_i, verdict, family,
              proto, lport, rport, laddr, raddr, comm, exe_name) in raw:
             exit_name = _EXITS[exit_i]
             known = euid != L.UID_UNKNOWN
-            name = exe_name.split(b"\0", 1)[0].decode(errors="replace")
             out.append(Entry(
                 Code.SOCKET, _ENTRY_TYPES[exit_i], boot_ns + offset_ns, Source.KERNEL, host,
                 _OUTCOMES[verdict], rule(rule_i, gen, exit_name),
                 euid if known else None, user(euid) if known else None, egid if known else None,
-                pid or None, program(pid, dev, ino, name) if known else None,
+                pid or None, program(pid, dev, ino, name(exe_name)) if known else None,
                 "ipv6" if family == kevents.AF_INET6 else "ipv4",
-                kevents.addr_text(laddr) if exit_i else None, lport if exit_i else None,
-                kevents.addr_text(raddr) if exit_i != 1 else None, rport if exit_i != 1 else None,
-                {"comm": comm.split(b"\0", 1)[0].decode(errors="replace"), "real_uid": uid,
-                 "protocol": _PROTOCOLS.get(proto, proto), "generation": gen}
+                addr(laddr) if exit_i else None, lport if exit_i else None,
+                addr(raddr) if exit_i != 1 else None, rport if exit_i != 1 else None,
+                {"comm": name(comm), "real_uid": uid, "protocol": _PROTOCOLS.get(proto, proto), "generation": gen}
                 if known else {"owner": "unknown", "protocol": "tcp", "generation": gen},
             ))
         return out
@@ -137,9 +154,10 @@ class Daemon:
         self.reload_requested = False
         self.monitor_thread: threading.Thread | None = None
         self._last_dropped = 0
-        # Journal writes run on their own thread (sqlite releases the GIL while it inserts
-        # and syncs), in order, through a bounded queue: if the journal falls behind, the
-        # ring buffer fills and the kernel's drop counter turns the loss into gap records.
+        # Journal writes run on their own thread (the journal's C write path releases the GIL
+        # while it hashes, inserts and syncs), in order, through a bounded queue of entry
+        # batches and records: if the journal falls behind, the ring buffer fills and the
+        # kernel's drop counter turns the loss into gap records.
         self._writes: queue.Queue = queue.Queue(maxsize=64)
         self._writer: threading.Thread | None = None
         self.writer_error: BaseException | None = None
@@ -218,12 +236,29 @@ class Daemon:
         self.log(f"monitor running with {rules}")
 
     def _write_loop(self) -> None:
+        """Jobs in order. Entry batches queued back to back are appended as one (one
+        commit, one fsync): when the journal falls behind, its transactions grow instead
+        of the backlog."""
+        pending = None
         while True:
-            job = self._writes.get()
+            job = pending if pending is not None else self._writes.get()
+            pending = None
             if job is None:
                 return
             try:
-                job()
+                if isinstance(job, list):
+                    while len(job) < MERGE_MAX:
+                        try:
+                            nxt = self._writes.get_nowait()
+                        except queue.Empty:
+                            break
+                        if not isinstance(nxt, list):
+                            pending = nxt
+                            break
+                        job += nxt
+                    self.journal.append(job)
+                else:
+                    job()
             except BaseException as e:  # the main loop stops on it; nothing is dropped silently
                 self.writer_error = e
                 self.stop_event.set()
@@ -273,9 +308,7 @@ class Daemon:
         if batch:
             offset = self.reader.offset_ns
             if self.journal:
-                entries = self.enricher.entries(batch, offset)
-                journal = self.journal
-                self._writes.put(lambda: journal.append(entries))
+                self._writes.put(self.enricher.entries(batch, offset))
             if self.opts.print_events:
                 out = sys.stdout
                 for ev in kevents.decode_tuples(batch, offset):

@@ -759,6 +759,7 @@ PyMODINIT_FUNC PyInit__append(void) {
     WriteError = PyErr_NewException("sockgate.journal._append.WriteError", NULL, NULL);
     if (!WriteError || PyModule_AddObject(m, "FIELDS", names) < 0 ||
         PyModule_AddObjectRef(m, "WriteError", WriteError) < 0 ||
+        PyModule_AddStringConstant(m, "SQLITE_VERSION", sqlite3_libversion()) < 0 ||
         PyModule_AddObjectRef(m, "Appender", (PyObject *)&AppenderType) < 0)
         return NULL;
     return m;

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sqlite3
 import threading
 import time
 import uuid
@@ -43,6 +44,10 @@ _INTERNAL = frozenset({EntryType.ROTATE.value, EntryType.CUT.value})
 _CODES, _TYPES, _SOURCES, _OUTCOMES = (frozenset(m.value for m in c) for c in (Code, EntryType, Source, Outcome))
 if _append.FIELDS != FIELDS:
     raise ImportError("sockgate.journal._append was built for other FIELDS; rebuild it (make)")
+if _append.SQLITE_VERSION != sqlite3.sqlite_version:
+    # Two SQLite libraries in one process do not see each other's POSIX locks on a file.
+    raise ImportError(f"Python's sqlite3 uses SQLite {sqlite3.sqlite_version}, the journal's C write "
+                      f"path {_append.SQLITE_VERSION}: build Python against the system libsqlite3")
 _SELECT = "SELECT " + ",".join(FIELDS) + " FROM entry"
 
 
