@@ -49,6 +49,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--json", action="store_true", help="also write bench/out/daemon_ingest.json")
+    ap.add_argument("--no-journal", action="store_true",
+                    help="control run: the daemon consumes every event from the ring buffer but journals nothing "
+                         "(drops then come from the kernel side alone)")
     a = ap.parse_args()
     eb.build_loadgen()
     eb.remove_stale()
@@ -67,7 +70,7 @@ def main() -> int:
         c.pin = pin
         daemon = subprocess.Popen(
             [sys.executable, "-c", "from sockgate.cli import main; main()", "run", "--policy", str(policy),
-             "--journal", str(journal), "--scope-cgroup", c.cg, "--netns", f"/run/netns/{c.ns}", "--pin-dir", pin],
+             *(["--no-journal"] if a.no_journal else ["--journal", str(journal)]), "--scope-cgroup", c.cg, "--netns", f"/run/netns/{c.ns}", "--pin-dir", pin],
             stderr=subprocess.PIPE, text=True)
         while "generation 1," not in (line := daemon.stderr.readline()):
             if not line and daemon.poll() is not None:
@@ -83,6 +86,14 @@ def main() -> int:
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(timeout=600)
         drain_s = time.monotonic() - drain_t0
+        if a.no_journal:
+            dropped = after_load["dropped"] - before["dropped"]
+            res = {"control": "no journal", "seconds": round(elapsed, 1),
+                   "loadgen_conn_per_s": lg.get("conn_per_s") or lg.get("rate"),
+                   "generated_per_s": round((after_load["selected"] - before["selected"]) / elapsed),
+                   "dropped_in_kernel": dropped}
+            print(json.dumps(res, indent=1))
+            return 0
         with Journal.open(journal, readonly=True) as j:
             journaled = sum(1 for e in j.entries() if e.code.value == "SK")
             gap_list = [(e.ts_ns, e.extra.get("dropped", 0)) for e in j.entries() if e.type.value == "gap"]
