@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pwd
@@ -53,6 +54,11 @@ class RunOptions:
     print_events: bool = False
 
 
+def _c_string(raw: bytes) -> str:
+    """A NUL-padded kernel name (comm, file name) as text."""
+    return raw.split(b"\0", 1)[0].decode(errors="replace")
+
+
 def pid_file(pin_dir: str) -> Path:
     return STATE_DIR / (pin_dir.strip("/").replace("/", "_") + ".pid")
 
@@ -75,24 +81,9 @@ class Enricher:
         self.rule_names: dict[int, list[str]] = {}
         self._users: dict[int, str | None] = {}
         self._paths: dict[tuple[int, int], str] = {}
-        self._addrs: dict[bytes, str] = {}   # 16-byte address -> text
-        self._names: dict[bytes, str] = {}   # NUL-padded comm / file name -> text
-
-    def addr(self, raw: bytes) -> str:
-        t = self._addrs.get(raw)
-        if t is None:
-            if len(self._addrs) > 100_000:
-                self._addrs.clear()
-            t = self._addrs[raw] = kevents.addr_text(raw)
-        return t
-
-    def name(self, raw: bytes) -> str:
-        t = self._names.get(raw)
-        if t is None:
-            if len(self._names) > 100_000:
-                self._names.clear()
-            t = self._names[raw] = raw.split(b"\0", 1)[0].decode(errors="replace")
-        return t
+        # the same few addresses and names recur: text made once per distinct raw value
+        self.addr = functools.lru_cache(maxsize=65536)(kevents.addr_text)
+        self.name = functools.lru_cache(maxsize=65536)(_c_string)
 
     def user(self, uid: int) -> str | None:
         if uid not in self._users:

@@ -214,8 +214,8 @@ class RecordReader:
         sp0, sp1 = span("secure_properties")
         SOCKET, IBMI, TSK = Code.SOCKET, Source.IBMI, "TSK".encode(self.codec)
         make = _entry
-        # the entries of one file are kept until the journal takes them all: no cycles among
-        # them, so the cyclic GC would only rescan them again and again
+        # entries are made by the million and have no cycles among them: the cyclic GC
+        # would only rescan the ones still held (parse_all, the writer's queue) again and again
         gc_was = gc.isenabled()
         gc.disable()
         try:

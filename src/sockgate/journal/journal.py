@@ -294,17 +294,13 @@ class Journal:
             seq, h, _ = app.append(batch, self._head_seq, self._head_hash, self.host, internal, skip)
             if not self._bulk:
                 app.commit()
-        except ValueError as e:   # a bad entry: nothing of this batch was written
-            if not self._bulk:
+        except BaseException as e:
+            if not self._bulk:   # bulk() rolls back the whole transaction itself
                 app.rollback()
-            raise JournalError(str(e)) from None
-        except _append.WriteError as e:
-            if not self._bulk:
-                app.rollback()
-            raise JournalError(f"{self._current().path}: write failed: {e}") from None
-        except BaseException:
-            if not self._bulk:
-                app.rollback()
+            if isinstance(e, ValueError):   # a bad entry: nothing of this batch was written
+                raise JournalError(str(e)) from None
+            if isinstance(e, _append.WriteError):
+                raise JournalError(f"{self._current().path}: write failed: {e}") from None
             raise
         self._head_seq, self._head_hash = seq, h
 
@@ -340,7 +336,7 @@ class Journal:
             ts = time.time_ns()
             epoch = self._key.epoch
             mac = sealing.seal_mac(self._key.key, self.id, epoch, self._head_seq, self._head_hash, ts)
-            cur.insert([], seal=(epoch, self._head_seq, self._head_hash, ts, mac))
+            cur.insert_seal((epoch, self._head_seq, self._head_hash, ts, mac))
             self._evolve_key()
             self._sealed_seq = self._head_seq
             self._last_seal_time = time.monotonic()

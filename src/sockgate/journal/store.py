@@ -44,7 +44,7 @@ FIELDS = (
     "gid", "pid", "program", "family", "local_addr", "local_port", "remote_addr",
     "remote_port", "extra", "ident",
 )
-# Columns written on insert: the hashed fields plus derived search keys and the hash.
+# Columns of an entry row: the hashed fields plus derived search keys and the hash.
 COLUMNS = FIELDS + ("local_key", "remote_key", "hash")
 
 SCHEMA = """
@@ -331,14 +331,11 @@ class Receiver:
             raise
         self.meta.update(values)
 
-    def insert(self, rows: list[tuple], seal: tuple | None = None) -> None:
-        """Insert rows (COLUMNS order) and optionally one seal row, in one transaction."""
-        placeholders = ",".join("?" * len(COLUMNS))
+    def insert_seal(self, seal: tuple) -> None:
+        """One seal row, in its own transaction (entries go through the C write path)."""
         self.execute("BEGIN IMMEDIATE")
         try:
-            self.conn.executemany(f"INSERT INTO entry ({','.join(COLUMNS)}) VALUES ({placeholders})", rows)
-            if seal is not None:
-                self.conn.execute("INSERT INTO seal VALUES (?, ?, ?, ?, ?)", seal)
+            self.conn.execute("INSERT INTO seal VALUES (?, ?, ?, ?, ?)", seal)
             self.conn.execute("COMMIT")
         except sqlite3.DatabaseError as e:
             self._rollback()
