@@ -98,6 +98,9 @@ class EventReader:
         self._mask = data_size - 1
         self._cons = mmap.mmap(ringbuf_fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
         self._prod = mmap.mmap(ringbuf_fd, page + 2 * data_size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
+        # consumer_pos is stored with one 8-byte write. (struct.pack_into zeroes its target
+        # before packing: a producer reading that 0 saw a full ring and dropped its event.)
+        self._cons_pos = memoryview(self._cons).cast("Q")
         self._epoll = select.epoll()
         self._epoll.register(ringbuf_fd, select.EPOLLIN)
         self._offset = boot_to_realtime_offset()
@@ -105,7 +108,7 @@ class EventReader:
     def read_raw(self) -> list[tuple]:
         """Everything committed now, in order, as struct sg_event field tuples (boot_ns
         first; add `offset_ns` for UTC). The daemon builds journal entries from these."""
-        cons = _U64.unpack_from(self._cons, 0)[0]
+        cons = self._cons_pos[0]
         prod = _U64.unpack_from(self._prod, 0)[0]
         buf, page, mask = self._prod, self._page, self._mask
         out = []
@@ -118,7 +121,7 @@ class EventReader:
             if not hdr & self.DISCARD and size >= _EVENT.size:
                 out.append(_EVENT.unpack_from(buf, at + 8))
             cons += (size + 8 + 7) & ~7
-        _U64.pack_into(self._cons, 0, cons)
+        self._cons_pos[0] = cons
         return out
 
     @property
@@ -141,6 +144,7 @@ class EventReader:
     def close(self) -> None:
         if self._epoll is not None:
             self._epoll.close()
+            self._cons_pos.release()
             self._cons.close()
             self._prod.close()
             self._epoll = None
