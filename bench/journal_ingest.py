@@ -8,9 +8,7 @@ Entries go through the real path (Journal.open -> append in batches -> seals eve
 (wall clock) and CPU seconds per 100k entries (user + system of this process), and checks
 the result with verify.
 
-LIVE-DAEMON HOOK: `--source daemon` is where the live variant plugs in: read decoded
-kernel events from the daemon's ring-buffer reader (sockgate.daemon, not written yet) and
-time the same append loop. Until that module exists it says so and exits 2.
+The live variant (the real daemon under a real load) is bench/daemon_ingest.py.
 """
 
 from __future__ import annotations
@@ -60,30 +58,18 @@ def batches(it: Iterator[Entry], size: int) -> Iterator[list[Entry]]:
         yield batch
 
 
-def live_daemon_source(count: int) -> Iterator[Entry]:
-    # LIVE-DAEMON HOOK: replace with the daemon's event reader once it exists, e.g.
-    #   from sockgate.daemon import EventReader; yield from EventReader(scope).entries(limit=count)
-    try:
-        import sockgate.daemon  # noqa: F401
-    except ImportError:
-        print("live-daemon variant: sockgate.daemon is not available yet", file=sys.stderr)
-        sys.exit(2)
-    raise SystemExit("live-daemon variant: wire sockgate.daemon's event reader in live_daemon_source()")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--count", type=int, default=200_000)
     ap.add_argument("--batch", type=int, default=256, help="entries per append() call (one ring-buffer drain)")
     ap.add_argument("--sync", choices=("FULL", "NORMAL"), default="FULL")
     ap.add_argument("--dir", type=Path, default=Path("bench/out/journal_ingest"))
-    ap.add_argument("--source", choices=("synthetic", "daemon"), default="synthetic")
     ap.add_argument("--seed", type=int, default=1)
     a = ap.parse_args()
 
     shutil.rmtree(a.dir, ignore_errors=True)
     # Build the entries first: the bench measures the journal, not the generator.
-    entries = list(synthetic(a.count, a.seed) if a.source == "synthetic" else live_daemon_source(a.count))
+    entries = list(synthetic(a.count, a.seed))
     j = Journal.open(a.dir, host="bench", sync=a.sync)
     r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     for b in batches(iter(entries), a.batch):

@@ -2,7 +2,11 @@
  * no Python, one transaction, WAL + synchronous=FULL, for each index variant. The floor
  * under `sockgate ibmi import` and the daemon's journal writer (bench/README.md).
  *
- *   gcc -O2 bench/sqlite_floor.c -lsqlite3 -o bench/out/sqlite_floor && bench/out/sqlite_floor [rows]
+ *   gcc -O2 bench/sqlite_floor.c -lsqlite3 -o bench/out/sqlite_floor && bench/out/sqlite_floor [rows] [pragmas]
+ *   (rows = 0 prints the settings in effect)
+ *
+ * pragmas: extra SQL run before the schema, e.g. "PRAGMA page_size=16384;" or
+ * "PRAGMA cache_size=-1048576;" (the variants bench/README.md reports).
  *
  * Rows look like imported IBM i entries: ~170-byte extra JSON, increasing idents and
  * timestamps, remote addresses spread over 10.0-6.x.x. The database is a temporary file.
@@ -38,6 +42,8 @@ static void check(sqlite3 *db, int rc, const char *what) {
 }
 
 /* rows/s for: schema before the load, statements after it (still in the transaction) */
+static const char *pragmas = "";
+
 static double run(int n, const char *before, const char *after) {
     char path[] = "/tmp/sockgate-sqlite-floor-XXXXXX";
     int fd = mkstemp(path);
@@ -45,9 +51,22 @@ static double run(int n, const char *before, const char *after) {
     unlink(path);
     sqlite3 *db;
     check(db, sqlite3_open(path, &db), "open");
-    check(db, sqlite3_exec(db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA cache_size=-32768;"
-                               TABLE, 0, 0, 0), "schema");
+    check(db, sqlite3_exec(db, "PRAGMA cache_size=-32768;", 0, 0, 0), "cache");
+    check(db, sqlite3_exec(db, pragmas, 0, 0, 0), "pragmas");  /* page_size: before WAL and the first table */
+    check(db, sqlite3_exec(db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;" TABLE, 0, 0, 0), "schema");
     check(db, sqlite3_exec(db, before, 0, 0, 0), "indexes");
+    if (n == 0) {  /* rows = 0: show the settings in effect */
+        sqlite3_stmt *q;
+        const char *names[] = {"page_size", "cache_size", "journal_mode", "threads"};
+        for (int k = 0; k < 4; k++) {
+            char sql[64];
+            snprintf(sql, sizeof sql, "PRAGMA %s", names[k]);
+            sqlite3_prepare_v2(db, sql, -1, &q, 0);
+            if (sqlite3_step(q) == SQLITE_ROW)
+                printf("  %s = %s\n", names[k], sqlite3_column_text(q, 0));
+            sqlite3_finalize(q);
+        }
+    }
     sqlite3_stmt *st;
     check(db, sqlite3_prepare_v2(db, "INSERT INTO entry VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                                  -1, &st, 0), "prepare");
@@ -108,6 +127,8 @@ static double run(int n, const char *before, const char *after) {
 
 int main(int argc, char **argv) {
     int n = argc > 1 ? atoi(argv[1]) : 1000000;
+    if (argc > 2)
+        pragmas = argv[2];
     struct { const char *name, *before, *after; } v[] = {
         {"entry table alone", "", ""},
         {"+ ts_ns and unique ident", IDX_TS IDX_IDENT, ""},
@@ -115,7 +136,11 @@ int main(int argc, char **argv) {
         {"all three (the journal's schema)", IDX_TS IDX_IDENT IDX_REMOTE, ""},
         {"table first, CREATE INDEX x3 after", "", IDX_TS IDX_IDENT IDX_REMOTE},
     };
-    printf("SQLite %s, %d rows per run, one transaction, WAL, synchronous=FULL\n", sqlite3_libversion(), n);
+    printf("SQLite %s, %d rows per run, one transaction, WAL, synchronous=FULL %s\n", sqlite3_libversion(), n, pragmas);
+    if (n == 0) {
+        run(0, "", "");
+        return 0;
+    }
     for (size_t k = 0; k < sizeof v / sizeof v[0]; k++)
         printf("%-40s %10.0f rows/s\n", v[k].name, run(n, v[k].before, v[k].after));
     return 0;

@@ -109,6 +109,26 @@ def test_permissions(jdir):
         assert mode & 0o077 == 0, (name, oct(mode))
 
 
+def test_receivers_are_created_with_large_pages(jdir):
+    """page_size only takes before WAL mode is set: every receiver, also after a rotate."""
+    import sqlite3
+
+    from sockgate.journal.store import PAGE_SIZE
+
+    with Journal.open(jdir) as j:
+        j.append([decision(0)])
+        j.rotate()
+        j.append([decision(1)])
+    receivers = sorted(jdir.glob("r*.sgj"))
+    assert len(receivers) == 2
+    for path in receivers:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            assert conn.execute("PRAGMA page_size").fetchone()[0] == PAGE_SIZE
+        finally:
+            conn.close()
+
+
 def test_missing_directory_readonly(tmp_path):
     with pytest.raises(JournalError, match="no journal"):
         Journal.open(tmp_path / "nope", readonly=True)

@@ -208,7 +208,7 @@ class Receiver:
     def create(cls, path: Path, number: int, journal_id: str, first_seq: int, prev_hash: bytes,
                sync: str = "FULL") -> "Receiver":
         create_private_file(path)
-        conn = _connect(path, readonly=False, sync=sync)
+        conn = _connect(path, readonly=False, sync=sync, new=True)
         try:
             conn.executescript(SCHEMA)
             meta = {
@@ -351,13 +351,25 @@ class Receiver:
             pass
 
 
-def _connect(path: Path, *, readonly: bool, sync: str) -> sqlite3.Connection:
+# 16 KiB pages for new receivers: with the entry rows and the remote-address index (random
+# inserts) SQLite itself writes ~25% more entries/s than with 4 KiB (bench/sqlite_floor.c).
+# A file keeps the page size it was created with.
+PAGE_SIZE = 16384
+MMAP_BYTES = 1 << 31   # SQLite's default ceiling; larger receivers are read past it as usual
+
+
+def _connect(path: Path, *, readonly: bool, sync: str, new: bool = False) -> sqlite3.Connection:
     try:
         if readonly:
             conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None,
                                    check_same_thread=False, timeout=10)
+            # queries read pages in place instead of copying each one out of the page cache
+            # (a /24's rejections are rows scattered over the whole receiver)
+            conn.execute(f"PRAGMA mmap_size={MMAP_BYTES}")
         else:
             conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=10)
+            if new:
+                conn.execute(f"PRAGMA page_size={PAGE_SIZE}")  # before WAL mode fixes it
             conn.execute("PRAGMA journal_mode=WAL")
             # FULL: a commit is on disk when append() returns, and a seal row is never
             # behind the key file that already evolved past it.
