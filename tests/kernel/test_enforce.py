@@ -366,9 +366,9 @@ audit_levels = ["*NETCMN"]
         while not stop.is_set():
             got[0] += len(reader.poll_raw(20))
 
+    t = threading.Thread(target=drain)
     try:
         before = gate.stats()
-        t = threading.Thread(target=drain)
         t.start()
         loops = [scope.start("loop", uid=TEST_UID, addr="127.0.0.1", ports=[5811 + i], seconds=3.0) for i in range(2)]
         attempts = sum(sum(json.loads(p.communicate(timeout=60)[0].splitlines()[-1])["counts"].values())
@@ -384,4 +384,6 @@ audit_levels = ["*NETCMN"]
         assert got[0] == selected
     finally:
         stop.set()
+        if t.is_alive():
+            t.join()
         reader.close()
