@@ -833,17 +833,27 @@ static __always_inline int lsm_verdict(int verdict, __s32 err)
 	return err > 0 ? -err : -EPERM;
 }
 
+/* An LSM hook's sock if the caller is in scope and it is a TCP or UDP socket of IPv4/IPv6;
+ * NULL otherwise (the hook then leaves the call to the kernel). */
+static __always_inline struct sock *lsm_scoped_sock(struct socket *sock, __u16 *family, __u16 *protocol)
+{
+	if (bpf_current_task_under_cgroup(&sg_scope, 0) != 1)
+		return NULL;
+	struct sock *sk = BPF_CORE_READ(sock, sk);
+	*family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	*protocol = BPF_CORE_READ(sk, sk_protocol);
+	if ((*family != AF_INET && *family != AF_INET6) || (*protocol != IPPROTO_TCP && *protocol != IPPROTO_UDP))
+		return NULL;
+	return sk;
+}
+
 SEC("lsm/socket_connect")
 int BPF_PROG(sg_lsm_connect, struct socket *sock, struct sockaddr *address, int addrlen, int ret)
 {
 	if (ret)
 		return ret;
-	if (bpf_current_task_under_cgroup(&sg_scope, 0) != 1)
-		return 0;
-	struct sock *sk = BPF_CORE_READ(sock, sk);
-	__u16 skfam = BPF_CORE_READ(sk, __sk_common.skc_family);
-	__u16 protocol = BPF_CORE_READ(sk, sk_protocol);
-	if ((skfam != AF_INET && skfam != AF_INET6) || (protocol != IPPROTO_TCP && protocol != 17))
+	__u16 skfam, protocol;
+	if (!lsm_scoped_sock(sock, &skfam, &protocol))
 		return 0;
 	__u16 fam = 0;
 	bpf_probe_read_kernel(&fam, sizeof(fam), &address->sa_family);
@@ -877,11 +887,9 @@ int BPF_PROG(sg_lsm_listen, struct socket *sock, int backlog, int ret)
 {
 	if (ret)
 		return ret;
-	if (bpf_current_task_under_cgroup(&sg_scope, 0) != 1)
-		return 0;
-	struct sock *sk = BPF_CORE_READ(sock, sk);
-	__u16 skfam = BPF_CORE_READ(sk, __sk_common.skc_family);
-	if ((skfam != AF_INET && skfam != AF_INET6) || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+	__u16 skfam, protocol;
+	struct sock *sk = lsm_scoped_sock(sock, &skfam, &protocol);
+	if (!sk || protocol != IPPROTO_TCP)
 		return 0;
 	__u8 laddr[16], raddr[16] = {};
 	if (skfam == AF_INET6) {
