@@ -54,11 +54,6 @@ class RunOptions:
     print_events: bool = False
 
 
-def _c_string(raw: bytes) -> str:
-    """A NUL-padded kernel name (comm, file name) as text."""
-    return raw.split(b"\0", 1)[0].decode(errors="replace")
-
-
 def pid_file(pin_dir: str) -> Path:
     return STATE_DIR / (pin_dir.strip("/").replace("/", "_") + ".pid")
 
@@ -83,7 +78,7 @@ class Enricher:
         self._paths: dict[tuple[int, int], str] = {}
         # the same few addresses and names recur: text made once per distinct raw value
         self.addr = functools.lru_cache(maxsize=65536)(kevents.addr_text)
-        self.name = functools.lru_cache(maxsize=65536)(_c_string)
+        self.name = functools.lru_cache(maxsize=65536)(kevents.c_string)
 
     def user(self, uid: int) -> str | None:
         if uid not in self._users:

@@ -64,6 +64,11 @@ def addr_text(raw: bytes) -> str:
     return socket.inet_ntop(socket.AF_INET6, raw)
 
 
+def c_string(raw: bytes) -> str:
+    """A NUL-padded kernel name (comm, file name) as text."""
+    return raw.split(b"\0", 1)[0].decode(errors="replace")
+
+
 def _event(t: tuple, offset_ns: int) -> Event:
     (boot_ns, ino, dev, pid, tid, uid, euid, gid, egid, rule, gen, exit_, verdict, family, proto,
      lport, rport, laddr, raddr, comm, exe_name) = t
@@ -71,8 +76,7 @@ def _event(t: tuple, offset_ns: int) -> Event:
         ts_ns=boot_ns + offset_ns, exit=EXIT_NAMES[exit_] if exit_ < 3 else str(exit_),
         verdict=VERDICT_NAMES[verdict] if verdict < 3 else str(verdict), rule=rule, generation=gen,
         pid=pid, tid=tid, uid=uid, euid=euid, gid=gid, egid=egid,
-        comm=comm.split(b"\0", 1)[0].decode(errors="replace"),
-        exe_name=exe_name.split(b"\0", 1)[0].decode(errors="replace"), dev=dev, ino=ino,
+        comm=c_string(comm), exe_name=c_string(exe_name), dev=dev, ino=ino,
         family="ipv6" if family == AF_INET6 else "ipv4", protocol=proto,
         local_addr=addr_text(laddr), local_port=lport, remote_addr=addr_text(raddr), remote_port=rport,
     )
