@@ -305,10 +305,13 @@ class Daemon:
             self._record(EntryType.GAP, dropped=dropped - self._last_dropped)
             self._last_dropped = dropped
 
-    def run(self) -> None:
+    def handle_signals(self) -> None:
+        """SIGHUP reloads; SIGTERM and SIGINT stop cleanly (seal, daemon-stop record)."""
         signal.signal(signal.SIGHUP, lambda *_: setattr(self, "reload_requested", True))
         signal.signal(signal.SIGTERM, lambda *_: self.stop_event.set())
         signal.signal(signal.SIGINT, lambda *_: self.stop_event.set())
+
+    def run(self) -> None:
         while not self.stop_event.is_set():
             if self.reload_requested:
                 self.reload_requested = False
@@ -322,6 +325,9 @@ class Daemon:
 
 def run(opts: RunOptions) -> None:
     d = Daemon(opts)
+    # before start(): a stop asked for while starting (the policy already loaded, say) is
+    # then a clean stop right after it, not death by the default SIGTERM action
+    d.handle_signals()
     try:
         d.start()
     except BaseException:

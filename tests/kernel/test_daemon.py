@@ -172,3 +172,19 @@ def test_kill9_while_events_flow_keeps_every_committed_entry(scope, tmp_path):
     missing = [row for row in committed if after.get(row[0]) != row]
     assert not missing, f"{len(missing)} committed entries changed or vanished, e.g. {missing[:3]}"
     assert EntryType.INTERRUPTED in types
+
+
+def test_sigterm_while_starting_is_a_clean_stop(scope, tmp_path):
+    """A stop asked for during startup (here: as soon as the journal is being opened) waits
+    for the start to finish, then stops cleanly: exit 0, a stop record, a sealed journal."""
+    journal = tmp_path / "journal"
+    d = scope.daemon(scope.write_policy(POLICY), journal=journal)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and "opening journal" not in d.stderr.readline():
+        assert d.poll() is None, "daemon ended before opening its journal"
+    d.send_signal(signal.SIGTERM)
+    assert d.wait(timeout=60) == 0, d.stderr.read()
+    with Journal.open(journal, readonly=True) as j:
+        assert [e.type for e in j.entries()][-1] is EntryType.DAEMON_STOP
+    r = _sockgate("journal", "verify", "--journal", str(journal), "--key", str(journal / "verification.key"))
+    assert r.returncode == 0, r.stdout + r.stderr
