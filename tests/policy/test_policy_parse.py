@@ -228,8 +228,9 @@ def test_audit_levels():
     assert P('audit_levels = "*NETCMN"').audit_levels == {"*NETCMN"}
     assert P('audit_levels = ["netfail"]').audit_levels == {"*NETFAIL"}
     assert P("audit_levels = []").audit_levels == frozenset()
-    line, msg = one('\n\naudit_levels = ["*NETFAIL", "*NETUDP"]')
-    assert line == 3 and msg.startswith('audit_levels: unknown level "*NETUDP"')
+    assert P('audit_levels = ["*NETFAIL", "*NETUDP"]').audit_levels == {"*NETFAIL", "*NETUDP"}
+    line, msg = one('\n\naudit_levels = ["*NETFAIL", "*NETTELSVR"]')
+    assert line == 3 and msg.startswith('audit_levels: unknown level "*NETTELSVR"')
     assert one("audit_levels = [1]")[1] == 'audit_levels: expected strings like "*NETFAIL", got an integer'
 
 
@@ -440,10 +441,10 @@ def test_max_rules_is_accepted():
 def test_field_on_wrong_exit():
     assert one(rule('local = "10.0.0.0/8"\n')) == (
         4, 'rule "rule-1": local does not apply to connect (a connect rule can test: '
-           "user, group, program, remote, remote_port)")
+           "protocol, user, group, program, remote, remote_port)")
     assert one(rule("remote_port = 25\n", exit="listen")) == (
         4, 'rule "rule-1": remote_port does not apply to listen (a listen rule can test: '
-           "user, group, program, local, local_port)")
+           "protocol, user, group, program, local, local_port)")
     line, msg = one('[[rule]]\nexit = ["connect", "listen"]\naction = "allow"\nremote = "::1"\n')
     assert line == 4 and msg.startswith('rule "rule-1": remote does not apply to listen')
 
@@ -585,3 +586,16 @@ def test_port_errors():
     assert one(rule("remote_port = -1\n"))[1] == 'rule "rule-1": remote_port: port -1 out of range (0-65535)'
     assert one(rule("remote_port = 2.5\n"))[1] == 'rule "rule-1": remote_port: expected a port or range (N or N-M), got a float'
     assert one(rule('remote_port = "\u0663"\n'))[1].endswith("is not a port or range (N or N-M)")  # Arabic-Indic 3
+
+
+def test_protocol_field():
+    from sockgate.policy.model import Protocol
+    rule = 'exit = ["connect"]\naction = "reject"\n'
+    r = P(f'[[rule]]\n{rule}protocol = "tcp"').rules[0]
+    assert r.protocol.values == (Protocol.TCP, Protocol.MPTCP) and not r.protocol.negated  # tcp covers MPTCP
+    r = P(f'[[rule]]\n{rule}protocol = ["!udp", "!sctp"]').rules[0]
+    assert r.protocol.values == (Protocol.UDP, Protocol.SCTP) and r.protocol.negated
+    assert P(f'[[rule]]\n{rule}protocol = ["mptcp"]').rules[0].protocol.values == (Protocol.MPTCP,)
+    line, msg = one(f'[[rule]]\n{rule}protocol = "udq"')
+    assert line == 4 and 'protocol: "udq" is not one of tcp, udp, mptcp, sctp (did you mean "udp"?)' in msg
+    assert "expected one of tcp" in one(f'[[rule]]\n{rule}protocol = 6')[1]

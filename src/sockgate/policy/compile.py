@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from sockgate.errors import PolicyError
 from sockgate.policy.model import (
-    MAX_RULES, Action, Exit, Match, Mode, Outcome, Policy, Rule,
+    MAX_RULES, Action, Exit, Match, Mode, Outcome, Policy, Protocol, Rule,
 )
 
 # verdict numbers as in the kernel header (SG_ALLOWED, SG_REJECTED, SG_AUDIT_REJECTED)
@@ -85,14 +85,16 @@ class Compiled:
     program_miss: int = 0
     # per side: {(net128, prefixlen128): idx}; (0, 0) is the default entry
     addrs: list[dict[tuple[int, int], int]] = field(default_factory=lambda: [{}, {}])
-    # per side: sorted segments [(first_port, idx)], covering 0..65535
-    ports: list[list[tuple[int, int]]] = field(default_factory=lambda: [[], []])
+    # per side, per protocol class (the protocol dimension rides along with the ports):
+    # sorted segments [(first_port, idx)], covering 0..65535
+    ports: list[list[list[tuple[int, int]]]] = field(default_factory=lambda: [[], []])
     # what decisions need to know about the caller (the kernel skips the rest)
     needs_groups: bool = True
     needs_program: bool = True
     needs_owner: bool = True
     emit_allowed: bool = False
     emit_rejected: bool = True
+    emit_udp: bool = False
     reject_errno: int = 1
     digest: str = ""
 
@@ -102,9 +104,9 @@ class Compiled:
         return [sorted({plen for _, plen in table}, reverse=True) for table in self.addrs]
 
     @functools.cached_property
-    def port_starts(self) -> list[list[int]]:
-        """Per side, each port segment's first port (for bisect)."""
-        return [[p for p, _ in segs] for segs in self.ports]
+    def port_starts(self) -> list[list[list[int]]]:
+        """Per side and protocol class, each port segment's first port (for bisect)."""
+        return [[[p for p, _ in segs] for segs in side] for side in self.ports]
 
     @property
     def nsummary(self) -> int:
@@ -153,6 +155,7 @@ def compile_policy(policy: Policy) -> Compiled:
         default_verdicts=[VERDICT_OF[outcome_for(policy.defaults[e], policy.mode)] for e in Exit],
         emit_allowed=policy.journal_allowed,
         emit_rejected=policy.journal_rejected,
+        emit_udp=policy.journal_udp,
         reject_errno=policy.errno,
         digest=policy.digest,
     )
@@ -196,8 +199,15 @@ def compile_policy(policy: Policy) -> Compiled:
 
     for side, attr in ((LOCAL, "local"), (REMOTE, "remote")):
         c.addrs[side] = _compile_addrs(rules, attr, intern)
+    # protocol, folded into both sides' port tables (every decision reads one of them;
+    # accept reads both, which ANDs the same protocol bits twice: harmless)
+    wild, neg, cons = _split(rules, "protocol")
+    proto_bits = []
+    for proto in Protocol:
+        mem = sum(1 << ri for ri, m in cons if proto in m.values)
+        proto_bits.append(wild | (mem ^ neg))
     for side, attr in ((LOCAL, "local_port"), (REMOTE, "remote_port")):
-        c.ports[side] = _compile_ports(rules, attr, intern)
+        c.ports[side] = [_compile_ports(rules, attr, intern, proto_bits[p]) for p in Protocol]
     return c
 
 
@@ -222,7 +232,8 @@ def _compile_addrs(rules: list[Rule], attr: str, intern: _Interner) -> dict[tupl
     return out
 
 
-def _compile_ports(rules: list[Rule], attr: str, intern: _Interner) -> list[tuple[int, int]]:
+def _compile_ports(rules: list[Rule], attr: str, intern: _Interner, also: int = -1) -> list[tuple[int, int]]:
+    """Port segments of one side; every bitmap is ANDed with `also` (the protocol's)."""
     wild, neg, cons = _split(rules, attr)
     events: dict[int, list[tuple[int, int]]] = {}
     for ri, m in cons:
@@ -243,7 +254,7 @@ def _compile_ports(rules: list[Rule], attr: str, intern: _Interner) -> list[tupl
                 membership &= ~(1 << ri)
             elif n == 1 and delta == 1:
                 membership |= 1 << ri
-        idx = intern(wild | (membership ^ neg))
+        idx = intern((wild | (membership ^ neg)) & also)
         if not segments or segments[-1][1] != idx:
             segments.append((port, idx))
     return segments

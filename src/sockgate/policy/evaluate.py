@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from sockgate.policy.compile import (
     LOCAL, OUTCOME_OF, REMOTE, Compiled, addr_as_v6, compile_policy, program_identity,
 )
-from sockgate.policy.model import Action, Exit, Mode, Outcome, Policy
+from sockgate.policy.model import PROTOCOL_OF_IPPROTO, Action, Exit, Mode, Outcome, Policy, Protocol
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,7 @@ class Query:
     program: str | None = None        # executable path
     local: tuple[str, int] | None = None
     remote: tuple[str, int] | None = None
+    protocol: Protocol = Protocol.TCP
 
 
 @dataclass(frozen=True)
@@ -46,13 +47,13 @@ def lookup_addr(c: Compiled, side: int, addr128: int) -> int:
     raise AssertionError("address table lacks its default entry")
 
 
-def lookup_port(c: Compiled, side: int, port: int) -> int:
-    i = bisect.bisect_right(c.port_starts[side], port) - 1
-    return c.ports[side][i][1]
+def lookup_port(c: Compiled, side: int, port: int, proto: int = Protocol.TCP) -> int:
+    i = bisect.bisect_right(c.port_starts[side][proto], port) - 1
+    return c.ports[side][proto][i][1]
 
 
 def decide(c: Compiled, exit: int, uid: int, gids: tuple[int, ...], ident: tuple[int, int] | None,
-           laddr128: int, lport: int, raddr128: int, rport: int) -> tuple[int, int]:
+           laddr128: int, lport: int, raddr128: int, rport: int, proto: int = Protocol.TCP) -> tuple[int, int]:
     """(verdict, rule index or -1): the kernel's decide(), bit for bit."""
     b = c.bitmaps
     dims = [
@@ -61,9 +62,9 @@ def decide(c: Compiled, exit: int, uid: int, gids: tuple[int, ...], ident: tuple
         b[c.programs.get(ident, c.program_miss) if ident else c.program_miss],
     ]
     if exit != Exit.CONNECT:
-        dims += [b[lookup_addr(c, LOCAL, laddr128)], b[lookup_port(c, LOCAL, lport)]]
+        dims += [b[lookup_addr(c, LOCAL, laddr128)], b[lookup_port(c, LOCAL, lport, proto)]]
     if exit != Exit.LISTEN:
-        dims += [b[lookup_addr(c, REMOTE, raddr128)], b[lookup_port(c, REMOTE, rport)]]
+        dims += [b[lookup_addr(c, REMOTE, raddr128)], b[lookup_port(c, REMOTE, rport, proto)]]
     cand = (1 << c.nrules) - 1
     for d in dims:
         cand &= d
@@ -92,7 +93,7 @@ def explain(policy: Policy, query: Query, compiled: Compiled | None = None) -> D
     laddr, lport = query.local or ("::", 0)
     raddr, rport = query.remote or ("::", 0)
     verdict, rule = decide(c, int(query.exit), query.uid, tuple(query.gids), ident,
-                           addr_as_v6(laddr), lport, addr_as_v6(raddr), rport)
+                           addr_as_v6(laddr), lport, addr_as_v6(raddr), rport, int(query.protocol))
     outcome = OUTCOME_OF[verdict]
     if rule < 0:
         return Decision(outcome, policy.defaults[query.exit], policy.mode, -1, None, None)

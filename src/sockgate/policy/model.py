@@ -37,6 +37,35 @@ class Exit(enum.IntEnum):
         return cls[text.strip().upper()]
 
 
+class Protocol(enum.IntEnum):
+    """Protocol classes a rule can name, numbered as in the kernel header (SG_PROTO_*).
+
+    A socket belongs to exactly one class. `tcp` also names MPTCP and `udp` also names
+    UDP-Lite: on the wire they are TCP and UDP, and a rule on tcp that MPTCP walked past
+    would be a one-flag bypass. `mptcp` narrows to MPTCP sockets only."""
+
+    TCP = 0
+    UDP = 1       # UDP and UDP-Lite
+    MPTCP = 2
+    SCTP = 3
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+# what each protocol name in a policy matches
+PROTOCOL_NAMES: dict[str, frozenset[Protocol]] = {
+    "tcp": frozenset({Protocol.TCP, Protocol.MPTCP}),
+    "udp": frozenset({Protocol.UDP}),
+    "mptcp": frozenset({Protocol.MPTCP}),
+    "sctp": frozenset({Protocol.SCTP}),
+}
+# IP protocol numbers (socket(2)'s third argument) -> class
+PROTOCOL_OF_IPPROTO = {6: Protocol.TCP, 17: Protocol.UDP, 136: Protocol.UDP, 262: Protocol.MPTCP,
+                       132: Protocol.SCTP}
+
+
 class Action(str, enum.Enum):
     ALLOW = "allow"
     REJECT = "reject"
@@ -54,7 +83,10 @@ class Outcome(str, enum.Enum):
 
 
 # QAUDLVL-style values. *NETCMN is the common set: *NETSCK + *NETFAIL (as on IBM i 7.2).
-AUDIT_LEVELS = ("*NETSCK", "*NETFAIL", "*NETCMN")
+# *NETUDP journals allowed UDP traffic as IBM i's O (outbound) and I (inbound) entries: the
+# first decision per (socket, peer), then summaries with exact counts, never one per datagram.
+# Rejections, UDP's included, are journaled with *NETFAIL.
+AUDIT_LEVELS = ("*NETSCK", "*NETFAIL", "*NETCMN", "*NETUDP")
 
 
 def levels_journal_allowed(levels: frozenset[str]) -> bool:
@@ -65,13 +97,18 @@ def levels_journal_rejected(levels: frozenset[str]) -> bool:
     return bool(levels & {"*NETFAIL", "*NETCMN"})
 
 
+def levels_journal_udp(levels: frozenset[str]) -> bool:
+    return "*NETUDP" in levels
+
+
 # Which match fields each exit point can test (DESIGN.md, "Exit points").
 FIELDS_BY_EXIT: dict[Exit, frozenset[str]] = {
-    Exit.CONNECT: frozenset({"user", "group", "program", "remote", "remote_port"}),
-    Exit.LISTEN: frozenset({"user", "group", "program", "local", "local_port"}),
-    Exit.ACCEPT: frozenset({"user", "group", "program", "remote", "remote_port", "local", "local_port"}),
+    Exit.CONNECT: frozenset({"protocol", "user", "group", "program", "remote", "remote_port"}),
+    Exit.LISTEN: frozenset({"protocol", "user", "group", "program", "local", "local_port"}),
+    Exit.ACCEPT: frozenset({"protocol", "user", "group", "program", "remote", "remote_port", "local",
+                            "local_port"}),
 }
-MATCH_FIELDS = ("user", "group", "program", "local", "remote", "local_port", "remote_port")
+MATCH_FIELDS = ("protocol", "user", "group", "program", "local", "remote", "local_port", "remote_port")
 
 
 @dataclass(frozen=True)
@@ -90,6 +127,7 @@ class Rule:
     exits: frozenset[Exit]
     action: Action
     mode: Mode | None = None         # None: the policy's mode
+    protocol: Match[Protocol] | None = None  # classes the rule's protocol names cover
     user: Match[int] | None = None   # uids (effective uid of the caller / listener owner)
     group: Match[int] | None = None  # gids, primary or supplementary
     program: Match[str] | None = None  # absolute executable paths
@@ -121,3 +159,7 @@ class Policy:
     @property
     def journal_rejected(self) -> bool:
         return levels_journal_rejected(self.audit_levels)
+
+    @property
+    def journal_udp(self) -> bool:
+        return levels_journal_udp(self.audit_levels)

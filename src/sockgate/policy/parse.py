@@ -34,8 +34,10 @@ from sockgate.policy.model import (
     Match,
     Mode,
     Network,
+    PROTOCOL_NAMES,
     Policy,
     PortRange,
+    Protocol,
     Rule,
 )
 
@@ -244,7 +246,17 @@ def _port_value(value: Any) -> PortRange:
     return (lo, hi)
 
 
+def _protocol_value(value: Any) -> frozenset[Protocol]:
+    if not isinstance(value, str):
+        raise _Bad(f"expected one of {', '.join(PROTOCOL_NAMES)}, got {_kind(value)}")
+    name = value.strip().lower()
+    if name not in PROTOCOL_NAMES:
+        raise _Bad(f"{_q(value)} is not one of {', '.join(PROTOCOL_NAMES)}{_suggest(name, PROTOCOL_NAMES)}")
+    return PROTOCOL_NAMES[name]
+
+
 _FIELD_PARSERS: dict[str, Callable[[Any], Any]] = {
+    "protocol": _protocol_value,
     "user": lambda v: _id_value(v, "user"),
     "group": lambda v: _id_value(v, "group"),
     "program": _program_value,
@@ -628,6 +640,8 @@ def _match(field_name: str, value: Any, lists: _Lists, line: int, label: str,
         return None
     if not ok or not out:
         return None
+    if field_name == "protocol":  # a name stands for a set of classes: match by class
+        out = sorted(set().union(*out))
     seen: dict = {}
     for v in out:
         seen.setdefault(v, None)
