@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from sockgate.journal.entry import Code, Entry, EntryType, Outcome, Source
+from sockgate.record import Code, Entry, EntryType, Outcome, Source
 
 S = 1_000_000_000
 T0 = 1_700_000_000 * S   # a fixed journal time base

@@ -80,7 +80,7 @@ def test_index_only_tests_candidate_rules():
     eng = engine('[[alert]]\nname = "a"\nmatch = { type = "L" }\n'
                  '[[alert]]\nname = "b"\nmatch = { type = "C", outcome = "rejected" }\n'
                  '[[alert]]\nname = "c"\nmatch = { outcome = "!allowed" }\n')
-    from sockgate.journal.entry import EntryType, Outcome, Source
+    from sockgate.record import EntryType, Outcome, Source
     names = lambda t, o: [r.name for r, _ in eng.index[(t, o, Source.KERNEL)]]
     assert names(EntryType.LISTEN, Outcome.ALLOWED) == ["a"]
     assert names(EntryType.CONNECT, Outcome.REJECTED) == ["b", "c"]

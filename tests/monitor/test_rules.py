@@ -108,7 +108,7 @@ match = { port = 22, user = "@nolist" }
     (GOOD + "[[alert]]\nname = 'b'\nkind = 'threshold'\ncount = 2\n", 11, "window is required"),
     (GOOD + "[[alert]]\nname = 'b'\nseverity = 'loud'\n", 13, "severity"),
     (GOOD + "[[alert]]\nname = 'b'\nmatch.remote_port = '70000'\n", 13, "out of range"),
-    (GOOD + "[[alert]]\nname = 'b'\n[alert.match]\nlocal_port = '9-1'\n", 14, "start above end"),
+    (GOOD + "[[alert]]\nname = 'b'\n[alert.match]\nlocal_port = '9-1'\n", 14, "is reversed"),
     (GOOD.replace('channels = ["log"]', ''), 8, "no channels"),
     ('[channel.x]\ntype = "email"\nhost = "h"\n[[alert]]\nname="a"\nchannels=["x"]\n', 1, "'from' is required"),
     ('[channel.x]\ntype = "pager"\n', 2, "type must be one of"),

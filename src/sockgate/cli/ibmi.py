@@ -9,7 +9,7 @@ import click
 
 from sockgate.cli.options import journal_option, json_option
 from sockgate.ibmi.importer import FORMATS, Summary, import_file
-from sockgate.ibmi.layout import ENTRY_TYPE_TEXT
+from sockgate.record import EntryType
 
 PROGRESS_MIN = 20_000  # records: smaller files finish before a bar is worth drawing
 
@@ -73,7 +73,7 @@ def _print_summary(s: Summary) -> None:
     if s.by_type:
         click.echo("  by type")
         for t, n in s.by_type.items():
-            click.echo(f"    {t}  {ENTRY_TYPE_TEXT.get(t, ''):34s}{n:>12,}")
+            click.echo(f"    {t}  {EntryType(t).ibm_text:34s}{n:>12,}")
     if s.systems:
         click.echo("  systems          " + ", ".join(s.systems))
     if s.first:

@@ -8,16 +8,20 @@ import functools
 import json
 import sys
 import time
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import click
 
 from sockgate.cli.options import journal_option, json_option
 from sockgate.errors import JournalError, UsageError, VerifyError
-from sockgate.journal import Entry, Filter, Journal, format_ts, init_journal, parse_duration, parse_size
+from sockgate.journal import Entry, Filter, parse_size
 from sockgate.journal.export import FORMATS, csv_lines, formatter, summary, to_json
 from sockgate.journal.seal import read_verification_key
 from sockgate.journal.verify import verify
+from sockgate.record import NS, endpoint, format_time, parse_duration
+
+if TYPE_CHECKING:
+    from sockgate.journal import Journal
 
 
 def filter_options(f: Callable) -> Callable:
@@ -38,7 +42,7 @@ def filter_options(f: Callable) -> Callable:
         click.option("--port", "ports", multiple=True, metavar="P[-Q]", help="Local or remote port (range)."),
         click.option("--local-port", "local_ports", multiple=True, metavar="P[-Q]"),
         click.option("--remote-port", "remote_ports", multiple=True, metavar="P[-Q]"),
-        click.option("--since", metavar="WHEN", help="From: 1h, 30m, 7d (ago), today, or ISO time (UTC)."),
+        click.option("--since", metavar="WHEN", help="From: 1h, 30m, 7d (ago), today, or ISO time (no zone = local time; Z or +HH:MM as written)."),
         click.option("--until", metavar="WHEN", help="Up to (exclusive), same forms as --since."),
         click.option("--from-seq", type=click.IntRange(min=1), help="First sequence number."),
         click.option("--to-seq", type=click.IntRange(min=1), help="Last sequence number."),
@@ -80,6 +84,8 @@ def init_cmd(journal_dir: str, key_out: str | None) -> None:
     Keep the verification key OFF this host: whoever holds only the journal and the
     current sealing key cannot re-seal the past, but whoever holds the verification key
     can forge everything."""
+    from sockgate.journal import init_journal
+
     jid, vkey = init_journal(journal_dir, key_out=key_out)
     where = key_out or f"{journal_dir}/verification.key"
     click.echo(f"journal {jid} created in {journal_dir}")
@@ -95,6 +101,8 @@ def init_cmd(journal_dir: str, key_out: str | None) -> None:
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new entries as they are journaled.")
 def show_cmd(journal_dir: str, filt: Filter, fmt: str, last: int | None, follow: bool) -> None:
     """Display journal entries (like DSPJRN)."""
+    from sockgate.journal import Journal
+
     j = Journal.open(journal_dir, readonly=True)
     try:
         entries: Iterable[Entry] = j.tail(last, filter=filt) if last else j.entries(filter=filt)
@@ -150,21 +158,14 @@ class _TablePrinter:
             sg = len(e.type.value) > 1
             user = e.user or (str(e.uid) if e.uid is not None else "")
             t.add_row(
-                str(e.seq), format_ts(e.ts_ns)[:23], e.type.value, f"[{style.get(o, '')}]{o}[/]" if o else "",
-                user, e.program or "", _ep(e.local_addr, e.local_port), _ep(e.remote_addr, e.remote_port),
+                str(e.seq), format_time(e.ts_ns)[:23], e.type.value, f"[{style.get(o, '')}]{o}[/]" if o else "",
+                user, e.program or "", endpoint(e.local_addr, e.local_port) or "", endpoint(e.remote_addr, e.remote_port) or "",
                 summary(e) if sg else (e.rule or ""),
             )
         if first and not batch:
             self.console.print("no matching entries", style="dim")
             return
         self.console.print(t)
-
-
-def _ep(addr: str | None, port: int | None) -> str:
-    if not addr and port is None:
-        return ""
-    a = addr or "*"
-    return f"[{a}]:{port}" if ":" in a and port is not None else f"{a}:{port}" if port is not None else a
 
 
 @group.command("export")
@@ -174,6 +175,8 @@ def _ep(addr: str | None, port: int | None) -> str:
 @click.option("--output", "-O", type=click.Path(dir_okay=False, writable=True), help="Write here instead of stdout.")
 def export_cmd(journal_dir: str, filt: Filter, fmt: str, output: str | None) -> None:
     """Export entries for a SIEM: json (lines), csv, cef (ArcSight), rfc5424 (syslog)."""
+    from sockgate.journal import Journal
+
     with Journal.open(journal_dir, readonly=True) as j:
         out = open(output, "w", encoding="utf-8", newline="") if output else sys.stdout
         try:
@@ -234,7 +237,10 @@ def retain_cmd(journal_dir: str, max_age: str | None, max_size: str | None) -> N
     """Delete whole old receivers; the cut is declared in a sealed record first."""
     if max_age is None and max_size is None:
         raise UsageError("give --max-age and/or --max-size")
-    age = parse_duration(max_age) if max_age else None
+    try:
+        age = parse_duration(max_age) / NS if max_age else None
+    except ValueError as e:
+        raise UsageError(f"--max-age: {e}") from None
     size = parse_size(max_size) if max_size else None
     with _writer(journal_dir) as j:
         gone = j.retain(max_age=age, max_size=size)
@@ -252,6 +258,8 @@ def retain_cmd(journal_dir: str, max_age: str | None, max_size: str | None) -> N
 def top_cmd(journal_dir: str, filt: Filter, field: str, n: int, as_json: bool) -> None:
     """The most frequent values of one field, e.g. top remote addresses by rejections:
     `sockgate journal top --outcome rejected`."""
+    from sockgate.journal import Journal
+
     with Journal.open(journal_dir, readonly=True) as j:
         rows = j.top(field, filt, n)
     if as_json:
@@ -262,6 +270,8 @@ def top_cmd(journal_dir: str, filt: Filter, field: str, n: int, as_json: bool) -
 
 
 def _writer(journal_dir: str) -> Journal:
+    from sockgate.journal import Journal
+
     try:
         return Journal.open(journal_dir, create=False)
     except JournalError as e:

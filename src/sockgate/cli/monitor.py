@@ -13,6 +13,7 @@ import time
 import click
 
 from sockgate.cli.options import DEFAULT_ALERTS, journal_option
+from sockgate.record import MONITOR_STATE_DIR
 from sockgate.errors import RulesErrors, UsageError
 
 
@@ -46,7 +47,7 @@ def _check(file: str) -> None:
 def _test(file: str, journal_dir: str, since: str | None, as_json: bool) -> None:
     from sockgate.journal import Journal
     from sockgate.monitor import load_rules, replay
-    from sockgate.monitor.durations import iso, parse_since
+    from sockgate.record import format_time, parse_time
 
     try:
         rs = load_rules(file)
@@ -56,7 +57,7 @@ def _test(file: str, journal_dir: str, since: str | None, as_json: bool) -> None
     since_ns = None
     if since is not None:
         try:
-            since_ns = parse_since(since, time.time_ns())
+            since_ns = parse_time(since)
         except ValueError as e:
             raise UsageError(f"--since: {e}") from None
     with Journal.open(journal_dir, create=False, readonly=True) as j:
@@ -74,7 +75,7 @@ def _test(file: str, journal_dir: str, since: str | None, as_json: bool) -> None
         else:
             click.echo(f"{p['last_time']}  {p['severity']:<8} {p['alert']}: {p['message']}  "
                        f"-> {', '.join(a.channels)}")
-    scope = f"since {iso(since_ns)}" if since_ns is not None else "over the whole journal"
+    scope = f"since {format_time(since_ns)}" if since_ns is not None else "over the whole journal"
     n = len(alerts)
     click.echo(f"{n} alert{'s' if n != 1 else ''} would fire {scope} ({counted[0]} entries read; nothing sent, "
                "no state touched)", err=True)
@@ -84,13 +85,13 @@ def _test(file: str, journal_dir: str, since: str | None, as_json: bool) -> None
 @click.option("--rules", "rules_file", default=DEFAULT_ALERTS, show_default=True, envvar="SOCKGATE_ALERTS",
               type=click.Path(dir_okay=False), help="Alert rules file (TOML).")
 @journal_option
-@click.option("--state", "state_dir", default="/var/lib/sockgate/monitor", show_default=True,
+@click.option("--state", "state_dir", default=MONITOR_STATE_DIR, show_default=True,
               type=click.Path(file_okay=False), help="Monitor state directory (cursor, windows, outboxes).")
 @click.option("--check", "check_file", metavar="FILE", type=click.Path(dir_okay=False),
               help="Validate a rules file and exit (1 when it has errors).")
 @click.option("--test", "test_file", metavar="FILE", type=click.Path(dir_okay=False),
               help="Replay the journal through FILE's rules and print what would fire (sends nothing).")
-@click.option("--since", metavar="WHEN", help="With --test: replay from this time (\"1h\", ISO time); "
+@click.option("--since", metavar="WHEN", help="With --test: replay from this time (\"1h\" ago, today, or ISO time; no zone = local); "
               "earlier entries only teach first_seen baselines.")
 @click.option("--once", is_flag=True, help="Process what is new, deliver what can be delivered, exit.")
 @click.option("--poll", "poll_interval", default=0.5, show_default=True, type=click.FloatRange(0.01, 3600),

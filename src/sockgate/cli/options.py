@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import click
 
-DEFAULT_JOURNAL = "/var/lib/sockgate/journal"
-DEFAULT_POLICY = "/etc/sockgate/policy.toml"
-DEFAULT_ALERTS = "/etc/sockgate/alerts.toml"
+from sockgate.record import ALERTS_FILE as DEFAULT_ALERTS
+from sockgate.record import JOURNAL_DIR as DEFAULT_JOURNAL
+from sockgate.record import POLICY_FILE as DEFAULT_POLICY
 
 journal_option = click.option(
     "--journal",

@@ -16,6 +16,7 @@ from sockgate.cli.options import json_option
 from sockgate.errors import PolicyError, PolicyErrors
 from sockgate.policy.model import Exit, Outcome, Policy
 from sockgate.policy.parse import load_policy, parse_policy
+from sockgate.record import endpoint, unmap
 
 EXIT_CHOICES = [e.label for e in Exit]
 
@@ -161,9 +162,7 @@ def parse_endpoint(text: str, option: str, allow_bare_port: bool) -> tuple[str, 
             ip = ipaddress.ip_address(a)
         except ValueError:
             raise bad("not an IP address") from None
-        if ip.version == 6 and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        return str(ip)
+        return str(unmap(ip))
 
     if not s:
         raise bad("empty")
@@ -191,8 +190,7 @@ def parse_endpoint(text: str, option: str, allow_bare_port: bool) -> tuple[str, 
 def _endpoint_str(ep: tuple[str, int] | None) -> str:
     if ep is None:
         return "*"
-    addr, port = ep
-    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+    return endpoint(*ep) or "*"
 
 
 def build_query(exit_name: str, user: str | None, groups: tuple[str, ...], program: str | None,

@@ -17,7 +17,7 @@ import json
 from collections.abc import Callable, Iterator
 
 from sockgate.errors import ImportRecordError
-from sockgate.journal.entry import Entry
+from sockgate.record import Entry
 
 from . import mapping as m
 from .layout import TYPE4, TYPE5, Layout

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from typing import IO, Any, Protocol
 
 from sockgate.errors import ImportRecordError, UsageError
-from sockgate.journal.entry import Entry, EntryType
+from sockgate.record import Entry, EntryType, format_time
 
 from . import delimited, records
 from .layout import LAYOUTS
@@ -141,13 +141,6 @@ class Tally:
                 hi = t
             yield e
         self.lo, self.hi = lo, hi
-
-
-def _iso(ns: int | None) -> str | None:
-    if ns is None:
-        return None
-    s, frac = divmod(ns, 1_000_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(s)) + f".{frac // 1000:06d}Z"
 
 
 # ---------------------------------------------------------------- parsing
@@ -302,7 +295,8 @@ def import_file(path: str, journal_dir: str | None, *, fmt: str = "auto", ccsid:
         summary.by_type = dict(sorted(tally.types.items()))
         summary.systems = sorted(tally.systems)
         summary.first_ts_ns, summary.last_ts_ns = tally.lo, tally.hi
-        summary.first, summary.last = _iso(tally.lo), _iso(tally.hi)
+        summary.first = format_time(tally.lo) if tally.lo is not None else None
+        summary.last = format_time(tally.hi) if tally.hi is not None else None
         if journal is not None:
             summary.imported = after - before
             summary.already_present = summary.records - summary.imported

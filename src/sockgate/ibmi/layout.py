@@ -213,19 +213,3 @@ def check(layout: Layout) -> None:
         if f.offset != pos:
             raise AssertionError(f"{layout.name}: {f.name} at {f.offset}, expected {pos}")
         pos = f.offset + f.length
-
-
-# --- SK entry types (ibmi-sk.md 1.1): IBM text and how sockgate judges the outcome ---
-ENTRY_TYPE_TEXT = {
-    "A": "Accept",
-    "C": "Connect",
-    "D": "DHCP address assigned",
-    "F": "Filtered mail",
-    "I": "Inbound UDP traffic",
-    "O": "Outbound UDP traffic",
-    "P": "Port unavailable",
-    "R": "Reject mail",
-    "S": "Successful secure connection",
-    "U": "DHCP address not assigned",
-    "X": "Failed System SSL/TLS connection",
-}

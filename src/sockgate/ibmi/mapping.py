@@ -21,7 +21,7 @@ from datetime import datetime, timedelta, timezone, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sockgate.errors import UsageError
-from sockgate.journal.entry import Code, Entry, EntryType, Outcome, Source
+from sockgate.record import Code, Entry, EntryType, Outcome, Source
 
 
 OUTCOMES = {

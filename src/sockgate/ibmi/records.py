@@ -19,7 +19,7 @@ from itertools import islice
 from typing import Any
 
 from sockgate.errors import ImportRecordError, UsageError
-from sockgate.journal.entry import Code, Entry, Source
+from sockgate.record import Code, Entry, Source
 
 from . import mapping as m
 from .layout import Layout

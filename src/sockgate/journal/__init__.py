@@ -6,13 +6,28 @@ hash-chained and sealed with a forward-secure key (see docs/journal.md).
         j.append(entries)
         for e in j.entries(after_seq=0, filter=Filter.build(outcomes=["rejected"], since="1h")):
             ...
+
+The entry and its vocabulary live in sockgate.record and are re-exported here. Journal and
+init_journal are loaded on first use, so the filters and exporters import without the
+compiled C writer (sockgate.journal._append) that Journal needs.
 """
 
-from sockgate.journal.entry import SK_TYPES, Code, Entry, EntryType, Outcome, Source
-from sockgate.journal.journal import Journal, init_journal
-from sockgate.journal.query import Filter, format_ts, parse_duration, parse_size, parse_time
+from typing import Any
+
+from sockgate.journal.query import Filter, parse_size
+from sockgate.record import SK_TYPES, Code, Entry, EntryType, Outcome, Source
+from sockgate.record import format_time as format_ts
+from sockgate.record import parse_time
 
 __all__ = [
     "Code", "Entry", "EntryType", "Filter", "Journal", "Outcome", "SK_TYPES", "Source",
-    "format_ts", "init_journal", "parse_duration", "parse_size", "parse_time",
+    "format_ts", "init_journal", "parse_size", "parse_time",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("Journal", "init_journal"):
+        from sockgate.journal import journal
+
+        return getattr(journal, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -15,8 +15,8 @@ from typing import Any, Callable, Iterable, Iterator
 
 from sockgate import __version__
 from sockgate.errors import UsageError
-from sockgate.journal.entry import Entry, EntryType
-from sockgate.journal.query import format_ts
+from sockgate.record import Entry, EntryType, endpoint, value_of as _v
+from sockgate.record import format_time as format_ts
 
 FORMATS = ("json", "csv", "cef", "rfc5424")
 CSV_COLUMNS = ("seq", "time", "ts_ns", "code", "type", "outcome", "source", "host", "rule", "uid",
@@ -27,22 +27,9 @@ CSV_COLUMNS = ("seq", "time", "ts_ns", "code", "type", "outcome", "source", "hos
 SD_ENTERPRISE = 32473
 FACILITY_AUDIT = 13          # RFC 5424 facility 13: log audit
 
-_TYPE_NAMES = {
-    "A": "Accept", "C": "Connect", "L": "Listen", "D": "DHCP address assigned", "F": "Filtered mail",
-    "I": "Inbound UDP", "O": "Outbound UDP", "P": "Port unavailable", "R": "Reject mail",
-    "S": "Secure connection", "U": "DHCP address not assigned", "X": "Secure connection failed",
-    "policy": "Policy loaded", "start": "Daemon start", "stop": "Daemon stop",
-    "detach": "Programs detached", "gap": "Kernel events lost", "interrupted": "Journal writer interrupted",
-    "import": "IBM i import", "rotate": "Receiver rotated", "cut": "Receivers deleted by retention",
-}
-
 
 def type_name(e: Entry) -> str:
-    return _TYPE_NAMES.get(_v(e.type), _v(e.type))
-
-
-def _v(x: Any) -> Any:
-    return x.value if hasattr(x, "value") else x
+    return EntryType(e.type).title
 
 
 def severity(e: Entry) -> int:
@@ -63,34 +50,24 @@ def syslog_severity(e: Entry) -> int:
 
 def summary(e: Entry) -> str:
     """One human line: what show prints in the message column and syslog as MSG."""
-    t = _v(e.type)
-    if len(t) > 1:  # SG record
+    if not EntryType(e.type).is_socket:  # SG record
         return f"{type_name(e)}" + ("".join(f" {k}={v}" for k, v in sorted(e.extra.items())))
     who = e.user or (str(e.uid) if e.uid is not None else "?")
     if e.uid is not None and e.user:
         who = f"{e.user}({e.uid})"
-    loc = _endpoint(e.local_addr, e.local_port)
-    rem = _endpoint(e.remote_addr, e.remote_port)
-    arrow = f"{loc} -> {rem}" if t in ("C", "O") else f"{rem} -> {loc}" if rem != "-" else loc
+    loc = endpoint(e.local_addr, e.local_port) or "-"
+    rem = endpoint(e.remote_addr, e.remote_port) or "-"
+    arrow = f"{loc} -> {rem}" if EntryType(e.type).outbound else f"{rem} -> {loc}" if rem != "-" else loc
     parts = [type_name(e), _v(e.outcome) or "", who, e.program or "", arrow]
     if e.rule:
         parts.append(f"rule={e.rule}")
     return " ".join(p for p in parts if p)
 
 
-def _endpoint(addr: str | None, port: int | None) -> str:
-    if not addr and port is None:
-        return "-"
-    a = addr or "*"
-    if ":" in a:
-        a = f"[{a}]"
-    return f"{a}:{port}" if port is not None else a
-
-
 def _direction(e: Entry) -> tuple[tuple[str | None, int | None], tuple[str | None, int | None], bool]:
     """(source endpoint, destination endpoint, outbound?)"""
     local, remote = (e.local_addr, e.local_port), (e.remote_addr, e.remote_port)
-    if _v(e.type) in ("C", "O"):
+    if EntryType(e.type).outbound:
         return local, remote, True
     return remote, local, False
 
@@ -144,7 +121,7 @@ def to_cef(e: Entry) -> str:
         ("src" if saddr is None or ":" not in saddr else "c6a2", saddr), ("spt", sport),
         ("dst" if daddr is None or ":" not in daddr else "c6a3", daddr), ("dpt", dport),
         (f"{who}user", e.user), (f"{who}uid", e.uid), (f"{who}proc", e.program), (f"{who}pid", e.pid),
-        ("deviceDirection", None if _v(e.type) not in _SOCKET_TYPES else int(outbound)),
+        ("deviceDirection", int(outbound) if EntryType(e.type).is_socket else None),
         ("cs1Label", "rule" if e.rule else None), ("cs1", e.rule),
         ("cs2Label", "source"), ("cs2", _v(e.source)),
         ("cs3Label", "ident" if e.ident else None), ("cs3", e.ident),
@@ -156,9 +133,6 @@ def to_cef(e: Entry) -> str:
         "CEF:0", "sockgate", "sockgate", __version__, f"{_v(e.code)}-{_v(e.type)}", type_name(e), severity(e)))
     body = " ".join(f"{k}={cef_ext_escape(str(v))}" for k, v in ext if v is not None and v != "")
     return f"{header}|{body}"
-
-
-_SOCKET_TYPES = {t.value for t in EntryType if len(t.value) == 1}
 
 
 # -- RFC 5424 ---------------------------------------------------------------------------------

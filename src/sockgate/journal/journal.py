@@ -24,11 +24,11 @@ from typing import Any, Iterable, Iterator
 from sockgate.errors import JournalError
 from sockgate.locking import lock_exclusive
 from sockgate.journal import _append, seal as sealing
-from sockgate.journal.entry import Code, Entry, EntryType, Outcome, Source
+from sockgate.record import Code, Entry, EntryType, Outcome, Source, key_addr
 from sockgate.journal.query import Filter
 from sockgate.journal.store import (
     FIELDS, FORMAT, FORMAT_VERSION, KEY_FILE, LOCK_FILE, META_FILE, VERIFY_KEY_FILE, ZERO_HASH,
-    Receiver, key_addr, create_private_file, dump_extra, fsync_dir,
+    Receiver, create_private_file, dump_extra, fsync_dir,
     read_journal_meta, receiver_name, row_to_entry, scan_directory,
 )
 

@@ -1,8 +1,9 @@
-"""Filters for show/export/monitor replay, and parsing of times, durations and sizes.
+"""Filters for show/export/monitor replay, and parsing of sizes.
 
 A Filter becomes one SQL WHERE clause over a receiver (so the indexes do the work) and can
 also test an Entry already in hand (`matches`). Values inside one field are ORed, fields
-are ANDed, like policy rules. Times are UTC; an ISO time without a zone is taken as UTC.
+are ANDed, like policy rules. Times follow sockgate.record's grammar (an ISO time without
+a zone is local time).
 """
 
 from __future__ import annotations
@@ -10,28 +11,13 @@ from __future__ import annotations
 import fnmatch
 import ipaddress
 import re
-import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any, Iterable
 
 from sockgate.errors import UsageError
-from sockgate.journal.entry import Entry, EntryType, Outcome, Source
-from sockgate.journal.store import addr_key, net_range
+from sockgate.record import Entry, EntryType, Network, Outcome, Source, addr_key, net_range, parse_range, parse_time
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$", re.I)
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.I)
-
-
-def parse_duration(text: str) -> float:
-    """'90s', '30m', '1h', '7d', '2w' -> seconds."""
-    m = _DURATION_RE.match(str(text))
-    if not m:
-        raise UsageError(f"bad duration {text!r} (use e.g. 90s, 30m, 1h, 7d, 2w)")
-    return float(m.group(1)) * _UNITS[m.group(2).lower()]
 
 
 def parse_size(text: str) -> int:
@@ -42,31 +28,11 @@ def parse_size(text: str) -> int:
     return int(float(m.group(1)) * 1024 ** "bkmgt".index((m.group(2) or "b").lower()))
 
 
-def parse_time(text: str, now: float | None = None) -> int:
-    """A point in time -> ns since the epoch. Accepts a duration meaning 'that long ago'
-    ('1h', '7d'), 'now', 'today', or an ISO 8601 date/time (no zone = UTC)."""
-    now = time.time() if now is None else now
-    t = str(text).strip()
-    if t == "now":
-        return int(now * 1e9)
-    if t == "today":
-        d = datetime.fromtimestamp(now, timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
-        return int(d.timestamp()) * 1_000_000_000
-    if _DURATION_RE.match(t):
-        return int((now - parse_duration(t)) * 1e9)
+def _time(text: Any, now_ns: int | None) -> int:
     try:
-        dt = datetime.fromisoformat(t.replace("Z", "+00:00"))
-    except ValueError:
-        raise UsageError(f"bad time {text!r} (use e.g. 1h, 7d, now, today, 2026-05-01, 2026-05-01T12:00:00Z)") from None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    return int(dt.timestamp()) * 1_000_000_000 + dt.microsecond * 1000
-
-
-def format_ts(ts_ns: int) -> str:
-    """RFC 3339 UTC with microseconds (what export and show print)."""
-    dt = datetime.fromtimestamp(ts_ns // 1_000_000_000, timezone.utc)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S") + f".{(ts_ns // 1000) % 1_000_000:06d}Z"
+        return parse_time(text, now_ns)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
 
 
 def parse_network(text: str) -> Network:
@@ -79,26 +45,19 @@ def parse_network(text: str) -> Network:
 def parse_ports(text: str) -> tuple[int, int]:
     """'22' or '1024-65535' -> inclusive range."""
     try:
-        lo, _, hi = str(text).strip().partition("-")
-        a, b = int(lo), int(hi or lo)
+        return parse_range(str(text))
     except ValueError:
         raise UsageError(f"bad port or range {text!r}") from None
-    if not (0 <= a <= b <= 65535):
-        raise UsageError(f"bad port or range {text!r}")
-    return a, b
 
 
 def _enum_values(kind: type, values: Iterable[Any], what: str) -> tuple[str, ...]:
     out = []
     for v in values:
         try:
-            out.append(kind(v.value if hasattr(v, "value") else v).value)
+            out.append(kind.parse(v).value)
         except ValueError:
-            try:
-                out.append(kind[str(v).upper().replace("-", "_")].value)
-            except KeyError:
-                choices = ", ".join(m.value for m in kind)
-                raise UsageError(f"bad {what} {v!r} (one of: {choices})") from None
+            choices = ", ".join(m.value for m in kind)
+            raise UsageError(f"bad {what} {v!r} (one of: {choices})") from None
     return tuple(out)
 
 
@@ -126,7 +85,7 @@ class Filter:
     @classmethod
     def build(cls, *, types=(), outcomes=(), users=(), programs=(), rules=(), hosts=(), sources=(),
               local=(), remote=(), ports=(), local_ports=(), remote_ports=(),
-              since=None, until=None, from_seq=None, to_seq=None, now: float | None = None) -> "Filter":
+              since=None, until=None, from_seq=None, to_seq=None, now_ns: int | None = None) -> "Filter":
         """From user text (CLI options, monitor config): validates and converts."""
         return cls(
             types=_enum_values(EntryType, types, "entry type"),
@@ -138,8 +97,8 @@ class Filter:
             ports=tuple(parse_ports(p) for p in ports),
             local_ports=tuple(parse_ports(p) for p in local_ports),
             remote_ports=tuple(parse_ports(p) for p in remote_ports),
-            since_ns=None if since is None else (since if isinstance(since, int) else parse_time(since, now)),
-            until_ns=None if until is None else (until if isinstance(until, int) else parse_time(until, now)),
+            since_ns=None if since is None else (since if isinstance(since, int) else _time(since, now_ns)),
+            until_ns=None if until is None else (until if isinstance(until, int) else _time(until, now_ns)),
             from_seq=from_seq, to_seq=to_seq,
         )
 

@@ -10,17 +10,15 @@ after retention deleted the receivers before it.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import re
-import socket
 import sqlite3
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from sockgate.errors import JournalError
-from sockgate.journal.entry import Code, Entry, EntryType, Outcome, Source
+from sockgate.record import Code, Entry, EntryType, Outcome, Source
 
 FORMAT = "sockgate-journal"
 FORMAT_VERSION = 1
@@ -74,36 +72,6 @@ CREATE TABLE seal (
     mac BLOB NOT NULL
 );
 """
-
-
-_MAPPED = b"\x00" * 10 + b"\xff\xff"
-
-
-def addr_key(addr: str | None) -> bytes | None:
-    """16 bytes that sort like the address; IPv4 is mapped into ::ffff:0:0/96."""
-    if not addr:
-        return None
-    try:
-        if ":" in addr:
-            return socket.inet_pton(socket.AF_INET6, addr.split("%", 1)[0])
-        packed = socket.inet_pton(socket.AF_INET, addr)
-    except (OSError, ValueError):
-        return None
-    return _MAPPED + packed
-
-
-def key_addr(key: bytes | None) -> str | None:
-    """The text form of an addr_key."""
-    if key is None:
-        return None
-    ip = ipaddress.IPv6Address(bytes(key))
-    return str(ip.ipv4_mapped) if ip.ipv4_mapped else str(ip)
-
-
-def net_range(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> tuple[bytes, bytes]:
-    lo, hi = addr_key(str(net.network_address)), addr_key(str(net.broadcast_address))
-    assert lo is not None and hi is not None
-    return lo, hi
 
 
 _CANON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)

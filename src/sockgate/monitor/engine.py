@@ -21,8 +21,9 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from sockgate.journal.entry import EntryType, Entry, Outcome, Source
-from sockgate.monitor.durations import format_duration, iso
+from sockgate.record import EntryType, Entry, Outcome, Source
+from sockgate.record import format_duration
+from sockgate.record import format_time as iso
 from sockgate.monitor.render import entry_dict, entry_field
 from sockgate.monitor.rules import AlertRule, RuleSet
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from sockgate.errors import ChannelError, JournalError, RulesError, RulesErrors
-from sockgate.journal.entry import Entry
+from sockgate.record import MONITOR_STATE_DIR, Entry
 from sockgate.monitor.channels import Channel, PermanentChannelError, make_channel
 from sockgate.monitor.engine import Alert, Engine
 from sockgate.monitor.rules import RuleSet, load_rules
@@ -26,7 +26,7 @@ from sockgate.monitor.state import State
 
 log = logging.getLogger("sockgate.monitor")
 
-DEFAULT_STATE = "/var/lib/sockgate/monitor"
+DEFAULT_STATE = MONITOR_STATE_DIR
 
 
 class Monitor:

@@ -7,14 +7,7 @@ import enum
 import re
 from typing import Any
 
-from sockgate.journal.entry import Entry
-from sockgate.monitor.durations import iso
-
-_TYPE_NAMES = {
-    "A": "accept", "C": "connect", "L": "listen", "D": "dhcp-assigned", "F": "filtered-mail",
-    "I": "udp-inbound", "O": "udp-outbound", "P": "port-unavailable", "R": "reject-mail",
-    "S": "secure-ok", "U": "dhcp-not-assigned", "X": "secure-failed",
-}
+from sockgate.record import Entry, EntryType, endpoint, format_time
 
 # Entry fields by the names rules and templates use.
 ENTRY_FIELDS = (
@@ -29,14 +22,6 @@ ALERT_FIELDS = ("alert", "severity", "kind", "count", "window", "group")
 _ALL_FIELDS = (*ENTRY_FIELDS, "extra")
 KEY_FIELDS = frozenset(ENTRY_FIELDS) | frozenset(DERIVED_FIELDS)
 TEMPLATE_FIELDS = KEY_FIELDS | frozenset(ALERT_FIELDS)
-
-
-def _addr_port(addr: str | None, port: int | None) -> str | None:
-    if addr is None:
-        return None
-    if port is None:
-        return addr
-    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
 
 
 _ENUMS = ("code", "type", "outcome", "source")
@@ -64,14 +49,13 @@ def entry_field(e: Entry, name: str) -> Any:
     if name.startswith("extra."):
         return e.extra.get(name[6:]) if e.extra else None
     if name == "time":
-        return iso(e.ts_ns)
+        return format_time(e.ts_ns)
     if name == "type_name":
-        t = e.type.value if hasattr(e.type, "value") else e.type
-        return _TYPE_NAMES.get(t, t)
+        return EntryType(e.type).alias
     if name == "local":
-        return _addr_port(e.local_addr, e.local_port)
+        return endpoint(e.local_addr, e.local_port) if e.local_addr is not None else None
     if name == "remote":
-        return _addr_port(e.remote_addr, e.remote_port)
+        return endpoint(e.remote_addr, e.remote_port) if e.remote_addr is not None else None
     v = getattr(e, name)
     return v.value if hasattr(v, "value") else v
 

@@ -18,14 +18,12 @@ import hashlib
 import ipaddress
 import json
 import re
-import socket
 import tomllib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from sockgate.errors import RulesError, RulesErrors
-from sockgate.journal.entry import Code, EntryType, Outcome, Source
-from sockgate.monitor.durations import parse_duration
+from sockgate.record import Code, EntryType, Outcome, Source, addr_key, net_range, parse_duration, parse_range
 from sockgate.monitor.render import KEY_FIELDS, Template, is_field
 
 SEVERITIES = {  # name -> RFC 5424 severity number
@@ -34,12 +32,6 @@ SEVERITIES = {  # name -> RFC 5424 severity number
 _SEV_ALIASES = {"emerg": "emergency", "crit": "critical", "err": "error", "warn": "warning"}
 KINDS = ("every", "threshold", "first_seen")
 CHANNEL_TYPES = ("syslog", "email", "webhook", "command")
-
-_TYPE_ALIASES = {
-    "accept": "A", "connect": "C", "listen": "L", "dhcp-assigned": "D", "filtered-mail": "F",
-    "udp-inbound": "I", "udp-outbound": "O", "port-unavailable": "P", "reject-mail": "R",
-    "secure-ok": "S", "dhcp-not-assigned": "U", "secure-failed": "X", "tls-failed": "X",
-}
 
 DEFAULT_MESSAGES = {
     "every": "{alert}: {type_name} {outcome} user={user} program={program} local={local} remote={remote} rule={rule} host={host}",
@@ -105,21 +97,12 @@ INDEX_FIELDS = ("type", "outcome", "source")
 
 
 def _enum_value(fname: str, enum: type, raw: str) -> Any:
-    s = raw.strip()
-    if fname == "type":
-        s = _TYPE_ALIASES.get(s.lower(), s)
-        if len(s) == 1:
-            s = s.upper()
-    elif fname == "code":
-        s = s.upper()
-    else:
-        s = s.lower()
     try:
-        return enum(s)
+        return enum.parse(raw)
     except ValueError:
         choices = [m.value for m in enum]
         if fname == "type":
-            choices += sorted(_TYPE_ALIASES)
+            choices += sorted(a for t in enum for a in t.aliases if t.is_socket)
         raise ValueError(f"{fname}: unknown value {raw!r} (one of: {', '.join(choices)})") from None
 
 
@@ -134,25 +117,6 @@ def _glob_pred(values: list[str]) -> Pred:
     return lambda v: str(v) in exact or rx(str(v)) is not None
 
 
-def _range(raw: Any, lo: int, hi: int, what: str) -> tuple[int, int]:
-    if isinstance(raw, bool):
-        raise ValueError(f"bad {what} {raw!r}")
-    if isinstance(raw, int):
-        a = b = raw
-    else:
-        s = str(raw).strip()
-        m = re.fullmatch(r"(\d+)\s*(?:-\s*(\d+))?", s)
-        if not m:
-            raise ValueError(f"bad {what} {raw!r} (a number or a range such as \"1-1023\")")
-        a = int(m.group(1))
-        b = int(m.group(2)) if m.group(2) else a
-    if not (lo <= a <= hi and lo <= b <= hi):
-        raise ValueError(f"{what} {raw!r} out of range {lo}-{hi}")
-    if a > b:
-        raise ValueError(f"bad {what} range {raw!r} (start above end)")
-    return a, b
-
-
 def _ranges_pred(ranges: list[tuple[int, int]]) -> Pred:
     singles = frozenset(a for a, b in ranges if a == b)
     spans = [(a, b) for a, b in ranges if a != b]
@@ -161,48 +125,12 @@ def _ranges_pred(ranges: list[tuple[int, int]]) -> Pred:
     return lambda v: v in singles or any(a <= v <= b for a, b in spans)
 
 
-_IP_CACHE: dict[str, tuple[int, int] | None] = {}
-_MAPPED = 0xFFFF << 32
-
-
-def ip_key(v: str) -> tuple[int, int] | None:
-    """(version, integer) of an address text, IPv4-mapped IPv6 as IPv4; None if not an
-    address. Cached: the same few addresses recur across entries and rules."""
-    r = _IP_CACHE.get(v, False)
-    if r is not False:
-        return r  # type: ignore[return-value]
-    text = v.split("%", 1)[0]
-    try:
-        r = (4, int.from_bytes(socket.inet_pton(socket.AF_INET, text), "big"))
-    except OSError:
-        try:
-            n = int.from_bytes(socket.inet_pton(socket.AF_INET6, text), "big")
-            r = (4, n & 0xFFFFFFFF) if n >> 32 == 0xFFFF else (6, n)
-        except OSError:
-            r = None
-    if len(_IP_CACHE) > 200_000:
-        _IP_CACHE.clear()
-    _IP_CACHE[v] = r
-    return r
-
-
 def _net_pred(nets: list[Any]) -> Pred:
-    spans = []
-    for n in nets:
-        if n.version == 6 and n.prefixlen >= 96 and int(n.network_address) >> 32 == 0xFFFF:
-            n = ipaddress.ip_network((int(n.network_address) & 0xFFFFFFFF, n.prefixlen - 96))
-        lo = int(n.network_address)
-        spans.append((n.version, lo, lo + n.num_addresses - 1))
+    spans = [net_range(n) for n in nets]
 
     def pred(v: Any) -> bool:
-        k = ip_key(v) if isinstance(v, str) else None
-        if k is None:
-            return False
-        ver, x = k
-        for sv, lo, hi in spans:
-            if sv == ver and lo <= x <= hi:
-                return True
-        return False
+        k = addr_key(v) if isinstance(v, str) else None
+        return k is not None and any(lo <= k <= hi for lo, hi in spans)
     return pred
 
 
@@ -243,9 +171,9 @@ def compile_field(fname: str, values: list[Any]) -> FieldMatch:
                     raise ValueError(f"{fname}: expected a name or glob pattern, got {v!r}")
             return _glob_pred([str(v) for v in vals]), None
         if fname in _INT_FIELDS:
-            return _ranges_pred([_range(v, 0, 2**63, fname) for v in vals]), None
+            return _ranges_pred([parse_range(v, fname, 2**63) for v in vals]), None
         if fname in _PORT_FIELDS:
-            return _ranges_pred([_range(v, 0, 65535, "port") for v in vals]), None
+            return _ranges_pred([parse_range(v, "port") for v in vals]), None
         if fname in _ADDR_FIELDS:
             nets = []
             for v in vals:

@@ -13,7 +13,7 @@ import ssl
 from typing import Any, Callable
 
 from sockgate.errors import ChannelError
-from sockgate.monitor.durations import NS, parse_duration
+from sockgate.record import NS, parse_duration
 
 
 class PermanentChannelError(ChannelError):
