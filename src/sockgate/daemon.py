@@ -33,9 +33,13 @@ from sockgate.policy.parse import load_configured_policy
 
 # exit numbers (SG_EXIT_*) and verdicts (SG_*) as the kernel reports them
 _EXITS = kevents.EXIT_NAMES
+# entry type per exit point, for stream sockets and for UDP (IBM i's O and I entries)
 _ENTRY_TYPES = (EntryType.CONNECT, EntryType.LISTEN, EntryType.ACCEPT)
+_UDP_ENTRY_TYPES = (EntryType.UDP_OUTBOUND, EntryType.LISTEN, EntryType.UDP_INBOUND)
 _OUTCOMES = (Outcome.ALLOWED, Outcome.REJECTED, Outcome.AUDIT_REJECTED)
-_PROTOCOLS = {6: "tcp", 17: "udp"}
+_PROTOCOLS = {6: "tcp", 17: "udp", 136: "udplite", 262: "mptcp", 132: "sctp"}
+_UDP = (17, 136)
+_SPECIAL_RULES = {L.RULE_LISTEN_REFUSED: "listen-refused", L.RULE_UNPARSED: "unparsed-address"}
 DEFAULT_ALERTS = "/etc/sockgate/alerts.toml"
 DEFAULT_MONITOR_STATE = "/var/lib/sockgate/monitor"
 MERGE_MAX = 50_000  # entries per journal transaction when the writer catches up
@@ -102,28 +106,39 @@ class Enricher:
 
     def rule(self, rule: int, generation: int, exit: str) -> str:
         if rule < 0:
-            return f"default:{exit}"
+            return _SPECIAL_RULES.get(rule) or f"default:{exit}"
         names = self.rule_names.get(generation, ())
         return names[rule] if rule < len(names) else f"#{rule}"
 
-    def entries(self, raw: list[tuple], offset_ns: int) -> list[Entry]:
-        """Journal entries straight from ring-buffer tuples (this runs per decision)."""
+    def entries(self, raw: list[tuple], offset_ns: int, released: set[int] | None = None) -> list[Entry]:
+        """Journal entries straight from ring-buffer tuples (this runs per decision).
+        Release notices (sockets whose UDP flows are final) go into `released`."""
         out = []
         host, user, program, rule, addr, name = self.host, self.user, self.program, self.rule, self.addr, self.name
-        for (boot_ns, ino, dev, pid, tid, uid, euid, gid, egid, rule_i, gen, exit_i, verdict, family,
-             proto, lport, rport, laddr, raddr, comm, exe_name) in raw:
+        for (boot_ns, ino, cookie, dev, pid, tid, uid, euid, gid, egid, rule_i, gen, exit_i, verdict, family,
+             flags, proto, lport, rport, _pad, laddr, raddr, comm, exe_name) in raw:
+            if flags & L.EV_RELEASED:
+                if released is not None:
+                    released.add(cookie)
+                continue
             exit_name = _EXITS[exit_i]
             known = euid != L.UID_UNKNOWN
+            extra = {"comm": name(comm), "real_uid": uid} if known else {"owner": "unknown"}
+            extra["protocol"] = _PROTOCOLS.get(proto, proto)
+            extra["generation"] = gen
+            if flags & L.EV_FLOW:
+                extra["flow"] = "first"  # later datagrams of the flow come as counted summaries
+                extra["socket"] = cookie
             out.append(Entry(
-                Code.SOCKET, _ENTRY_TYPES[exit_i], boot_ns + offset_ns, Source.KERNEL, host,
+                Code.SOCKET, (_UDP_ENTRY_TYPES if proto in _UDP else _ENTRY_TYPES)[exit_i], boot_ns + offset_ns,
+                Source.KERNEL, host,
                 _OUTCOMES[verdict], rule(rule_i, gen, exit_name),
                 euid if known else None, user(euid) if known else None, egid if known else None,
                 pid or None, program(pid, dev, ino, name(exe_name)) if known else None,
                 "ipv6" if family == kevents.AF_INET6 else "ipv4",
                 addr(laddr) if exit_i else None, lport if exit_i else None,
                 addr(raddr) if exit_i != 1 else None, rport if exit_i != 1 else None,
-                {"comm": name(comm), "real_uid": uid, "protocol": _PROTOCOLS.get(proto, proto), "generation": gen}
-                if known else {"owner": "unknown", "protocol": "tcp", "generation": gen},
+                extra,
             ))
         return out
 
@@ -169,16 +184,20 @@ class Daemon:
                                      ("netns", o.netns, self.gate.state.netns)):
                 if want and os.path.realpath(want) != os.path.realpath(have):
                     raise KernelError(f"already loaded with {what} {have}, not {want}; `sockgate unload` first")
+            self._record_start()
+            self._install(policy, compiled)
         else:
-            self.gate = Gate.load(o.pin_dir, scope_cgroup=o.scope_cgroup, netns=o.netns, backend=o.backend)
+            def prepare(gate: Gate) -> None:  # fail closed: the policy is in place before any hook
+                self.gate = gate
+                self._record_start()
+                self._install(policy, compiled)
+
+            self.gate = Gate.load(o.pin_dir, scope_cgroup=o.scope_cgroup, netns=o.netns, backend=o.backend,
+                                  prepare=prepare)
             self.log(f"attached {self.gate.state.backend} backend at {self.gate.state.scope_cgroup}"
                      f" (accept in {self.gate.state.netns})")
-        self._last_dropped = self.gate.stats()["dropped"]
         pid_file(o.pin_dir).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         pid_file(o.pin_dir).write_text(str(os.getpid()))
-        self._record(EntryType.DAEMON_START, backend=self.gate.state.backend,
-                     scope=self.gate.state.scope_cgroup, netns=self.gate.state.netns, pid=os.getpid())
-        self._install(policy, compiled)
         if not o.netns or os.path.realpath(o.netns) == os.path.realpath("/proc/self/ns/net"):
             n, total = seed_owners(self.gate.maps["sg_listeners"], self.gate.maps["sg_owners"])
             self.log(f"indexed {n} of {total} existing listening sockets"
@@ -186,6 +205,11 @@ class Daemon:
                         if n < total else ""))
         self.reader = kevents.EventReader(self.gate.maps["sg_events"])
         self._start_monitor()
+
+    def _record_start(self) -> None:
+        self._last_dropped = self.gate.stats()["dropped"]
+        self._record(EntryType.DAEMON_START, backend=self.gate.state.backend,
+                     scope=self.gate.state.scope_cgroup, netns=self.gate.state.netns, pid=os.getpid())
 
     def _install(self, policy: Policy, compiled=None) -> None:
         compiled = compiled or compile_policy(policy)

@@ -20,13 +20,23 @@ def test_status_names_the_backend(gate):
 
 
 def test_listen_on_an_unbound_socket(scope, gate):
-    """LSM judges listen() itself; the cgroup backend only sees bind(), which never happens."""
+    """LSM judges listen() itself and fails it. The cgroup backend sees no bind(); it judges
+    the listen when the socket starts listening (sockops, port known), cannot fail the call,
+    and refuses every connection to that socket instead."""
+    import json
+
     install_text(gate, LISTEN_RULE)
     r = scope.client("listen", addr="127.0.0.1", port=0, unbound=True)
     if gate.state.backend == "lsm":
         assert r["error"] == "EPERM"
-    else:
-        assert r["ok"] is True
+        return
+    assert r["ok"] is True
+    server = scope.start("serve", uid=TEST_UID, addr="127.0.0.1", port=0, unbound=True, seconds=3)
+    port = json.loads(server.stdout.readline())["listening"]
+    c = scope.client("connect", uid=None, addr="127.0.0.1", port=port)
+    assert c["error"] == "ECONNREFUSED" and c["seconds"] < 1
+    out = json.loads(server.communicate(timeout=10)[0].strip().splitlines()[-1])
+    assert out["peers"] == []
 
 
 def test_where_a_listen_rejection_lands(scope, gate):

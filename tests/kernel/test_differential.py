@@ -18,7 +18,7 @@ from sockgate.kernel.loader import Gate, remove_pins
 from sockgate.kernel.probe import KernelProbe
 from sockgate.policy import evaluate
 from sockgate.policy.compile import addr_as_v6, compile_policy
-from sockgate.policy.model import Action, Exit, Match, Mode, Policy, Rule
+from sockgate.policy.model import PROTOCOL_NAMES, Action, Exit, Match, Mode, Policy, Rule
 
 TOTAL = int(os.environ.get("SOCKGATE_DIFF_TUPLES", "100000"))
 POLICIES = 20
@@ -43,7 +43,7 @@ def random_policy(rnd: random.Random, nrules: int):
     rules = []
     for i in range(nrules):
         exits = frozenset(rnd.sample(list(Exit), rnd.randint(1, 3)))
-        allowed = set.intersection(*({"user", "group", "program", "local", "remote", "local_port", "remote_port"}
+        allowed = {"protocol"} | set.intersection(*({"user", "group", "program", "local", "remote", "local_port", "remote_port"}
                                      if e is Exit.ACCEPT else
                                      {"user", "group", "program", "remote", "remote_port"} if e is Exit.CONNECT else
                                      {"user", "group", "program", "local", "local_port"} for e in exits))
@@ -53,7 +53,9 @@ def random_policy(rnd: random.Random, nrules: int):
                 continue
             neg = rnd.random() < 0.2
             k = rnd.randint(1, 3)
-            if f == "user":
+            if f == "protocol":
+                vals = tuple(sorted(set().union(*rnd.sample(list(PROTOCOL_NAMES.values()), k))))
+            elif f == "user":
                 vals = tuple(rnd.sample(UIDS, k))
             elif f == "group":
                 vals = tuple(rnd.sample(GIDS, k))
@@ -90,7 +92,7 @@ def random_tuple(rnd: random.Random, nets):
 
     gids = tuple(rnd.sample(GIDS, rnd.randint(1, 4)))
     ident = rnd.choice(PROGRAMS + [None, (1, 2)])
-    return (rnd.randrange(3), rnd.choice(UIDS), gids, ident, addr(), port(), addr(), port())
+    return (rnd.randrange(3), rnd.choice(UIDS), gids, ident, addr(), port(), addr(), port(), rnd.randrange(4))
 
 
 def test_kernel_decisions_equal_reference(kernel_ok, monkeypatch):

@@ -16,14 +16,34 @@ EXIT_NAMES = ("connect", "listen", "accept")
 VERDICT_NAMES = ("allowed", "rejected", "audit-rejected")
 AF_INET, AF_INET6 = 2, 10
 
-# struct sg_event, field for field (layout.Event is the ctypes mirror checked against BTF)
-_EVENT = struct.Struct("<QQIIIIIIIiIBBBBHH16s16s16s32s4x")  # 4x: tail padding to 8
-assert _EVENT.size == ctypes.sizeof(L.Event)
+
+def struct_of(mirror: type[ctypes.Structure]) -> struct.Struct:
+    """A struct.Struct that unpacks `mirror` (a layout.py ctypes mirror, checked against the
+    object's BTF) into a tuple, field for field: byte arrays and char arrays as bytes."""
+    codes = {ctypes.c_uint8: "B", ctypes.c_uint16: "H", ctypes.c_uint32: "I", ctypes.c_int32: "i",
+             ctypes.c_uint64: "Q", ctypes.c_char: "s"}
+    fmt, at = "<", 0
+    for name, ctype in mirror._fields_:
+        off = getattr(mirror, name).offset
+        fmt += f"{off - at}x" if off > at else ""
+        if issubclass(ctype, ctypes.Array):
+            fmt += f"{ctype._length_}s"
+        else:
+            fmt += codes[ctype]
+        at = off + ctypes.sizeof(ctype)
+    tail = ctypes.sizeof(mirror) - at
+    return struct.Struct(fmt + (f"{tail}x" if tail else ""))
+
+
+_EVENT = struct_of(L.Event)
+EVENT_FIELDS = tuple(name for name, _ in L.Event._fields_)
 _U32, _U64 = struct.Struct("<I"), struct.Struct("<Q")
 
 
 @dataclass(slots=True)
 class Event:
+    """A decoded sg_event (for --print-events and tests; the daemon journals the tuples)."""
+
     ts_ns: int            # UTC nanoseconds
     exit: str             # connect | listen | accept
     verdict: str          # allowed | rejected | audit-rejected
@@ -40,7 +60,9 @@ class Event:
     dev: int
     ino: int
     family: str           # ipv4 | ipv6
-    protocol: int
+    protocol: int         # IPPROTO_*
+    flags: int            # SG_EV_*
+    cookie: int
     local_addr: str
     local_port: int
     remote_addr: str
@@ -70,14 +92,14 @@ def c_string(raw: bytes) -> str:
 
 
 def _event(t: tuple, offset_ns: int) -> Event:
-    (boot_ns, ino, dev, pid, tid, uid, euid, gid, egid, rule, gen, exit_, verdict, family, proto,
-     lport, rport, laddr, raddr, comm, exe_name) = t
+    (boot_ns, ino, cookie, dev, pid, tid, uid, euid, gid, egid, rule, gen, exit_, verdict, family, flags, proto,
+     lport, rport, _pad, laddr, raddr, comm, exe_name) = t
     return Event(
         ts_ns=boot_ns + offset_ns, exit=EXIT_NAMES[exit_] if exit_ < 3 else str(exit_),
         verdict=VERDICT_NAMES[verdict] if verdict < 3 else str(verdict), rule=rule, generation=gen,
         pid=pid, tid=tid, uid=uid, euid=euid, gid=gid, egid=egid,
         comm=c_string(comm), exe_name=c_string(exe_name), dev=dev, ino=ino,
-        family="ipv6" if family == AF_INET6 else "ipv4", protocol=proto,
+        family="ipv6" if family == AF_INET6 else "ipv4", protocol=proto, flags=flags, cookie=cookie,
         local_addr=addr_text(laddr), local_port=lport, remote_addr=addr_text(raddr), remote_port=rport,
     )
 

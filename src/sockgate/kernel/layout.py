@@ -21,14 +21,14 @@ def _read_constants(text: str) -> dict[str, int]:
     consts: dict[str, int] = {}
 
     def value(expr: str) -> int:
-        expr = re.sub(r"/\*.*?\*/", "", expr).strip()
+        expr = re.sub(r"/\*.*?(\*/|$)", "", expr).strip()  # a comment, closed or running on
         expr = re.sub(r"\b(\d+)U\b", r"\1", expr)
         expr = re.sub(r"\b(0x[0-9a-fA-F]+)U\b", r"\1", expr)
         for name in sorted(consts, key=len, reverse=True):
             expr = re.sub(rf"\b{name}\b", str(consts[name]), expr)
         return int(eval(expr, {"__builtins__": {}}))  # the header's own arithmetic only
 
-    for m in re.finditer(r"^#define\s+(SG_[A-Z0-9_]+)\s+([^\n(][^\n]*|\([^\n]*\))$", text, re.M):
+    for m in re.finditer(r"^#define\s+(SG_[A-Z0-9_]+)[ \t]+([^\n]+)$", text, re.M):  # not NAME(args)
         name, expr = m.group(1), m.group(2)
         if "(" in name:
             continue
@@ -38,7 +38,7 @@ def _read_constants(text: str) -> dict[str, int]:
             pass  # function-like macros
     for m in re.finditer(r"enum\s+\w+\s*\{([^}]*)\}", text):
         nxt = 0
-        for item in m.group(1).split(","):
+        for item in re.sub(r"/\*.*?\*/", "", m.group(1), flags=re.S).split(","):
             item = item.strip()
             if not item:
                 continue
@@ -62,18 +62,27 @@ SLOTS = C["SG_SLOTS"]
 MAX_BITMAPS = C["SG_MAX_BITMAPS"]
 HIT_SLOTS = C["SG_HIT_SLOTS"]
 PORT_SIDES = C["SG_PORT_SIDES"]
+PROTOS = C["SG_PROTOS"]
 UID_UNKNOWN = C["SG_UID_UNKNOWN"]
+RULE_LISTEN_REFUSED, RULE_UNPARSED = C["SG_RULE_LISTEN_REFUSED"], C["SG_RULE_UNPARSED"]
+EXIT_CONNECT, EXIT_LISTEN, EXIT_ACCEPT = C["SG_EXIT_CONNECT"], C["SG_EXIT_LISTEN"], C["SG_EXIT_ACCEPT"]
+EV_FLOW, EV_UNPARSED, EV_RELEASED = C["SG_EV_FLOW"], C["SG_EV_UNPARSED"], C["SG_EV_RELEASED"]
+CFG_LISTEN_AT_BIND = C["SG_CFG_LISTEN_AT_BIND"]
+OWNER_BIND_JUDGED, OWNER_REFUSED, OWNER_FLOWS = (
+    C["SG_OWNER_BIND_JUDGED"], C["SG_OWNER_REFUSED"], C["SG_OWNER_FLOWS"])
 LOCAL, REMOTE = C["SG_LOCAL"], C["SG_REMOTE"]
 ALLOWED, REJECTED, AUDIT_REJECTED = C["SG_ALLOWED"], C["SG_REJECTED"], C["SG_AUDIT_REJECTED"]
-EMIT_ALLOWED, EMIT_REJECTED = C["SG_EMIT_ALLOWED"], C["SG_EMIT_REJECTED"]
+EMIT_ALLOWED, EMIT_REJECTED, EMIT_UDP = C["SG_EMIT_ALLOWED"], C["SG_EMIT_REJECTED"], C["SG_EMIT_UDP"]
 NEED_GROUPS, NEED_PROGRAM, NEED_OWNER = C["SG_NEED_GROUPS"], C["SG_NEED_PROGRAM"], C["SG_NEED_OWNER"]
-STAT_DECISIONS, STAT_SELECTED, STAT_DROPPED, STATS = (
-    C["SG_STAT_DECISIONS"], C["SG_STAT_SELECTED"], C["SG_STAT_DROPPED"], C["SG_STATS"])
+STAT_DECISIONS, STAT_SELECTED, STAT_DROPPED, STAT_UDP_DROPPED, STAT_FLOWS_FULL, STATS = (
+    C["SG_STAT_DECISIONS"], C["SG_STAT_SELECTED"], C["SG_STAT_DROPPED"], C["SG_STAT_UDP_DROPPED"],
+    C["SG_STAT_FLOWS_FULL"], C["SG_STATS"])
 EXITS = C["SG_EXITS"]
 
 
-def port_index(slot: int, side: int, port: int) -> int:
-    return ((slot * PORT_SIDES) + side) * 65536 + port
+def port_index(slot: int, side: int, proto: int, port: int) -> int:
+    """SG_PORT_INDEX: the protocol class rides along with the port."""
+    return (((slot * PORT_SIDES) + side) * PROTOS + proto) * 65536 + port
 
 
 class Bitmap(Structure):
@@ -126,11 +135,22 @@ class AddrKey(Structure):
 
 
 class Config(Structure):
-    _fields_ = [("active_slot", c_uint32), ("ringbuf_wakeup_bytes", c_uint32)]
+    _fields_ = [("active_slot", c_uint32), ("ringbuf_wakeup_bytes", c_uint32), ("flags", c_uint32),
+                ("netns_ino", c_uint32)]
 
 
 class OwnerKey(Structure):
-    _fields_ = [("addr", c_uint8 * 16), ("port", c_uint16), ("pad", c_uint16)]
+    _fields_ = [("netns", c_uint32), ("family", c_uint16), ("port", c_uint16), ("addr", c_uint8 * 16)]
+
+
+class FlowKey(Structure):
+    _fields_ = [("cookie", c_uint64), ("peer", c_uint8 * 16), ("peer_port", c_uint16), ("exit", c_uint8),
+                ("pad", c_uint8), ("generation", c_uint32), ("uid", c_uint32), ("pad2", c_uint32)]
+
+
+class Flow(Structure):
+    _fields_ = [("packets", c_uint64), ("ino", c_uint64), ("groups", c_uint64), ("dev", c_uint32),
+                ("gid", c_uint32), ("rule", c_int32), ("verdict", c_uint8), ("pad", c_uint8 * 3)]
 
 
 class Owner(Structure):
@@ -141,7 +161,7 @@ class Owner(Structure):
         ("ngroups", c_uint32),
         ("groups", c_uint32 * MAX_GROUPS),
         ("dev", c_uint32),
-        ("pad", c_uint32),
+        ("flags", c_uint32),
         ("ino", c_uint64),
         ("comm", c_char * 16),
         ("exe_name", c_char * 32),
@@ -152,6 +172,7 @@ class Event(Structure):
     _fields_ = [
         ("boot_ns", c_uint64),
         ("ino", c_uint64),
+        ("cookie", c_uint64),
         ("dev", c_uint32),
         ("pid", c_uint32),
         ("tid", c_uint32),
@@ -164,9 +185,11 @@ class Event(Structure):
         ("exit", c_uint8),
         ("verdict", c_uint8),
         ("family", c_uint8),
-        ("protocol", c_uint8),
+        ("flags", c_uint8),
+        ("protocol", c_uint16),
         ("local_port", c_uint16),
         ("remote_port", c_uint16),
+        ("pad", c_uint16),
         ("local_addr", c_uint8 * 16),
         ("remote_addr", c_uint8 * 16),
         ("comm", c_char * 16),
@@ -181,7 +204,7 @@ class Probe(Structure):
         ("ngroups", c_uint32),
         ("groups", c_uint32 * MAX_GROUPS),
         ("dev", c_uint32),
-        ("pad", c_uint32),
+        ("protocol", c_uint32),
         ("ino", c_uint64),
         ("local_addr", c_uint8 * 16),
         ("remote_addr", c_uint8 * 16),
@@ -206,6 +229,8 @@ MIRRORS = {
     "sg_config": Config,
     "sg_owner_key": OwnerKey,
     "sg_owner": Owner,
+    "sg_flow_key": FlowKey,
+    "sg_flow": Flow,
     "sg_event": Event,
     "sg_probe": Probe,
 }

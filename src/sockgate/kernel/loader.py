@@ -28,32 +28,35 @@ STATE_DIR = Path("/run/sockgate")
 
 def state_path(pin_dir: str) -> Path:
     return STATE_DIR / (pin_dir.strip("/").replace("/", "_") + ".json")
+# every map of the object, pinned (a restarted daemon and `status` reopen them)
 MAP_NAMES = ("sg_config", "sg_policy", "sg_rules", "sg_bitmaps", "sg_users", "sg_groups", "sg_programs",
-             "sg_addrs", "sg_ports", "sg_owners", "sg_listeners", "sg_hits", "sg_stats", "sg_events", "sg_scratch",
-             "sg_sync", "sg_sync_inner", "sg_scope")
+             "sg_addrs", "sg_ports", "sg_owners", "sg_listeners", "sg_flows", "sg_hits", "sg_stats", "sg_events",
+             "sg_scratch", "sg_sync", "sg_sync_inner", "sg_scope")
 
-# backend -> {program name: (attach kind, exit point)}
-BACKENDS = {
-    "cgroup": {
-        "sg_connect4": "cgroup",
-        "sg_connect6": "cgroup",
-        "sg_bind4": "cgroup",
-        "sg_bind6": "cgroup",
-        "sg_listen_cb": "cgroup",
-        "sg_accept": "netns",
-    },
-    # BPF LSM: connect() and listen() themselves (any errno, unbound listen() too); accept
-    # stays with sk_lookup, which alone can refuse a client at once.
-    "lsm": {
-        "sg_lsm_connect": "lsm",
-        "sg_lsm_listen": "lsm",
-        "sg_listen_cb": "cgroup",
-        "sg_accept": "netns",
-    },
+# Programs both backends attach: UDP binds (listen rules), socket release (owners, flow
+# counts), listen() (the listener index; on cgroup also the judgement of never-bound
+# listeners), TCP accept (sk_lookup refuses a client at once), inbound UDP datagrams.
+_COMMON = {
+    "sg_bind4": "cgroup",
+    "sg_bind6": "cgroup",
+    "sg_release": "cgroup",
+    "sg_listen_cb": "cgroup",
+    "sg_accept": "netns",
+    "sg_ingress": "cgroup",
 }
+# backend -> {program name: attach kind}
+BACKENDS = {
+    # cgroup hooks: connect and sends with an address; TCP listen rules at bind()
+    "cgroup": {"sg_connect4": "cgroup", "sg_connect6": "cgroup", "sg_sendmsg4": "cgroup",
+               "sg_sendmsg6": "cgroup", **_COMMON},
+    # BPF LSM: connect(), sends with an address and listen() themselves (any errno, unbound
+    # listen() too)
+    "lsm": {"sg_lsm_connect": "lsm", "sg_lsm_sendmsg": "lsm", "sg_lsm_listen": "lsm", **_COMMON},
+}
+# backend -> sg_config flags
+BACKEND_FLAGS = {"cgroup": L.CFG_LISTEN_AT_BIND, "lsm": 0}
 TEST_PROGRAM = "sg_probe"
-ALL_PROGRAMS = ("sg_connect4", "sg_connect6", "sg_bind4", "sg_bind6", "sg_listen_cb", "sg_accept",
-                "sg_lsm_connect", "sg_lsm_listen", TEST_PROGRAM)
+ALL_PROGRAMS = tuple(dict.fromkeys([p for b in BACKENDS.values() for p in b] + [TEST_PROGRAM]))
 BACKEND_PREFERENCE = ("lsm", "cgroup")
 
 
@@ -142,8 +145,13 @@ class Gate:
 
     @classmethod
     def load(cls, pin_dir: str = DEFAULT_PIN_DIR, *, scope_cgroup: str | None = None, netns: str | None = None,
-             backend: str = "auto", attach: bool = True, object_path: Path | None = None) -> "Gate":
-        """Load the object, pin its maps, attach the backend's programs and pin the links."""
+             backend: str = "auto", attach: bool = True, object_path: Path | None = None,
+             prepare=None) -> "Gate":
+        """Load the object, pin its maps, attach the backend's programs and pin the links.
+
+        `prepare(gate)` runs after the maps exist and before any program is attached: the
+        daemon installs the policy there, so the first decision already has it (a failing
+        install leaves nothing attached, instead of everything allowed)."""
         if os.geteuid() != 0:
             raise KernelError("loading BPF programs needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN)")
         obj_path = Path(object_path or L.OBJECT)
@@ -173,6 +181,8 @@ class Gate:
             try:
                 gate._pin_maps()
                 gate._write_config()
+                if prepare:
+                    prepare(gate)
                 gate._attach(obj, backend, scope_cgroup, netns)
                 gate.save_state()
             except BaseException:
@@ -255,7 +265,8 @@ class Gate:
             os.close(ns_fd)
 
     def _write_config(self) -> None:
-        cfg = L.Config(active_slot=self.state.active_slot, ringbuf_wakeup_bytes=256 * ctypes.sizeof(L.Event))
+        cfg = L.Config(active_slot=self.state.active_slot, ringbuf_wakeup_bytes=256 * ctypes.sizeof(L.Event),
+                       flags=BACKEND_FLAGS[self.state.backend], netns_ino=os.stat(self.state.netns).st_ino)
         libbpf.map_update(self.maps["sg_config"], ctypes.c_uint32(0), cfg)
 
     def save_state(self) -> None:

@@ -34,10 +34,10 @@ def _proc_addr(hex_addr: str) -> bytes:
     return b"".join(struct.pack(">I", struct.unpack("=I", raw[i:i + 4])[0]) for i in range(0, 16, 4))
 
 
-def listening_sockets(proc: str = "/proc") -> list[tuple[bytes, int, int, int]]:
-    """[(addr16, port, uid, inode)] of TCP listeners in this network namespace."""
+def listening_sockets(proc: str = "/proc") -> list[tuple[int, bytes, int, int, int]]:
+    """[(family, addr16, port, uid, inode)] of TCP listeners in this network namespace."""
     out = []
-    for name in ("tcp", "tcp6"):
+    for name, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
         try:
             with open(f"{proc}/net/{name}") as f:
                 next(f)
@@ -46,7 +46,7 @@ def listening_sockets(proc: str = "/proc") -> list[tuple[bytes, int, int, int]]:
                     if p[3] != LISTEN:
                         continue
                     addr, port = p[1].split(":")
-                    out.append((_proc_addr(addr), int(port, 16), int(p[7]), int(p[9])))
+                    out.append((family, _proc_addr(addr), int(port, 16), int(p[7]), int(p[9])))
         except FileNotFoundError:
             continue
     return out
@@ -105,8 +105,9 @@ def seed_owners(listeners_fd: int, owners_fd: int, proc: str = "/proc") -> tuple
     if not socks:
         return 0, 0
     holders = _socket_pids(proc)
+    netns = os.stat(f"{proc}/self/ns/net").st_ino
     n = 0
-    for addr, port, uid, inode in socks:
+    for family, addr, port, uid, inode in socks:
         held = holders.get(inode)
         if not held:
             continue
@@ -115,9 +116,8 @@ def seed_owners(listeners_fd: int, owners_fd: int, proc: str = "/proc") -> tuple
         if dup is None:
             continue
         try:
-            key = L.OwnerKey(port=port)
-            if addr.strip(b"\0") not in (b"", b"\xff\xff"):  # 0.0.0.0 / :: are "any"
-                ctypes.memmove(key.addr, addr, 16)
+            key = L.OwnerKey(netns=netns, family=family, port=port)  # as sg_listen_cb keys it
+            ctypes.memmove(key.addr, addr, 16)
             val = L.Owner(uid=uid, gid=L.UID_UNKNOWN)
             ident = _process_identity(pid, proc)
             if ident:

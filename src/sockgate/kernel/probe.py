@@ -28,7 +28,7 @@ class KernelProbe:
         self._opts = libbpf.TestRunOpts(sz=ctypes.sizeof(libbpf.TestRunOpts))
 
     def decide(self, exit: int, uid: int, gids: tuple[int, ...], ident: tuple[int, int] | None,
-               laddr128: int, lport: int, raddr128: int, rport: int) -> tuple[int, int]:
+               laddr128: int, lport: int, raddr128: int, rport: int, proto: int = 0) -> tuple[int, int]:
         p = self._probe
         ctypes.memset(ctypes.byref(p), 0, ctypes.sizeof(p))
         p.exit, p.uid = exit, uid
@@ -40,7 +40,7 @@ class KernelProbe:
             p.dev, p.ino = ident
         ctypes.memmove(p.local_addr, laddr128.to_bytes(16, "big"), 16)
         ctypes.memmove(p.remote_addr, raddr128.to_bytes(16, "big"), 16)
-        p.local_port, p.remote_port = lport, rport
+        p.local_port, p.remote_port, p.protocol = lport, rport, proto
         ctypes.memmove(self._buf, ctypes.byref(p), ctypes.sizeof(p))
         o = self._opts
         o.data_in = ctypes.cast(self._buf, ctypes.c_void_p)

@@ -94,11 +94,12 @@ def install(gate: Gate, c: Compiled, *, rule_names: list[str] | None = None, sou
     for side in (L.LOCAL, L.REMOTE):
         for (net, plen), idx in c.addrs[side].items():
             libbpf.map_update(m["sg_addrs"], _addr_key(slot, side, net, plen), ctypes.c_uint32(idx))
-        table = port_table(c.ports[side])
-        base = L.port_index(slot, side, 0)
-        ks = (ctypes.c_uint32 * 65536)(*range(base, base + 65536))
-        vs = (ctypes.c_uint32 * 65536)(*table)
-        libbpf.map_update_batch(m["sg_ports"], ks, vs, 65536)
+        for proto in range(L.PROTOS):
+            table = port_table(c.ports[side][proto])
+            base = L.port_index(slot, side, proto, 0)
+            ks = (ctypes.c_uint32 * 65536)(*range(base, base + 65536))
+            vs = (ctypes.c_uint32 * 65536)(*table)
+            libbpf.map_update_batch(m["sg_ports"], ks, vs, 65536)
 
     nr = max(c.nrules, 1)
     ks = (ctypes.c_uint32 * nr)(*range(slot * L.MAX_RULES, slot * L.MAX_RULES + nr))
@@ -116,7 +117,8 @@ def install(gate: Gate, c: Compiled, *, rule_names: list[str] | None = None, sou
 
     hdr = L.PolicyHeader(
         nsummary=nsum,
-        flags=(L.EMIT_ALLOWED if c.emit_allowed else 0) | (L.EMIT_REJECTED if c.emit_rejected else 0),
+        flags=(L.EMIT_ALLOWED if c.emit_allowed else 0) | (L.EMIT_REJECTED if c.emit_rejected else 0)
+        | (L.EMIT_UDP if c.emit_udp else 0),
         reject_errno=c.reject_errno,
         generation=generation,
         needs=(L.NEED_GROUPS if c.needs_groups else 0) | (L.NEED_PROGRAM if c.needs_program else 0)

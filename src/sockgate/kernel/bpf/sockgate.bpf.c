@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0
-/* sockgate kernel programs: exit points on connect, listen (at bind) and accept (sk_lookup).
+/* sockgate kernel programs: exit points on connect (and every send with an address), listen
+ * (and UDP bind) and accept (sk_lookup for TCP, cgroup_skb ingress for UDP datagrams).
  *
  * Every decision is the same lookup: each dimension (exit, user, group, program, local
  * address, local port, remote address, remote port) yields a bitmap of the rules it
@@ -15,11 +16,20 @@
 
 char LICENSE[] SEC("license") = "GPL";
 
+#define AF_UNSPEC 0
 #define AF_INET 2
 #define AF_INET6 10
 #define IPPROTO_TCP 6
+#define IPPROTO_UDP 17
+#define IPPROTO_SCTP 132
+#define IPPROTO_UDPLITE 136
+#define IPPROTO_MPTCP 262
 #define SOCK_STREAM 1
+#define SOCK_DGRAM 2
+#define SOCK_SEQPACKET 5
 #define EPERM 1
+#define MSG_FASTOPEN 0x20000000
+#define SIN6_LEN_RFC2133 24   /* a sockaddr_in6 without sin6_scope_id: the kernel accepts it */
 
 /* uapi context layouts, read at their ABI offsets (vmlinux.h's CO-RE versions make clang
  * emit ctx pointer arithmetic the verifier rejects). */
@@ -122,27 +132,40 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, SG_SLOTS * SG_PORT_SIDES * 65536);
+	__uint(max_entries, SG_SLOTS * SG_PORT_SIDES * SG_PROTOS * 65536);
 	__type(key, __u32);
 	__type(value, __u32);
 } sg_ports SEC(".maps");
 
-/* Listening sockets by (local address, port), indexed at listen() by the sockops program;
- * accept decisions find the real listener here. */
+/* Listening sockets by (netns, family, local address, port), indexed at listen() by the
+ * sockops program; accept decisions find the real listener here. A socket leaves the map
+ * when it closes (sockhash semantics); a user cannot displace another's entry, since the
+ * kernel lets nobody else listen at the same key. */
 struct {
 	__uint(type, BPF_MAP_TYPE_SOCKHASH);
-	__uint(max_entries, SG_OWNERS_MAX);
+	__uint(max_entries, SG_LISTENERS_MAX);
 	__type(key, struct sg_owner_key);
 	__type(value, __u64);
 } sg_listeners SEC(".maps");
 
-/* Who called listen(), by the listening socket's cookie (never reused while it lives). */
+/* Who owns a socket in scope, by cookie (never reused): recorded at bind, listen and first
+ * send, removed at release (sg_release). Not an LRU: no user can evict another's entry. */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, SG_OWNERS_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, __u64);
 	__type(value, struct sg_owner);
 } sg_owners SEC(".maps");
+
+/* UDP flows (see struct sg_flow); the daemon reads their counts and removes finished ones. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, SG_FLOWS_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct sg_flow_key);
+	__type(value, struct sg_flow);
+} sg_flows SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -243,9 +266,9 @@ static __always_inline const struct sg_bitmap *addr_bitmap(__u32 slot, __u32 sid
 	return idx ? bitmap(slot, *idx) : NULL;
 }
 
-static __always_inline const struct sg_bitmap *port_bitmap(__u32 slot, __u32 side, __u16 port)
+static __always_inline const struct sg_bitmap *port_bitmap(__u32 slot, __u32 side, __u32 proto, __u16 port)
 {
-	__u32 k = SG_PORT_INDEX(slot, side, port);
+	__u32 k = SG_PORT_INDEX(slot, side, proto & (SG_PROTOS - 1), port);
 	__u32 *idx = bpf_map_lookup_elem(&sg_ports, &k);
 	return idx ? bitmap(slot, *idx) : NULL;
 }
@@ -397,9 +420,9 @@ static long scan_step7(__u32 i, void *data)
 
 /* The decision over the tables of `slot`. Returns the verdict; *rule gets the deciding rule
  * index or -1. */
-static __always_inline int decide(__u32 slot, const struct sg_policy *pol, __u32 exit, const struct sg_owner *who,
-				  const __u8 *laddr, __u16 lport, const __u8 *raddr, __u16 rport,
-				  struct sg_scratch *scr, __s32 *rule)
+static __always_inline int decide(__u32 slot, const struct sg_policy *pol, __u32 exit, __u32 proto,
+				  const struct sg_owner *who, const __u8 *laddr, __u16 lport, const __u8 *raddr,
+				  __u16 rport, struct sg_scratch *scr, __s32 *rule)
 {
 	*rule = -1;
 	if (exit >= SG_EXITS)
@@ -417,15 +440,15 @@ static __always_inline int decide(__u32 slot, const struct sg_policy *pol, __u32
 	sc.b[2] = group_bitmap(slot, pol, who, scr);
 	if (exit == SG_EXIT_CONNECT) {
 		sc.b[3] = addr_bitmap(slot, SG_REMOTE, raddr);
-		sc.b[4] = port_bitmap(slot, SG_REMOTE, rport);
+		sc.b[4] = port_bitmap(slot, SG_REMOTE, proto, rport);
 		sc.b[5] = sc.b[6] = sc.b[4];
 	} else {
 		sc.b[3] = addr_bitmap(slot, SG_LOCAL, laddr);
-		sc.b[4] = port_bitmap(slot, SG_LOCAL, lport);
+		sc.b[4] = port_bitmap(slot, SG_LOCAL, proto, lport);
 		sc.b[5] = sc.b[6] = sc.b[4];
 		if (exit == SG_EXIT_ACCEPT) {
 			sc.b[5] = addr_bitmap(slot, SG_REMOTE, raddr);
-			sc.b[6] = port_bitmap(slot, SG_REMOTE, rport);
+			sc.b[6] = port_bitmap(slot, SG_REMOTE, proto, rport);
 		}
 	}
 	if (!sc.b[0] || !sc.b[1] || !sc.b[2] || !sc.b[3] || !sc.b[4] || !sc.b[5] || !sc.b[6])
@@ -517,14 +540,29 @@ static __always_inline void current_identity(struct sg_owner *who, __u32 needs)
 		who->exe_name[0] = 0;
 }
 
-static __always_inline bool wants_event(int verdict, __u32 flags)
+/* Which audit levels journal this verdict: allowed TCP decisions with *NETSCK, allowed UDP
+ * flows with *NETUDP, every rejection with *NETFAIL. */
+static __always_inline bool wants_event(int verdict, __u32 flags, bool udp)
 {
-	return verdict == SG_ALLOWED ? (flags & SG_EMIT_ALLOWED) : (flags & SG_EMIT_REJECTED);
+	if (verdict != SG_ALLOWED)
+		return flags & SG_EMIT_REJECTED;
+	return udp ? (flags & SG_EMIT_UDP) : (flags & SG_EMIT_ALLOWED);
 }
 
-static __always_inline void emit(__u32 exit, int verdict, __s32 rule, __u32 gen, __u32 flags,
-				 const struct sg_owner *who, bool is_current, __u32 family, __u32 protocol,
-				 const __u8 *laddr, __u16 lport, const __u8 *raddr, __u16 rport)
+/* Where a decision happened and on what: everything an event records besides the identity. */
+struct sg_site {
+	__u64 cookie;
+	__u32 family;
+	__u32 ipproto;
+	__u32 flags;                 /* SG_EV_* */
+	__u16 lport;
+	__u16 rport;
+	__u8  laddr[16];
+	__u8  raddr[16];
+};
+
+static __always_inline void emit(__u32 exit, int verdict, __s32 rule, __u32 gen, const struct sg_owner *who,
+				 bool is_current, const struct sg_site *at)
 {
 	stat_add(SG_STAT_SELECTED);
 	struct sg_event *e = bpf_ringbuf_reserve(&sg_events, sizeof(*e), 0);
@@ -534,6 +572,7 @@ static __always_inline void emit(__u32 exit, int verdict, __s32 rule, __u32 gen,
 	}
 	e->boot_ns = bpf_ktime_get_boot_ns();
 	e->ino = who->ino;
+	e->cookie = at->cookie;
 	e->dev = who->dev;
 	e->pid = who->tgid;
 	e->euid = who->uid;
@@ -552,12 +591,14 @@ static __always_inline void emit(__u32 exit, int verdict, __s32 rule, __u32 gen,
 	e->generation = gen;
 	e->exit = exit;
 	e->verdict = verdict;
-	e->family = family;
-	e->protocol = protocol;
-	e->local_port = lport;
-	e->remote_port = rport;
-	__builtin_memcpy(e->local_addr, laddr, 16);
-	__builtin_memcpy(e->remote_addr, raddr, 16);
+	e->family = at->family;
+	e->flags = at->flags;
+	e->protocol = at->ipproto;
+	e->local_port = at->lport;
+	e->remote_port = at->rport;
+	e->pad = 0;
+	__builtin_memcpy(e->local_addr, at->laddr, 16);
+	__builtin_memcpy(e->remote_addr, at->raddr, 16);
 	__builtin_memcpy(e->comm, who->comm, 16);
 	__builtin_memcpy(e->exe_name, who->exe_name, 32);
 
@@ -597,20 +638,42 @@ static __always_inline struct sg_scratch *scratch(void)
 	return bpf_map_lookup_elem(&sg_scratch, &zero);
 }
 
-static __always_inline struct sg_owner *find_owner(const __u8 *laddr, __u16 lport);
+static __always_inline struct sg_config *get_config(void)
+{
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&sg_config, &zero);
+}
 
-/* Who is deciding: the current task, or for accept the listener's recorded owner. Only
- * what `needs` asks for is gathered (groups, executable, owner lookup cost time). */
-static __always_inline void identify(struct sg_scratch *sc, bool is_current, const __u8 *laddr, __u16 lport,
+/* A socket's IP protocol as the class a rule's `protocol` names; -1: not ours to judge. */
+static __always_inline int proto_class(__u32 ipproto)
+{
+	switch (ipproto) {
+	case IPPROTO_TCP:
+		return SG_PROTO_TCP;
+	case IPPROTO_UDP:
+	case IPPROTO_UDPLITE:
+		return SG_PROTO_UDP;
+	case IPPROTO_MPTCP:
+		return SG_PROTO_MPTCP;
+	case IPPROTO_SCTP:
+		return SG_PROTO_SCTP;
+	}
+	return -1;
+}
+
+static __always_inline struct sg_owner *find_owner(__u32 family, const __u8 *laddr, __u16 lport);
+
+/* Who is deciding: the current task, or for accept the receiving socket's recorded owner
+ * (`owner`, if the hook found it). Only what `needs` asks for is gathered. */
+static __always_inline void identify(struct sg_scratch *sc, bool is_current, const struct sg_owner *owner,
 				     __u32 needs)
 {
 	if (is_current) {
 		current_identity(&sc->who, needs);
 		return;
 	}
-	struct sg_owner *o = (needs & SG_NEED_OWNER) ? find_owner(laddr, lport) : NULL;
-	if (o) {
-		__builtin_memcpy(&sc->who, o, sizeof(sc->who));
+	if (owner) {
+		__builtin_memcpy(&sc->who, owner, sizeof(sc->who));
 	} else {
 		__builtin_memset(&sc->who, 0, sizeof(sc->who));
 		sc->who.uid = SG_UID_UNKNOWN;
@@ -620,30 +683,53 @@ static __always_inline void identify(struct sg_scratch *sc, bool is_current, con
 
 /* One decision at an exit point, end to end: read the active policy once, gather what it
  * needs, decide, count the deciding rule, journal it (with the full identity) if the
- * audit levels ask. *err gets the policy's errno. */
-static __always_inline int judge(__u32 exit, struct sg_scratch *sc, bool is_current, __u32 family,
-				 __u32 protocol, const __u8 *laddr, __u16 lport, const __u8 *raddr, __u16 rport,
-				 __s32 *err)
+ * audit levels ask. *err gets the policy's errno; *gen and *rule what decided. */
+static __always_inline int judge(__u32 exit, struct sg_scratch *sc, bool is_current, const struct sg_owner *owner,
+				 const struct sg_site *at, __s32 *err, __u32 *gen, __s32 *rule_out)
 {
 	__s32 rule;
 	__u32 slot;
 	*err = EPERM;
+	*gen = 0;
+	*rule_out = -1;
 	stat_add(SG_STAT_DECISIONS);
 	const struct sg_policy *pol = active_policy(&slot);
 	if (!pol)
-		return SG_ALLOWED;  /* not initialised yet */
+		return SG_ALLOWED;  /* unreachable: the array always has the entry */
+	int cls = proto_class(at->ipproto);
 	__u32 needs = pol->needs & SG_NEED_ALL;
-	identify(sc, is_current, laddr, lport, needs);
-	int verdict = decide(slot, pol, exit, &sc->who, laddr, lport, raddr, rport, sc, &rule);
+	identify(sc, is_current, owner, needs);
+	int verdict;
+	if (at->flags & SG_EV_UNPARSED) {
+		rule = SG_RULE_UNPARSED;
+		verdict = SG_REJECTED;
+	} else {
+		verdict = decide(slot, pol, exit, cls < 0 ? 0 : cls, &sc->who, at->laddr, at->lport, at->raddr,
+				 at->rport, sc, &rule);
+	}
 	*err = pol->reject_errno;
+	*gen = pol->generation;
+	*rule_out = rule;
 	count_hit(slot, exit, rule);
-	if (wants_event(verdict, pol->flags)) {
+	if (wants_event(verdict, pol->flags, cls == SG_PROTO_UDP)) {
 		if (needs != SG_NEED_ALL)
-			identify(sc, is_current, laddr, lport, SG_NEED_ALL);
-		emit(exit, verdict, rule, pol->generation, pol->flags, &sc->who, is_current, family, protocol,
-		     laddr, lport, raddr, rport);
+			identify(sc, is_current, owner, SG_NEED_ALL);
+		emit(exit, verdict, rule, pol->generation, &sc->who, is_current, at);
 	}
 	return verdict;
+}
+
+/* Record the current task as the owner of socket `cookie` (bind, listen, first send). */
+static __always_inline void record_owner(struct sg_scratch *sc, __u64 cookie, __u32 flags, bool keep_flags)
+{
+	current_identity(&sc->who, SG_NEED_ALL);
+	sc->who.flags = flags;
+	if (keep_flags) {
+		struct sg_owner *old = bpf_map_lookup_elem(&sg_owners, &cookie);
+		if (old)
+			sc->who.flags |= old->flags;
+	}
+	bpf_map_update_elem(&sg_owners, &cookie, &sc->who, BPF_ANY);
 }
 
 /* cgroup hooks: 1 lets the call through; 0 refuses it (EPERM, or the policy's errno). */
@@ -656,14 +742,71 @@ static __always_inline int cgroup_verdict(int verdict, __s32 err)
 	return 0;
 }
 
-/* ---- connect ---------------------------------------------------------------------- */
+/* ---- UDP flows: the first datagram to (or from) a peer is decided, later ones counted --- */
 
-static __always_inline int on_connect(struct sg_ctx_sock_addr *ctx, bool v6)
+static __always_inline void flow_key(struct sg_flow_key *k, __u64 cookie, const __u8 *peer, __u16 port,
+				     __u32 exit, __u32 gen, __u32 uid)
 {
-	struct sg_scratch *sc = scratch();
-	if (!sc)
-		return 1;
-	__u8 raddr[16], laddr[16] = {};
+	__builtin_memset(k, 0, sizeof(*k));
+	k->cookie = cookie;
+	__builtin_memcpy(k->peer, peer, 16);
+	k->peer_port = port;
+	k->exit = exit;
+	k->generation = gen;
+	k->uid = uid;
+}
+
+/* An outbound UDP datagram (sendto/sendmsg with an address, or connect of a UDP socket):
+ * reuse the flow's verdict if the same identity sent to the same peer under the same
+ * policy; else decide, journal (first of the flow) and start counting. */
+static __always_inline int judge_udp_out(struct sg_scratch *sc, struct sg_site *at, __s32 *err)
+{
+	__u32 slot;
+	*err = EPERM;
+	const struct sg_policy *pol = active_policy(&slot);
+	if (!pol)
+		return SG_ALLOWED;
+	struct task_struct *task = bpf_get_current_task_btf();
+	const struct cred *cred = task->cred;
+	__u32 uid = cred->euid.val, gid = cred->egid.val;
+	__u64 groups = (__u64)cred->group_info;
+	struct inode *inode = task->mm->exe_file->f_inode;  /* kernel threads: loads read 0 */
+	__u64 ino = inode->i_ino;
+	__u32 dev = inode->i_sb->s_dev;
+
+	struct sg_flow_key k;
+	flow_key(&k, at->cookie, at->raddr, at->rport, SG_EXIT_CONNECT, pol->generation, uid);
+	struct sg_flow *f = bpf_map_lookup_elem(&sg_flows, &k);
+	if (f && f->gid == gid && f->groups == groups && f->ino == ino && f->dev == dev) {
+		__sync_fetch_and_add(&f->packets, 1);
+		count_hit(slot, SG_EXIT_CONNECT, f->rule);
+		stat_add(SG_STAT_DECISIONS);
+		*err = pol->reject_errno;
+		return f->verdict;
+	}
+	__u64 carried = f ? f->packets : 0;  /* same uid, other program: one flow, counts kept */
+	at->flags |= SG_EV_FLOW;
+	__u32 gen;
+	__s32 rule;
+	int verdict = judge(SG_EXIT_CONNECT, sc, true, NULL, at, err, &gen, &rule);
+	struct sg_flow v = { .packets = carried, .ino = ino, .groups = groups, .dev = dev, .gid = gid,
+			     .rule = rule, .verdict = verdict };
+	flow_key(&k, at->cookie, at->raddr, at->rport, SG_EXIT_CONNECT, gen, uid);
+	if (bpf_map_update_elem(&sg_flows, &k, &v, BPF_ANY))
+		stat_add(SG_STAT_FLOWS_FULL);
+	/* the receiving side needs the socket's owner: record it on its first send */
+	struct sg_owner *o = bpf_map_lookup_elem(&sg_owners, &at->cookie);
+	if (o)
+		o->flags |= SG_OWNER_FLOWS;
+	else
+		record_owner(sc, at->cookie, SG_OWNER_FLOWS, false);
+	return verdict;
+}
+
+/* ---- connect, and sends with an address ------------------------------------------- */
+
+static __always_inline void addr_from_ctx(struct sg_ctx_sock_addr *ctx, bool v6, __u8 *raddr)
+{
 	if (v6) {
 		__u32 a[4] = { READ_CTX(ctx->user_ip6[0]), READ_CTX(ctx->user_ip6[1]),
 			       READ_CTX(ctx->user_ip6[2]), READ_CTX(ctx->user_ip6[3]) };
@@ -671,49 +814,97 @@ static __always_inline int on_connect(struct sg_ctx_sock_addr *ctx, bool v6)
 	} else {
 		v4_mapped(raddr, READ_CTX(ctx->user_ip4));
 	}
-	__u16 rport = bpf_ntohs((__u16)READ_CTX(ctx->user_port));
-	__u32 protocol = READ_CTX(ctx->protocol);
+}
 
+/* cgroup/connect4/6 and cgroup/sendmsg4/6 (UDP sends with an address: the kernel runs
+ * these only for unconnected sends or an explicit address; a connected send was judged at
+ * connect). Every protocol that reaches a connect hook is judged (TCP, UDP, UDP-Lite,
+ * SCTP, MPTCP's first subflow, TFO's implicit connect). */
+static __always_inline int on_connect(struct bpf_sock_addr *raw, bool v6)
+{
+	struct sg_ctx_sock_addr *ctx = (struct sg_ctx_sock_addr *)raw;
+	struct sg_scratch *sc = scratch();
+	if (!sc)
+		return 0;  /* cannot happen (array map); refuse rather than pass unjudged */
+	struct sg_site at = { .family = v6 ? AF_INET6 : AF_INET, .ipproto = READ_CTX(ctx->protocol) };
+	addr_from_ctx(ctx, v6, at.raddr);
+	__builtin_memset(at.laddr, 0, 16);
+	at.rport = bpf_ntohs((__u16)READ_CTX(ctx->user_port));
+	at.cookie = bpf_get_socket_cookie(raw);
 	__s32 err;
-	int verdict = judge(SG_EXIT_CONNECT, sc, true, v6 ? AF_INET6 : AF_INET, protocol, laddr, 0, raddr, rport, &err);
+	int verdict;
+	if (proto_class(at.ipproto) == SG_PROTO_UDP) {
+		verdict = judge_udp_out(sc, &at, &err);
+	} else {
+		__u32 gen;
+		__s32 rule;
+		verdict = judge(SG_EXIT_CONNECT, sc, true, NULL, &at, &err, &gen, &rule);
+	}
 	return cgroup_verdict(verdict, err);
 }
 
 SEC("cgroup/connect4")
 int sg_connect4(struct bpf_sock_addr *ctx)
 {
-	return on_connect((struct sg_ctx_sock_addr *)ctx, false);
+	return on_connect(ctx, false);
 }
 
 SEC("cgroup/connect6")
 int sg_connect6(struct bpf_sock_addr *ctx)
 {
-	return on_connect((struct sg_ctx_sock_addr *)ctx, true);
+	return on_connect(ctx, true);
 }
 
-/* ---- listen, judged when a TCP socket gets its local port -------------------------- */
+SEC("cgroup/sendmsg4")
+int sg_sendmsg4(struct bpf_sock_addr *ctx)
+{
+	return on_connect(ctx, false);
+}
 
+SEC("cgroup/sendmsg6")
+int sg_sendmsg6(struct bpf_sock_addr *ctx)
+{
+	return on_connect(ctx, true);
+}
+
+/* ---- listen, judged when a socket gets its local port ------------------------------ */
+
+/* cgroup/post_bind4/6. UDP (and UDP-Lite) binds are judged by listen rules on both
+ * backends. Stream sockets (TCP, MPTCP subflows, SCTP) only on the cgroup backend, where
+ * bind() is where a listen rule can still refuse the call; the LSM backend judges their
+ * listen() itself. The binder is recorded as the socket's owner (UDP: for inbound
+ * datagrams; stream: until listen() records the listener). */
 static __always_inline int on_bind(struct sg_ctx_sock *ctx, bool v6)
 {
-	if (READ_CTX(ctx->type) != SOCK_STREAM)
-		return 1;
-	__u32 protocol = READ_CTX(ctx->protocol);
+	__u32 ipproto = READ_CTX(ctx->protocol);
 	__u32 src4 = v6 ? 0 : READ_CTX(ctx->src_ip4);  /* a v6 program may not read src_ip4 */
+	int cls = proto_class(ipproto);
+	if (cls < 0)
+		return 1;
+	bool udp = cls == SG_PROTO_UDP;
+	struct sg_config *cfg = get_config();
+	if (!udp && !(cfg && (cfg->flags & SG_CFG_LISTEN_AT_BIND)))
+		return 1;
 	struct sg_scratch *sc = scratch();
 	if (!sc)
-		return 1;
-	__u8 laddr[16], raddr[16] = {};
+		return 0;
+	struct sg_site at = { .family = v6 ? AF_INET6 : AF_INET, .ipproto = ipproto };
 	if (v6) {
 		__u32 a[4] = { READ_CTX(ctx->src_ip6[0]), READ_CTX(ctx->src_ip6[1]),
 			       READ_CTX(ctx->src_ip6[2]), READ_CTX(ctx->src_ip6[3]) };
-		v6_copy(laddr, a);
+		v6_copy(at.laddr, a);
 	} else {
-		v4_mapped(laddr, src4);
+		v4_mapped(at.laddr, src4);
 	}
-	__u16 lport = (__u16)READ_CTX(ctx->src_port);
-
+	__builtin_memset(at.raddr, 0, 16);
+	at.lport = (__u16)READ_CTX(ctx->src_port);
+	at.cookie = bpf_get_socket_cookie(ctx);
 	__s32 err;
-	int verdict = judge(SG_EXIT_LISTEN, sc, true, v6 ? AF_INET6 : AF_INET, protocol, laddr, lport, raddr, 0, &err);
+	__u32 gen;
+	__s32 rule;
+	int verdict = judge(SG_EXIT_LISTEN, sc, true, NULL, &at, &err, &gen, &rule);
+	if (verdict != SG_REJECTED)
+		record_owner(sc, at.cookie, SG_OWNER_BIND_JUDGED, false);
 	return cgroup_verdict(verdict, err);
 }
 
@@ -729,28 +920,76 @@ int sg_bind6(struct bpf_sock *ctx)
 	return on_bind((struct sg_ctx_sock *)ctx, true);
 }
 
+/* A socket in scope is gone: forget its owner; if it had UDP flows, tell user space, which
+ * then reads their final counts (nothing can add to them any more). */
+SEC("cgroup/sock_release")
+int sg_release(struct bpf_sock *ctx)
+{
+	__u64 cookie = bpf_get_socket_cookie(ctx);
+	struct sg_owner *o = bpf_map_lookup_elem(&sg_owners, &cookie);
+	if (!o)
+		return 1;
+	if (o->flags & SG_OWNER_FLOWS) {
+		struct sg_event *e = bpf_ringbuf_reserve(&sg_events, sizeof(*e), 0);
+		if (e) {
+			__builtin_memset(e, 0, sizeof(*e));
+			e->boot_ns = bpf_ktime_get_boot_ns();
+			e->cookie = cookie;
+			e->flags = SG_EV_RELEASED;
+			bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+		} else {
+			stat_add(SG_STAT_DROPPED);
+		}
+	}
+	bpf_map_delete_elem(&sg_owners, &cookie);
+	return 1;
+}
+
 /* ---- accept: refuse the connection before any listener sees it --------------------- */
 
-/* The owner of the socket that would get this connection: the listener indexed at
- * (address, port) or else at (any, port), and the identity recorded by its listen(). */
-static __always_inline struct sg_owner *find_owner(const __u8 *laddr, __u16 lport)
+static __always_inline struct sg_owner *owner_of(struct bpf_sock *sk)
 {
-	struct sg_owner_key k = { .port = lport };
-	__builtin_memcpy(k.addr, laddr, 16);
-	struct bpf_sock *sk = bpf_map_lookup_elem(&sg_listeners, &k);
-	if (!sk) {
-		__builtin_memset(k.addr, 0, 16);
-		sk = bpf_map_lookup_elem(&sg_listeners, &k);
-		if (!sk)
-			return NULL;
-	}
 	struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
 	__u64 cookie = tp ? tp->inet_conn.icsk_inet.sk.__sk_common.skc_cookie.counter : 0;
 	bpf_sk_release(sk);
 	return cookie ? bpf_map_lookup_elem(&sg_owners, &cookie) : NULL;
 }
 
-/* ---- listen(): record the listener (both backends) --------------------------------- */
+static __always_inline struct bpf_sock *listener_at(struct sg_owner_key *k, __u16 family, const __u8 *addr)
+{
+	k->family = family;
+	__builtin_memcpy(k->addr, addr, 16);
+	return bpf_map_lookup_elem(&sg_listeners, k);
+}
+
+/* The owner of the listening socket that would get this connection, in the order the
+ * kernel prefers: bound to the address (an IPv4 socket, then a v6 one bound to the
+ * v4-mapped address), then the wildcard (IPv4's, then IPv6's, which takes IPv4 unless
+ * v6only). */
+static __always_inline struct sg_owner *find_owner(__u32 family, const __u8 *laddr, __u16 lport)
+{
+	struct sg_config *cfg = get_config();
+	struct sg_owner_key k = { .netns = cfg ? cfg->netns_ino : 0, .port = lport };
+	__u8 any6[16] = {}, any4[16] = {};
+	any4[10] = any4[11] = 0xff;
+	struct bpf_sock *sk;
+	if (family == AF_INET) {
+		if ((sk = listener_at(&k, AF_INET, laddr)))
+			return owner_of(sk);
+		if ((sk = listener_at(&k, AF_INET6, laddr)))
+			return owner_of(sk);
+		if ((sk = listener_at(&k, AF_INET, any4)))
+			return owner_of(sk);
+	} else {
+		if ((sk = listener_at(&k, AF_INET6, laddr)))
+			return owner_of(sk);
+	}
+	if ((sk = listener_at(&k, AF_INET6, any6)))
+		return owner_of(sk);
+	return NULL;
+}
+
+/* ---- listen(): record the listener (both backends); judge it if bind() did not -------- */
 
 SEC("sockops")
 int sg_listen_cb(struct bpf_sock_ops *raw)
@@ -758,28 +997,47 @@ int sg_listen_cb(struct bpf_sock_ops *raw)
 	if (READ_CTX(raw->op) != BPF_SOCK_OPS_TCP_LISTEN_CB)
 		return 1;
 	__u32 family = READ_CTX(raw->family);
-	struct sg_owner_key k = { .port = (__u16)READ_CTX(raw->local_port) };
+	struct sg_config *cfg = get_config();
+	struct sg_scratch *sc = scratch();
+	if (!cfg || !sc)
+		return 1;
+	struct sg_owner_key k = { .netns = 0, .family = family, .port = (__u16)READ_CTX(raw->local_port) };
+	struct sg_site at = { .family = family, .ipproto = IPPROTO_TCP, .lport = k.port };
 	if (family == AF_INET6) {
 		__u32 a[4] = { READ_CTX(raw->local_ip6[0]), READ_CTX(raw->local_ip6[1]),
 			       READ_CTX(raw->local_ip6[2]), READ_CTX(raw->local_ip6[3]) };
 		v6_copy(k.addr, a);
 	} else {
-		__u32 a4 = READ_CTX(raw->local_ip4);
-		if (a4)
-			v4_mapped(k.addr, a4);  /* 0.0.0.0 and :: both stay all-zero: "any" */
+		v4_mapped(k.addr, READ_CTX(raw->local_ip4));
 	}
-	bool any = true;
-	for (int i = 0; i < 16; i++)
-		if (k.addr[i])
-			any = false;
-	if (!any && k.addr[10] == 0xff && k.addr[11] == 0xff && !k.addr[12] && !k.addr[13] && !k.addr[14] && !k.addr[15])
-		__builtin_memset(k.addr, 0, 16);
-	struct sg_scratch *sc = scratch();
-	if (!sc)
+	struct bpf_sock *bsk = raw->sk;
+	if (!bsk)
 		return 1;
-	current_identity(&sc->who, SG_NEED_ALL);
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock(bsk);
+	if (!tp)
+		return 1;
+	k.netns = tp->inet_conn.icsk_inet.sk.__sk_common.skc_net.net->ns.inum;
+	if (tp->is_mptcp)
+		at.ipproto = IPPROTO_MPTCP;  /* a subflow of an MPTCP listener */
+	__builtin_memcpy(at.laddr, k.addr, 16);
+	__builtin_memset(at.raddr, 0, 16);
 	__u64 cookie = bpf_get_socket_cookie(raw);
-	bpf_map_update_elem(&sg_owners, &cookie, &sc->who, BPF_ANY);
+	at.cookie = cookie;
+	__u32 flags = 0;
+	struct sg_owner *old = bpf_map_lookup_elem(&sg_owners, &cookie);
+	if (old)
+		flags = old->flags & (SG_OWNER_BIND_JUDGED | SG_OWNER_REFUSED);
+	/* cgroup backend: a socket never bound got its port only now, so its listen is judged
+	 * here. sockops cannot fail listen(): a refused listener is marked, and every
+	 * connection to it is refused (sg_accept). */
+	if ((cfg->flags & SG_CFG_LISTEN_AT_BIND) && !(flags & SG_OWNER_BIND_JUDGED)) {
+		__s32 err;
+		__u32 gen;
+		__s32 rule;
+		if (judge(SG_EXIT_LISTEN, sc, true, NULL, &at, &err, &gen, &rule) == SG_REJECTED)
+			flags |= SG_OWNER_REFUSED;
+	}
+	record_owner(sc, cookie, flags, false);
 	bpf_sock_hash_update(raw, &sg_listeners, &k, BPF_ANY);
 	return 1;
 }
@@ -789,10 +1047,10 @@ int sg_accept(struct bpf_sk_lookup *raw)
 {
 	struct sg_ctx_sk_lookup *ctx = (struct sg_ctx_sk_lookup *)raw;
 	if (READ_CTX(ctx->protocol) != IPPROTO_TCP)
-		return SK_PASS;
+		return SK_PASS;  /* UDP datagrams are judged at the receiving socket (sg_ingress) */
 	struct sg_scratch *sc = scratch();
 	if (!sc)
-		return SK_PASS;
+		return SK_DROP;
 	/* every field read once, unconditionally, at its fixed offset (see kernel-notes) */
 	__u32 family = READ_CTX(ctx->family);
 	__u32 r[4] = { READ_CTX(ctx->remote_ip6[0]), READ_CTX(ctx->remote_ip6[1]),
@@ -800,23 +1058,168 @@ int sg_accept(struct bpf_sk_lookup *raw)
 	__u32 l[4] = { READ_CTX(ctx->local_ip6[0]), READ_CTX(ctx->local_ip6[1]),
 		       READ_CTX(ctx->local_ip6[2]), READ_CTX(ctx->local_ip6[3]) };
 	__u32 r4 = READ_CTX(ctx->remote_ip4), l4 = READ_CTX(ctx->local_ip4);
-	__u8 laddr[16], raddr[16];
+	struct sg_site at = { .family = family, .ipproto = IPPROTO_TCP };
 	if (family == AF_INET6) {
-		v6_copy(laddr, l);
-		v6_copy(raddr, r);
+		v6_copy(at.laddr, l);
+		v6_copy(at.raddr, r);
 	} else {
-		v4_mapped(laddr, l4);
-		v4_mapped(raddr, r4);
+		v4_mapped(at.laddr, l4);
+		v4_mapped(at.raddr, r4);
 	}
-	__u16 lport = (__u16)READ_CTX(ctx->local_port);
-	__u16 rport = bpf_ntohs((__u16)READ_CTX(ctx->remote_port));
+	at.lport = (__u16)READ_CTX(ctx->local_port);
+	at.rport = bpf_ntohs((__u16)READ_CTX(ctx->remote_port));
 
+	/* the owner is looked up when a rule needs it, or always on the cgroup backend, where
+	 * a listener whose listen() was refused after the fact must refuse every connection */
+	__u32 slot;
+	const struct sg_policy *pol = active_policy(&slot);
+	struct sg_config *cfg = get_config();
+	struct sg_owner *owner = NULL;
+	if ((pol && (pol->needs & SG_NEED_OWNER)) || (cfg && (cfg->flags & SG_CFG_LISTEN_AT_BIND)))
+		owner = find_owner(family, at.laddr, at.lport);
+	if (owner && (owner->flags & SG_OWNER_REFUSED)) {
+		identify(sc, false, owner, SG_NEED_ALL);
+		stat_add(SG_STAT_DECISIONS);
+		count_hit(slot, SG_EXIT_ACCEPT, -1);
+		if (pol && wants_event(SG_REJECTED, pol->flags, false))
+			emit(SG_EXIT_ACCEPT, SG_REJECTED, SG_RULE_LISTEN_REFUSED, pol->generation, &sc->who, false, &at);
+		return SK_DROP;
+	}
 	__s32 err;
-	int verdict = judge(SG_EXIT_ACCEPT, sc, false, family, IPPROTO_TCP, laddr, lport, raddr, rport, &err);
+	__u32 gen;
+	__s32 rule;
+	int verdict = judge(SG_EXIT_ACCEPT, sc, false, owner, &at, &err, &gen, &rule);
 	return verdict == SG_REJECTED ? SK_DROP : SK_PASS;
 }
 
-/* ---- LSM backend: connect() and listen() themselves, any errno --------------------- */
+/* ---- accept for UDP: each datagram at the socket that receives it ------------------ */
+
+struct sg_udp_hdr {
+	__u16 source;
+	__u16 dest;
+	__u16 len;
+	__u16 check;
+};
+
+/* Source and destination of a datagram from its headers (the data starts at the IP
+ * header here). IPv6 extension headers are followed a few deep; 0: not parseable. */
+static __always_inline int datagram_peer(struct __sk_buff *skb, struct sg_site *at)
+{
+	__u8 first;
+	if (bpf_skb_load_bytes(skb, 0, &first, 1))
+		return 0;
+	__u32 off;
+	__u8 next;
+	if ((first >> 4) == 4) {
+		struct iphdr ip;
+		if (bpf_skb_load_bytes(skb, 0, &ip, sizeof(ip)))
+			return 0;
+		v4_mapped(at->raddr, ip.saddr);
+		v4_mapped(at->laddr, ip.daddr);
+		off = (ip.ihl & 0xf) * 4;
+		next = ip.protocol;
+	} else if ((first >> 4) == 6) {
+		struct ipv6hdr ip6;
+		if (bpf_skb_load_bytes(skb, 0, &ip6, sizeof(ip6)))
+			return 0;
+		__builtin_memcpy(at->raddr, &ip6.saddr, 16);
+		__builtin_memcpy(at->laddr, &ip6.daddr, 16);
+		off = sizeof(ip6);
+		next = ip6.nexthdr;
+#pragma unroll
+		for (int i = 0; i < 4; i++) {
+			if (next != 0 && next != 43 && next != 60)  /* hop-by-hop, routing, dest options */
+				break;
+			__u8 ext[2];
+			if (bpf_skb_load_bytes(skb, off & 0xffff, ext, 2))
+				return 0;
+			next = ext[0];
+			off += (ext[1] + 1) * 8;
+		}
+	} else {
+		return 0;
+	}
+	if (next != IPPROTO_UDP && next != IPPROTO_UDPLITE)
+		return 0;
+	struct sg_udp_hdr uh;
+	if (bpf_skb_load_bytes(skb, off & 0xffff, &uh, sizeof(uh)))
+		return 0;
+	at->rport = bpf_ntohs(uh.source);
+	at->lport = bpf_ntohs(uh.dest);
+	return 1;
+}
+
+/* cgroup_skb/ingress runs for every packet a socket in scope receives; only datagrams of
+ * unconnected UDP sockets are ours (a connected socket's peer was judged at connect). A
+ * datagram from a peer the socket itself sent to (under this policy) is a reply: its
+ * outbound flow was judged. Others are accept decisions on the receiving socket's owner. */
+SEC("cgroup_skb/ingress")
+int sg_ingress(struct __sk_buff *skb)
+{
+	struct bpf_sock *sk = skb->sk;
+	if (!sk)
+		return 1;
+	sk = bpf_sk_fullsock(sk);
+	if (!sk || (sk->protocol != IPPROTO_UDP && sk->protocol != IPPROTO_UDPLITE) || sk->dst_port)
+		return 1;
+	struct sg_scratch *sc = scratch();
+	if (!sc)
+		return 0;
+	struct sg_site at = { .family = sk->family, .ipproto = sk->protocol };
+	at.cookie = bpf_get_socket_cookie(skb);
+	if (!datagram_peer(skb, &at)) {
+		at.flags = SG_EV_UNPARSED;
+		__builtin_memset(at.laddr, 0, 16);
+		__builtin_memset(at.raddr, 0, 16);
+	}
+	__u32 slot;
+	const struct sg_policy *pol = active_policy(&slot);
+	if (!pol)
+		return 0;
+	struct sg_flow_key k;
+	struct sg_owner *owner = bpf_map_lookup_elem(&sg_owners, &at.cookie);
+	if (!(at.flags & SG_EV_UNPARSED)) {
+		/* a reply to what this socket's owner sent (the outbound flow's key has its uid) */
+		if (owner) {
+			flow_key(&k, at.cookie, at.raddr, at.rport, SG_EXIT_CONNECT, pol->generation, owner->uid);
+			struct sg_flow *out = bpf_map_lookup_elem(&sg_flows, &k);
+			if (out && out->verdict != SG_REJECTED)
+				return 1;
+		}
+		flow_key(&k, at.cookie, at.raddr, at.rport, SG_EXIT_ACCEPT, pol->generation, 0);
+		struct sg_flow *f = bpf_map_lookup_elem(&sg_flows, &k);
+		if (f) {
+			__sync_fetch_and_add(&f->packets, 1);
+			count_hit(slot, SG_EXIT_ACCEPT, f->rule);
+			stat_add(SG_STAT_DECISIONS);
+			if (f->verdict == SG_REJECTED) {
+				stat_add(SG_STAT_UDP_DROPPED);
+				return 0;
+			}
+			return 1;
+		}
+		at.flags |= SG_EV_FLOW;
+	}
+	__s32 err;
+	__u32 gen;
+	__s32 rule;
+	int verdict = judge(SG_EXIT_ACCEPT, sc, false, owner, &at, &err, &gen, &rule);
+	if (!(at.flags & SG_EV_UNPARSED)) {
+		struct sg_flow v = { .rule = rule, .verdict = verdict };
+		flow_key(&k, at.cookie, at.raddr, at.rport, SG_EXIT_ACCEPT, gen, 0);
+		if (bpf_map_update_elem(&sg_flows, &k, &v, BPF_ANY))
+			stat_add(SG_STAT_FLOWS_FULL);
+		else if (owner)
+			owner->flags |= SG_OWNER_FLOWS;
+	}
+	if (verdict == SG_REJECTED) {
+		stat_add(SG_STAT_UDP_DROPPED);
+		return 0;
+	}
+	return 1;
+}
+
+/* ---- LSM backend: connect(), sends with an address and listen() themselves ---------- */
 
 /* LSM hooks see every task on the host; the scope is the cgroup stored here at load. */
 struct {
@@ -833,8 +1236,9 @@ static __always_inline int lsm_verdict(int verdict, __s32 err)
 	return err > 0 ? -err : -EPERM;
 }
 
-/* An LSM hook's sock if the caller is in scope and it is a TCP or UDP socket of IPv4/IPv6;
- * NULL otherwise (the hook then leaves the call to the kernel). */
+/* An LSM hook's sock if the caller is in scope and it is an IPv4/IPv6 socket of a protocol
+ * sockgate judges (TCP, UDP, UDP-Lite, MPTCP, SCTP); NULL otherwise (raw sockets need
+ * CAP_NET_RAW and are out of scope, see docs/policy.md). */
 static __always_inline struct sock *lsm_scoped_sock(struct socket *sock, __u16 *family, __u16 *protocol)
 {
 	if (bpf_current_task_under_cgroup(&sg_scope, 0) != 1)
@@ -842,9 +1246,70 @@ static __always_inline struct sock *lsm_scoped_sock(struct socket *sock, __u16 *
 	struct sock *sk = BPF_CORE_READ(sock, sk);
 	*family = BPF_CORE_READ(sk, __sk_common.skc_family);
 	*protocol = BPF_CORE_READ(sk, sk_protocol);
-	if ((*family != AF_INET && *family != AF_INET6) || (*protocol != IPPROTO_TCP && *protocol != IPPROTO_UDP))
+	if ((*family != AF_INET && *family != AF_INET6) || proto_class(*protocol) < 0)
 		return NULL;
 	return sk;
+}
+
+/* The destination of a connect() or send: a sockaddr of `len` bytes in kernel memory.
+ * Returns 1 parsed, 0 AF_UNSPEC (a disconnect: nothing to judge), -1 not parseable (the
+ * call is refused: it is never left to the kernel). */
+static __always_inline int sockaddr_peer(const struct sockaddr *sa, int len, struct sg_site *at)
+{
+	__u16 fam = 0;
+	if (len < (int)sizeof(fam) || bpf_probe_read_kernel(&fam, sizeof(fam), &sa->sa_family))
+		return -1;
+	if (fam == AF_UNSPEC)
+		return 0;
+	if (fam == AF_INET && len >= (int)sizeof(struct sockaddr_in)) {
+		struct sockaddr_in sin;
+		if (bpf_probe_read_kernel(&sin, sizeof(sin), sa))
+			return -1;
+		v4_mapped(at->raddr, sin.sin_addr.s_addr);
+		at->rport = bpf_ntohs(sin.sin_port);
+		return 1;
+	}
+	if (fam == AF_INET6 && len >= SIN6_LEN_RFC2133) {
+		struct { __u16 family; __u16 port; __u32 flowinfo; __u8 addr[16]; } sin6;
+		if (bpf_probe_read_kernel(&sin6, sizeof(sin6), sa))
+			return -1;
+		__builtin_memcpy(at->raddr, sin6.addr, 16);
+		at->rport = bpf_ntohs(sin6.port);
+		return 1;
+	}
+	return -1;
+}
+
+static __always_inline int lsm_judge_connect(struct sock *sk, __u16 skfam, __u16 protocol,
+					     const struct sockaddr *sa, int len)
+{
+	struct sg_scratch *sc = scratch();
+	if (!sc)
+		return -EPERM;
+	struct sg_site at = { .family = skfam, .ipproto = protocol };
+	__builtin_memset(at.laddr, 0, 16);
+	__builtin_memset(at.raddr, 0, 16);
+	int parsed = sockaddr_peer(sa, len, &at);
+	if (parsed == 0)
+		return 0;
+	if (parsed < 0)
+		at.flags = SG_EV_UNPARSED;
+	at.cookie = bpf_get_socket_cookie(sk);
+	if (BPF_CORE_READ(sk, sk_type) == SOCK_STREAM && protocol == IPPROTO_TCP) {
+		struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
+		if (tp && tp->is_mptcp)
+			at.ipproto = IPPROTO_MPTCP;
+	}
+	__s32 err;
+	int verdict;
+	if (proto_class(protocol) == SG_PROTO_UDP && parsed > 0) {
+		verdict = judge_udp_out(sc, &at, &err);
+	} else {
+		__u32 gen;
+		__s32 rule;
+		verdict = judge(SG_EXIT_CONNECT, sc, true, NULL, &at, &err, &gen, &rule);
+	}
+	return lsm_verdict(verdict, err);
 }
 
 SEC("lsm/socket_connect")
@@ -853,31 +1318,31 @@ int BPF_PROG(sg_lsm_connect, struct socket *sock, struct sockaddr *address, int 
 	if (ret)
 		return ret;
 	__u16 skfam, protocol;
-	if (!lsm_scoped_sock(sock, &skfam, &protocol))
+	struct sock *sk = lsm_scoped_sock(sock, &skfam, &protocol);
+	if (!sk)
 		return 0;
-	__u16 fam = 0;
-	bpf_probe_read_kernel(&fam, sizeof(fam), &address->sa_family);
-	__u8 raddr[16], laddr[16] = {};
-	__u16 rport;
-	if (fam == AF_INET && addrlen >= (int)sizeof(struct sockaddr_in)) {
-		struct sockaddr_in sin;
-		bpf_probe_read_kernel(&sin, sizeof(sin), address);
-		v4_mapped(raddr, sin.sin_addr.s_addr);
-		rport = bpf_ntohs(sin.sin_port);
-	} else if (fam == AF_INET6 && addrlen >= (int)sizeof(struct sockaddr_in6)) {
-		struct sockaddr_in6 sin6;
-		bpf_probe_read_kernel(&sin6, sizeof(sin6), address);
-		__builtin_memcpy(raddr, &sin6.sin6_addr, 16);
-		rport = bpf_ntohs(sin6.sin6_port);
-	} else {
-		return 0;  /* AF_UNSPEC (UDP disconnect) and malformed addresses: the kernel decides */
-	}
-	struct sg_scratch *sc = scratch();
-	if (!sc)
+	return lsm_judge_connect(sk, skfam, protocol, address, addrlen);
+}
+
+/* sendto/sendmsg/sendmmsg and io_uring sends: a datagram socket's send with an address,
+ * and TCP Fast Open (MSG_FASTOPEN: the send is the connect). A stream socket's address is
+ * otherwise ignored by the kernel; a send without one goes where connect() (judged) went. */
+SEC("lsm/socket_sendmsg")
+int BPF_PROG(sg_lsm_sendmsg, struct socket *sock, struct msghdr *msg, int size, int ret)
+{
+	if (ret)
+		return ret;
+	void *name = BPF_CORE_READ(msg, msg_name);
+	if (!name)
 		return 0;
-	__s32 err;
-	int verdict = judge(SG_EXIT_CONNECT, sc, true, skfam, protocol, laddr, 0, raddr, rport, &err);
-	return lsm_verdict(verdict, err);
+	__u16 skfam, protocol;
+	struct sock *sk = lsm_scoped_sock(sock, &skfam, &protocol);
+	if (!sk)
+		return 0;
+	int cls = proto_class(protocol);
+	if ((cls == SG_PROTO_TCP || cls == SG_PROTO_MPTCP) && !(BPF_CORE_READ(msg, msg_flags) & MSG_FASTOPEN))
+		return 0;
+	return lsm_judge_connect(sk, skfam, protocol, name, BPF_CORE_READ(msg, msg_namelen));
 }
 
 /* listen() itself: also a listen() on a socket that was never bound. Its port is chosen
@@ -889,21 +1354,25 @@ int BPF_PROG(sg_lsm_listen, struct socket *sock, int backlog, int ret)
 		return ret;
 	__u16 skfam, protocol;
 	struct sock *sk = lsm_scoped_sock(sock, &skfam, &protocol);
-	if (!sk || protocol != IPPROTO_TCP)
+	if (!sk || proto_class(protocol) == SG_PROTO_UDP)
 		return 0;
-	__u8 laddr[16], raddr[16] = {};
-	if (skfam == AF_INET6) {
-		BPF_CORE_READ_INTO(&laddr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
-	} else {
-		__u32 a4 = BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr);
-		v4_mapped(laddr, a4);
-	}
-	__u16 lport = BPF_CORE_READ(sk, __sk_common.skc_num);
 	struct sg_scratch *sc = scratch();
 	if (!sc)
-		return 0;
+		return -EPERM;
+	struct sg_site at = { .family = skfam, .ipproto = protocol };
+	if (skfam == AF_INET6) {
+		BPF_CORE_READ_INTO(&at.laddr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
+	} else {
+		__u32 a4 = BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr);
+		v4_mapped(at.laddr, a4);
+	}
+	__builtin_memset(at.raddr, 0, 16);
+	at.lport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	at.cookie = bpf_get_socket_cookie(sk);
 	__s32 err;
-	int verdict = judge(SG_EXIT_LISTEN, sc, true, skfam, IPPROTO_TCP, laddr, lport, raddr, 0, &err);
+	__u32 gen;
+	__s32 rule;
+	int verdict = judge(SG_EXIT_LISTEN, sc, true, NULL, &at, &err, &gen, &rule);
 	return lsm_verdict(verdict, err);
 }
 
@@ -931,7 +1400,7 @@ int sg_probe(struct __sk_buff *skb)
 	if (!pol)
 		return -1;
 	__s32 rule;
-	int verdict = decide(slot, pol, p->exit, who, p->local_addr, p->local_port, p->remote_addr, p->remote_port,
-			     sc, &rule);
+	int verdict = decide(slot, pol, p->exit, p->protocol, who, p->local_addr, p->local_port, p->remote_addr,
+			     p->remote_port, sc, &rule);
 	return (verdict << 16) | ((rule + 1) & 0xffff);
 }

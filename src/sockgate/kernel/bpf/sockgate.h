@@ -12,18 +12,40 @@
 #define SG_MAX_BITMAPS    65536                 /* distinct bitmaps per slot */
 #define SG_HIT_SLOTS      (SG_MAX_RULES + 3)    /* per-rule hit counters + one default per exit */
 #define SG_PORT_SIDES     2
+#define SG_PROTOS         4                     /* protocol classes (enum sg_proto) */
 #define SG_RINGBUF_BYTES  (4 << 20)
-#define SG_OWNERS_MAX     65536
+#define SG_OWNERS_MAX     262144                /* sockets in scope with a recorded owner */
+#define SG_LISTENERS_MAX  65536
+#define SG_FLOWS_MAX      262144                /* UDP (socket, peer, direction) flows */
 #define SG_UID_UNKNOWN    0xfffffffeU           /* accept: listener bound before sockgate started, not found */
+#define SG_RULE_LISTEN_REFUSED (-2)             /* accept: the listener's own listen() was refused */
+#define SG_RULE_UNPARSED  (-3)                  /* a call in scope whose address could not be read */
 
 enum sg_exit { SG_EXIT_CONNECT = 0, SG_EXIT_LISTEN = 1, SG_EXIT_ACCEPT = 2, SG_EXITS = 3 };
 enum sg_verdict { SG_ALLOWED = 0, SG_REJECTED = 1, SG_AUDIT_REJECTED = 2 };
 enum sg_side { SG_LOCAL = 0, SG_REMOTE = 1 };
-enum sg_stat { SG_STAT_DECISIONS = 0, SG_STAT_SELECTED = 1, SG_STAT_DROPPED = 2, SG_STATS = 4 };
+/* Protocol classes: a socket's IP protocol mapped to what a rule's `protocol` can name.
+ * UDP-Lite is UDP; MPTCP is its own class (a `tcp` rule names both, see policy/model.py). */
+enum sg_proto { SG_PROTO_TCP = 0, SG_PROTO_UDP = 1, SG_PROTO_MPTCP = 2, SG_PROTO_SCTP = 3 };
+enum sg_stat { SG_STAT_DECISIONS = 0, SG_STAT_SELECTED = 1, SG_STAT_DROPPED = 2,
+	       SG_STAT_UDP_DROPPED = 3,   /* inbound datagrams refused */
+	       SG_STAT_FLOWS_FULL = 4,    /* UDP decisions made without a flow slot (table full) */
+	       SG_STATS = 8 };
+
+/* struct sg_event.flags */
+#define SG_EV_FLOW        1   /* the first decision of a UDP (socket, peer) flow; later
+                                 datagrams are counted in sg_flows, not sent one by one */
+#define SG_EV_UNPARSED    2   /* the address could not be read: refused */
+#define SG_EV_RELEASED    4   /* not a decision: socket `cookie`, which had UDP flows, is gone */
+
+/* struct sg_config.flags */
+#define SG_CFG_LISTEN_AT_BIND 1  /* cgroup backend: TCP listen rules judged at bind(), and at
+                                    listen() for sockets that were never bound */
 
 /* policy header flags */
 #define SG_EMIT_ALLOWED   1   /* *NETSCK: journal allowed decisions */
 #define SG_EMIT_REJECTED  2   /* *NETFAIL: journal rejections and audit-rejections */
+#define SG_EMIT_UDP       4   /* *NETUDP: journal allowed UDP flows (first datagram + counts) */
 
 /* what a policy's decisions need to know about the caller (sg_policy.needs); an event
  * always gets the full identity */
@@ -100,21 +122,35 @@ struct sg_addr_key {
 	__u8  addr[16];
 };
 
-/* Ports: array indexed by (slot * 2 + side) * 65536 + port -> bitmap index. */
-#define SG_PORT_INDEX(slot, side, port) ((((slot) * SG_PORT_SIDES) + (side)) * 65536 + (port))
+/* Ports: array indexed by ((slot * 2 + side) * 4 + protocol class) * 65536 + port -> bitmap
+ * index. The protocol dimension rides along with the ports: every decision reads one. */
+#define SG_PORT_INDEX(slot, side, proto, port) \
+	((((((slot) * SG_PORT_SIDES) + (side)) * SG_PROTOS) + (proto)) * 65536 + (port))
 
 struct sg_config {
 	__u32 active_slot;
 	__u32 ringbuf_wakeup_bytes;  /* wake the reader early once this much is pending */
+	__u32 flags;                 /* SG_CFG_* */
+	__u32 netns_ino;             /* the network namespace sk_lookup is attached to */
 };
 
-/* Who owns a bound TCP socket (recorded at bind, used by accept decisions). */
+/* A listening socket, by where it listens (used by accept decisions to find it). The
+ * network namespace is part of the key, and IPv4's wildcard (::ffff:0.0.0.0, family
+ * AF_INET) is not IPv6's (::, AF_INET6). */
 struct sg_owner_key {
-	__u8  addr[16];              /* v4-mapped for IPv4; all zero = any */
+	__u32 netns;                 /* network namespace inode */
+	__u16 family;                /* of the socket */
 	__u16 port;                  /* host order */
-	__u16 pad;
+	__u8  addr[16];              /* v4-mapped for IPv4 */
 };
 
+/* struct sg_owner.flags */
+#define SG_OWNER_BIND_JUDGED 1   /* listen rules were applied at bind() */
+#define SG_OWNER_REFUSED     2   /* its listen was refused after the fact: every connection to it is */
+#define SG_OWNER_FLOWS       4   /* it has UDP flows: its release is reported (final counts) */
+
+/* Who owns a socket in scope (recorded at bind/listen/first send, by socket cookie, removed
+ * when the socket is released), used by accept decisions. */
 struct sg_owner {
 	__u32 tgid;
 	__u32 uid;                   /* effective */
@@ -122,16 +158,43 @@ struct sg_owner {
 	__u32 ngroups;
 	__u32 groups[SG_MAX_GROUPS];
 	__u32 dev;
-	__u32 pad;
+	__u32 flags;                 /* SG_OWNER_* */
 	__u64 ino;
 	char  comm[16];
 	char  exe_name[32];          /* executable's file name (the path is resolved in user space) */
+};
+
+/* A UDP flow: one socket and one peer, per direction. The first datagram is decided and
+ * journaled; later ones reuse the verdict while the policy generation and the sender's
+ * identity are the same, and are counted here (summaries read the counts). */
+struct sg_flow_key {
+	__u64 cookie;                /* socket cookie */
+	__u8  peer[16];              /* v4-mapped for IPv4 */
+	__u16 peer_port;
+	__u8  exit;                  /* SG_EXIT_CONNECT (outbound) or SG_EXIT_ACCEPT (inbound) */
+	__u8  pad;
+	__u32 generation;            /* a new policy starts new flows: old ones keep final counts */
+	__u32 uid;                   /* outbound: the sender's effective uid (a socket passed to
+	                                another user starts a new flow) */
+	__u32 pad2;
+};
+
+struct sg_flow {
+	__u64 packets;               /* datagrams after the first, counted here instead of journaled */
+	__u64 ino;                   /* outbound: the sender's executable, */
+	__u64 groups;                /* its group_info (immutable: setgroups makes a new one) */
+	__u32 dev;
+	__u32 gid;                   /* and effective gid: another identity decides anew */
+	__s32 rule;
+	__u8  verdict;
+	__u8  pad[3];
 };
 
 /* One ring-buffer record per decision selected for auditing. */
 struct sg_event {
 	__u64 boot_ns;               /* bpf_ktime_get_boot_ns(); user space adds the realtime offset */
 	__u64 ino;                   /* executable inode */
+	__u64 cookie;                /* socket cookie (0 where the hook has none) */
 	__u32 dev;                   /* executable device */
 	__u32 pid;                   /* thread-group id (accept: the listener's) */
 	__u32 tid;
@@ -144,9 +207,11 @@ struct sg_event {
 	__u8  exit;                  /* enum sg_exit */
 	__u8  verdict;               /* enum sg_verdict */
 	__u8  family;                /* AF_INET / AF_INET6 (of the socket) */
-	__u8  protocol;
+	__u8  flags;                 /* SG_EV_* */
+	__u16 protocol;              /* IPPROTO_* of the socket (MPTCP is 262) */
 	__u16 local_port;            /* host order */
 	__u16 remote_port;
+	__u16 pad;
 	__u8  local_addr[16];        /* v4-mapped for IPv4 */
 	__u8  remote_addr[16];
 	char  comm[16];
@@ -161,7 +226,7 @@ struct sg_probe {
 	__u32 ngroups;               /* groups[0] is the primary gid */
 	__u32 groups[SG_MAX_GROUPS];
 	__u32 dev;
-	__u32 pad;
+	__u32 protocol;              /* enum sg_proto */
 	__u64 ino;
 	__u8  local_addr[16];
 	__u8  remote_addr[16];
