@@ -129,7 +129,7 @@ NO_C_WRITER = "import sys; sys.modules['sockgate.journal._append'] = None; "
 
 def test_monitor_ibmi_and_check_import_without_the_c_writer():
     probe = NO_C_WRITER + (
-        "import sockgate.record, sockgate.monitor, sockgate.monitor.rules, sockgate.ibmi.importer, "
+        "import sockgate.record, sockgate.monitor, sockgate.monitor.parse, sockgate.ibmi.importer, "
         "sockgate.ibmi.records, sockgate.ibmi.delimited, sockgate.journal.export, sockgate.cli; "
         "from sockgate.journal import Entry, Filter\n"
         "try:\n    import sockgate.journal.journal\nexcept ImportError:\n    print('no C writer')\n")

@@ -250,7 +250,7 @@ def endpoint(addr: str | None, port: int | None) -> str | None:
     return a if port is None else f"{a}:{port}"
 
 
-_RANGE = re.compile(r"\s*([0-9]+)\s*(?:-\s*([0-9]+)\s*)?", re.ASCII)
+RANGE = re.compile(r"\s*([0-9]+)\s*(?:-\s*([0-9]+)\s*)?", re.ASCII)
 
 
 def parse_range(value: Any, what: str = "port", hi: int = 65535) -> tuple[int, int]:
@@ -261,7 +261,7 @@ def parse_range(value: Any, what: str = "port", hi: int = 65535) -> tuple[int, i
     if isinstance(value, int):
         a = b = value
     else:
-        m = _RANGE.fullmatch(value) if len(value) < 64 else None
+        m = RANGE.fullmatch(value) if len(value) < 64 else None
         if not m:
             raise ValueError(f"{quote(value)} is not a {what} or range (N or N-M)")
         a = int(m.group(1))

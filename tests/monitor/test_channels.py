@@ -13,7 +13,7 @@ from sockgate.errors import ChannelError
 from sockgate.monitor.channels import PermanentChannelError, make_channel, validate_channel
 from sockgate.monitor.channels.syslog import format_rfc5424
 from sockgate.monitor.engine import Engine
-from sockgate.monitor.rules import parse_rules
+from sockgate.monitor.parse import parse_rules
 
 from .conftest import SMTPReceiver, SyslogReceiver, entry, wait_for
 

@@ -43,7 +43,7 @@ def test_check_ok_and_errors(tmp_path):
     assert any(line.startswith(f"{bad}:6: ") and "severity" in line for line in lines)
     assert lines[-1] == f"{bad}: 4 errors"
     p = sockgate("monitor", "--check", str(tmp_path / "nope.toml"))
-    assert p.returncode == 1 and "no such file" in p.stderr
+    assert p.returncode == 1 and "cannot read: No such file" in p.stderr
     no_traceback(p)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from sockgate.monitor.engine import Engine
-from sockgate.monitor.rules import parse_rules
+from sockgate.monitor.parse import parse_rules
 
 from .conftest import S, T0, entry
 

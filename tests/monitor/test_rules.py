@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sockgate.errors import RulesError, RulesErrors
-from sockgate.monitor.rules import load_rules, parse_rules
+from sockgate.monitor.parse import load_rules, parse_rules
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "alerts.toml"
 
@@ -96,7 +96,7 @@ match = { port = 22, user = "@nolist" }
     assert at(23, "duplicate name")
     assert any("key is required" in m for _, m in got)
     assert at(25, "unknown field 'port'")
-    assert at(25, "unknown list @nolist")
+    assert at(25, 'unknown list "@nolist"')
     assert len(lines) >= 11
 
 
@@ -112,7 +112,7 @@ match = { port = 22, user = "@nolist" }
     (GOOD.replace('channels = ["log"]', ''), 8, "no channels"),
     ('[channel.x]\ntype = "email"\nhost = "h"\n[[alert]]\nname="a"\nchannels=["x"]\n', 1, "'from' is required"),
     ('[channel.x]\ntype = "pager"\n', 2, "type must be one of"),
-    ("", None, "no [[alert]] rules"),
+    ("", 1, "no [[alert]] rules"),
 ])
 def test_single_errors(text, line, words):
     errs = errors_of(text)
@@ -127,15 +127,15 @@ def test_disabled_rule_is_checked_but_not_loaded():
 
 
 def test_load_rules_file_errors(tmp_path):
-    with pytest.raises(RulesErrors, match="no such file"):
+    with pytest.raises(RulesErrors, match="cannot read: No such file"):
         load_rules(str(tmp_path / "missing.toml"))
-    with pytest.raises(RulesErrors, match="is a directory"):
+    with pytest.raises(RulesErrors, match="cannot read: Is a directory"):
         load_rules(str(tmp_path))
     bad = tmp_path / "bad.toml"
     bad.write_bytes(b'[monitor]\nx = "\xff"\n')
     with pytest.raises(RulesErrors) as ei:
         load_rules(str(bad))
-    assert str(ei.value) == f"{bad}:2: not UTF-8 text"
+    assert str(ei.value) == f"{bad}:2: not valid UTF-8 (byte offset 15)"
 
 
 # --------------------------------------------------------------------------- fuzz
@@ -219,3 +219,14 @@ def test_fuzz_channels_never_crash(spec):
             ch.close()
     except RulesErrors as e:
         assert all(x.line == 1 for x in e.errors)
+
+
+def test_lists_and_negation_follow_the_policy_rules():
+    """One loader (sockgate.config) for both files: a negated value inside a list is an error,
+    "!@name" negates the reference; plain and negated values may still be mixed in a rule."""
+    head = GOOD.replace("[[alert]]", '[lists]\nok = ["10.0.0.0/8"]\nbad = ["!10.0.0.0/8"]\n\n[[alert]]', 1)
+    errs = errors_of(head)
+    assert any("values in a list cannot be negated" in e.message for e in errs), [str(e) for e in errs]
+    rs = parse_rules(head.replace('bad = ["!10.0.0.0/8"]\n', "") +
+                     "[[alert]]\nname = 'b'\nmatch = { remote = ['!@ok', '192.0.2.0/24'] }\n", "x")
+    assert [r.name for r in rs.rules] == ["a", "b"]

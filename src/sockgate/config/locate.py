@@ -1,13 +1,16 @@
-"""Find the line of a key in a policy file's text.
+"""Find the line of a key in a TOML file's text.
 
-tomllib gives values but no positions, so the parser asks this small scanner where
-things are: top-level keys, the header of a table (``[defaults]``) or of the i-th
-``[[rule]]``, and the line where a key is assigned inside one of those blocks. A key
-whose value is a multi-line array is located at the key's own line.
+tomllib gives values but no positions, so the parsers (policy, alert rules) ask this small
+scanner where things are, by key path: ("mode",), ("defaults", "connect"), ("rule", 3)
+for the 4th ``[[rule]]``, ("rule", 3, "user") for a key in it, ("alert", 0, "match",
+"user") for a key of an ``[alert.match]`` table that belongs to the first ``[[alert]]``.
+A key whose value is a multi-line array is located at the key's own line; a key inside
+an inline table at the line of the table's key.
 
 The scanner understands just enough TOML to not be fooled: basic and literal strings
 (single- and multi-line), comments, and brackets spanning lines. It never raises; a
-thing it cannot find is None and the caller falls back to an enclosing line.
+thing it cannot find is None (`find`) or the line of the nearest enclosing thing it
+found (`line`).
 """
 
 from __future__ import annotations
@@ -66,17 +69,17 @@ def _parse_key(s: str, i: int) -> tuple[list[str], int] | None:
         return parts, i
 
 
+Path = tuple  # of str keys and int array indexes
+
+
 class Locator:
-    """Line numbers (1-based) of top-level keys, tables, rules and their keys."""
+    """Line numbers (1-based) of the tables, array-of-table entries and keys of a file."""
 
     def __init__(self, text: str):
         self.lines = text.split("\n")
         self.n_lines = max(1, len(self.lines) - (1 if text.endswith("\n") else 0))
-        self._top: dict[str, int] = {}              # top-level key or table name -> line
-        self._tables: dict[str, int] = {}           # [name] header -> line
-        self._table_keys: dict[str, dict[str, int]] = {}
-        self._rules: list[int] = []                 # [[rule]] header lines
-        self._rule_keys: list[dict[str, int]] = []
+        self._at: dict[Path, int] = {}        # path -> first line that names it
+        self._arrays: dict[Path, int] = {}    # [[path]] -> index of its last element
         self._depth_exceeded: int | None = None
         try:
             self._scan()
@@ -85,24 +88,17 @@ class Locator:
 
     # -- queries ------------------------------------------------------------
 
-    def top(self, key: str) -> int | None:
-        return self._top.get(key)
+    def find(self, *path) -> int | None:
+        """The line of exactly this path, or None."""
+        return self._at.get(tuple(path))
 
-    def table(self, name: str) -> int | None:
-        return self._tables.get(name)
-
-    def table_key(self, name: str, key: str) -> int | None:
-        line = self._table_keys.get(name, {}).get(key)
-        if line is None:
-            line = self._top.get(f"{name}.{key}")  # dotted key at top level: defaults.connect = ...
-        return line
-
-    def rule(self, i: int) -> int | None:
-        return self._rules[i] if 0 <= i < len(self._rules) else None
-
-    def rule_key(self, i: int, key: str) -> int | None:
-        if 0 <= i < len(self._rule_keys):
-            return self._rule_keys[i].get(key)
+    def line(self, *path) -> int | None:
+        """The line of this path, else of its nearest enclosing path that was found."""
+        p = tuple(path)
+        while p:
+            if p in self._at:
+                return self._at[p]
+            p = p[:-1]
         return None
 
     @property
@@ -115,7 +111,7 @@ class Locator:
     def _scan(self) -> None:
         depth = 0               # open [ and { across lines
         ml: str | None = None   # open multi-line string delimiter
-        section: tuple[str, int] | None = None  # ("table", name) / ("rule", i) / None = top
+        section: Path = ()      # the table the following keys belong to
         for lineno, line in enumerate(self.lines, start=1):
             i = 0
             n = len(line)
@@ -123,7 +119,7 @@ class Locator:
                 stripped = line.lstrip(" \t")
                 off = n - len(stripped)
                 if stripped.startswith("["):
-                    section = self._header(stripped, lineno, section)
+                    section = self._header(stripped, lineno)
                     continue
                 key = _parse_key(line, off) if stripped and stripped[0] not in "#" else None
                 if key and key[1] < n and line[key[1]] == "=":
@@ -167,38 +163,28 @@ class Locator:
                     depth = max(0, depth - 1)
                 i += 1
 
-    def _header(self, stripped: str, lineno: int, section):
+    def _header(self, stripped: str, lineno: int) -> Path:
         array = stripped.startswith("[[")
         parsed = _parse_key(stripped, 2 if array else 1)
         if not parsed:
-            return None
-        parts, _ = parsed
-        head = parts[0]
-        self._top.setdefault(head, lineno)
-        if head == "rule" and len(parts) == 1 and array:
-            self._rules.append(lineno)
-            self._rule_keys.append({})
-            return ("rule", len(self._rules) - 1)
-        if head == "rule" and len(parts) > 1 and self._rules:
-            # [rule.x] / [[rule.x]] belongs to the last rule
-            self._rule_keys[-1].setdefault(parts[1], lineno)
-            return ("rule-sub", len(self._rules) - 1)
-        if len(parts) == 1:
-            self._tables.setdefault(head, lineno)
-            self._table_keys.setdefault(head, {})
-            return ("table", head)
-        # [defaults.x] : a nested table, the key is x inside defaults
-        self._table_keys.setdefault(head, {}).setdefault(parts[1], lineno)
-        self._tables.setdefault(head, lineno)
-        return ("table-sub", head)
+            return ()
+        # [a.b] after [[a]] is a table inside a's last element: resolve through arrays
+        parts = parsed[0]
+        path: Path = ()
+        for k, part in enumerate(parts):
+            path += (part,)
+            self._at.setdefault(path, lineno)
+            if path in self._arrays and k < len(parts) - 1:
+                path += (self._arrays[path],)
+        if array:
+            idx = self._arrays.get(path, -1) + 1
+            self._arrays[path] = idx
+            path += (idx,)
+        self._at.setdefault(path, lineno)
+        return path
 
-    def _record(self, section, parts: list[str], lineno: int) -> None:
-        if section is None:
-            self._top.setdefault(parts[0], lineno)
-            if len(parts) > 1:
-                self._top.setdefault(f"{parts[0]}.{parts[1]}", lineno)
-        elif section[0] == "rule":
-            self._rule_keys[section[1]].setdefault(parts[0], lineno)
-        elif section[0] == "table":
-            self._table_keys[section[1]].setdefault(parts[0], lineno)
-        # keys inside sub-tables: the sub-table's header line already stands for them
+    def _record(self, section: Path, parts: list[str], lineno: int) -> None:
+        path = section
+        for part in parts:
+            path += (part,)
+            self._at.setdefault(path, lineno)

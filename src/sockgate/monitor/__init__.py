@@ -4,13 +4,14 @@
     m = Monitor.open(rules_file, journal_dir, state_dir)   # RulesErrors on a bad file
     m.run(stop_event, poll_interval=0.5)                   # or m.step() -> alerts raised
 
-rules.py (parse + validate, FILE:LINE) → engine.py (match, windows, dedup; pure) →
+parse.py (rules file → model.py, match.py; FILE:LINE) → engine.py (match, windows, dedup; pure) →
 state.py (cursor + state + outbox, one transaction) → channels/ (syslog, email, webhook,
 command). See docs/monitor.md.
 """
 
 from sockgate.monitor.engine import Alert, Engine
 from sockgate.monitor.monitor import DEFAULT_STATE, Monitor, replay
-from sockgate.monitor.rules import RuleSet, load_rules, parse_rules
+from sockgate.monitor.parse import load_rules, parse_rules
+from sockgate.monitor.model import RuleSet
 
 __all__ = ["Alert", "DEFAULT_STATE", "Engine", "Monitor", "RuleSet", "load_rules", "parse_rules", "replay"]

@@ -25,7 +25,7 @@ from sockgate.record import EntryType, Entry, Outcome, Source
 from sockgate.record import format_duration
 from sockgate.record import format_time as iso
 from sockgate.monitor.render import entry_dict, entry_field
-from sockgate.monitor.rules import AlertRule, RuleSet
+from sockgate.monitor.model import AlertRule, RuleSet
 
 
 @dataclass

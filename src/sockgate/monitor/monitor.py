@@ -21,7 +21,8 @@ from sockgate.errors import ChannelError, JournalError, RulesError, RulesErrors
 from sockgate.record import MONITOR_STATE_DIR, Entry
 from sockgate.monitor.channels import Channel, PermanentChannelError, make_channel
 from sockgate.monitor.engine import Alert, Engine
-from sockgate.monitor.rules import RuleSet, load_rules
+from sockgate.monitor.model import RuleSet
+from sockgate.monitor.parse import load_rules
 from sockgate.monitor.state import State
 
 log = logging.getLogger("sockgate.monitor")

@@ -7,7 +7,6 @@ See docs/policy.md for the language this implements.
 
 from __future__ import annotations
 
-import difflib
 import errno as errno_mod
 import grp
 import hashlib
@@ -16,14 +15,15 @@ import os
 import pwd
 import re
 import stat
-import tomllib
-from dataclasses import dataclass
 from importlib import resources
-from pathlib import Path
 from typing import Any, Callable
 
+from sockgate import config
+from sockgate.config import Collector as _Ctx
+from sockgate.config import Lists as _Lists
+from sockgate.config import as_list as _as_list
+from sockgate.config import suggest as _suggest
 from sockgate.errors import PolicyError, PolicyErrors
-from sockgate.policy.locate import Locator
 from sockgate.policy.model import (
     AUDIT_LEVELS,
     FIELDS_BY_EXIT,
@@ -36,10 +36,12 @@ from sockgate.policy.model import (
     Network,
     PROTOCOL_NAMES,
     Policy,
-    PortRange,
     Protocol,
     Rule,
 )
+from sockgate.record import POLICY_FILE, RANGE, parse_range, unmap_network
+from sockgate.record import kind_of as _kind
+from sockgate.record import quote as _q
 
 __all__ = [
     "parse_policy",
@@ -51,7 +53,7 @@ __all__ = [
     "RULE_KEYS",
 ]
 
-DEFAULT_POLICY_PATH = "/etc/sockgate/policy.toml"
+DEFAULT_POLICY_PATH = POLICY_FILE
 
 TOP_KEYS = ("mode", "audit_levels", "errno", "defaults", "lists", "rule")
 RULE_KEYS = ("name", "exit", "action", "mode") + MATCH_FIELDS
@@ -59,75 +61,7 @@ EXIT_NAMES = tuple(e.label for e in Exit)
 MAX_ID = 2**32 - 2          # (uid_t)-1 means "no change" to the kernel: not a real id
 MAX_NAME_LEN = 128
 
-_TOML_POS = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")
-_TOML_END = re.compile(r"\s*\(at end of document\)\s*$")
-_PORT = re.compile(r"\s*([0-9]+)\s*(?:-\s*([0-9]+)\s*)?", re.ASCII)
 _DIGITS = re.compile(r"[0-9]+", re.ASCII)
-_LONG_DIGITS = re.compile(r"[0-9_]{4000,}", re.ASCII)
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def _suggest(word: str, choices) -> str:
-    if not isinstance(word, str):
-        return ""
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    if not close:
-        close = difflib.get_close_matches(word.lower(), list(choices), n=1, cutoff=0.6)
-    return f' (did you mean "{close[0]}"?)' if close else ""
-
-
-def _q(value: Any) -> str:
-    """A short, safe rendering of a value for a message (never recurses, never huge)."""
-    if isinstance(value, str):
-        s = value if len(value) <= 60 else value[:57] + "..."
-        s = s.encode("unicode_escape").decode("ascii").replace('"', '\\"')
-        return f'"{s}"'
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        s = str(value) if value.bit_length() < 200 else "a huge integer"
-        return s
-    if isinstance(value, float):
-        return repr(value)
-    return _kind(value)
-
-
-def _kind(value: Any) -> str:
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a float"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "a table"
-    return "a date/time"
-
-
-def _as_list(value: Any) -> list:
-    return value if isinstance(value, list) else [value]
-
-
-class _Ctx:
-    def __init__(self, file: str, loc: Locator):
-        self.file = file
-        self.loc = loc
-        self.errors: list[tuple[int, str]] = []
-
-    def err(self, line: int | None, message: str) -> None:
-        line = line if line and line >= 1 else 1
-        self.errors.append((line, message))
-
-    def raise_if_any(self) -> None:
-        if self.errors:
-            ordered = sorted(enumerate(self.errors), key=lambda t: (t[1][0], t[0]))
-            raise PolicyErrors([PolicyError(msg, self.file, line) for _, (line, msg) in ordered])
 
 
 # --------------------------------------------------------------------------- value parsers
@@ -135,7 +69,7 @@ class _Ctx:
 # or raises _Bad(message) describing the problem (without the field name).
 
 
-class _Bad(Exception):
+class _Bad(ValueError):
     pass
 
 
@@ -217,33 +151,10 @@ def _network_value(value: Any) -> Network:
                 f"{_q(s)} has host bits set; write the network {_q(str(loose))} "
                 f"or the single host {_q(f'{host}/{full}')}"
             ) from None
-        if _PORT.fullmatch(s):
+        if RANGE.fullmatch(s):
             raise _Bad(f"{_q(s)} is not an IP address or network (a port? those go in *_port fields)")
         raise _Bad(f"{_q(s)} is not an IP address or network") from None
-    if net.version == 6 and net.prefixlen >= 96:
-        mapped = net.network_address.ipv4_mapped
-        if mapped is not None:
-            net = ipaddress.IPv4Network((int(mapped), net.prefixlen - 96))
-    return net
-
-
-def _port_value(value: Any) -> PortRange:
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise _Bad(f"expected a port or range (N or N-M), got {_kind(value)}")
-    if isinstance(value, int):
-        lo = hi = value
-    else:
-        m = _PORT.fullmatch(value) if len(value) < 64 else None
-        if not m:
-            raise _Bad(f"{_q(value)} is not a port or range (N or N-M)")
-        lo = int(m.group(1))
-        hi = int(m.group(2)) if m.group(2) is not None else lo
-    for p in (lo, hi):
-        if p < 0 or p > 65535:
-            raise _Bad(f"port {_q(p)} out of range (0-65535)")
-    if lo > hi:
-        raise _Bad(f"port range {_q(value)} is reversed (write \"{hi}-{lo}\")")
-    return (lo, hi)
+    return unmap_network(net)
 
 
 def _protocol_value(value: Any) -> frozenset[Protocol]:
@@ -262,64 +173,19 @@ _FIELD_PARSERS: dict[str, Callable[[Any], Any]] = {
     "program": _program_value,
     "local": _network_value,
     "remote": _network_value,
-    "local_port": _port_value,
-    "remote_port": _port_value,
+    "local_port": parse_range,
+    "remote_port": parse_range,
 }
 
 
 # --------------------------------------------------------------------------- the parser
 
 
-@dataclass
-class _Lists:
-    values: dict[str, list]
-    lines: dict[str, int]
-
-
-def _decode(data: str | bytes, ctx: _Ctx) -> str | None:
-    if isinstance(data, str):
-        return data[1:] if data.startswith("\ufeff") else data
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        ctx.err(line, f"not valid UTF-8 (byte offset {e.start})")
-        return None
-
-
-def _toml(text: str, ctx: _Ctx) -> dict | None:
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        msg = str(e)
-        m = _TOML_POS.search(msg)
-        if m:
-            ctx.err(int(m.group(1)), f"TOML syntax: {msg[: m.start()]} (column {m.group(2)})")
-        elif _TOML_END.search(msg):
-            ctx.err(ctx.loc.n_lines, f"TOML syntax: {_TOML_END.sub('', msg)} (at end of file)")
-        else:
-            ctx.err(1, f"TOML syntax: {msg}")
-    except RecursionError:
-        ctx.err(ctx.loc.deep_nesting_line or 1, "TOML: arrays or tables nested too deeply")
-    except ValueError as e:  # e.g. an integer literal too long for int()
-        m = _LONG_DIGITS.search(text)
-        line = text.count("\n", 0, m.start()) + 1 if m else 1
-        ctx.err(line, "TOML: integer with too many digits" if m else f"TOML: bad value: {e}")
-    except Exception as e:  # noqa: BLE001 - the contract is: never a traceback
-        ctx.err(1, f"TOML: cannot parse: {type(e).__name__}: {e}")
-    return None
-
-
 def parse_policy(text: str | bytes, file: str = "<policy>") -> Policy:
     """Parse and validate a policy file's contents. Raises PolicyErrors listing every problem."""
     raw = text if isinstance(text, bytes) else text.encode("utf-8", "surrogatepass")
     digest = hashlib.sha256(raw).hexdigest()
-    probe = _Ctx(file, Locator(""))
-    decoded = _decode(text, probe)
-    if decoded is None:
-        probe.raise_if_any()
-    ctx = _Ctx(file, Locator(decoded))
-    doc = _toml(decoded, ctx)
+    doc, ctx = config.load(text, file, PolicyError, PolicyErrors)
     if doc is None:
         ctx.raise_if_any()
     try:
@@ -338,7 +204,7 @@ def _build(doc: dict, ctx: _Ctx, file: str, digest: str) -> Policy:
     loc = ctx.loc
 
     def top_line(key: str) -> int:
-        return loc.top(key) or 1
+        return loc.find(key) or 1
 
     for key in doc:
         if key not in TOP_KEYS:
@@ -363,12 +229,12 @@ def _build(doc: dict, ctx: _Ctx, file: str, digest: str) -> Policy:
     defaults = {e: Action.ALLOW for e in Exit}
     if "defaults" in doc:
         d = doc["defaults"]
-        dline = loc.table("defaults") or top_line("defaults")
+        dline = top_line("defaults")
         if not isinstance(d, dict):
             ctx.err(dline, f"defaults: expected a table ([defaults]), got {_kind(d)}")
         else:
             for key, value in d.items():
-                kline = loc.table_key("defaults", key) or dline
+                kline = loc.find("defaults", key) or dline
                 if key not in EXIT_NAMES:
                     ctx.err(kline, f"defaults: unknown exit point {_q(key)}{_suggest(key, EXIT_NAMES)}"
                             " (connect, listen, accept)")
@@ -378,20 +244,20 @@ def _build(doc: dict, ctx: _Ctx, file: str, digest: str) -> Policy:
                     defaults[Exit.parse(key)] = action
 
     # lists
-    lists = _lists(doc.get("lists"), ctx)
+    lists = config.read_lists(doc.get("lists"), ctx)
 
     # rules
     rules: list[Rule] = []
     if "rule" in doc:
         raw_rules = doc["rule"]
-        rline = loc.rule(0) or top_line("rule")
+        rline = loc.find("rule", 0) or top_line("rule")
         if isinstance(raw_rules, dict):
             ctx.err(rline, "rule: write each rule as [[rule]] (an array of tables), not [rule]")
         elif not isinstance(raw_rules, list):
             ctx.err(rline, f"rule: expected [[rule]] tables, got {_kind(raw_rules)}")
         else:
             if len(raw_rules) > MAX_RULES:
-                ctx.err(loc.rule(MAX_RULES) or rline,
+                ctx.err(loc.find("rule", MAX_RULES) or rline,
                         f"too many rules: {len(raw_rules)} (at most {MAX_RULES})")
             names: dict[str, int] = {}
             for i, raw in enumerate(raw_rules):
@@ -464,43 +330,13 @@ def _errno(value: Any, line: int, ctx: _Ctx) -> int:
     return value
 
 
-def _lists(value: Any, ctx: _Ctx) -> _Lists:
-    loc = ctx.loc
-    out = _Lists({}, {})
-    if value is None:
-        return out
-    lline = loc.table("lists") or loc.top("lists") or 1
-    if not isinstance(value, dict):
-        ctx.err(lline, f"lists: expected a table ([lists]), got {_kind(value)}")
-        return out
-    for name, items in value.items():
-        line = loc.table_key("lists", name) or lline
-        out.lines[name] = line
-        good: list = []
-        for item in _as_list(items):
-            if isinstance(item, bool) or not isinstance(item, (str, int)):
-                ctx.err(line, f"lists.{name}: values must be strings or integers, got {_kind(item)}")
-                continue
-            if isinstance(item, str) and item.strip().startswith("!"):
-                ctx.err(line, f"lists.{name}: {_q(item)}: values in a list cannot be negated;"
-                        f" negate where the list is used (\"!@{name}\")")
-                continue
-            if isinstance(item, str) and item.strip().startswith("@"):
-                ctx.err(line, f"lists.{name}: {_q(item)}: a list cannot refer to another list")
-                continue
-            good.append(item)
-        if len(good) == len(_as_list(items)):
-            out.values[name] = good  # a list with a bad value is reported here, not at each use
-    return out
-
-
 def _rule(i: int, raw: Any, lists: _Lists, names: dict[str, int], ctx: _Ctx) -> Rule | None:
     loc = ctx.loc
-    header = loc.rule(i) or loc.top("rule") or 1
+    header = loc.find("rule", i) or loc.find("rule") or 1
     label = f'rule "rule-{i + 1}"'
 
     def kline(key: str) -> int:
-        return loc.rule_key(i, key) or header
+        return loc.find("rule", i, key) or header
 
     if not isinstance(raw, dict):
         ctx.err(header, f"{label}: expected a table, got {_kind(raw)}")
@@ -583,69 +419,14 @@ def _rule(i: int, raw: Any, lists: _Lists, names: dict[str, int], ctx: _Ctx) -> 
 
 def _match(field_name: str, value: Any, lists: _Lists, line: int, label: str,
            ctx: _Ctx) -> Match | None:
-    where = f"{label}: {field_name}"
-    parse_one = _FIELD_PARSERS[field_name]
-    items = _as_list(value)
-    if not items:
-        ctx.err(line, f"{where}: empty list (leave the field out to match anything)")
+    items = config.expand(value, lists, _FIELD_PARSERS[field_name], ValueError, f"{label}: {field_name}",
+                          line, ctx)
+    if items is None:
         return None
-    negs: list[bool] = []
-    out: list = []
-    ok = True
-    for item in items:
-        neg = False
-        ref = None
-        if isinstance(item, str):
-            s = item.strip()
-            if s.startswith("!"):
-                neg, s = True, s[1:].strip()
-            if s.startswith("@"):
-                ref = s[1:]
-            item = s if (neg or ref is not None) else item
-        elif isinstance(item, list):
-            ctx.err(line, f"{where}: nested arrays are not allowed")
-            ok = False
-            continue
-        negs.append(neg)
-        if ref is not None:
-            if ref not in lists.values:
-                if ref in lists.lines:  # defined, but every value was bad (already reported)
-                    ok = False
-                    continue
-                ctx.err(line, f"{where}: unknown list \"@{ref}\"{_suggest(ref, lists.values)}")
-                ok = False
-                continue
-            expanded = lists.values[ref]
-            if not expanded:
-                ctx.err(line, f"{where}: list \"@{ref}\" is empty")
-                ok = False
-                continue
-            for v in expanded:
-                try:
-                    out.append(parse_one(v))
-                except _Bad as e:
-                    ctx.err(line, f"{where}: @{ref} (line {lists.lines.get(ref, '?')}): {e}")
-                    ok = False
-        else:
-            try:
-                out.append(parse_one(item))
-            except _Bad as e:
-                ctx.err(line, f"{where}: {e}")
-                ok = False
-    if negs and any(negs) and not all(negs):
-        plain = [_q(x) for x, n in zip(items, negs) if not n][:2]
-        negd = [_q(x) for x, n in zip(items, negs) if n][:2]
-        ctx.err(line, f"{where}: mixes negated ({', '.join(negd)}) and plain ({', '.join(plain)}) values;"
-                " a field matches when any value matches, or, negated, when none does")
-        return None
-    if not ok or not out:
-        return None
+    out = [v for _, v in items]
     if field_name == "protocol":  # a name stands for a set of classes: match by class
         out = sorted(set().union(*out))
-    seen: dict = {}
-    for v in out:
-        seen.setdefault(v, None)
-    return Match(values=tuple(seen), negated=all(negs))
+    return Match(values=tuple(dict.fromkeys(out)), negated=items[0][0])
 
 
 # --------------------------------------------------------------------------- loading
@@ -653,12 +434,7 @@ def _match(field_name: str, value: Any, lists: _Lists, line: int, label: str,
 
 def load_policy(path: str | os.PathLike) -> Policy:
     """Read and parse a policy file; `source` is the path, `digest` the sha256 of its bytes."""
-    file = os.fspath(path)
-    try:
-        data = Path(file).read_bytes()
-    except OSError as e:
-        raise PolicyErrors([PolicyError(f"cannot read: {e.strerror or e}", file, None)]) from None
-    return parse_policy(data, file)
+    return parse_policy(config.read(path, PolicyError, PolicyErrors), os.fspath(path))
 
 
 def default_policy_text() -> bytes:

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 from sockgate.errors import ChannelError
 from sockgate.monitor.channels import Channel
-from sockgate.monitor.rules import SEVERITIES
+from sockgate.monitor.model import SEVERITIES
 
 FACILITIES = {
     "kern": 0, "user": 1, "mail": 2, "daemon": 3, "auth": 4, "syslog": 5, "lpr": 6, "news": 7,
