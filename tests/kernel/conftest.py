@@ -245,3 +245,85 @@ def install_text(gate, text: str):
     p = parse_policy(text, "test.toml")
     tables.install(gate, compile_policy(p))
     return p
+
+
+# ---- helpers for the bypass suite (tests/kernel/test_bypass*.py) ------------------------
+
+OTHER_UID = 4343       # a second unprivileged test user (its primary group is OTHER_GID)
+
+
+def run_script(scope: Scope, calls: list[dict], *, uid: int | None = None, on_sync=None,
+               timeout: float = 120) -> list[dict]:
+    """Run sockclient.py's "script" op in the scope (as root unless uid) and return one result
+    per call. A {"do": "sync", "tag": T} call stops the client until on_sync(T) returned."""
+    a = {"cgroup": scope.cgroup, "netns": scope.netns, "op": "script", "calls": calls}
+    if uid is not None:
+        a.update(uid=uid, gid=uid, groups=[])
+    arg = json.dumps(a)
+    if len(arg) > 64_000:  # past the kernel's limit for one argument: hand it over in a file
+        f = scope.tmp / f"script-{uuid.uuid4().hex[:8]}.json"
+        f.write_text(arg)
+        f.chmod(0o644)
+        arg = f"@{f}"
+    p = subprocess.Popen([sys.executable, str(CLIENT), arg], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    scope.procs.append(p)
+    deadline = time.monotonic() + timeout
+    last = None
+    try:
+        for line in p.stdout:
+            msg = json.loads(line)
+            if "sync" in msg:
+                if on_sync is not None:
+                    on_sync(msg["sync"])
+                p.stdin.write("\n")
+                p.stdin.flush()
+            else:
+                last = msg
+            if time.monotonic() > deadline:
+                raise AssertionError(f"script client ran longer than {timeout:.0f} s")
+        p.wait(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(timeout=10)
+    if p.returncode != 0 or last is None:
+        raise AssertionError(f"script client failed (rc {p.returncode}): {p.stderr.read()}")
+    return last["results"]
+
+
+def wait_loaded(p: subprocess.Popen, generation: int = 1, timeout: float = 60) -> str:
+    """Read a daemon's stderr until it reports the policy generation loaded (as test_daemon)."""
+    seen = []
+    deadline = time.monotonic() + timeout
+    os.set_blocking(p.stderr.fileno(), False)
+    while time.monotonic() < deadline:
+        line = p.stderr.readline()
+        if line:
+            seen.append(line)
+            if f"generation {generation}," in line:
+                return "".join(seen)
+        elif p.poll() is not None:
+            break
+        else:
+            time.sleep(0.05)
+    rest = p.stderr.read() if p.poll() is not None else ""
+    raise AssertionError(f"daemon did not load generation {generation} in {timeout:.0f} s:\n{''.join(seen)}{rest or ''}")
+
+
+def journal_entries(journal: Path, want=None, timeout: float = 10.0) -> list:
+    """The journal's entries; with want(entries) -> bool, re-read until it holds (or timeout)."""
+    from sockgate.journal import Journal
+
+    deadline = time.monotonic() + timeout
+    while True:
+        entries = []
+        if journal.exists():
+            try:
+                with Journal.open(journal, readonly=True) as j:
+                    entries = list(j.entries())
+            except SockgateError:
+                entries = []
+        if want is None or want(entries) or time.monotonic() > deadline:
+            return entries
+        time.sleep(0.1)
