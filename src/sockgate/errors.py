@@ -96,3 +96,7 @@ class RulesErrors(LocatedErrors):
 
 class ChannelError(SockgateError):
     """A monitor channel could not deliver (retried from its queue)."""
+
+
+class PermanentChannelError(ChannelError):
+    """The receiver refused this message for good (it is kept as dead, not retried)."""

@@ -232,3 +232,20 @@ def test_validate_channel_options():
     assert any("'from' is required" in m for m in msgs) and any("no username" in m for m in msgs)
     assert validate_channel("webhook", {"url": "https://hooks.example.org/x", "format": "teams"}) == []
     assert validate_channel("command", {"argv": []})
+
+
+def test_email_subject_is_checked_and_rendered_by_the_one_template_engine(alert):
+    """What --check accepts is what is rendered, and the other way round."""
+    from sockgate.monitor.channels.email import build_message
+
+    base = {"host": "h", "from": "a@example.org", "to": ["b@example.org"]}
+    assert validate_channel("email", dict(base, subject="{alert}: {message}")) == []
+    subject = "{remote} at {time} ({type_name}, {group}) {{x}}"
+    assert validate_channel("email", dict(base, subject=subject)) == []
+    msg = build_message(alert, "a@example.org", ["b@example.org"], subject)
+    assert msg["Subject"] == "10.0.0.5:25 at 2023-11-14T22:13:21.500000Z (connect, all) {x}"
+    assert build_message(alert, "a@x", ["b@x"], "{alert}: {message}")["Subject"] == \
+        f"svc-refused: {alert['message']}"
+    [(key, problem)] = validate_channel("email", dict(base, subject="{nope}"))
+    assert key == "subject" and "unknown field {nope} in subject" in problem
+    assert any("{window}" in m for _, m in validate_channel("email", dict(base, subject="{window}")))

@@ -162,23 +162,32 @@ def _printusascii(s: str, limit: int) -> str:
     return s or "-"
 
 
+def rfc5424(pri: int, timestamp: str, host: str, app: str, procid: str, msgid: str,
+            elements: Iterable[tuple[str, Iterable[tuple[str, Any]]]], msg: str, *, bom: bool = True) -> str:
+    """One RFC 5424 message, the one writer for export and the syslog channel:
+    <PRI>1 TIMESTAMP HOSTNAME APP-NAME PROCID MSGID [SD-ID NAME="VALUE" ...]... MSG.
+    Header fields become PRINTUSASCII without spaces ("-" when empty); parameters whose value
+    is None are left out; values and MSG are kept on one line. A UTF-8 MSG starts with the
+    BOM (RFC 5424 6.4) unless bom=False."""
+    sd = "".join(f"[{sd_id}" + "".join(f' {_sd_name(k)}="{sd_escape(_oneline(str(v)))}"'
+                                        for k, v in params if v is not None) + "]"
+                 for sd_id, params in elements) or "-"
+    head = (f"<{pri}>1 {timestamp} {_printusascii(host, 255)} {_printusascii(app, 48)} "
+            f"{_printusascii(procid, 128)} {_printusascii(msgid, 32)} {sd}")
+    return f"{head} {chr(0xFEFF) if bom else ''}{_oneline(msg)}"
+
+
 def to_rfc5424(e: Entry, app: str = "sockgate") -> str:
-    pri = FACILITY_AUDIT * 8 + syslog_severity(e)
     sk = [("seq", e.seq), ("code", _v(e.code)), ("type", _v(e.type)), ("outcome", _v(e.outcome)),
           ("source", _v(e.source)), ("rule", e.rule), ("uid", e.uid), ("user", e.user), ("gid", e.gid),
           ("pid", e.pid), ("program", e.program), ("family", e.family),
           ("localAddr", e.local_addr), ("localPort", e.local_port),
           ("remoteAddr", e.remote_addr), ("remotePort", e.remote_port), ("ident", e.ident)]
-    elements = [f"[sk@{SD_ENTERPRISE}" + "".join(
-        f' {k}="{sd_escape(_oneline(str(v)))}"' for k, v in sk if v is not None) + "]"]
+    elements = [(f"sk@{SD_ENTERPRISE}", sk)]
     if e.extra:
-        elements.append(f"[sgx@{SD_ENTERPRISE}" + "".join(
-            f' {_sd_name(k)}="{sd_escape(_oneline(str(v)))}"' for k, v in sorted(e.extra.items())) + "]")
-    msgid = _printusascii(f"{_v(e.code)}-{_v(e.type)}", 32)
-    host = _printusascii(e.host, 255)
-    # MSG is UTF-8, so it starts with the BOM (RFC 5424 6.4).
-    msg = _oneline(summary(e))
-    return f"<{pri}>1 {format_ts(e.ts_ns)} {host} {app} - {msgid} {''.join(elements)} \ufeff{msg}"
+        elements.append((f"sgx@{SD_ENTERPRISE}", sorted(e.extra.items())))
+    return rfc5424(FACILITY_AUDIT * 8 + syslog_severity(e), format_ts(e.ts_ns), e.host, app, "-",
+                   f"{_v(e.code)}-{_v(e.type)}", elements, summary(e))
 
 
 def formatter(fmt: str) -> Callable[[Iterable[Entry]], Iterator[str]]:

@@ -24,7 +24,7 @@ from typing import Any, Iterable
 from sockgate.record import EntryType, Entry, Outcome, Source
 from sockgate.record import format_duration
 from sockgate.record import format_time as iso
-from sockgate.monitor.render import entry_dict, entry_field
+from sockgate.monitor.render import entry_dict, entry_field, group_text
 from sockgate.monitor.model import AlertRule, RuleSet
 
 
@@ -177,9 +177,8 @@ class Engine:
     def _hit(self, r: AlertRule, e: Entry, ts: int, count: int, g: tuple | None, out: list[Alert],
              first_ts: int | None = None, dkey: tuple | None = None) -> None:
         group = self._group_dict(r, g)
-        gtext = ", ".join(f"{k}={'-' if v is None else v}" for k, v in group.items()) or "all"
         extra = {"alert": r.name, "severity": r.severity, "kind": r.kind, "count": count,
-                 "window": format_duration(r.window_ns) if r.window_ns else "-", "group": gtext}
+                 "window": format_duration(r.window_ns) if r.window_ns else "-", "group": group_text(group)}
         message = r.message.render(e, extra)
         if dkey is None:
             if r.dedup_by is not None:

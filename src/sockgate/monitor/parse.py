@@ -23,13 +23,13 @@ from typing import Any
 from sockgate import config
 from sockgate.config import Collector as _Ctx
 from sockgate.errors import RulesError, RulesErrors
+from sockgate.monitor import channels
 from sockgate.monitor.match import MATCH_FIELDS, FieldMatch, Match, compile_field, value_parser
 from sockgate.monitor.model import KINDS, SEVERITIES, AlertRule, ChannelConfig, RuleSet
 from sockgate.monitor.render import KEY_FIELDS, Template, is_field
 from sockgate.record import parse_duration
 
 _SEV_ALIASES = {"emerg": "emergency", "crit": "critical", "err": "error", "warn": "warning"}
-CHANNEL_TYPES = ("syslog", "email", "webhook", "command")
 
 DEFAULT_MESSAGES = {
     "every": "{alert}: {type_name} {outcome} user={user} program={program} local={local} remote={remote} rule={rule} host={host}",
@@ -77,8 +77,6 @@ def _names(ctx: _Ctx, v: Any, what: str, allowed: frozenset[str], *where: Any) -
 
 
 def _parse_channel(ctx: _Ctx, name: str, spec: Any) -> ChannelConfig | None:
-    from sockgate.monitor.channels import validate_channel  # channels import rules' types only
-
     where = ("channel", name)
     if not isinstance(spec, dict):
         ctx.err(where, f"channel {name!r}: expected a table [channel.{name}]")
@@ -86,11 +84,11 @@ def _parse_channel(ctx: _Ctx, name: str, spec: Any) -> ChannelConfig | None:
     if not _NAME.match(name):
         ctx.err(where, f"channel name {name!r}: use letters, digits, '-', '_', '.', ':'")
     ctype = spec.get("type")
-    if ctype not in CHANNEL_TYPES:
-        ctx.err((*where, "type"), f"channel {name!r}: type must be one of {', '.join(CHANNEL_TYPES)} (got {ctype!r})")
+    if ctype not in channels.TYPES:
+        ctx.err((*where, "type"), f"channel {name!r}: type must be one of {', '.join(channels.TYPES)} (got {ctype!r})")
         return None
     opts = {k: v for k, v in spec.items() if k != "type"}
-    for key, msg in validate_channel(ctype, opts):
+    for key, msg in channels.validate_channel(ctype, opts):
         ctx.err((*where, *( (key,) if key else ())), f"channel {name!r}: {msg}")
     return ChannelConfig(name, ctype, opts, ctx.loc.line(*where))
 

@@ -1,5 +1,6 @@
-"""Message templates ("{user} was refused {remote}") compiled once, rendered per alert,
-and the entry fields a template or a rule can name."""
+"""Templates ("{user} was refused {remote}") compiled once, rendered per alert: the one
+template engine for every rendered text (alert messages, email subjects), and the entry
+fields a template or a rule can name."""
 
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ ALERT_FIELDS = ("alert", "severity", "kind", "count", "window", "group")
 _ALL_FIELDS = (*ENTRY_FIELDS, "extra")
 KEY_FIELDS = frozenset(ENTRY_FIELDS) | frozenset(DERIVED_FIELDS)
 TEMPLATE_FIELDS = KEY_FIELDS | frozenset(ALERT_FIELDS)
+# An email subject is rendered from a delivered alert: its message too, but no window.
+SUBJECT_FIELDS = (TEMPLATE_FIELDS - {"window"}) | {"message"}
 
 
 _ENUMS = ("code", "type", "outcome", "source")
@@ -67,10 +70,15 @@ def is_field(name: str, fields: frozenset[str]) -> bool:
 _TOKEN = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
 
 
-class Template:
-    """A compiled message template. Unknown field names are found at load time."""
+def group_text(group: dict[str, Any]) -> str:
+    """{group}: "remote_addr=10.0.0.5, user=-", or "all" for one global group."""
+    return ", ".join(f"{k}={'-' if v is None else v}" for k, v in group.items()) or "all"
 
-    def __init__(self, text: str):
+
+class Template:
+    """A compiled template. Names outside `fields` are errors found at load time."""
+
+    def __init__(self, text: str, fields: frozenset[str] = TEMPLATE_FIELDS, what: str = "message"):
         self.text = text
         self.parts: list[tuple[bool, str]] = []  # (is_field, literal or field name)
         self.errors: list[str] = []
@@ -86,15 +94,15 @@ class Template:
                 lit.append("}")
             elif m.group(1) is not None:
                 name = m.group(1).strip()
-                if not is_field(name, TEMPLATE_FIELDS):
-                    self.errors.append(f"unknown field {{{name}}} in message (known: "
-                                       + ", ".join(sorted(TEMPLATE_FIELDS)) + ", extra.NAME)")
+                if not is_field(name, fields):
+                    self.errors.append(f"unknown field {{{name}}} in {what} (known: "
+                                       + ", ".join(sorted(fields)) + ", extra.NAME)")
                 if lit:
                     self.parts.append((False, "".join(lit)))
                     lit = []
                 self.parts.append((True, name))
             else:
-                self.errors.append(f"unmatched {tok!r} in message (write {tok}{tok} for a literal brace)")
+                self.errors.append(f"unmatched {tok!r} in {what} (write {tok}{tok} for a literal brace)")
         lit.append(text[pos:])
         if any(lit):
             self.parts.append((False, "".join(lit)))
@@ -102,12 +110,12 @@ class Template:
     def fields(self) -> list[str]:
         return [p for f, p in self.parts if f]
 
-    def render(self, entry: Entry, extra: dict[str, Any]) -> str:
+    def render(self, entry: Entry | None, extra: dict[str, Any]) -> str:
         out = []
         for is_f, p in self.parts:
             if not is_f:
                 out.append(p)
                 continue
-            v = extra[p] if p in extra else entry_field(entry, p)
+            v = extra[p] if p in extra else entry_field(entry, p) if entry is not None else None
             out.append("-" if v is None or v == "" else str(v))
         return "".join(out)

@@ -5,20 +5,23 @@ send() returns on success; raises ChannelError when the message should be retrie
 (server down, timeout, 5xx) and PermanentChannelError when retrying cannot help (the
 receiver rejected this message itself, e.g. HTTP 400): the outbox keeps such a message as
 dead, logs it, and moves on, so one poison message does not block a queue.
+
+The registry: channel type NAME is the class `CHANNEL` of module channels/NAME.py, which
+also names its options (`OPTIONS`, `REQUIRED`); TYPES lists them. Modules load on first
+use (webhook pulls in httpx).
 """
 
 from __future__ import annotations
 
+import importlib
 import ssl
 from typing import Any, Callable
 
-from sockgate.errors import ChannelError
+from sockgate.errors import PermanentChannelError
 from sockgate.record import NS, parse_duration
 
-
-class PermanentChannelError(ChannelError):
-    """The receiver refused this message for good (it is kept as dead, not retried)."""
-
+TYPES = ("syslog", "email", "webhook", "command")
+__all__ = ["TYPES", "Channel", "PermanentChannelError", "channel_class", "make_channel", "validate_channel"]
 
 Check = Callable[[Any], str | None]   # returns an error message or None
 
@@ -60,52 +63,51 @@ COMMON: dict[str, Check] = {"retry_initial": _dur, "retry_max": _dur, "timeout":
 TLS: dict[str, Check] = {"ca_file": _str, "verify": _bool, "client_cert": _str, "client_key": _str}
 
 
-def _options(ctype: str) -> tuple[dict[str, Check], set[str]]:
-    """(option checks, required options) for a channel type."""
-    if ctype == "syslog":
-        from sockgate.monitor.channels.syslog import FACILITIES, check_url
-        return ({"url": check_url, "facility": _choice(*FACILITIES), "app_name": _str, "hostname": _str,
-                 "framing": _choice("octet-counting", "lf"), **TLS, **COMMON}, {"url"})
-    if ctype == "email":
-        return ({"host": _str, "port": _port, "tls": _choice("starttls", "ssl", "none"), "from": _str,
-                 "to": _strlist, "username": _str, "password_file": _str, "password_env": _str,
-                 "subject": _str, **TLS, **COMMON}, {"host", "from", "to"})
-    if ctype == "webhook":
-        from sockgate.monitor.channels.webhook import check_url
-        return ({"url": check_url, "format": _choice("json", "slack", "teams"), "headers": _strtable,
-                 **TLS, **COMMON}, {"url"})
-    if ctype == "command":
-        return ({"argv": _strlist, "env": _strtable, **COMMON}, {"argv"})
-    return {}, set()
+def channel_class(ctype: str) -> type["Channel"]:
+    if ctype not in TYPES:
+        raise ValueError(f"unknown channel type {ctype!r}")
+    return importlib.import_module(f"sockgate.monitor.channels.{ctype}").CHANNEL
 
 
 def validate_channel(ctype: str, opts: dict[str, Any]) -> list[tuple[str | None, str]]:
     """Problems with a channel's options as (key or None, message)."""
-    checks, required = _options(ctype)
-    out: list[tuple[str | None, str]] = []
-    for k in sorted(required - set(opts)):
-        out.append((None, f"{k!r} is required for a {ctype} channel"))
-    for k, v in opts.items():
-        chk = checks.get(k)
-        if chk is None:
-            out.append((k, f"unknown option {k!r} for a {ctype} channel (known: type, {', '.join(sorted(checks))})"))
-            continue
-        msg = chk(v)
-        if msg:
-            out.append((k, f"{k}: {msg}"))
-    if ctype == "email" and "subject" in opts and isinstance(opts["subject"], str):
-        from sockgate.monitor.render import Template
-        for e in Template(opts["subject"]).errors:
-            out.append(("subject", f"subject: {e}"))
-    if ctype == "email" and ("password_file" in opts or "password_env" in opts) and "username" not in opts:
-        out.append((None, "a password is set but no username"))
-    if ("client_key" in opts) and ("client_cert" not in opts):
-        out.append(("client_key", "client_key needs client_cert"))
-    return out
+    return channel_class(ctype).validate(opts)
+
+
+def make_channel(name: str, ctype: str, opts: dict[str, Any]) -> "Channel":
+    return channel_class(ctype)(name, opts)
 
 
 class Channel:
-    """Base: options common to every channel."""
+    """Base: options common to every channel. A channel type adds its own OPTIONS
+    (name -> check), the REQUIRED ones, and checks across options in `check`."""
+
+    type = ""
+    OPTIONS: dict[str, Check] = {}
+    REQUIRED: frozenset[str] = frozenset()
+
+    @classmethod
+    def validate(cls, opts: dict[str, Any]) -> list[tuple[str | None, str]]:
+        checks = {**cls.OPTIONS, **COMMON}
+        out: list[tuple[str | None, str]] = []
+        for k in sorted(cls.REQUIRED - set(opts)):
+            out.append((None, f"{k!r} is required for a {cls.type} channel"))
+        for k, v in opts.items():
+            chk = checks.get(k)
+            if chk is None:
+                out.append((k, f"unknown option {k!r} for a {cls.type} channel (known: type, {', '.join(sorted(checks))})"))
+                continue
+            msg = chk(v)
+            if msg:
+                out.append((k, f"{k}: {msg}"))
+        out += cls.check(opts)
+        if ("client_key" in opts) and ("client_cert" not in opts):
+            out.append(("client_key", "client_key needs client_cert"))
+        return out
+
+    @classmethod
+    def check(cls, opts: dict[str, Any]) -> list[tuple[str | None, str]]:
+        return []
 
     def __init__(self, name: str, opts: dict[str, Any]):
         self.name = name
@@ -132,22 +134,6 @@ class Channel:
         if self.opts.get("client_cert"):
             ctx.load_cert_chain(self.opts["client_cert"], self.opts.get("client_key"))
         return ctx
-
-
-def make_channel(name: str, ctype: str, opts: dict[str, Any]) -> Channel:
-    if ctype == "syslog":
-        from sockgate.monitor.channels.syslog import SyslogChannel
-        return SyslogChannel(name, opts)
-    if ctype == "email":
-        from sockgate.monitor.channels.email import EmailChannel
-        return EmailChannel(name, opts)
-    if ctype == "webhook":
-        from sockgate.monitor.channels.webhook import WebhookChannel
-        return WebhookChannel(name, opts)
-    if ctype == "command":
-        from sockgate.monitor.channels.command import CommandChannel
-        return CommandChannel(name, opts)
-    raise ValueError(f"unknown channel type {ctype!r}")
 
 
 def summary_lines(alert: dict[str, Any]) -> list[tuple[str, str]]:

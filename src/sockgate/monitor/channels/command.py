@@ -14,10 +14,14 @@ import subprocess
 from typing import Any
 
 from sockgate.errors import ChannelError
-from sockgate.monitor.channels import Channel
+from sockgate.monitor.channels import Channel, _strlist, _strtable
 
 
 class CommandChannel(Channel):
+    type = "command"
+    OPTIONS = {"argv": _strlist, "env": _strtable}
+    REQUIRED = frozenset({"argv"})
+
     def send(self, alert: dict[str, Any]) -> None:
         argv = self.opts["argv"]
         env = dict(os.environ)
@@ -36,3 +40,6 @@ class CommandChannel(Channel):
         if p.returncode != 0:
             err = p.stderr.decode("utf-8", "replace").strip().splitlines()
             raise ChannelError(f"command {argv[0]}: exit status {p.returncode}" + (f": {err[-1]}" if err else ""))
+
+
+CHANNEL = CommandChannel

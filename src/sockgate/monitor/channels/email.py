@@ -14,24 +14,24 @@ from email.message import EmailMessage
 from email.utils import formatdate
 from typing import Any
 
-from sockgate.errors import ChannelError
-from sockgate.monitor.channels import Channel, PermanentChannelError, summary_lines
+from sockgate.errors import ChannelError, PermanentChannelError
+from sockgate.monitor.channels import TLS, Channel, _choice, _port, _str, _strlist, summary_lines
+from sockgate.monitor.render import SUBJECT_FIELDS, Template, group_text
+from sockgate.record import Entry
 
 DEFAULT_SUBJECT = "[sockgate] {severity}: {alert} on {host}"
 
 
 def _subject(template: str, alert: dict[str, Any]) -> str:
-    e = alert.get("entry") or {}
+    """The subject: the template engine of alert messages, over the delivered alert (the
+    fields of its entry and {alert} {severity} {kind} {count} {group} {message}; {host} is
+    the entry's host, else the monitor's)."""
+    e = alert.get("entry") or None
     values = {"alert": alert["alert"], "severity": alert["severity"], "kind": alert["kind"],
-              "count": alert["count"], "host": e.get("host") or alert.get("monitor_host") or "-",
-              "message": alert["message"]}
-    out = template
-    for k, v in values.items():
-        out = out.replace("{" + k + "}", str(v))
-    for k, v in e.items():
-        if isinstance(v, (str, int)) and ("{" + k + "}") in out:
-            out = out.replace("{" + k + "}", str(v))
-    return out.replace("\n", " ")[:200]
+              "count": alert["count"], "group": group_text(alert.get("group") or {}),
+              "host": (e or {}).get("host") or alert.get("monitor_host") or "-", "message": alert["message"]}
+    text = Template(template, SUBJECT_FIELDS, "subject").render(Entry.from_dict(e) if e else None, values)
+    return text.replace("\n", " ")[:200]
 
 
 def build_message(alert: dict[str, Any], sender: str, to: list[str], subject: str = DEFAULT_SUBJECT) -> EmailMessage:
@@ -53,6 +53,21 @@ def build_message(alert: dict[str, Any], sender: str, to: list[str], subject: st
 
 
 class EmailChannel(Channel):
+    type = "email"
+    OPTIONS = {"host": _str, "port": _port, "tls": _choice("starttls", "ssl", "none"), "from": _str,
+               "to": _strlist, "username": _str, "password_file": _str, "password_env": _str,
+               "subject": _str, **TLS}
+    REQUIRED = frozenset({"host", "from", "to"})
+
+    @classmethod
+    def check(cls, opts: dict[str, Any]) -> list[tuple[str | None, str]]:
+        out: list[tuple[str | None, str]] = []
+        if isinstance(opts.get("subject"), str):
+            out += [("subject", f"subject: {e}") for e in Template(opts["subject"], SUBJECT_FIELDS, "subject").errors]
+        if ("password_file" in opts or "password_env" in opts) and "username" not in opts:
+            out.append((None, "a password is set but no username"))
+        return out
+
     def __init__(self, name: str, opts: dict[str, Any]):
         super().__init__(name, opts)
         self.tls = opts.get("tls", "starttls")
@@ -101,3 +116,6 @@ class EmailChannel(Channel):
             raise err(f"{where}: {e.smtp_code} {e.smtp_error!r}") from None
         except (smtplib.SMTPException, OSError, socket.timeout) as e:
             raise ChannelError(f"{where}: {e}") from None
+
+
+CHANNEL = EmailChannel

@@ -17,7 +17,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from sockgate.errors import ChannelError
-from sockgate.monitor.channels import Channel
+from sockgate.journal.export import SD_ENTERPRISE, rfc5424
+from sockgate.monitor.channels import TLS, Channel, _choice, _str
 from sockgate.monitor.model import SEVERITIES
 
 FACILITIES = {
@@ -27,7 +28,7 @@ FACILITIES = {
     "local6": 22, "local7": 23,
 }
 DEFAULT_PORTS = {"udp": 514, "tcp": 514, "tls": 6514}
-SD_ID = "sockgate@32473"   # 32473: the example private enterprise number (RFC 5612)
+SD_ID = f"sockgate@{SD_ENTERPRISE}"
 
 
 def check_url(v: Any) -> str | None:
@@ -43,44 +44,27 @@ def check_url(v: Any) -> str | None:
     return None
 
 
-def _header_token(s: str, limit: int) -> str:
-    """PRINTUSASCII without spaces, as RFC 5424 requires for header fields; "-" if empty."""
-    out = "".join(c if 33 <= ord(c) <= 126 else "_" for c in s)[:limit]
-    return out or "-"
-
-
-def _sd_name(s: str) -> str:
-    return "".join(c for c in s if 33 <= ord(c) <= 126 and c not in '= ]"')[:32] or "x"
-
-
-def _sd_value(v: Any) -> str:
-    return str(v).replace("\\", "\\\\").replace('"', '\\"').replace("]", "\\]")
-
-
 def format_rfc5424(alert: dict[str, Any], *, facility: str = "auth", app_name: str = "sockgate",
                    hostname: str | None = None, procid: str | int = "-") -> bytes:
-    """One RFC 5424 message for an alert:
-    <PRI>1 TIMESTAMP HOSTNAME APP-NAME PROCID MSGID [SD-ELEMENT] MSG"""
-    pri = FACILITIES[facility] * 8 + SEVERITIES[alert["severity"]]
-    host = _header_token(hostname or alert.get("monitor_host") or socket.gethostname(), 255)
-    msgid = "REPEAT" if alert.get("repeat") else "ALERT"
+    """One RFC 5424 message for an alert (MSGID ALERT or REPEAT, no BOM)."""
     e = alert.get("entry") or {}
     params = [("id", alert["id"]), ("alert", alert["alert"]), ("kind", alert["kind"]),
               ("severity", alert["severity"]), ("count", alert["count"])]
-    for k in ("seq", "code", "type", "outcome", "rule", "user", "uid", "program", "pid",
-              "local_addr", "local_port", "remote_addr", "remote_port", "host", "source"):
-        if e.get(k) is not None:
-            params.append((k, e[k]))
-    for k, v in (alert.get("group") or {}).items():
-        params.append((f"group.{k}", v))
-    sd = "[" + SD_ID + "".join(f' {_sd_name(k)}="{_sd_value(v)}"' for k, v in params) + "]"
-    head = (f"<{pri}>1 {alert['last_time']} {host} {_header_token(app_name, 48)} "
-            f"{_header_token(str(procid), 128)} {msgid} {sd}")
-    msg = alert["message"].replace("\n", " ")
-    return (head + " " + msg).encode("utf-8")
+    params += [(k, e.get(k)) for k in ("seq", "code", "type", "outcome", "rule", "user", "uid", "program", "pid",
+                                       "local_addr", "local_port", "remote_addr", "remote_port", "host", "source")]
+    params += [(f"group.{k}", v) for k, v in (alert.get("group") or {}).items()]
+    return rfc5424(FACILITIES[facility] * 8 + SEVERITIES[alert["severity"]], alert["last_time"],
+                   hostname or alert.get("monitor_host") or socket.gethostname(), app_name, str(procid),
+                   "REPEAT" if alert.get("repeat") else "ALERT", [(SD_ID, params)],
+                   alert["message"].replace("\n", " "), bom=False).encode("utf-8")
 
 
 class SyslogChannel(Channel):
+    type = "syslog"
+    OPTIONS = {"url": check_url, "facility": _choice(*FACILITIES), "app_name": _str, "hostname": _str,
+               "framing": _choice("octet-counting", "lf"), **TLS}
+    REQUIRED = frozenset({"url"})
+
     def __init__(self, name: str, opts: dict[str, Any]):
         super().__init__(name, opts)
         u = urlsplit(opts["url"])
@@ -128,3 +112,6 @@ class SyslogChannel(Channel):
                     pass  # the receiver keeps the connection open: it has what we sent
         except (OSError, ValueError) as e:
             raise ChannelError(f"syslog {self.proto}://{self.host}:{self.port}: {e}") from None
+
+
+CHANNEL = SyslogChannel

@@ -16,8 +16,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from sockgate.errors import ChannelError
-from sockgate.monitor.channels import Channel, PermanentChannelError, summary_lines
+from sockgate.errors import ChannelError, PermanentChannelError
+from sockgate.monitor.channels import TLS, Channel, _choice, _strtable, summary_lines
 
 _SEV_COLOR = {"emergency": "8B0000", "alert": "B22222", "critical": "D00000", "error": "E8590C",
               "warning": "F2C744", "notice": "2F7BD9", "info": "2EB67D", "debug": "999999"}
@@ -76,6 +76,10 @@ def webhook_body(fmt: str, alert: dict[str, Any]) -> dict[str, Any]:
 
 
 class WebhookChannel(Channel):
+    type = "webhook"
+    OPTIONS = {"url": check_url, "format": _choice("json", "slack", "teams"), "headers": _strtable, **TLS}
+    REQUIRED = frozenset({"url"})
+
     def __init__(self, name: str, opts: dict[str, Any]):
         super().__init__(name, opts)
         self.url = opts["url"]
@@ -101,3 +105,6 @@ class WebhookChannel(Channel):
 
     def close(self) -> None:
         self.client.close()
+
+
+CHANNEL = WebhookChannel
