@@ -682,7 +682,14 @@ def _want(entries, specs):
 
 
 def _missing(entries, specs):
-    return [(t, m) for t, m in specs if not _kernel_entries(entries, t, **m)]
+    """The specs no entry meets, each with the kernel entries of its type (to see why)."""
+    out = []
+    for t, m in specs:
+        if not _kernel_entries(entries, t, **m):
+            seen = [(e.outcome and e.outcome.value, e.rule, e.uid, e.family, e.local_port, e.remote_port,
+                     e.extra.get("protocol")) for e in entries if e.type.value == t]
+            out.append((t, {k: getattr(v, "value", v) for k, v in m.items()}, f"{t} entries: {seen}"))
+    return out
 
 
 def test_journal_connect_refusals_per_protocol(scope):
@@ -713,7 +720,8 @@ def test_journal_connect_refusals_per_protocol(scope):
         assert sctp == "EPERM"
         specs.append(("C", {**base, "protocol": "sctp"}))
     entries = journal_entries(journal, lambda es: _want(es, specs))
-    assert _missing(entries, specs) == []
+    missing = _missing(entries, specs)
+    assert not missing, "\n".join(map(str, missing))
     # two TCP connects (v4 connect, TFO) and one v6: one entry per refused call
     assert len(_kernel_entries(entries, "C", **base, protocol="tcp")) == 3
     _stop(d)
@@ -758,7 +766,8 @@ def test_journal_listen_refusals_per_protocol(scope):
     if not sctp:
         specs.append(("L", {**base, "protocol": "sctp"}))
     entries = journal_entries(journal, lambda es: _want(es, specs))
-    assert _missing(entries, specs) == []
+    missing = _missing(entries, specs)
+    assert not missing, "\n".join(map(str, missing))
     _stop(d)
 
 
@@ -789,7 +798,8 @@ def test_journal_accept_refusals_tcp_and_udp(scope):
     specs = [("A", {**base, "local_port": 8101, "protocol": "tcp"}),
              ("I", {**base, "local_port": 8102, "protocol": "udp"})]
     entries = journal_entries(journal, lambda es: _want(es, specs))
-    assert _missing(entries, specs) == []
+    missing = _missing(entries, specs)
+    assert not missing, "\n".join(map(str, missing))
     _stop(d)
 
 
