@@ -23,6 +23,7 @@ from pathlib import Path
 from sockgate.errors import KernelError, SockgateError
 from sockgate.journal import Code, Entry, EntryType, Journal, Outcome, Source
 from sockgate.kernel import events as kevents
+from sockgate.kernel import flows as kflows
 from sockgate.kernel import layout as L
 from sockgate.kernel import tables
 from sockgate.kernel.loader import DEFAULT_PIN_DIR, STATE_DIR, Gate, remove_pins
@@ -43,6 +44,7 @@ _SPECIAL_RULES = {L.RULE_LISTEN_REFUSED: "listen-refused", L.RULE_UNPARSED: "unp
 DEFAULT_ALERTS = "/etc/sockgate/alerts.toml"
 DEFAULT_MONITOR_STATE = "/var/lib/sockgate/monitor"
 MERGE_MAX = 50_000  # entries per journal transaction when the writer catches up
+FLOW_SWEEP_S = 1.0  # how often UDP flow counts become summary entries
 
 
 @dataclass
@@ -143,6 +145,29 @@ class Enricher:
         return out
 
 
+def flow_summaries(enricher: "Enricher", counts: list[kflows.FlowCount], now_ns: int, journal_allowed: bool,
+                   journal_rejected: bool) -> list[Entry]:
+    """Summary entries (O/I, extra count) for the datagrams counted in UDP flows since the
+    last sweep, for the outcomes the audit levels select."""
+    out = []
+    for c in counts:
+        k, f = c.key, c.flow
+        if c.new <= 0 or not (journal_allowed if f.verdict == L.ALLOWED else journal_rejected):
+            continue
+        exit_name = _EXITS[k.exit]
+        peer = enricher.addr(bytes(k.peer))
+        outbound = k.exit == L.EXIT_CONNECT
+        out.append(Entry(
+            Code.SOCKET, _UDP_ENTRY_TYPES[k.exit], now_ns, Source.KERNEL, enricher.host, _OUTCOMES[f.verdict],
+            enricher.rule(f.rule, k.generation, exit_name),
+            k.uid if outbound else None, enricher.user(k.uid) if outbound else None, f.gid if outbound else None,
+            None, None, "ipv4" if peer.count(":") == 0 else "ipv6", None, None, peer, k.peer_port,
+            {"flow": "summary", "count": c.new, "socket": k.cookie, "protocol": "udp",
+             "generation": k.generation},
+        ))
+    return out
+
+
 class Daemon:
     def __init__(self, opts: RunOptions):
         self.opts = opts
@@ -155,6 +180,8 @@ class Daemon:
         self.reload_requested = False
         self.monitor_thread: threading.Thread | None = None
         self._last_dropped = 0
+        self._released: set[int] = set()   # sockets whose UDP flows are final
+        self._next_sweep = 0.0
         # Journal writes run on their own thread (the journal's C write path releases the GIL
         # while it hashes, inserts and syncs), in order, through a bounded queue of entry
         # batches and records: if the journal falls behind, the ring buffer fills and the
@@ -294,7 +321,7 @@ class Daemon:
         if self.monitor_thread:
             self.monitor_thread.join(timeout=10)
         if self.reader:
-            self._drain(self.reader.poll_raw(0))
+            self._drain(self.reader.poll_raw(0), sweep=True)
             self.reader.close()
         if self.journal:
             if self._writer and self._writer.is_alive():
@@ -314,11 +341,11 @@ class Daemon:
 
     # -- the loop -------------------------------------------------------------------------
 
-    def _drain(self, batch: list[tuple]) -> None:
+    def _drain(self, batch: list[tuple], sweep: bool = False) -> None:
         if batch:
             offset = self.reader.offset_ns
             if self.journal:
-                self._writes.put(self.enricher.entries(batch, offset))
+                self._writes.put(self.enricher.entries(batch, offset, self._released))
             if self.opts.print_events:
                 out = sys.stdout
                 for ev in kevents.decode_tuples(batch, offset):
@@ -328,6 +355,30 @@ class Daemon:
         if dropped > self._last_dropped:
             self._record(EntryType.GAP, dropped=dropped - self._last_dropped)
             self._last_dropped = dropped
+        if sweep or time.monotonic() >= self._next_sweep:
+            self._next_sweep = time.monotonic() + FLOW_SWEEP_S
+            self._sweep_flows()
+
+    def _sweep_flows(self) -> None:
+        """UDP flow counts -> summary entries; the kernel's seen-marks move only after the
+        journal has them (on the writer thread, in order)."""
+        if not self.journal or not self.policy:
+            return
+        m = self.gate.maps
+        counts = kflows.sweep(m["sg_flows"], m["sg_flows_seen"], self.gate.state.generation, self._released)
+        self._released = set()
+        if not counts:
+            return
+        entries = flow_summaries(self.enricher, counts, time.time_ns(), self.policy.journal_udp,
+                                 self.policy.journal_rejected)
+        journal = self.journal
+
+        def write():
+            if entries:
+                journal.append(entries)
+            kflows.mark_journaled(m["sg_flows"], m["sg_flows_seen"], counts)
+
+        self._writes.put(write)
 
     def handle_signals(self) -> None:
         """SIGHUP reloads; SIGTERM and SIGINT stop cleanly (seal, daemon-stop record)."""

@@ -38,7 +38,8 @@ def test_every_mirror_matches_btf():
 
 def test_constants_come_from_the_header():
     assert L.WORDS * 64 == L.MAX_RULES and L.SUMMARY_WORDS * 64 == L.WORDS
-    assert model.MAX_RULES == L.MAX_RULES
+    assert model.MAX_RULES == L.MAX_RULES and model.MAX_BITMAPS == L.MAX_BITMAPS
+    assert [p.value for p in model.Protocol] == [L.C[f"SG_PROTO_{p.name}"] for p in model.Protocol]
     assert (L.ALLOWED, L.REJECTED, L.AUDIT_REJECTED) == (0, 1, 2)
     from sockgate.policy.compile import VERDICT_OF
     assert sorted(VERDICT_OF.values()) == [L.ALLOWED, L.REJECTED, L.AUDIT_REJECTED]

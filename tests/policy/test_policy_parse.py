@@ -599,3 +599,16 @@ def test_protocol_field():
     line, msg = one(f'[[rule]]\n{rule}protocol = "udq"')
     assert line == 4 and 'protocol: "udq" is not one of tcp, udp, mptcp, sctp (did you mean "udp"?)' in msg
     assert "expected one of tcp" in one(f'[[rule]]\n{rule}protocol = 6')[1]
+
+
+def test_a_policy_that_does_not_fit_the_kernel_tables_is_refused_at_compile(monkeypatch):
+    """`policy check` compiles: tables larger than the kernel maps fail there, not at load."""
+    from sockgate.errors import PolicyError
+    from sockgate.policy import compile as comp
+
+    text = "".join(f'[[rule]]\nexit = "connect"\nremote = ["10.{i}.0.0/16", "10.{i}.1.0/24"]\naction = "reject"\n'
+                   for i in range(6))
+    comp.compile_policy(P(text))  # fits as shipped
+    monkeypatch.setattr(comp, "MAX_BITMAPS", 8)
+    with pytest.raises(PolicyError, match=r"does not fit the kernel tables: .*address prefixes: 14 \(the kernel holds 8\)"):
+        comp.compile_policy(P(text))

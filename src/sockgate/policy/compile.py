@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from sockgate.errors import PolicyError
 from sockgate.policy.model import (
-    MAX_RULES, Action, Exit, Match, Mode, Outcome, Policy, Protocol, Rule,
+    MAX_BITMAPS, MAX_RULES, Action, Exit, Match, Mode, Outcome, Policy, Protocol, Rule,
 )
 
 # verdict numbers as in the kernel header (SG_ALLOWED, SG_REJECTED, SG_AUDIT_REJECTED)
@@ -208,7 +208,23 @@ def compile_policy(policy: Policy) -> Compiled:
         proto_bits.append(wild | (mem ^ neg))
     for side, attr in ((LOCAL, "local_port"), (REMOTE, "remote_port")):
         c.ports[side] = [_compile_ports(rules, attr, intern, proto_bits[p]) for p in Protocol]
+    _check_fits(c, policy.source)
     return c
+
+
+def _check_fits(c: Compiled, source: str) -> None:
+    """Refuse tables the kernel maps cannot hold (one slot's share of each map)."""
+    used = {
+        "distinct rule bitmaps": (len(c.bitmaps), MAX_BITMAPS),
+        "user entries (uids x exit points)": (len(c.users), MAX_RULES),
+        "groups": (len(c.groups), MAX_RULES),
+        "programs": (len(c.programs), MAX_RULES),
+        "address prefixes": (len(c.addrs[LOCAL]) + len(c.addrs[REMOTE]), MAX_BITMAPS),
+    }
+    over = [f"{what}: {n:,} (the kernel holds {cap:,})" for what, (n, cap) in used.items() if n > cap]
+    if over:
+        raise PolicyError("the compiled policy does not fit the kernel tables: " + "; ".join(over)
+                          + "; split lists across fewer rules or merge addresses into wider prefixes", source)
 
 
 def _compile_addrs(rules: list[Rule], attr: str, intern: _Interner) -> dict[tuple[int, int], int]:

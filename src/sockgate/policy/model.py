@@ -18,7 +18,11 @@ T = TypeVar("T")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 PortRange = tuple[int, int]  # inclusive, 0..65535
 
-MAX_RULES = 16384
+# The kernel tables' capacity per policy slot (sockgate.h; tests/kernel/test_layout.py checks
+# these against the header): a policy that does not fit is refused at compile time, so
+# `policy check` says so before any load.
+MAX_RULES = 16384          # SG_MAX_RULES: rules; also user, group and program keys
+MAX_BITMAPS = 65536        # SG_MAX_BITMAPS: distinct bitmaps; also address prefixes
 
 
 class Exit(enum.IntEnum):

@@ -148,6 +148,24 @@ struct {
 	__type(value, __u64);
 } sg_listeners SEC(".maps");
 
+/* Listeners the sockhash refuses (sockets with a ULP: MPTCP's subflows), by the same key,
+ * -> cookie; and cookie -> key, so their release removes them. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, SG_LISTENERS_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct sg_owner_key);
+	__type(value, __u64);
+} sg_listener_cookies SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, SG_LISTENERS_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u64);
+	__type(value, struct sg_owner_key);
+} sg_listener_keys SEC(".maps");
+
 /* Who owns a socket in scope, by cookie (never reused): recorded at bind, listen and first
  * send, removed at release (sg_release). Not an LRU: no user can evict another's entry. */
 struct {
@@ -166,6 +184,16 @@ struct {
 	__type(key, struct sg_flow_key);
 	__type(value, struct sg_flow);
 } sg_flows SEC(".maps");
+
+/* User space only: how many of a flow's packets are journaled already. Pinned with the rest,
+ * so a restarted daemon neither repeats nor skips a count. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, SG_FLOWS_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct sg_flow_key);
+	__type(value, __u64);
+} sg_flows_seen SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -204,8 +232,24 @@ struct {
 	.values = { [0] = &sg_sync_inner },
 };
 
-/* Per-CPU scratch: the caller's identity, and the OR of several groups' bitmaps. */
+/* Where a decision happened and on what: everything an event records besides the identity. */
+struct sg_site {
+	__u64 cookie;
+	__u32 family;
+	__u32 ipproto;
+	__u32 flags;                 /* SG_EV_* */
+	__u16 lport;
+	__u16 rport;
+	__u8  laddr[16];
+	__u8  raddr[16];
+};
+
+/* Per-CPU scratch: the caller's identity, the OR of several groups' bitmaps, and the call's
+ * site and flow (on the stack they would pass 6.1's 512-byte limit). */
 struct sg_scratch {
+	struct sg_site site;
+	struct sg_flow_key fkey;
+	struct sg_flow fval;
 	struct sg_owner who;
 	struct sg_bitmap groups;
 	struct sg_probe probe;
@@ -549,18 +593,6 @@ static __always_inline bool wants_event(int verdict, __u32 flags, bool udp)
 	return udp ? (flags & SG_EMIT_UDP) : (flags & SG_EMIT_ALLOWED);
 }
 
-/* Where a decision happened and on what: everything an event records besides the identity. */
-struct sg_site {
-	__u64 cookie;
-	__u32 family;
-	__u32 ipproto;
-	__u32 flags;                 /* SG_EV_* */
-	__u16 lport;
-	__u16 rport;
-	__u8  laddr[16];
-	__u8  raddr[16];
-};
-
 static __always_inline void emit(__u32 exit, int verdict, __s32 rule, __u32 gen, const struct sg_owner *who,
 				 bool is_current, const struct sg_site *at)
 {
@@ -577,11 +609,11 @@ static __always_inline void emit(__u32 exit, int verdict, __s32 rule, __u32 gen,
 	e->pid = who->tgid;
 	e->euid = who->uid;
 	e->egid = who->gid;
-	if (is_current) {
-		__u64 ug = bpf_get_current_uid_gid();
-		e->uid = (__u32)ug;
-		e->gid = ug >> 32;
-		e->tid = (__u32)bpf_get_current_pid_tgid();
+	if (is_current) {  /* real ids and thread from the task (sockops on 6.1 lacks the helpers) */
+		struct task_struct *task = bpf_get_current_task_btf();
+		e->uid = task->cred->uid.val;
+		e->gid = task->cred->gid.val;
+		e->tid = task->pid;
 	} else {
 		e->uid = who->uid;
 		e->gid = who->gid;
@@ -774,9 +806,9 @@ static __always_inline int judge_udp_out(struct sg_scratch *sc, struct sg_site *
 	__u64 ino = inode->i_ino;
 	__u32 dev = inode->i_sb->s_dev;
 
-	struct sg_flow_key k;
-	flow_key(&k, at->cookie, at->raddr, at->rport, SG_EXIT_CONNECT, pol->generation, uid);
-	struct sg_flow *f = bpf_map_lookup_elem(&sg_flows, &k);
+	struct sg_flow_key *k = &sc->fkey;
+	flow_key(k, at->cookie, at->raddr, at->rport, SG_EXIT_CONNECT, pol->generation, uid);
+	struct sg_flow *f = bpf_map_lookup_elem(&sg_flows, k);
 	if (f && f->gid == gid && f->groups == groups && f->ino == ino && f->dev == dev) {
 		__sync_fetch_and_add(&f->packets, 1);
 		count_hit(slot, SG_EXIT_CONNECT, f->rule);
@@ -789,10 +821,17 @@ static __always_inline int judge_udp_out(struct sg_scratch *sc, struct sg_site *
 	__u32 gen;
 	__s32 rule;
 	int verdict = judge(SG_EXIT_CONNECT, sc, true, NULL, at, err, &gen, &rule);
-	struct sg_flow v = { .packets = carried, .ino = ino, .groups = groups, .dev = dev, .gid = gid,
-			     .rule = rule, .verdict = verdict };
-	flow_key(&k, at->cookie, at->raddr, at->rport, SG_EXIT_CONNECT, gen, uid);
-	if (bpf_map_update_elem(&sg_flows, &k, &v, BPF_ANY))
+	struct sg_flow *v = &sc->fval;
+	__builtin_memset(v, 0, sizeof(*v));
+	v->packets = carried;
+	v->ino = ino;
+	v->groups = groups;
+	v->dev = dev;
+	v->gid = gid;
+	v->rule = rule;
+	v->verdict = verdict;
+	flow_key(k, at->cookie, at->raddr, at->rport, SG_EXIT_CONNECT, gen, uid);
+	if (bpf_map_update_elem(&sg_flows, k, v, BPF_ANY))
 		stat_add(SG_STAT_FLOWS_FULL);
 	/* the receiving side needs the socket's owner: record it on its first send */
 	struct sg_owner *o = bpf_map_lookup_elem(&sg_owners, &at->cookie);
@@ -826,19 +865,27 @@ static __always_inline int on_connect(struct bpf_sock_addr *raw, bool v6)
 	struct sg_scratch *sc = scratch();
 	if (!sc)
 		return 0;  /* cannot happen (array map); refuse rather than pass unjudged */
-	struct sg_site at = { .family = v6 ? AF_INET6 : AF_INET, .ipproto = READ_CTX(ctx->protocol) };
-	addr_from_ctx(ctx, v6, at.raddr);
-	__builtin_memset(at.laddr, 0, 16);
-	at.rport = bpf_ntohs((__u16)READ_CTX(ctx->user_port));
-	at.cookie = bpf_get_socket_cookie(raw);
+	struct sg_site *at = &sc->site;
+	__builtin_memset(at, 0, sizeof(*at));
+	at->family = v6 ? AF_INET6 : AF_INET;
+	at->ipproto = READ_CTX(ctx->protocol);
+	addr_from_ctx(ctx, v6, at->raddr);
+	__builtin_memset(at->laddr, 0, 16);
+	at->rport = bpf_ntohs((__u16)READ_CTX(ctx->user_port));
+	at->cookie = bpf_get_socket_cookie(raw);
+	if (at->ipproto == IPPROTO_TCP && raw->sk) {  /* an MPTCP socket's first subflow is TCP */
+		struct tcp_sock *tp = bpf_skc_to_tcp_sock(raw->sk);
+		if (tp && tp->is_mptcp)
+			at->ipproto = IPPROTO_MPTCP;
+	}
 	__s32 err;
 	int verdict;
-	if (proto_class(at.ipproto) == SG_PROTO_UDP) {
-		verdict = judge_udp_out(sc, &at, &err);
+	if (proto_class(at->ipproto) == SG_PROTO_UDP) {
+		verdict = judge_udp_out(sc, at, &err);
 	} else {
 		__u32 gen;
 		__s32 rule;
-		verdict = judge(SG_EXIT_CONNECT, sc, true, NULL, &at, &err, &gen, &rule);
+		verdict = judge(SG_EXIT_CONNECT, sc, true, NULL, at, &err, &gen, &rule);
 	}
 	return cgroup_verdict(verdict, err);
 }
@@ -888,23 +935,26 @@ static __always_inline int on_bind(struct sg_ctx_sock *ctx, bool v6)
 	struct sg_scratch *sc = scratch();
 	if (!sc)
 		return 0;
-	struct sg_site at = { .family = v6 ? AF_INET6 : AF_INET, .ipproto = ipproto };
+	struct sg_site *at = &sc->site;
+	__builtin_memset(at, 0, sizeof(*at));
+	at->family = v6 ? AF_INET6 : AF_INET;
+	at->ipproto = ipproto;
 	if (v6) {
 		__u32 a[4] = { READ_CTX(ctx->src_ip6[0]), READ_CTX(ctx->src_ip6[1]),
 			       READ_CTX(ctx->src_ip6[2]), READ_CTX(ctx->src_ip6[3]) };
-		v6_copy(at.laddr, a);
+		v6_copy(at->laddr, a);
 	} else {
-		v4_mapped(at.laddr, src4);
+		v4_mapped(at->laddr, src4);
 	}
-	__builtin_memset(at.raddr, 0, 16);
-	at.lport = (__u16)READ_CTX(ctx->src_port);
-	at.cookie = bpf_get_socket_cookie(ctx);
+	__builtin_memset(at->raddr, 0, 16);
+	at->lport = (__u16)READ_CTX(ctx->src_port);
+	at->cookie = bpf_get_socket_cookie(ctx);
 	__s32 err;
 	__u32 gen;
 	__s32 rule;
-	int verdict = judge(SG_EXIT_LISTEN, sc, true, NULL, &at, &err, &gen, &rule);
+	int verdict = judge(SG_EXIT_LISTEN, sc, true, NULL, at, &err, &gen, &rule);
 	if (verdict != SG_REJECTED)
-		record_owner(sc, at.cookie, SG_OWNER_BIND_JUDGED, false);
+		record_owner(sc, at->cookie, SG_OWNER_BIND_JUDGED, false);
 	return cgroup_verdict(verdict, err);
 }
 
@@ -926,6 +976,11 @@ SEC("cgroup/sock_release")
 int sg_release(struct bpf_sock *ctx)
 {
 	__u64 cookie = bpf_get_socket_cookie(ctx);
+	struct sg_owner_key *lk = bpf_map_lookup_elem(&sg_listener_keys, &cookie);
+	if (lk) {
+		bpf_map_delete_elem(&sg_listener_cookies, lk);
+		bpf_map_delete_elem(&sg_listener_keys, &cookie);
+	}
 	struct sg_owner *o = bpf_map_lookup_elem(&sg_owners, &cookie);
 	if (!o)
 		return 1;
@@ -955,11 +1010,16 @@ static __always_inline struct sg_owner *owner_of(struct bpf_sock *sk)
 	return cookie ? bpf_map_lookup_elem(&sg_owners, &cookie) : NULL;
 }
 
-static __always_inline struct bpf_sock *listener_at(struct sg_owner_key *k, __u16 family, const __u8 *addr)
+/* The owner of the listener at key k, in the sockhash or the table of refused ones. */
+static __always_inline struct sg_owner *listener_at(struct sg_owner_key *k, __u16 family, const __u8 *addr)
 {
 	k->family = family;
 	__builtin_memcpy(k->addr, addr, 16);
-	return bpf_map_lookup_elem(&sg_listeners, k);
+	struct bpf_sock *sk = bpf_map_lookup_elem(&sg_listeners, k);
+	if (sk)
+		return owner_of(sk);
+	__u64 *cookie = bpf_map_lookup_elem(&sg_listener_cookies, k);
+	return cookie ? bpf_map_lookup_elem(&sg_owners, cookie) : NULL;
 }
 
 /* The owner of the listening socket that would get this connection, in the order the
@@ -972,20 +1032,16 @@ static __always_inline struct sg_owner *find_owner(__u32 family, const __u8 *lad
 	struct sg_owner_key k = { .netns = cfg ? cfg->netns_ino : 0, .port = lport };
 	__u8 any6[16] = {}, any4[16] = {};
 	any4[10] = any4[11] = 0xff;
-	struct bpf_sock *sk;
+	struct sg_owner *o;
 	if (family == AF_INET) {
-		if ((sk = listener_at(&k, AF_INET, laddr)))
-			return owner_of(sk);
-		if ((sk = listener_at(&k, AF_INET6, laddr)))
-			return owner_of(sk);
-		if ((sk = listener_at(&k, AF_INET, any4)))
-			return owner_of(sk);
-	} else {
-		if ((sk = listener_at(&k, AF_INET6, laddr)))
-			return owner_of(sk);
+		if ((o = listener_at(&k, AF_INET, laddr)) || (o = listener_at(&k, AF_INET6, laddr)) ||
+		    (o = listener_at(&k, AF_INET, any4)))
+			return o;
+	} else if ((o = listener_at(&k, AF_INET6, laddr))) {
+		return o;
 	}
-	if ((sk = listener_at(&k, AF_INET6, any6)))
-		return owner_of(sk);
+	if ((o = listener_at(&k, AF_INET6, any6)))
+		return o;
 	return NULL;
 }
 
@@ -1002,7 +1058,11 @@ int sg_listen_cb(struct bpf_sock_ops *raw)
 	if (!cfg || !sc)
 		return 1;
 	struct sg_owner_key k = { .netns = 0, .family = family, .port = (__u16)READ_CTX(raw->local_port) };
-	struct sg_site at = { .family = family, .ipproto = IPPROTO_TCP, .lport = k.port };
+	struct sg_site *at = &sc->site;
+	__builtin_memset(at, 0, sizeof(*at));
+	at->family = family;
+	at->ipproto = IPPROTO_TCP;
+	at->lport = k.port;
 	if (family == AF_INET6) {
 		__u32 a[4] = { READ_CTX(raw->local_ip6[0]), READ_CTX(raw->local_ip6[1]),
 			       READ_CTX(raw->local_ip6[2]), READ_CTX(raw->local_ip6[3]) };
@@ -1018,11 +1078,11 @@ int sg_listen_cb(struct bpf_sock_ops *raw)
 		return 1;
 	k.netns = tp->inet_conn.icsk_inet.sk.__sk_common.skc_net.net->ns.inum;
 	if (tp->is_mptcp)
-		at.ipproto = IPPROTO_MPTCP;  /* a subflow of an MPTCP listener */
-	__builtin_memcpy(at.laddr, k.addr, 16);
-	__builtin_memset(at.raddr, 0, 16);
+		at->ipproto = IPPROTO_MPTCP;  /* a subflow of an MPTCP listener */
+	__builtin_memcpy(at->laddr, k.addr, 16);
+	__builtin_memset(at->raddr, 0, 16);
 	__u64 cookie = bpf_get_socket_cookie(raw);
-	at.cookie = cookie;
+	at->cookie = cookie;
 	__u32 flags = 0;
 	struct sg_owner *old = bpf_map_lookup_elem(&sg_owners, &cookie);
 	if (old)
@@ -1034,11 +1094,14 @@ int sg_listen_cb(struct bpf_sock_ops *raw)
 		__s32 err;
 		__u32 gen;
 		__s32 rule;
-		if (judge(SG_EXIT_LISTEN, sc, true, NULL, &at, &err, &gen, &rule) == SG_REJECTED)
+		if (judge(SG_EXIT_LISTEN, sc, true, NULL, at, &err, &gen, &rule) == SG_REJECTED)
 			flags |= SG_OWNER_REFUSED;
 	}
 	record_owner(sc, cookie, flags, false);
-	bpf_sock_hash_update(raw, &sg_listeners, &k, BPF_ANY);
+	if (bpf_sock_hash_update(raw, &sg_listeners, &k, BPF_ANY)) {
+		bpf_map_update_elem(&sg_listener_cookies, &k, &cookie, BPF_ANY);
+		bpf_map_update_elem(&sg_listener_keys, &cookie, &k, BPF_ANY);
+	}
 	return 1;
 }
 
@@ -1058,16 +1121,19 @@ int sg_accept(struct bpf_sk_lookup *raw)
 	__u32 l[4] = { READ_CTX(ctx->local_ip6[0]), READ_CTX(ctx->local_ip6[1]),
 		       READ_CTX(ctx->local_ip6[2]), READ_CTX(ctx->local_ip6[3]) };
 	__u32 r4 = READ_CTX(ctx->remote_ip4), l4 = READ_CTX(ctx->local_ip4);
-	struct sg_site at = { .family = family, .ipproto = IPPROTO_TCP };
+	struct sg_site *at = &sc->site;
+	__builtin_memset(at, 0, sizeof(*at));
+	at->family = family;
+	at->ipproto = IPPROTO_TCP;
 	if (family == AF_INET6) {
-		v6_copy(at.laddr, l);
-		v6_copy(at.raddr, r);
+		v6_copy(at->laddr, l);
+		v6_copy(at->raddr, r);
 	} else {
-		v4_mapped(at.laddr, l4);
-		v4_mapped(at.raddr, r4);
+		v4_mapped(at->laddr, l4);
+		v4_mapped(at->raddr, r4);
 	}
-	at.lport = (__u16)READ_CTX(ctx->local_port);
-	at.rport = bpf_ntohs((__u16)READ_CTX(ctx->remote_port));
+	at->lport = (__u16)READ_CTX(ctx->local_port);
+	at->rport = bpf_ntohs((__u16)READ_CTX(ctx->remote_port));
 
 	/* the owner is looked up when a rule needs it, or always on the cgroup backend, where
 	 * a listener whose listen() was refused after the fact must refuse every connection */
@@ -1076,19 +1142,19 @@ int sg_accept(struct bpf_sk_lookup *raw)
 	struct sg_config *cfg = get_config();
 	struct sg_owner *owner = NULL;
 	if ((pol && (pol->needs & SG_NEED_OWNER)) || (cfg && (cfg->flags & SG_CFG_LISTEN_AT_BIND)))
-		owner = find_owner(family, at.laddr, at.lport);
+		owner = find_owner(family, at->laddr, at->lport);
 	if (owner && (owner->flags & SG_OWNER_REFUSED)) {
 		identify(sc, false, owner, SG_NEED_ALL);
 		stat_add(SG_STAT_DECISIONS);
 		count_hit(slot, SG_EXIT_ACCEPT, -1);
 		if (pol && wants_event(SG_REJECTED, pol->flags, false))
-			emit(SG_EXIT_ACCEPT, SG_REJECTED, SG_RULE_LISTEN_REFUSED, pol->generation, &sc->who, false, &at);
+			emit(SG_EXIT_ACCEPT, SG_REJECTED, SG_RULE_LISTEN_REFUSED, pol->generation, &sc->who, false, at);
 		return SK_DROP;
 	}
 	__s32 err;
 	__u32 gen;
 	__s32 rule;
-	int verdict = judge(SG_EXIT_ACCEPT, sc, false, owner, &at, &err, &gen, &rule);
+	int verdict = judge(SG_EXIT_ACCEPT, sc, false, owner, at, &err, &gen, &rule);
 	return verdict == SG_REJECTED ? SK_DROP : SK_PASS;
 }
 
@@ -1165,29 +1231,32 @@ int sg_ingress(struct __sk_buff *skb)
 	struct sg_scratch *sc = scratch();
 	if (!sc)
 		return 0;
-	struct sg_site at = { .family = sk->family, .ipproto = sk->protocol };
-	at.cookie = bpf_get_socket_cookie(skb);
-	if (!datagram_peer(skb, &at)) {
-		at.flags = SG_EV_UNPARSED;
-		__builtin_memset(at.laddr, 0, 16);
-		__builtin_memset(at.raddr, 0, 16);
+	struct sg_site *at = &sc->site;
+	__builtin_memset(at, 0, sizeof(*at));
+	at->family = sk->family;
+	at->ipproto = sk->protocol;
+	at->cookie = bpf_get_socket_cookie(skb);
+	if (!datagram_peer(skb, at)) {
+		at->flags = SG_EV_UNPARSED;
+		__builtin_memset(at->laddr, 0, 16);
+		__builtin_memset(at->raddr, 0, 16);
 	}
 	__u32 slot;
 	const struct sg_policy *pol = active_policy(&slot);
 	if (!pol)
 		return 0;
-	struct sg_flow_key k;
-	struct sg_owner *owner = bpf_map_lookup_elem(&sg_owners, &at.cookie);
-	if (!(at.flags & SG_EV_UNPARSED)) {
+	struct sg_flow_key *k = &sc->fkey;
+	struct sg_owner *owner = bpf_map_lookup_elem(&sg_owners, &at->cookie);
+	if (!(at->flags & SG_EV_UNPARSED)) {
 		/* a reply to what this socket's owner sent (the outbound flow's key has its uid) */
 		if (owner) {
-			flow_key(&k, at.cookie, at.raddr, at.rport, SG_EXIT_CONNECT, pol->generation, owner->uid);
-			struct sg_flow *out = bpf_map_lookup_elem(&sg_flows, &k);
+			flow_key(k, at->cookie, at->raddr, at->rport, SG_EXIT_CONNECT, pol->generation, owner->uid);
+			struct sg_flow *out = bpf_map_lookup_elem(&sg_flows, k);
 			if (out && out->verdict != SG_REJECTED)
 				return 1;
 		}
-		flow_key(&k, at.cookie, at.raddr, at.rport, SG_EXIT_ACCEPT, pol->generation, 0);
-		struct sg_flow *f = bpf_map_lookup_elem(&sg_flows, &k);
+		flow_key(k, at->cookie, at->raddr, at->rport, SG_EXIT_ACCEPT, pol->generation, 0);
+		struct sg_flow *f = bpf_map_lookup_elem(&sg_flows, k);
 		if (f) {
 			__sync_fetch_and_add(&f->packets, 1);
 			count_hit(slot, SG_EXIT_ACCEPT, f->rule);
@@ -1198,16 +1267,19 @@ int sg_ingress(struct __sk_buff *skb)
 			}
 			return 1;
 		}
-		at.flags |= SG_EV_FLOW;
+		at->flags |= SG_EV_FLOW;
 	}
 	__s32 err;
 	__u32 gen;
 	__s32 rule;
-	int verdict = judge(SG_EXIT_ACCEPT, sc, false, owner, &at, &err, &gen, &rule);
-	if (!(at.flags & SG_EV_UNPARSED)) {
-		struct sg_flow v = { .rule = rule, .verdict = verdict };
-		flow_key(&k, at.cookie, at.raddr, at.rport, SG_EXIT_ACCEPT, gen, 0);
-		if (bpf_map_update_elem(&sg_flows, &k, &v, BPF_ANY))
+	int verdict = judge(SG_EXIT_ACCEPT, sc, false, owner, at, &err, &gen, &rule);
+	if (!(at->flags & SG_EV_UNPARSED)) {
+		struct sg_flow *v = &sc->fval;
+		__builtin_memset(v, 0, sizeof(*v));
+		v->rule = rule;
+		v->verdict = verdict;
+		flow_key(k, at->cookie, at->raddr, at->rport, SG_EXIT_ACCEPT, gen, 0);
+		if (bpf_map_update_elem(&sg_flows, k, v, BPF_ANY))
 			stat_add(SG_STAT_FLOWS_FULL);
 		else if (owner)
 			owner->flags |= SG_OWNER_FLOWS;
@@ -1243,7 +1315,9 @@ static __always_inline struct sock *lsm_scoped_sock(struct socket *sock, __u16 *
 {
 	if (bpf_current_task_under_cgroup(&sg_scope, 0) != 1)
 		return NULL;
-	struct sock *sk = BPF_CORE_READ(sock, sk);
+	struct sock *sk = sock->sk;  /* a BTF pointer (helpers taking a socket want one) */
+	if (!sk)
+		return NULL;
 	*family = BPF_CORE_READ(sk, __sk_common.skc_family);
 	*protocol = BPF_CORE_READ(sk, sk_protocol);
 	if ((*family != AF_INET && *family != AF_INET6) || proto_class(*protocol) < 0)
@@ -1286,28 +1360,31 @@ static __always_inline int lsm_judge_connect(struct sock *sk, __u16 skfam, __u16
 	struct sg_scratch *sc = scratch();
 	if (!sc)
 		return -EPERM;
-	struct sg_site at = { .family = skfam, .ipproto = protocol };
-	__builtin_memset(at.laddr, 0, 16);
-	__builtin_memset(at.raddr, 0, 16);
-	int parsed = sockaddr_peer(sa, len, &at);
+	struct sg_site *at = &sc->site;
+	__builtin_memset(at, 0, sizeof(*at));
+	at->family = skfam;
+	at->ipproto = protocol;
+	__builtin_memset(at->laddr, 0, 16);
+	__builtin_memset(at->raddr, 0, 16);
+	int parsed = sockaddr_peer(sa, len, at);
 	if (parsed == 0)
 		return 0;
 	if (parsed < 0)
-		at.flags = SG_EV_UNPARSED;
-	at.cookie = bpf_get_socket_cookie(sk);
+		at->flags = SG_EV_UNPARSED;
+	at->cookie = bpf_get_socket_cookie(sk);
 	if (BPF_CORE_READ(sk, sk_type) == SOCK_STREAM && protocol == IPPROTO_TCP) {
 		struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
 		if (tp && tp->is_mptcp)
-			at.ipproto = IPPROTO_MPTCP;
+			at->ipproto = IPPROTO_MPTCP;
 	}
 	__s32 err;
 	int verdict;
 	if (proto_class(protocol) == SG_PROTO_UDP && parsed > 0) {
-		verdict = judge_udp_out(sc, &at, &err);
+		verdict = judge_udp_out(sc, at, &err);
 	} else {
 		__u32 gen;
 		__s32 rule;
-		verdict = judge(SG_EXIT_CONNECT, sc, true, NULL, &at, &err, &gen, &rule);
+		verdict = judge(SG_EXIT_CONNECT, sc, true, NULL, at, &err, &gen, &rule);
 	}
 	return lsm_verdict(verdict, err);
 }
@@ -1359,20 +1436,23 @@ int BPF_PROG(sg_lsm_listen, struct socket *sock, int backlog, int ret)
 	struct sg_scratch *sc = scratch();
 	if (!sc)
 		return -EPERM;
-	struct sg_site at = { .family = skfam, .ipproto = protocol };
+	struct sg_site *at = &sc->site;
+	__builtin_memset(at, 0, sizeof(*at));
+	at->family = skfam;
+	at->ipproto = protocol;
 	if (skfam == AF_INET6) {
-		BPF_CORE_READ_INTO(&at.laddr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
+		BPF_CORE_READ_INTO(&at->laddr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
 	} else {
 		__u32 a4 = BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr);
-		v4_mapped(at.laddr, a4);
+		v4_mapped(at->laddr, a4);
 	}
-	__builtin_memset(at.raddr, 0, 16);
-	at.lport = BPF_CORE_READ(sk, __sk_common.skc_num);
-	at.cookie = bpf_get_socket_cookie(sk);
+	__builtin_memset(at->raddr, 0, 16);
+	at->lport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	at->cookie = bpf_get_socket_cookie(sk);
 	__s32 err;
 	__u32 gen;
 	__s32 rule;
-	int verdict = judge(SG_EXIT_LISTEN, sc, true, NULL, &at, &err, &gen, &rule);
+	int verdict = judge(SG_EXIT_LISTEN, sc, true, NULL, at, &err, &gen, &rule);
 	return lsm_verdict(verdict, err);
 }
 
