@@ -16,14 +16,17 @@ finds no listener gets ECONNREFUSED, a refused one EPERM (or the policy's errno)
 from __future__ import annotations
 
 import errno
+import os
 import signal
 import socket
-import time
 
 import pytest
 from conftest import OTHER_UID, TEST_UID, install_text, journal_entries, run_script, wait_loaded
 
 UNSUPPORTED = ("EPROTONOSUPPORT", "ESOCKTNOSUPPORT")
+# how long a journal check waits for the daemon to write what it must (it stops waiting as
+# soon as it is there); the QEMU guest runs ~20x slower
+JOURNAL_WAIT = 40.0 if os.environ.get("SGVM") else 15.0
 
 
 # ---- script building -------------------------------------------------------------------
@@ -118,6 +121,8 @@ def test_connect_every_protocol_family_and_the_protocol_field(scope, gate):
                 refused = {5601: stream, 5602: not stream, 5603: proto == "mptcp"}.get(port, False)
                 calls += probe(f"{proto} {addr} {port}", proto, addr, port)
                 want[f"{proto} {addr} {port}"] = "EPERM" if refused else ("ECONNREFUSED" if stream else "ok")
+                if proto == "udplite" and gate.state.backend == "cgroup":
+                    want[f"{proto} {addr} {port}"] = "ok"  # documented limit: no connect hook for UDP-Lite
     got = outcomes(run(scope, [as_(TEST_UID)] + calls))
     assert got == want
     root = outcomes(run(scope, calls))
@@ -299,6 +304,8 @@ def test_udplite_connect_and_sends(scope, gate):
                 calls += probe(f"{how} {addr} {port}", "udplite", addr, port, do=how, data=how, n=1)
             want.update({f"{h} {addr} {port}": "EPERM" if port == 5635 else "ok"
                          for h in ("connect", "sendto", "sendmsg", "sendmmsg")})
+            if gate.state.backend == "cgroup":  # documented limit (README, "Where they differ"):
+                want[f"connect {addr} {port}"] = "ok"  # the kernel runs no connect hook for UDP-Lite
     calls.append(ROOT)
     calls += [call("drain", f"r{v} {port}", id=f"r{v} {port}") for v in (4, 6) for port in (5635, 5636)]
     res = run(scope, calls)
@@ -719,7 +726,7 @@ def test_journal_connect_refusals_per_protocol(scope):
     else:
         assert sctp == "EPERM"
         specs.append(("C", {**base, "protocol": "sctp"}))
-    entries = journal_entries(journal, lambda es: _want(es, specs))
+    entries = journal_entries(journal, lambda es: _want(es, specs), timeout=JOURNAL_WAIT)
     missing = _missing(entries, specs)
     assert not missing, "\n".join(map(str, missing))
     # two TCP connects (v4 connect, TFO) and one v6: one entry per refused call
@@ -760,12 +767,14 @@ def test_journal_listen_refusals_per_protocol(scope):
     else:
         assert (got["unbound listen"], got["unbound connect"]) == ("ok", "ECONNREFUSED")
     base = {"outcome": _outcome("rejected"), "uid": TEST_UID, "local_port": 8001, "rule": "no-8001"}
-    specs = [("L", {**base, "protocol": p}) for p in ("tcp", "mptcp", "udp", "udplite")]
+    # cgroup backend: an MPTCP bind is judged on its first subflow, a TCP socket (documented)
+    mptcp_as = "mptcp" if backend_ == "lsm" else "tcp"
+    specs = [("L", {**base, "protocol": p}) for p in ("tcp", mptcp_as, "udp", "udplite")]
     specs.append(("L", {"outcome": _outcome("rejected"), "uid": OTHER_UID, "rule": "other-user-may-not-listen",
                         "protocol": "tcp"}))
     if not sctp:
         specs.append(("L", {**base, "protocol": "sctp"}))
-    entries = journal_entries(journal, lambda es: _want(es, specs))
+    entries = journal_entries(journal, lambda es: _want(es, specs), timeout=JOURNAL_WAIT)
     missing = _missing(entries, specs)
     assert not missing, "\n".join(map(str, missing))
     _stop(d)
@@ -797,7 +806,7 @@ def test_journal_accept_refusals_tcp_and_udp(scope):
     base = {"outcome": _outcome("rejected"), "remote_addr": "127.0.0.2", "rule": "not-from-127.0.0.2"}
     specs = [("A", {**base, "local_port": 8101, "protocol": "tcp"}),
              ("I", {**base, "local_port": 8102, "protocol": "udp"})]
-    entries = journal_entries(journal, lambda es: _want(es, specs))
+    entries = journal_entries(journal, lambda es: _want(es, specs), timeout=JOURNAL_WAIT)
     missing = _missing(entries, specs)
     assert not missing, "\n".join(map(str, missing))
     _stop(d)
@@ -827,7 +836,7 @@ def test_journal_netudp_one_entry_per_flow_then_exact_counts(scope):
     def total(es):
         return sum(int(e.extra.get("count", 1)) for e in es)
 
-    entries = journal_entries(journal, lambda es: all(total(f) >= 100 for f in flows(es)), timeout=15)
+    entries = journal_entries(journal, lambda es: all(total(f) >= 100 for f in flows(es)), timeout=JOURNAL_WAIT)
     if not all(total(f) >= 100 for f in flows(entries)):   # summaries still pending: a clean stop flushes them
         _stop(d)
         entries = journal_entries(journal)
@@ -856,7 +865,7 @@ def test_journal_without_netudp_has_no_allowed_udp_entries(scope):
     res = run(scope, calls)
     assert (outcome(res["sent"]), outcome(res["refused"])) == ("ok", "EPERM")
     spec = [("O", {"outcome": _outcome("rejected"), "remote_port": 8302, "uid": TEST_UID})]
-    entries = journal_entries(journal, lambda es: _want(es, spec))
+    entries = journal_entries(journal, lambda es: _want(es, spec), timeout=JOURNAL_WAIT)
     assert _missing(entries, spec) == []
     _stop(d)
     entries = journal_entries(journal)
