@@ -37,10 +37,12 @@ class LocatedError(SockgateError):
 
 
 class LocatedErrors(SockgateError):
-    """Every problem found in one file (checks report them all, not just the first)."""
+    """Every problem found in one file (checks report them all, not just the first).
+    `details`: more keys for the --json rendering of the failure."""
 
-    def __init__(self, errors: list):
+    def __init__(self, errors: list, details: dict | None = None):
         self.errors = errors
+        self.details = details or {}
         super().__init__("\n".join(str(e) for e in errors))
 
 
@@ -58,6 +60,14 @@ class KernelError(SockgateError):
 
 class JournalError(SockgateError):
     """The journal directory or a receiver is unusable (corrupt, foreign, permissions)."""
+
+
+class JournalBusyError(JournalError):
+    """Another process holds the journal's writer lock."""
+
+
+class StateError(SockgateError):
+    """The monitor's state directory is unusable or held by another monitor."""
 
 
 class VerifyError(SockgateError):
@@ -82,6 +92,15 @@ class ImportRecordError(SockgateError):
         if offset is not None:
             where += f" (byte offset {offset})"
         super().__init__(f"{where}: {reason}")
+
+
+class FieldError(ValueError):
+    """One bad field of an IBM i record; the reader turns it into an ImportRecordError with
+    the record number and byte offset."""
+
+    def __init__(self, field: str, reason: str):
+        self.field = field
+        super().__init__(f"{field}: {reason}")
 
 
 class RulesError(LocatedError):

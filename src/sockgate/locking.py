@@ -10,9 +10,11 @@ from pathlib import Path
 from sockgate.errors import SockgateError
 
 
-def lock_exclusive(path: Path, *, busy: str, error: type[SockgateError]) -> int:
+def lock_exclusive(path: Path, *, busy: str, error: type[SockgateError],
+                   busy_error: type[SockgateError] | None = None) -> int:
     """Open `path` (0600) and take the lock; returns the fd that holds it. Raises
-    error(busy) when another process holds it, error(...) when the file is unusable."""
+    (busy_error or error)(busy) when another process holds it, error(...) when the file is
+    unusable."""
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as e:
@@ -21,5 +23,5 @@ def lock_exclusive(path: Path, *, busy: str, error: type[SockgateError]) -> int:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise error(busy) from None
+        raise (busy_error or error)(busy) from None
     return fd

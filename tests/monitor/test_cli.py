@@ -111,3 +111,17 @@ message = "{{user}} -> {{remote}}"
     assert a["message"] == "svc-x -> 10.0.0.1:25" and a["id"] == "svc/1"
     p = sockgate(*args)
     assert "0 alerts raised" in p.stderr and len(out.read_text().splitlines()) == 1
+
+
+def test_check_json(tmp_path):
+    p = sockgate("monitor", "--check", str(ROOT / "examples" / "alerts.toml"), "--json")
+    d = json.loads(p.stdout)
+    assert p.returncode == 0 and d["ok"] is True and d["errors"] == [] and d["rules"] == 6
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[alert]]\nname = "a"\nchannels = ["x"]\nmatch = { remote = "300.1.1.1" }\n')
+    p = sockgate("monitor", "--check", str(bad), "--json")
+    no_traceback(p)
+    d = json.loads(p.stdout)
+    assert p.returncode == 1 and d["ok"] is False and p.stderr == ""
+    assert [(e["file"], e["line"]) for e in d["errors"]] == [(str(bad), 3), (str(bad), 4)]
+    assert "bad address or CIDR" in d["errors"][1]["message"]

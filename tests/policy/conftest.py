@@ -28,12 +28,14 @@ if not (Path(sockgate.__file__).parent / "cli" / "daemon.py").exists():  # pragm
 
 @pytest.fixture
 def policy_cli():
-    """A click group with only the policy commands, and a runner for it."""
+    """A command group with only the policy commands (errors rendered as by the entry point),
+    and a runner for it."""
     from click.testing import CliRunner
 
+    from sockgate.cli import Group
     from sockgate.cli import policy as policy_cli_mod
 
-    g = click.Group("sockgate")
+    g = Group("sockgate")  # renders errors as the entry point does
     policy_cli_mod.register(g)
     runner = CliRunner()
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 import click
 
 from sockgate.cli.options import journal_option, json_option
-from sockgate.errors import JournalError, UsageError, VerifyError
+from sockgate.errors import JournalBusyError, UsageError, VerifyError
 from sockgate.journal import Entry, Filter, parse_size
 from sockgate.journal.export import FORMATS, csv_lines, formatter, summary, to_json
 from sockgate.journal.seal import read_verification_key
@@ -274,10 +274,8 @@ def _writer(journal_dir: str) -> Journal:
 
     try:
         return Journal.open(journal_dir, create=False)
-    except JournalError as e:
-        if "another writer" in str(e):
-            raise JournalError(f"{e} (is `sockgate run` running? stop it, or ask it to rotate)") from None
-        raise
+    except JournalBusyError as e:
+        raise JournalBusyError(f"{e} (is `sockgate run` running? stop it, or ask it to rotate)") from None
 
 
 def register(cli: click.Group) -> None:

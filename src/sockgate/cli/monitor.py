@@ -12,33 +12,26 @@ import time
 
 import click
 
-from sockgate.cli.options import DEFAULT_ALERTS, journal_option
+from sockgate.cli.options import DEFAULT_ALERTS, journal_option, json_flag
 from sockgate.record import MONITOR_STATE_DIR
-from sockgate.errors import RulesErrors, UsageError
+from sockgate.errors import UsageError
 
 
 def register(cli: click.Group) -> None:
     cli.add_command(monitor)
 
 
-def _print_errors(errors: RulesErrors) -> None:
-    for e in errors.errors:
-        click.echo(str(e), err=True)
-
-
-def _check(file: str) -> None:
+def _check(file: str, as_json: bool) -> None:
     from sockgate.monitor import load_rules
 
-    try:
-        rs = load_rules(file)
-    except RulesErrors as e:
-        _print_errors(e)
-        n = len(e.errors)
-        click.echo(f"{file}: {n} error{'s' if n != 1 else ''}", err=True)
-        sys.exit(1)
+    rs = load_rules(file)  # RulesErrors: rendered by the entry point (text or JSON)
     kinds: dict[str, int] = {}
     for r in rs.rules:
         kinds[r.kind] = kinds.get(r.kind, 0) + 1
+    if as_json:
+        click.echo(json.dumps({"ok": True, "errors": [], "rules": len(rs.rules), "kinds": kinds,
+                               "channels": list(rs.channels)}, indent=2))
+        return
     detail = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())) or "none enabled"
     click.echo(f"{file}: ok ({len(rs.rules)} alert rule{'s' if len(rs.rules) != 1 else ''}: {detail}; "
                f"channels: {', '.join(rs.channels) or 'none'})")
@@ -49,11 +42,7 @@ def _test(file: str, journal_dir: str, since: str | None, as_json: bool) -> None
     from sockgate.monitor import load_rules, replay
     from sockgate.record import format_time, parse_time
 
-    try:
-        rs = load_rules(file)
-    except RulesErrors as e:
-        _print_errors(e)
-        sys.exit(1)
+    rs = load_rules(file)
     since_ns = None
     if since is not None:
         try:
@@ -96,7 +85,8 @@ def _test(file: str, journal_dir: str, since: str | None, as_json: bool) -> None
 @click.option("--once", is_flag=True, help="Process what is new, deliver what can be delivered, exit.")
 @click.option("--poll", "poll_interval", default=0.5, show_default=True, type=click.FloatRange(0.01, 3600),
               help="Seconds between journal polls.")
-@click.option("--json", "as_json", is_flag=True, help="With --test: one JSON alert per line.")
+@json_flag("With --check: the result as a JSON object {ok, errors: [{file, line, message}]}; "
+           "with --test: one JSON alert per line.")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 def monitor(rules_file: str, journal_dir: str, state_dir: str, check_file: str | None, test_file: str | None,
             since: str | None, once: bool, poll_interval: float, as_json: bool, verbose: int) -> None:
@@ -111,10 +101,10 @@ def monitor(rules_file: str, journal_dir: str, state_dir: str, check_file: str |
         raise UsageError("--check and --test are exclusive")
     if since is not None and not test_file:
         raise UsageError("--since applies to --test only")
-    if as_json and not test_file:
-        raise UsageError("--json applies to --test only")
+    if as_json and not (test_file or check_file):
+        raise UsageError("--json applies to --check and --test only")
     if check_file:
-        _check(check_file)
+        _check(check_file, as_json)
         return
     if test_file:
         _test(test_file, journal_dir, since, as_json)
@@ -124,11 +114,7 @@ def monitor(rules_file: str, journal_dir: str, state_dir: str, check_file: str |
 
     logging.basicConfig(level=logging.DEBUG if verbose > 1 else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
-    try:
-        m = Monitor.open(rules_file, journal_dir, state_dir)
-    except RulesErrors as e:
-        _print_errors(e)
-        sys.exit(1)
+    m = Monitor.open(rules_file, journal_dir, state_dir)
     with m:
         if once:
             n = m.step()

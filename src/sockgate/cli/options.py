@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import click
 
 from sockgate.record import ALERTS_FILE as DEFAULT_ALERTS
@@ -18,4 +20,17 @@ journal_option = click.option(
     help="Journal directory (chain of receivers).",
 )
 
-json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")
+JSON_META = "sockgate.json"
+
+
+def _remember_json(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    # The entry point renders errors as JSON when the command was asked for JSON.
+    ctx.find_root().meta[JSON_META] = value
+    return value
+
+
+def json_flag(help: str = "Machine-readable JSON output.") -> Callable:
+    return click.option("--json", "as_json", is_flag=True, callback=_remember_json, help=help)
+
+
+json_option = json_flag()

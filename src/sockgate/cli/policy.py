@@ -13,7 +13,7 @@ import sys
 import click
 
 from sockgate.cli.options import json_option
-from sockgate.errors import PolicyError, PolicyErrors
+from sockgate.errors import PolicyErrors
 from sockgate.policy.model import Exit, Outcome, Policy
 from sockgate.policy.parse import load_policy, parse_policy
 from sockgate.record import endpoint, unmap
@@ -51,15 +51,6 @@ def _digest_of(file: str) -> str | None:
         return None
 
 
-def _error_dicts(errors: PolicyErrors) -> list[dict]:
-    return [{"file": e.file, "line": e.line, "message": e.message} for e in errors.errors]
-
-
-def _print_errors(errors: PolicyErrors) -> None:
-    for e in errors.errors:
-        click.echo(str(e), err=True)
-
-
 def _arrow(right: bool = True) -> str:
     enc = (getattr(sys.stdout, "encoding", None) or "ascii").lower()
     try:
@@ -90,15 +81,9 @@ def check(file: str, as_json: bool) -> None:
     """
     try:
         policy = _load(file)
-    except PolicyErrors as errs:
-        if as_json:
-            click.echo(json.dumps({"ok": False, "errors": _error_dicts(errs), "rules": 0,
-                                   "digest": _digest_of(file)}, indent=2))
-        else:
-            _print_errors(errs)
-            n = len(errs.errors)
-            click.echo(f"{file}: {n} error{'s' if n != 1 else ''}", err=True)
-        sys.exit(1)
+    except PolicyErrors as errs:  # rendered by the entry point (text or JSON)
+        errs.details.update(rules=0, digest=_digest_of(file))
+        raise
     counts = rules_per_exit(policy)
     if as_json:
         click.echo(json.dumps({
@@ -269,22 +254,12 @@ def explain(file: str, exit_name: str, user: str | None, groups: tuple[str, ...]
       sockgate policy explain policy.toml listen --user nobody --local :80
       sockgate policy explain policy.toml accept --local 0.0.0.0:22 --remote [2001:db8::1]:50000
     """
-    try:
-        policy = _load(file)
-    except PolicyErrors as errs:
-        if as_json:
-            click.echo(json.dumps({"ok": False, "errors": _error_dicts(errs)}, indent=2))
-        else:
-            _print_errors(errs)
-        sys.exit(1)
+    policy = _load(file)
     from sockgate.policy.evaluate import explain as evaluate_explain
 
     query, info = build_query(exit_name, user, groups, program, local, remote)
-    try:
-        decision = evaluate_explain(policy, query)
-    except PolicyError as e:  # the compiler found something the parser could not (a program vanished)
-        click.echo(str(e), err=True)
-        sys.exit(1)
+    # a PolicyError here: the compiler found something the parser could not (a program vanished)
+    decision = evaluate_explain(policy, query)
     if as_json:
         click.echo(json.dumps({
             "exit": query.exit.label,

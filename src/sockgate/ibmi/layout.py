@@ -5,7 +5,7 @@ Offsets are 1-based byte positions, exactly as IBM's layout tables and `DSPFFD` 
 with `DSPFFD FILE(QSYS/QASYSKJ5)` (or QADSPJR5 / QASYSKJ4) and fix a number here; nothing else
 in the package hard-codes an offset.
 
-Each field carries its evidence tag from docs `reference/ibmi-sk.md`:
+Each field carries an evidence tag (how sure we are of its place):
   V  verified in an IBM source      V2 verified in a secondary source
   D  derived arithmetically          I  inferred - check with DSPFFD before trusting
 
@@ -44,7 +44,7 @@ class Field:
 
 F = Field
 
-# --- QJORDJE5: heading of a DSPJRN OUTFILFMT(*TYPE5) record (QSYS/QADSPJR5), ibmi-sk.md 1.5 ---
+# --- QJORDJE5: heading of a DSPJRN OUTFILFMT(*TYPE5) record (QSYS/QADSPJR5) ---
 # Offsets up to JOLIB are [V]; the order of later fields is [V2] (iSphere), their offsets [I].
 HEADING5: tuple[Field, ...] = (
     F("JOENTL", 1, 5, "zoned", "V", "Length of entry"),
@@ -128,7 +128,7 @@ HEADING4: tuple[Field, ...] = (
     F("JORES", 221, 3, "char", "I", "Reserved"),
 )
 
-# --- SK entry-specific data, QASYSKJ4 / QASYSKJ5, ibmi-sk.md 1.3 ---
+# --- SK entry-specific data, QASYSKJ4 / QASYSKJ5 ---
 # (key, J4 offset or None, J5 offset, length, kind, tag, IBM description)
 SK_FIELDS: tuple[tuple[str, int | None, int, int, str, str, str], ...] = (
     ("entry_type", 224, 610, 1, "char", "V", "Entry type"),

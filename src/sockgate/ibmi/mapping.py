@@ -20,7 +20,7 @@ import time
 from datetime import datetime, timedelta, timezone, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sockgate.errors import UsageError
+from sockgate.errors import FieldError, UsageError
 from sockgate.record import Code, Entry, EntryType, Outcome, Source
 
 
@@ -38,14 +38,6 @@ FILTER_TYPES = frozenset("FR")
 DHCP_TYPES = frozenset("DU")
 
 FAMILIES = {"*IPV4": "ipv4", "*IPV6": "ipv6", "IPV4": "ipv4", "IPV6": "ipv6", "": None}
-
-
-class FieldError(ValueError):
-    """One bad field; the reader adds record number and byte offset."""
-
-    def __init__(self, field: str, reason: str):
-        self.field = field
-        super().__init__(f"{field}: {reason}")
 
 
 # ---------------------------------------------------------------- time

@@ -1,7 +1,7 @@
 """Synthetic IBM i SK entries, written in every input format from the layouts in layout.py.
 
 Used by the tests (round trips, fuzzing) and by bench/ibmi_import.py. Real SK samples are
-not public (ibmi-sk.md 4.1), so these follow the documented layouts; where a layout is [I]
+not public, so these follow the documented layouts; where a layout is [I]
 the generator and the parser share the same table, which is the point: fix layout.py and both
 follow.
 """

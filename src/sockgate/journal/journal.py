@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from sockgate.errors import JournalError
+from sockgate.errors import JournalBusyError, JournalError
 from sockgate.locking import lock_exclusive
 from sockgate.journal import _append, seal as sealing
 from sockgate.record import Code, Entry, EntryType, Outcome, Source, key_addr
@@ -141,7 +141,7 @@ class Journal:
         return j
 
     def _open_writer(self) -> None:
-        self._lock_fd = lock_exclusive(self.directory / LOCK_FILE, error=JournalError,
+        self._lock_fd = lock_exclusive(self.directory / LOCK_FILE, error=JournalError, busy_error=JournalBusyError,
                                        busy=f"{self.directory}: journal is open by another writer")
         self._key = sealing.read_seal_key(self.directory / KEY_FILE)
         if self._key.journal_id != self.id:

@@ -21,7 +21,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any, Iterable
 
-from sockgate.errors import SockgateError
+from sockgate.errors import StateError
 from sockgate.locking import lock_exclusive
 from sockgate.monitor.engine import Alert, Engine, OpenAlert
 
@@ -39,10 +39,6 @@ CREATE TABLE IF NOT EXISTS dead (
     id INTEGER PRIMARY KEY AUTOINCREMENT, channel TEXT NOT NULL, alert_id TEXT NOT NULL,
     payload TEXT NOT NULL, attempts INTEGER NOT NULL, error TEXT, created INTEGER NOT NULL, died INTEGER NOT NULL);
 """
-
-
-class StateError(SockgateError):
-    pass
 
 
 def _k(t: tuple) -> str:
