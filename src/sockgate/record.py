@@ -289,21 +289,13 @@ def quote(value: Any) -> str:
     return kind_of(value)
 
 
+_KINDS = ((bool, "a boolean"), (str, "a string"), (int, "an integer"), (float, "a float"),
+          (list, "an array"), (dict, "a table"))
+
+
 def kind_of(value: Any) -> str:
     """What a (TOML) value is, for a message: "a string", "an array", ..."""
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a float"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "a table"
-    return "a date/time"
+    return next((name for t, name in _KINDS if isinstance(value, t)), "a date/time")
 
 
 # ----------------------------------------------------------------------------- time

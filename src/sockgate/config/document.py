@@ -1,11 +1,9 @@
 """One TOML file read for checking: bytes -> text -> document, with every problem
 collected as FILE:LINE: message (a check lists them all, not just the first).
 
-    doc, ctx = load(data, file, PolicyError, PolicyErrors)
-    if doc is None:
-        ctx.raise_if_any()
-    ... ctx.err(("rule", 3, "user"), "...") ...
-    ctx.raise_if_any()
+    policy = parse(data, file, PolicyError, PolicyErrors, build, "policy")
+    # where build(doc, ctx) says ctx.err(("rule", 3, "user"), "...") for each problem
+    # and ctx.raise_if_any() when it cannot go on
 
 Nothing but the collector's own errors comes out, whatever the bytes.
 """
@@ -16,7 +14,7 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 from sockgate.config.locate import Locator
 from sockgate.errors import LocatedError, LocatedErrors
@@ -25,6 +23,7 @@ _TOML_POS = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")
 _TOML_END = re.compile(r"\s*\(at end of document\)\s*$")
 _LONG_DIGITS = re.compile(r"[0-9_]{4000,}", re.ASCII)
 
+T = TypeVar("T")
 Where = int | tuple | None   # a line, a key path for the locator, or nowhere (line 1)
 
 
@@ -69,6 +68,25 @@ def load(data: str | bytes, file: str, error: type[LocatedError],
         return None, ctx
     ctx.loc = Locator(text)
     return _toml(text, ctx), ctx
+
+
+def parse(data: str | bytes, file: str, error: type[LocatedError], errors: type[LocatedErrors],
+          build: Callable[[dict[str, Any], Collector], T], what: str) -> T:
+    """build(document, collector) over a loaded file: every problem, even a bug in build,
+    comes out as one `errors` listing them, never as another exception."""
+    doc, ctx = load(data, file, error, errors)
+    if doc is None:
+        ctx.raise_if_any()
+    try:
+        result = build(doc, ctx)
+    except errors:
+        raise
+    except RecursionError:
+        ctx.err(1, f"{what} nested too deeply")
+    except Exception as e:  # noqa: BLE001 - a bug here must still come out as a located error
+        ctx.err(1, f"internal error while checking the {what}: {type(e).__name__}: {e}")
+    ctx.raise_if_any()
+    return result
 
 
 def _decode(data: str | bytes, ctx: Collector) -> str | None:

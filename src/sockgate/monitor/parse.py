@@ -213,17 +213,7 @@ def _parse_alert(ctx: _Ctx, i: int, spec: Any, lists: config.Lists, mon: dict, c
 def parse_rules(text: str | bytes, path: str = "<rules>") -> RuleSet:
     """Parse and validate rules text. Raises RulesErrors listing every problem, never
     anything else."""
-    doc, ctx = config.load(text, path, RulesError, RulesErrors)
-    if doc is None:
-        ctx.raise_if_any()
-    try:
-        rs = _build(doc, ctx, path)
-    except RecursionError:
-        ctx.err(1, "rules nested too deeply")
-    except Exception as e:  # noqa: BLE001 - a bug here must still come out as a located error
-        ctx.err(1, f"internal error while checking the rules: {type(e).__name__}: {e}")
-    ctx.raise_if_any()
-    return rs
+    return config.parse(text, path, RulesError, RulesErrors, lambda doc, ctx: _build(doc, ctx, path), "rules")
 
 
 def _build(doc: dict, ctx: _Ctx, path: str) -> RuleSet:

@@ -185,19 +185,8 @@ def parse_policy(text: str | bytes, file: str = "<policy>") -> Policy:
     """Parse and validate a policy file's contents. Raises PolicyErrors listing every problem."""
     raw = text if isinstance(text, bytes) else text.encode("utf-8", "surrogatepass")
     digest = hashlib.sha256(raw).hexdigest()
-    doc, ctx = config.load(text, file, PolicyError, PolicyErrors)
-    if doc is None:
-        ctx.raise_if_any()
-    try:
-        policy = _build(doc, ctx, file, digest)
-    except PolicyErrors:
-        raise
-    except RecursionError:
-        ctx.err(1, "policy nested too deeply")
-    except Exception as e:  # noqa: BLE001 - a bug here must still come out as a located error
-        ctx.err(1, f"internal error while checking the policy: {type(e).__name__}: {e}")
-    ctx.raise_if_any()
-    return policy
+    return config.parse(text, file, PolicyError, PolicyErrors, lambda doc, ctx: _build(doc, ctx, file, digest),
+                        "policy")
 
 
 def _build(doc: dict, ctx: _Ctx, file: str, digest: str) -> Policy:
