@@ -13,7 +13,8 @@ the supplementary group OTHER_GID) and OTHER_UID. Policies: 1-5 rules over the t
 with protocol, user, group, address and port fields (plain and negated), allow/reject,
 enforce/audit, random connect/accept defaults and errno. Listen rules always name a port
 (never negated) and the listen default stays allow: an ephemeral port a connect/sendto
-autobinds is then never judged by them, whatever a backend does with autobinds.
+autobinds is then never judged by them, whatever a backend does with autobinds. The
+backends' documented differences (README, "Where they differ") are expected as such.
 """
 
 from __future__ import annotations
@@ -123,8 +124,10 @@ def script_for(call: dict, tag: str) -> list[dict]:
     return out
 
 
-def expected(policy, compiled, call) -> str:
+def expected(policy, compiled, call, backend) -> str:
     _, uid, gid, groups = call["who"]
+    if backend == "cgroup" and call["kind"] == "connect" and call["proto"] == "udplite":
+        return "ok"   # documented limit (README, "Where they differ"): no connect hook for UDP-Lite
     is_connect = call["kind"] in ("connect", "sendto")
     q = Query(exit=Exit.CONNECT if is_connect else Exit.LISTEN, uid=uid, gids=(gid, *groups),
               remote=(call["addr"], call["port"]) if is_connect else None,
@@ -168,7 +171,7 @@ def test_random_calls_by_random_users_match_the_reference_evaluator(scope, gate)
         for i, c in enumerate(cs):
             tag = f"{r}.{i}"
             assert res[f"{tag} socket"]["ok"], (tag, c, res[f"{tag} socket"])
-            want, got = expected(policies[r], compiled, c), observed(res, tag, c)
+            want, got = expected(policies[r], compiled, c, gate.state.backend), observed(res, tag, c)
             kinds.add((c["kind"], c["proto"], want == "ok" or want == "ECONNREFUSED"))
             if want != got:
                 mismatches.append((r, tag, c, want, got))
