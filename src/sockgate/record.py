@@ -194,7 +194,7 @@ class Entry:
 # ----------------------------------------------------------------------------- addresses
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-_MAPPED = b"\x00" * 10 + b"\xff\xff"
+MAPPED_PREFIX = b"\x00" * 10 + b"\xff\xff"   # ::ffff:0:0/96, how IPv4 sits in a 16-byte address
 
 
 def unmap(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
@@ -221,16 +221,20 @@ def addr_key(addr: str | None) -> bytes | None:
     try:
         if ":" in addr:
             return socket.inet_pton(socket.AF_INET6, addr.split("%", 1)[0])
-        return _MAPPED + socket.inet_pton(socket.AF_INET, addr)
+        return MAPPED_PREFIX + socket.inet_pton(socket.AF_INET, addr)
     except (OSError, ValueError):
         return None
 
 
 def key_addr(key: bytes | None) -> str | None:
-    """The text form of an addr_key."""
+    """The text form of an addr_key (any 16-byte address, e.g. the kernel's), IPv4 for
+    ::ffff:a.b.c.d."""
     if key is None:
         return None
-    return str(unmap(ipaddress.IPv6Address(bytes(key))))
+    key = bytes(key)
+    if key[:12] == MAPPED_PREFIX:
+        return socket.inet_ntop(socket.AF_INET, key[12:])
+    return socket.inet_ntop(socket.AF_INET6, key)
 
 
 def net_range(net: Network) -> tuple[bytes, bytes]:
