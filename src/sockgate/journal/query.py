@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from sockgate.errors import UsageError
-from sockgate.record import Entry, EntryType, Network, Outcome, Source, addr_key, net_range, parse_range, parse_time
+from sockgate.record import (
+    Entry, EntryType, Network, Outcome, Source, addr_key, net_range, parse_range, parse_time, value_of,
+)
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.I)
 
@@ -174,9 +176,7 @@ class Filter:
     # -- in Python ------------------------------------------------------------------------
 
     def matches(self, e: Entry) -> bool:
-        def val(x: Any) -> Any:
-            return x.value if hasattr(x, "value") else x
-
+        val = value_of
         if self.types and val(e.type) not in self.types:
             return False
         if self.outcomes and val(e.outcome) not in self.outcomes:
