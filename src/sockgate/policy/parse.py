@@ -66,39 +66,35 @@ _DIGITS = re.compile(r"[0-9]+", re.ASCII)
 
 # --------------------------------------------------------------------------- value parsers
 # Each takes one (already un-negated, list-expanded) value and returns the typed value,
-# or raises _Bad(message) describing the problem (without the field name).
-
-
-class _Bad(ValueError):
-    pass
+# or raises ValueError(message) describing the problem (without the field name).
 
 
 def _check_str(value: Any, what: str) -> str:
     if not isinstance(value, str):
-        raise _Bad(f"expected {what}, got {_kind(value)} {_q(value)}".rstrip())
+        raise ValueError(f"expected {what}, got {_kind(value)} {_q(value)}".rstrip())
     return value
 
 
 def _id_value(value: Any, kind: str) -> int:
     """user / group: a name resolved on this host, or a number."""
     if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise _Bad(f"expected a {kind} name or number, got {_kind(value)}")
+        raise ValueError(f"expected a {kind} name or number, got {_kind(value)}")
     if isinstance(value, str):
         s = value.strip()
         if _DIGITS.fullmatch(s):
             value = int(s) if len(s) < 20 else MAX_ID + 1
         else:
             if not s:
-                raise _Bad(f"empty {kind} name")
+                raise ValueError(f"empty {kind} name")
             try:
                 if kind == "user":
                     return pwd.getpwnam(s).pw_uid
                 return grp.getgrnam(s).gr_gid
             except (KeyError, ValueError, OverflowError):
                 names = _host_names(kind)
-                raise _Bad(f"no such {kind} {_q(s)} on this host{_suggest(s, names)}") from None
+                raise ValueError(f"no such {kind} {_q(s)} on this host{_suggest(s, names)}") from None
     if value < 0 or value > MAX_ID:
-        raise _Bad(f"{kind} id {_q(value)} out of range (0-{MAX_ID})")
+        raise ValueError(f"{kind} id {_q(value)} out of range (0-{MAX_ID})")
     return value
 
 
@@ -120,26 +116,26 @@ def _host_names(kind: str) -> list[str]:
 def _program_value(value: Any) -> str:
     s = _check_str(value, "an absolute executable path")
     if not s.startswith("/"):
-        raise _Bad(f"{_q(s)} is not an absolute path")
+        raise ValueError(f"{_q(s)} is not an absolute path")
     try:
         st = os.stat(s)
     except FileNotFoundError:
-        raise _Bad(f"{s} does not exist") from None
+        raise ValueError(f"{s} does not exist") from None
     except (OSError, ValueError) as e:
         reason = getattr(e, "strerror", None) or str(e)
-        raise _Bad(f"{_q(s)}: cannot stat: {reason}") from None
+        raise ValueError(f"{_q(s)}: cannot stat: {reason}") from None
     if not stat.S_ISREG(st.st_mode):
-        raise _Bad(f"{s} is not a regular file")
+        raise ValueError(f"{s} is not a regular file")
     return s
 
 
 def _network_value(value: Any) -> Network:
     if isinstance(value, int) and not isinstance(value, bool):
-        raise _Bad(f"expected an address or network as a string, got the integer {_q(value)}"
+        raise ValueError(f"expected an address or network as a string, got the integer {_q(value)}"
                    " (ports go in local_port / remote_port)")
     s = _check_str(value, "an IP address or network (CIDR)").strip()
     if "%" in s:
-        raise _Bad(f"{_q(s)}: scoped addresses (%zone) are not supported")
+        raise ValueError(f"{_q(s)}: scoped addresses (%zone) are not supported")
     try:
         net = ipaddress.ip_network(s, strict=True)
     except ValueError as e:
@@ -147,22 +143,22 @@ def _network_value(value: Any) -> Network:
             loose = ipaddress.ip_network(s, strict=False)
             host = s.split("/")[0]
             full = 32 if loose.version == 4 else 128
-            raise _Bad(
+            raise ValueError(
                 f"{_q(s)} has host bits set; write the network {_q(str(loose))} "
                 f"or the single host {_q(f'{host}/{full}')}"
             ) from None
         if RANGE.fullmatch(s):
-            raise _Bad(f"{_q(s)} is not an IP address or network (a port? those go in *_port fields)")
-        raise _Bad(f"{_q(s)} is not an IP address or network") from None
+            raise ValueError(f"{_q(s)} is not an IP address or network (a port? those go in *_port fields)")
+        raise ValueError(f"{_q(s)} is not an IP address or network") from None
     return unmap_network(net)
 
 
 def _protocol_value(value: Any) -> frozenset[Protocol]:
     if not isinstance(value, str):
-        raise _Bad(f"expected one of {', '.join(PROTOCOL_NAMES)}, got {_kind(value)}")
+        raise ValueError(f"expected one of {', '.join(PROTOCOL_NAMES)}, got {_kind(value)}")
     name = value.strip().lower()
     if name not in PROTOCOL_NAMES:
-        raise _Bad(f"{_q(value)} is not one of {', '.join(PROTOCOL_NAMES)}{_suggest(name, PROTOCOL_NAMES)}")
+        raise ValueError(f"{_q(value)} is not one of {', '.join(PROTOCOL_NAMES)}{_suggest(name, PROTOCOL_NAMES)}")
     return PROTOCOL_NAMES[name]
 
 
