@@ -290,7 +290,8 @@ def test_udp_sends_with_an_address_on_a_connected_socket(scope, gate):
 
 def test_udplite_connect_and_sends(scope, gate):
     """connect exit: UDP-Lite (IPPROTO_UDPLITE) connect(), sendto(), sendmsg() and sendmmsg()
-    over IPv4 and IPv6 are judged like UDP (a `protocol = "udp"` rule covers them)."""
+    over IPv4 and IPv6 are judged like UDP (a `protocol = "udp"` rule covers them). cgroup
+    backend: connect() itself has no hook, so the connected socket's sends are judged."""
     install_text(gate, rule("no-udp-5635", "connect", protocol="udp", user=TEST_UID, remote_port=5635))
     calls = []
     for port in (5635, 5636):
@@ -304,14 +305,21 @@ def test_udplite_connect_and_sends(scope, gate):
                 calls += probe(f"{how} {addr} {port}", "udplite", addr, port, do=how, data=how, n=1)
             want.update({f"{h} {addr} {port}": "EPERM" if port == 5635 else "ok"
                          for h in ("connect", "sendto", "sendmsg", "sendmmsg")})
-            if gate.state.backend == "cgroup":  # documented limit (README, "Where they differ"):
-                want[f"connect {addr} {port}"] = "ok"  # the kernel runs no connect hook for UDP-Lite
+            if gate.state.backend == "cgroup":
+                # the kernel runs no connect hook for UDP-Lite: connect() succeeds, and each send
+                # on the connected socket is judged instead (cgroup_skb egress) and refused
+                want[f"connect {addr} {port}"] = "ok"
+                n = f"c {addr} {port}"
+                calls += [sock(n, "udplite", fam(addr)), call("connect", n, addr=addr, port=port),
+                          call("send", n, data="send", id=f"send {addr} {port}"), call("close", n)]
+                want[f"send {addr} {port}"] = "EPERM" if port == 5635 else "ok"
     calls.append(ROOT)
     calls += [call("drain", f"r{v} {port}", id=f"r{v} {port}") for v in (4, 6) for port in (5635, 5636)]
     res = run(scope, calls)
     assert {k: outcome(res[k]) for k in want} == want
     assert (datagrams(res, "r4 5635"), datagrams(res, "r6 5635")) == ([], [])
-    assert datagrams(res, "r4 5636") == datagrams(res, "r6 5636") == ["sendmmsg0", "sendmsg", "sendto"]
+    sent = ["sendmmsg0", "sendmsg", "sendto"] + (["send"] if gate.state.backend == "cgroup" else [])
+    assert sorted(datagrams(res, "r4 5636")) == sorted(datagrams(res, "r6 5636")) == sorted(sent)
 
 
 def test_io_uring_connect_and_sendmsg(scope, gate):
@@ -395,9 +403,7 @@ def test_sctp_connect_and_implicit_association(scope, gate):
             calls += probe(f"connectx {addr} {port}", "sctp", addr, port, do="sctp_connectx")
             calls += probe(f"seq sendto {addr} {port}", "sctp-seq", addr, port, do="sendto", data="assoc")
             want.update({f"{h} {addr} {port}": "EPERM" if refused else "ok"
-                         for h in ("connect", "seq sendto")})
-            # KNOWN GAP (issue 11 note): SCTP_SOCKOPT_CONNECTX reaches neither connect hook;
-            # it needs lsm/sctp_bind_connect. Its outcome is not asserted until that exists.
+                         for h in ("connect", "connectx", "seq sendto")})
     calls.append(ROOT)
     calls += [call("accept", "l5801", id="accept 5801", timeout=0.3)]
     res = run(scope, calls)

@@ -46,12 +46,14 @@ _COMMON = {
 }
 # backend -> {program name: attach kind}
 BACKENDS = {
-    # cgroup hooks: connect and sends with an address; TCP listen rules at bind()
+    # cgroup hooks: connect and sends with an address (and connected UDP-Lite sends, which
+    # have no connect hook); TCP listen rules at bind()
     "cgroup": {"sg_connect4": "cgroup", "sg_connect6": "cgroup", "sg_sendmsg4": "cgroup",
-               "sg_sendmsg6": "cgroup", **_COMMON},
+               "sg_sendmsg6": "cgroup", "sg_egress": "cgroup", **_COMMON},
     # BPF LSM: connect(), sends with an address and listen() themselves (any errno, unbound
     # listen() too)
-    "lsm": {"sg_lsm_connect": "lsm", "sg_lsm_sendmsg": "lsm", "sg_lsm_listen": "lsm", **_COMMON},
+    "lsm": {"sg_lsm_connect": "lsm", "sg_lsm_sendmsg": "lsm", "sg_lsm_sctp_connectx": "lsm",
+            "sg_lsm_listen": "lsm", **_COMMON},
 }
 # backend -> sg_config flags
 BACKEND_FLAGS = {"cgroup": L.CFG_LISTEN_AT_BIND, "lsm": 0}

@@ -1167,10 +1167,12 @@ struct sg_udp_hdr {
 	__u16 check;
 };
 
-/* Source and destination of a datagram from its headers (the data starts at the IP
- * header here). IPv6 extension headers are followed a few deep; 0: not parseable. */
-static __always_inline int datagram_peer(struct __sk_buff *skb, struct sg_site *at)
+/* The peer and local end of a datagram from its headers (the data starts at the IP header
+ * here): the source is the peer of an inbound datagram, the destination of an outbound one.
+ * IPv6 extension headers are followed a few deep; 0: not parseable. */
+static __always_inline int datagram_peer(struct __sk_buff *skb, struct sg_site *at, bool inbound)
 {
+	__u8 *peer = inbound ? at->raddr : at->laddr, *self = inbound ? at->laddr : at->raddr;
 	__u8 first;
 	if (bpf_skb_load_bytes(skb, 0, &first, 1))
 		return 0;
@@ -1180,16 +1182,16 @@ static __always_inline int datagram_peer(struct __sk_buff *skb, struct sg_site *
 		struct iphdr ip;
 		if (bpf_skb_load_bytes(skb, 0, &ip, sizeof(ip)))
 			return 0;
-		v4_mapped(at->raddr, ip.saddr);
-		v4_mapped(at->laddr, ip.daddr);
+		v4_mapped(peer, ip.saddr);
+		v4_mapped(self, ip.daddr);
 		off = (ip.ihl & 0xf) * 4;
 		next = ip.protocol;
 	} else if ((first >> 4) == 6) {
 		struct ipv6hdr ip6;
 		if (bpf_skb_load_bytes(skb, 0, &ip6, sizeof(ip6)))
 			return 0;
-		__builtin_memcpy(at->raddr, &ip6.saddr, 16);
-		__builtin_memcpy(at->laddr, &ip6.daddr, 16);
+		__builtin_memcpy(peer, &ip6.saddr, 16);
+		__builtin_memcpy(self, &ip6.daddr, 16);
 		off = sizeof(ip6);
 		next = ip6.nexthdr;
 #pragma unroll
@@ -1210,8 +1212,8 @@ static __always_inline int datagram_peer(struct __sk_buff *skb, struct sg_site *
 	struct sg_udp_hdr uh;
 	if (bpf_skb_load_bytes(skb, off & 0xffff, &uh, sizeof(uh)))
 		return 0;
-	at->rport = bpf_ntohs(uh.source);
-	at->lport = bpf_ntohs(uh.dest);
+	at->rport = bpf_ntohs(inbound ? uh.source : uh.dest);
+	at->lport = bpf_ntohs(inbound ? uh.dest : uh.source);
 	return 1;
 }
 
@@ -1236,7 +1238,7 @@ int sg_ingress(struct __sk_buff *skb)
 	at->family = sk->family;
 	at->ipproto = sk->protocol;
 	at->cookie = bpf_get_socket_cookie(skb);
-	if (!datagram_peer(skb, at)) {
+	if (!datagram_peer(skb, at, true)) {
 		at->flags = SG_EV_UNPARSED;
 		__builtin_memset(at->laddr, 0, 16);
 		__builtin_memset(at->raddr, 0, 16);
@@ -1289,6 +1291,41 @@ int sg_ingress(struct __sk_buff *skb)
 		return 0;
 	}
 	return 1;
+}
+
+/* cgroup_skb/egress, cgroup backend: the kernel runs no connect hook for UDP-Lite (it has
+ * no pre_connect), so a connected UDP-Lite socket's sends without an address reach no
+ * other hook. Its datagrams are judged here instead, per flow like every UDP send (the
+ * sender is the current task: UDP transmits in the sendmsg call); a refused one fails the
+ * send with EPERM. Every other packet returns at once. */
+SEC("cgroup_skb/egress")
+int sg_egress(struct __sk_buff *skb)
+{
+	struct bpf_sock *sk = skb->sk;
+	if (!sk)
+		return 1;
+	sk = bpf_sk_fullsock(sk);
+	if (!sk || sk->protocol != IPPROTO_UDPLITE || !sk->dst_port)
+		return 1;
+	struct sg_scratch *sc = scratch();
+	if (!sc)
+		return 0;
+	struct sg_site *at = &sc->site;
+	__builtin_memset(at, 0, sizeof(*at));
+	at->family = sk->family;
+	at->ipproto = IPPROTO_UDPLITE;
+	at->cookie = bpf_get_socket_cookie(skb);
+	__s32 err;
+	int verdict;
+	if (datagram_peer(skb, at, false)) {
+		verdict = judge_udp_out(sc, at, &err);
+	} else {
+		__u32 gen;
+		__s32 rule;
+		at->flags = SG_EV_UNPARSED;
+		verdict = judge(SG_EXIT_CONNECT, sc, true, NULL, at, &err, &gen, &rule);
+	}
+	return verdict == SG_REJECTED ? 0 : 1;
 }
 
 /* ---- LSM backend: connect(), sends with an address and listen() themselves ---------- */
@@ -1420,6 +1457,25 @@ int BPF_PROG(sg_lsm_sendmsg, struct socket *sock, struct msghdr *msg, int size, 
 	if ((cls == SG_PROTO_TCP || cls == SG_PROTO_MPTCP) && !(BPF_CORE_READ(msg, msg_flags) & MSG_FASTOPEN))
 		return 0;
 	return lsm_judge_connect(sk, skfam, protocol, name, BPF_CORE_READ(msg, msg_namelen));
+}
+
+/* SCTP's connectx (a setsockopt: no connect hook sees it) hands the kernel a packed list of
+ * peer addresses. One address is judged like a connect(); several are refused (judging each
+ * would multiply the program; the refusal is journaled as an unparsed address). An
+ * implicit association by sendmsg is judged at socket_sendmsg, bindx's listen at listen(). */
+#define SCTP_SOCKOPT_CONNECTX 110
+SEC("lsm/sctp_bind_connect")
+int BPF_PROG(sg_lsm_sctp_connectx, struct sock *sk, int optname, struct sockaddr *address, int addrlen, int ret)
+{
+	if (ret)
+		return ret;
+	if (optname != SCTP_SOCKOPT_CONNECTX || bpf_current_task_under_cgroup(&sg_scope, 0) != 1)
+		return 0;
+	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family), fam = 0;
+	bpf_probe_read_kernel(&fam, sizeof(fam), &address->sa_family);
+	int one = fam == AF_INET ? (int)sizeof(struct sockaddr_in) : fam == AF_INET6 ? 28 : 0;
+	/* more than one address (or none we know): judged as unparseable, hence refused */
+	return lsm_judge_connect(sk, family, IPPROTO_SCTP, address, addrlen == one ? addrlen : 0);
 }
 
 /* listen() itself: also a listen() on a socket that was never bound. Its port is chosen
