@@ -121,6 +121,55 @@ def sg_policy_typical(n: int, tail: int = 10) -> str:
     return "\n".join(out)
 
 
+def sg_policy_mix(n: int, seed: int = 20261201) -> str:
+    """n seeded random rules of every shape, not the ones that suit the design: all three
+    exits, ~60% user-scoped (2,000 distinct uids, some negated), ~15% group-scoped (300 gids), remotes v4
+    /24 and v6 /48 (some lists, some negated), local /24s for listen/accept, port ranges
+    and single ports, a protocol on ~20%, allow and reject mixed. Ports never cover the
+    bench port and remotes stay in 10/8 and fd00::/8, so the traffic decides by default
+    after scanning whatever the summaries leave (the bench's own load must not be refused)."""
+    import random
+
+    rnd = random.Random(seed)
+    UIDS = rnd.sample(range(1000, 61000), 2000)  # a large site's distinct users and groups
+    GIDS = rnd.sample(range(1000, 61000), 300)
+
+    def port():
+        lo = rnd.choice([rnd.randint(1024, PORT - 200), rnd.randint(PORT + 1, 60000)])
+        return str(lo) if rnd.random() < 0.5 else f"{lo}-{min(lo + rnd.randint(1, 150), 65535 if lo > PORT else PORT - 1)}"
+
+    def remote():
+        if rnd.random() < 0.6:
+            return f"10.{rnd.randrange(256)}.{rnd.randrange(256)}.0/24"
+        return f"fd00:{rnd.randrange(65536):x}:{rnd.randrange(65536):x}::/48"
+
+    def values(make, k):
+        neg = "!" if rnd.random() < 0.1 else ""
+        return "[" + ", ".join(f'"{neg}{make()}"' for _ in range(k)) + "]"
+
+    out = ['mode = "enforce"', 'audit_levels = ["*NETFAIL"]', ""]
+    for i in range(n):
+        exits = rnd.sample(["connect", "listen", "accept"], rnd.randint(1, 2))
+        f = [f'[[rule]]\nname = "mix-{i}"', f"exit = {json.dumps(exits)}"]
+        if rnd.random() < 0.6:
+            f.append(f"user = {values(lambda: rnd.choice(UIDS), rnd.randint(1, 3))}")
+        if rnd.random() < 0.15:
+            f.append(f"group = {values(lambda: rnd.choice(GIDS), 1)}")
+        if rnd.random() < 0.2:
+            f.append(f'protocol = ["{rnd.choice(["tcp", "udp", "sctp"])}"]')
+        if "listen" not in exits:
+            f.append(f"remote = {values(remote, rnd.randint(1, 3))}".replace('"!', '"'))  # stays out of 127/8
+            if rnd.random() < 0.5:
+                f.append(f"remote_port = {values(port, rnd.randint(1, 2))}".replace('"!', '"'))
+        if "connect" not in exits:
+            if rnd.random() < 0.4:
+                f.append(f'local = ["10.{rnd.randrange(256)}.{rnd.randrange(256)}.0/24"]')
+            f.append(f"local_port = {values(port, rnd.randint(1, 2))}".replace('"!', '"'))
+        f.append(f'action = "{rnd.choice(["allow", "reject", "reject"])}"')
+        out.append("\n".join(f) + "\n")
+    return "\n".join(out)
+
+
 def nft_linear(n: int) -> str:
     """The same rules as sg_policy(n), one nft rule per sockgate rule and direction."""
     out_rules, in_rules = [], []
@@ -190,6 +239,8 @@ def configs(journal: bool) -> list[Config]:
                sg_policy(10_000, last_matches=True)),
         Config("sg-10k-typ", "sockgate, 10k rules, 9,990 /24s then 10 port rules", "sockgate",
                sg_policy_typical(10_000)),
+        Config("sg-mix-10", "sockgate, 10 seeded random rules", "sockgate", sg_policy_mix(10)),
+        Config("sg-mix-10k", "sockgate, 10k seeded random rules", "sockgate", sg_policy_mix(10_000)),
         Config("nft-10", "nftables, 10 rules (linear)", "nft", nft_linear(10)),
         Config("nft-10k", "nftables, 10k rules (linear chain)", "nft", nft_linear(10_000)),
         Config("nft-10k-set", "nftables, 10k rules as sets", "nft", nft_sets(10_000)),
@@ -469,6 +520,8 @@ RATIOS = [
     ("sg-10 / none", "sg-10", "none", None),
     ("sg-10k / none", "sg-10k", "none", 0.95),
     ("sg-10k / sg-10", "sg-10k", "sg-10", 0.97),
+    ("sg-mix-10k / none", "sg-mix-10k", "none", 0.95),
+    ("sg-mix-10k / sg-mix-10", "sg-mix-10k", "sg-mix-10", 0.98),
     ("sg-10k-last / none", "sg-10k-last", "none", None),
     ("sg-10k-typ / none", "sg-10k-typ", "none", None),
     ("nft-10 / none", "nft-10", "none", None),

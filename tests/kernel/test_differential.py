@@ -103,7 +103,7 @@ def test_kernel_decisions_equal_reference(kernel_ok, monkeypatch):
                         lambda path: PROGRAMS[int(path.rsplit("prog", 1)[1])] if path.startswith("/synthetic/") else None)
     rnd = random.Random(int(os.environ.get("SOCKGATE_DIFF_SEED", "20261124")))
     pin = f"/sys/fs/bpf/sockgate-diff-{os.getpid()}"
-    gate = Gate.load(pin, attach=False)  # nothing attached: decisions only through the probe
+    gate = Gate.load(pin, attach=False, with_probe=True)  # nothing attached: decisions only through the probe
     try:
         from sockgate.kernel import layout as L, libbpf
         import ctypes

@@ -57,7 +57,7 @@ BACKENDS = {
 }
 # backend -> sg_config flags
 BACKEND_FLAGS = {"cgroup": L.CFG_LISTEN_AT_BIND, "lsm": 0}
-TEST_PROGRAM = "sg_probe"
+TEST_PROGRAM = "sg_probe"  # decide() under BPF_PROG_TEST_RUN: loaded only for the differential test
 ALL_PROGRAMS = tuple(dict.fromkeys([p for b in BACKENDS.values() for p in b] + [TEST_PROGRAM]))
 BACKEND_PREFERENCE = ("lsm", "cgroup")
 
@@ -148,7 +148,7 @@ class Gate:
     @classmethod
     def load(cls, pin_dir: str = DEFAULT_PIN_DIR, *, scope_cgroup: str | None = None, netns: str | None = None,
              backend: str = "auto", attach: bool = True, object_path: Path | None = None,
-             prepare=None) -> "Gate":
+             prepare=None, with_probe: bool = False) -> "Gate":
         """Load the object, pin its maps, attach the backend's programs and pin the links.
 
         `prepare(gate)` runs after the maps exist and before any program is attached: the
@@ -170,7 +170,7 @@ class Gate:
         refusals = []
         for candidate in candidate_backends(backend):
             try:
-                obj, maps, progs = cls._load_object(obj_path, candidate)
+                obj, maps, progs = cls._load_object(obj_path, candidate, with_probe)
                 backend = candidate
                 break
             except KernelError as e:
@@ -193,13 +193,14 @@ class Gate:
         return gate
 
     @staticmethod
-    def _load_object(obj_path: Path, backend: str):
-        """Open and load the object with only `backend`'s programs (plus the probe)."""
+    def _load_object(obj_path: Path, backend: str, with_probe: bool = False):
+        """Open and load the object with only `backend`'s programs (and the probe if asked:
+        every program loaded is verified, which takes seconds on slow machines)."""
         lib = libbpf.lib()
         libbpf.take_log()
         obj = libbpf.check_ptr(lib.bpf_object__open_file(str(obj_path).encode(), None), f"open {obj_path}")
         try:
-            wanted = set(BACKENDS[backend]) | {TEST_PROGRAM}
+            wanted = set(BACKENDS[backend]) | ({TEST_PROGRAM} if with_probe else set())
             for name in ALL_PROGRAMS:
                 prog = libbpf.check_ptr(lib.bpf_object__find_program_by_name(obj, name.encode()), f"find {name}")
                 lib.bpf_program__set_autoload(prog, name in wanted)

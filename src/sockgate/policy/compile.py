@@ -171,8 +171,15 @@ def compile_policy(policy: Policy) -> Compiled:
     for ri, m in cons:
         for uid in m.values:
             members[uid] = members.get(uid, 0) | (1 << ri)
-    c.users = {(e, uid): intern((wild | (mem ^ neg)) & exit_bits[e]) for e in Exit for uid, mem in members.items()}
     c.user_miss = [intern((wild | neg) & exit_bits[e]) for e in Exit]
+    # an entry only where it differs from the miss (a uid named by connect rules alone needs
+    # none for listen and accept): a third of the entries, so more users fit the kernel map
+    c.users = {}
+    for e in Exit:
+        for uid, mem in members.items():
+            idx = intern((wild | (mem ^ neg)) & exit_bits[e])
+            if idx != c.user_miss[e]:
+                c.users[(e, uid)] = idx
 
     # groups
     wild, neg, cons = _split(rules, "group")

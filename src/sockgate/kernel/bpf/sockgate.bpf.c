@@ -543,7 +543,27 @@ static __always_inline void count_hit(__u32 slot, __u32 exit, __s32 rule)
 		*v += 1;
 }
 
-/* The current task's identity: effective ids, groups, executable. */
+/* Supplementary groups, one bpf_loop step each (a plain loop is walked by the verifier once
+ * per iteration, in every inlined copy). */
+struct sup_groups_ctx {
+	struct sg_owner *who;
+	__u64 gids;                  /* address of group_info->gid[0] */
+	int n;
+};
+
+static long sup_group_step(__u32 i, void *data)
+{
+	struct sup_groups_ctx *c = data;
+	if ((int)i >= c->n)
+		return 1;
+	__u32 g;
+	if (bpf_probe_read_kernel(&g, sizeof(g), (void *)(c->gids + (__u64)i * sizeof(g))))
+		return 1;
+	c->who->groups[(i + 1) & (SG_MAX_GROUPS - 1)] = g;
+	c->who->ngroups = i + 2;
+	return 0;
+}
+
 /* The current task's identity: effective ids, groups, executable. Direct BTF loads: one
  * guarded load per hop instead of a helper call (about a third of a decision's cost). */
 static __always_inline void current_identity(struct sg_owner *who, __u32 needs)
@@ -557,19 +577,10 @@ static __always_inline void current_identity(struct sg_owner *who, __u32 needs)
 	who->ngroups = 1;
 	__builtin_memcpy(who->comm, task->comm, sizeof(who->comm));
 	if (needs & SG_NEED_GROUPS) {
-	struct group_info *gi = cred->group_info;
-	int n = gi->ngroups;
-	__u32 count = 1;
-	for (int i = 0; i < SG_MAX_GROUPS - 1; i++) {
-		if (i >= n)
-			break;
-		kgid_t g;
-		if (bpf_probe_read_kernel(&g, sizeof(g), &gi->gid[i]))
-			break;
-		who->groups[(i + 1) & (SG_MAX_GROUPS - 1)] = g.val;
-		count++;
-	}
-	who->ngroups = count;
+		struct group_info *gi = cred->group_info;
+		struct sup_groups_ctx gc = { .who = who, .n = gi->ngroups,
+					     .gids = (__u64)gi + bpf_core_field_offset(gi->gid) };
+		bpf_loop(SG_MAX_GROUPS - 1, sup_group_step, &gc, 0);
 	}
 	who->dev = 0;
 	who->ino = 0;
@@ -788,39 +799,47 @@ static __always_inline void flow_key(struct sg_flow_key *k, __u64 cookie, const 
 	k->uid = uid;
 }
 
-/* An outbound UDP datagram (sendto/sendmsg with an address, or connect of a UDP socket):
- * reuse the flow's verdict if the same identity sent to the same peer under the same
- * policy; else decide, journal (first of the flow) and start counting. */
-static __always_inline int judge_udp_out(struct sg_scratch *sc, struct sg_site *at, __s32 *err)
+/* An outbound decision: connect(), or a send with an address. A UDP datagram reuses its
+ * flow's verdict if the same identity sent to the same peer under the same policy; else
+ * it is decided, journaled (first of the flow) and counted from then on. One judge() per
+ * caller: each inlined copy is verified again (and 6.1 in the guest is slow at it). */
+static __always_inline int judge_out(struct sg_scratch *sc, struct sg_site *at, __s32 *err)
 {
 	__u32 slot;
 	*err = EPERM;
 	const struct sg_policy *pol = active_policy(&slot);
 	if (!pol)
 		return SG_ALLOWED;
-	struct task_struct *task = bpf_get_current_task_btf();
-	const struct cred *cred = task->cred;
-	__u32 uid = cred->euid.val, gid = cred->egid.val;
-	__u64 groups = (__u64)cred->group_info;
-	struct inode *inode = task->mm->exe_file->f_inode;  /* kernel threads: loads read 0 */
-	__u64 ino = inode->i_ino;
-	__u32 dev = inode->i_sb->s_dev;
-
+	bool udp = proto_class(at->ipproto) == SG_PROTO_UDP && !(at->flags & SG_EV_UNPARSED);
 	struct sg_flow_key *k = &sc->fkey;
-	flow_key(k, at->cookie, at->raddr, at->rport, SG_EXIT_CONNECT, pol->generation, uid);
-	struct sg_flow *f = bpf_map_lookup_elem(&sg_flows, k);
-	if (f && f->gid == gid && f->groups == groups && f->ino == ino && f->dev == dev) {
-		__sync_fetch_and_add(&f->packets, 1);
-		count_hit(slot, SG_EXIT_CONNECT, f->rule);
-		stat_add(SG_STAT_DECISIONS);
-		*err = pol->reject_errno;
-		return f->verdict;
+	__u32 uid = 0, gid = 0, dev = 0;
+	__u64 groups = 0, ino = 0, carried = 0;
+	if (udp) {
+		struct task_struct *task = bpf_get_current_task_btf();
+		const struct cred *cred = task->cred;
+		uid = cred->euid.val;
+		gid = cred->egid.val;
+		groups = (__u64)cred->group_info;
+		struct inode *inode = task->mm->exe_file->f_inode;  /* kernel threads: loads read 0 */
+		ino = inode->i_ino;
+		dev = inode->i_sb->s_dev;
+		flow_key(k, at->cookie, at->raddr, at->rport, SG_EXIT_CONNECT, pol->generation, uid);
+		struct sg_flow *f = bpf_map_lookup_elem(&sg_flows, k);
+		if (f && f->gid == gid && f->groups == groups && f->ino == ino && f->dev == dev) {
+			__sync_fetch_and_add(&f->packets, 1);
+			count_hit(slot, SG_EXIT_CONNECT, f->rule);
+			stat_add(SG_STAT_DECISIONS);
+			*err = pol->reject_errno;
+			return f->verdict;
+		}
+		carried = f ? f->packets : 0;  /* same uid, other program: one flow, counts kept */
+		at->flags |= SG_EV_FLOW;
 	}
-	__u64 carried = f ? f->packets : 0;  /* same uid, other program: one flow, counts kept */
-	at->flags |= SG_EV_FLOW;
 	__u32 gen;
 	__s32 rule;
 	int verdict = judge(SG_EXIT_CONNECT, sc, true, NULL, at, err, &gen, &rule);
+	if (!udp)
+		return verdict;
 	struct sg_flow *v = &sc->fval;
 	__builtin_memset(v, 0, sizeof(*v));
 	v->packets = carried;
@@ -879,15 +898,7 @@ static __always_inline int on_connect(struct bpf_sock_addr *raw, bool v6)
 			at->ipproto = IPPROTO_MPTCP;
 	}
 	__s32 err;
-	int verdict;
-	if (proto_class(at->ipproto) == SG_PROTO_UDP) {
-		verdict = judge_udp_out(sc, at, &err);
-	} else {
-		__u32 gen;
-		__s32 rule;
-		verdict = judge(SG_EXIT_CONNECT, sc, true, NULL, at, &err, &gen, &rule);
-	}
-	return cgroup_verdict(verdict, err);
+	return cgroup_verdict(judge_out(sc, at, &err), err);
 }
 
 SEC("cgroup/connect4")
@@ -1315,17 +1326,10 @@ int sg_egress(struct __sk_buff *skb)
 	at->family = sk->family;
 	at->ipproto = IPPROTO_UDPLITE;
 	at->cookie = bpf_get_socket_cookie(skb);
-	__s32 err;
-	int verdict;
-	if (datagram_peer(skb, at, false)) {
-		verdict = judge_udp_out(sc, at, &err);
-	} else {
-		__u32 gen;
-		__s32 rule;
+	if (!datagram_peer(skb, at, false))
 		at->flags = SG_EV_UNPARSED;
-		verdict = judge(SG_EXIT_CONNECT, sc, true, NULL, at, &err, &gen, &rule);
-	}
-	return verdict == SG_REJECTED ? 0 : 1;
+	__s32 err;
+	return judge_out(sc, at, &err) == SG_REJECTED ? 0 : 1;
 }
 
 /* ---- LSM backend: connect(), sends with an address and listen() themselves ---------- */
@@ -1415,15 +1419,7 @@ static __always_inline int lsm_judge_connect(struct sock *sk, __u16 skfam, __u16
 			at->ipproto = IPPROTO_MPTCP;
 	}
 	__s32 err;
-	int verdict;
-	if (proto_class(protocol) == SG_PROTO_UDP && parsed > 0) {
-		verdict = judge_udp_out(sc, at, &err);
-	} else {
-		__u32 gen;
-		__s32 rule;
-		verdict = judge(SG_EXIT_CONNECT, sc, true, NULL, at, &err, &gen, &rule);
-	}
-	return lsm_verdict(verdict, err);
+	return lsm_verdict(judge_out(sc, at, &err), err);
 }
 
 SEC("lsm/socket_connect")
