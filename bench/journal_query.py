@@ -27,7 +27,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from sockgate.journal import Filter, Journal  # noqa: E402
-from sockgate.journal.store import COLUMNS, addr_key, canonical  # noqa: E402
+from sockgate.journal.store import COLUMNS, canonical  # noqa: E402
+from sockgate.record import addr_key  # noqa: E402
 
 DAY = 86_400 * 10**9
 T0 = 1_767_225_600 * 10**9          # 2026-01-01T00:00:00Z

@@ -23,9 +23,9 @@ import tempfile
 import time
 
 from sockgate.journal import Journal
-from sockgate.journal.entry import Code, Entry, EntryType, Outcome, Source
+from sockgate.record import Code, Entry, EntryType, Outcome, Source
 from sockgate.monitor.engine import Engine
-from sockgate.monitor.rules import parse_rules
+from sockgate.monitor.parse import parse_rules
 
 S = 1_000_000_000
 USERS = ["root", "www-data", "postgres", "svc-api", "svc-batch", "alice", "bob", "backup", "nobody", "svc-web"]

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from sockgate.errors import KernelError, SockgateError
-from sockgate.journal import Code, Entry, EntryType, Journal, Outcome, Source
+from sockgate.journal import Journal
 from sockgate.kernel import events as kevents
 from sockgate.kernel import flows as kflows
 from sockgate.kernel import layout as L
@@ -31,6 +31,7 @@ from sockgate.kernel.owners import seed_owners
 from sockgate.policy.compile import compile_policy
 from sockgate.policy.model import Policy
 from sockgate.policy.parse import load_configured_policy
+from sockgate.record import ALERTS_FILE, JOURNAL_DIR, MAPPED_PREFIX, MONITOR_STATE_DIR, Code, Entry, EntryType, Outcome, Source
 
 # exit numbers (SG_EXIT_*) and verdicts (SG_*) as the kernel reports them
 _EXITS = kevents.EXIT_NAMES
@@ -41,8 +42,8 @@ _OUTCOMES = (Outcome.ALLOWED, Outcome.REJECTED, Outcome.AUDIT_REJECTED)
 _PROTOCOLS = {6: "tcp", 17: "udp", 136: "udplite", 262: "mptcp", 132: "sctp"}
 _UDP = (17, 136)
 _SPECIAL_RULES = {L.RULE_LISTEN_REFUSED: "listen-refused", L.RULE_UNPARSED: "unparsed-address"}
-DEFAULT_ALERTS = "/etc/sockgate/alerts.toml"
-DEFAULT_MONITOR_STATE = "/var/lib/sockgate/monitor"
+DEFAULT_ALERTS = ALERTS_FILE
+DEFAULT_MONITOR_STATE = MONITOR_STATE_DIR
 MERGE_MAX = 50_000  # entries per journal transaction when the writer catches up
 FLOW_SWEEP_S = 1.0  # how often UDP flow counts become summary entries
 
@@ -50,7 +51,7 @@ FLOW_SWEEP_S = 1.0  # how often UDP flow counts become summary entries
 @dataclass
 class RunOptions:
     policy: str | None = None
-    journal_dir: str | None = "/var/lib/sockgate/journal"   # None: no journal
+    journal_dir: str | None = JOURNAL_DIR   # None: no journal
     scope_cgroup: str | None = None
     netns: str | None = None
     pin_dir: str = DEFAULT_PIN_DIR
@@ -71,6 +72,14 @@ def running_pid(pin_dir: str) -> int | None:
         return pid
     except (OSError, ValueError):
         return None
+
+
+# Enricher.entries unpacks ring-buffer tuples by position (the hot path); the order is the
+# BTF-checked mirror's, and this fails at import if they ever part.
+assert kevents.EVENT_FIELDS == ("boot_ns", "ino", "cookie", "dev", "pid", "tid", "uid", "euid", "gid", "egid",
+                                "rule", "generation", "exit", "verdict", "family", "flags", "protocol",
+                                "local_port", "remote_port", "pad", "local_addr", "remote_addr", "comm",
+                                "exe_name"), kevents.EVENT_FIELDS
 
 
 class Enricher:
@@ -155,13 +164,14 @@ def flow_summaries(enricher: "Enricher", counts: list[kflows.FlowCount], now_ns:
         if c.new <= 0 or not (journal_allowed if f.verdict == L.ALLOWED else journal_rejected):
             continue
         exit_name = _EXITS[k.exit]
-        peer = enricher.addr(bytes(k.peer))
+        peer_raw = bytes(k.peer)
+        peer = enricher.addr(peer_raw)
         outbound = k.exit == L.EXIT_CONNECT
         out.append(Entry(
             Code.SOCKET, _UDP_ENTRY_TYPES[k.exit], now_ns, Source.KERNEL, enricher.host, _OUTCOMES[f.verdict],
             enricher.rule(f.rule, k.generation, exit_name),
             k.uid if outbound else None, enricher.user(k.uid) if outbound else None, f.gid if outbound else None,
-            None, None, "ipv4" if peer.count(":") == 0 else "ipv6", None, None, peer, k.peer_port,
+            None, None, "ipv4" if peer_raw[:12] == MAPPED_PREFIX else "ipv6", None, None, peer, k.peer_port,
             {"flow": "summary", "count": c.new, "socket": k.cookie, "protocol": "udp",
              "generation": k.generation},
         ))

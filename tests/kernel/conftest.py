@@ -293,7 +293,7 @@ def run_script(scope: Scope, calls: list[dict], *, uid: int | None = None, on_sy
 
 
 def wait_loaded(p: subprocess.Popen, generation: int = 1, timeout: float = 60) -> str:
-    """Read a daemon's stderr until it reports the policy generation loaded (as test_daemon)."""
+    """Read a daemon's stderr until it reports the policy generation loaded."""
     seen = []
     deadline = time.monotonic() + timeout
     os.set_blocking(p.stderr.fileno(), False)

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import TEST_UID
+from conftest import TEST_UID, wait_loaded
 
 from sockgate.journal import EntryType, Journal
 
@@ -17,25 +17,6 @@ from sockgate.journal import EntryType, Journal
 def _sockgate(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", "from sockgate.cli import main; main()", *args],
                           capture_output=True, text=True, timeout=60)
-
-
-def _wait_loaded(p: subprocess.Popen, generation: int = 1, timeout: float = 60) -> str:
-    """Read the daemon's stderr until it reports the policy generation loaded."""
-    seen = []
-    deadline = time.monotonic() + timeout
-    os.set_blocking(p.stderr.fileno(), False)
-    while time.monotonic() < deadline:
-        line = p.stderr.readline()
-        if line:
-            seen.append(line)
-            if f"generation {generation}," in line:
-                return "".join(seen)
-        elif p.poll() is not None:
-            break
-        else:
-            time.sleep(0.05)
-    rest = p.stderr.read() if p.poll() is not None else ""
-    raise AssertionError(f"daemon did not load generation {generation} in {timeout:.0f} s:\n{''.join(seen)}{rest or ''}")
 
 
 POLICY = f"""
@@ -53,7 +34,7 @@ def test_kill9_keeps_enforcing_restart_picks_up_unload_leaves_nothing(scope, tmp
     policy = scope.write_policy(POLICY)
     journal = tmp_path / "journal"
     d1 = scope.daemon(policy, journal=journal)
-    _wait_loaded(d1)
+    wait_loaded(d1)
     assert scope.client("connect", addr="127.0.0.1", port=7001)["error"] == "EPERM"
 
     d1.send_signal(signal.SIGKILL)
@@ -63,7 +44,7 @@ def test_kill9_keeps_enforcing_restart_picks_up_unload_leaves_nothing(scope, tmp
     assert scope.client("connect", addr="127.0.0.1", port=7002)["error"] == "ECONNREFUSED"
 
     d2 = scope.daemon(policy, journal=journal)
-    log = _wait_loaded(d2, generation=2)
+    log = wait_loaded(d2, generation=2)
     assert "reopened pinned programs" in log
     st = _sockgate("status", "--json", "--pin-dir", scope.pin_dir)
     import json
@@ -101,11 +82,11 @@ def test_kill9_keeps_enforcing_restart_picks_up_unload_leaves_nothing(scope, tmp
 def test_sighup_reloads_and_a_bad_policy_keeps_the_old_one(scope):
     policy = scope.write_policy(POLICY)
     d = scope.daemon(policy)
-    _wait_loaded(d)
+    wait_loaded(d)
     assert scope.client("connect", addr="127.0.0.1", port=7001)["error"] == "EPERM"
     policy.write_text(POLICY.replace("7001", "7003"))
     d.send_signal(signal.SIGHUP)
-    _wait_loaded(d, generation=2)
+    wait_loaded(d, generation=2)
     assert scope.client("connect", addr="127.0.0.1", port=7001)["error"] == "ECONNREFUSED"
     assert scope.client("connect", addr="127.0.0.1", port=7003)["error"] == "EPERM"
 
@@ -145,7 +126,7 @@ def test_kill9_while_events_flow_keeps_every_committed_entry(scope, tmp_path):
     policy = scope.write_policy('audit_levels = ["*NETCMN"]\n')
     journal = tmp_path / "journal"
     d1 = scope.daemon(policy, journal=journal)
-    _wait_loaded(d1)
+    wait_loaded(d1)
     loop = scope.start("loop", uid=TEST_UID, addr="127.0.0.1", ports=[7201], seconds=6.0)
     deadline = time.monotonic() + 20
     committed = []
@@ -161,7 +142,7 @@ def test_kill9_while_events_flow_keeps_every_committed_entry(scope, tmp_path):
     loop.wait(timeout=30)
 
     d2 = scope.daemon(policy, journal=journal)
-    _wait_loaded(d2, generation=2)
+    wait_loaded(d2, generation=2)
     d2.send_signal(signal.SIGTERM)
     assert d2.wait(timeout=60) == 0
     r = _sockgate("journal", "verify", "--journal", str(journal), "--key", str(journal / "verification.key"))

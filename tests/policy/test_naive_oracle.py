@@ -3,7 +3,7 @@
 The kernel differential test compares the kernel and evaluate.decide() on the *same*
 compiled tables, so a compiler bug passes on both sides. Here random policies and queries
 go through compile_policy + evaluate.explain (the tables, read as the kernel reads them)
-and through policy.naive (first match over the typed model, straight from DESIGN.md), and
+and through policy.naive (first match over the typed model, straight from docs/policy.md), and
 the two decisions must be equal. Part of the policies are written out as TOML and parsed,
 so the parser -> compiler path is covered too. No root, no BPF.
 

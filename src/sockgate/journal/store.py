@@ -19,7 +19,6 @@ from typing import Any, Iterable, Iterator
 
 from sockgate.errors import JournalError
 from sockgate.record import Code, Entry, EntryType, Outcome, Source
-from sockgate.record import addr_key  # noqa: F401 - bench/journal_query.py imports it from here
 
 FORMAT = "sockgate-journal"
 FORMAT_VERSION = 1

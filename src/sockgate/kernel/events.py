@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 
 from sockgate.kernel import layout as L
+from sockgate.record import key_addr
 
 EXIT_NAMES = ("connect", "listen", "accept")
 VERDICT_NAMES = ("allowed", "rejected", "audit-rejected")
@@ -77,13 +78,7 @@ def boot_to_realtime_offset() -> int:
     return (a + c) // 2 - b
 
 
-_MAPPED_PREFIX = b"\0" * 10 + b"\xff\xff"
-
-
-def addr_text(raw: bytes) -> str:
-    if raw[:12] == _MAPPED_PREFIX:
-        return socket.inet_ntop(socket.AF_INET, raw[12:])
-    return socket.inet_ntop(socket.AF_INET6, raw)
+addr_text = key_addr  # the kernel's 16-byte addresses, IPv4 as ::ffff:a.b.c.d
 
 
 def c_string(raw: bytes) -> str:
@@ -92,15 +87,16 @@ def c_string(raw: bytes) -> str:
 
 
 def _event(t: tuple, offset_ns: int) -> Event:
-    (boot_ns, ino, cookie, dev, pid, tid, uid, euid, gid, egid, rule, gen, exit_, verdict, family, flags, proto,
-     lport, rport, _pad, laddr, raddr, comm, exe_name) = t
+    f = dict(zip(EVENT_FIELDS, t))
+    exit_, verdict = f["exit"], f["verdict"]
     return Event(
-        ts_ns=boot_ns + offset_ns, exit=EXIT_NAMES[exit_] if exit_ < 3 else str(exit_),
-        verdict=VERDICT_NAMES[verdict] if verdict < 3 else str(verdict), rule=rule, generation=gen,
-        pid=pid, tid=tid, uid=uid, euid=euid, gid=gid, egid=egid,
-        comm=c_string(comm), exe_name=c_string(exe_name), dev=dev, ino=ino,
-        family="ipv6" if family == AF_INET6 else "ipv4", protocol=proto, flags=flags, cookie=cookie,
-        local_addr=addr_text(laddr), local_port=lport, remote_addr=addr_text(raddr), remote_port=rport,
+        ts_ns=f["boot_ns"] + offset_ns, exit=EXIT_NAMES[exit_] if exit_ < 3 else str(exit_),
+        verdict=VERDICT_NAMES[verdict] if verdict < 3 else str(verdict), rule=f["rule"],
+        generation=f["generation"], pid=f["pid"], tid=f["tid"], uid=f["uid"], euid=f["euid"], gid=f["gid"],
+        egid=f["egid"], comm=c_string(f["comm"]), exe_name=c_string(f["exe_name"]), dev=f["dev"], ino=f["ino"],
+        family="ipv6" if f["family"] == AF_INET6 else "ipv4", protocol=f["protocol"], flags=f["flags"],
+        cookie=f["cookie"], local_addr=addr_text(f["local_addr"]), local_port=f["local_port"],
+        remote_addr=addr_text(f["remote_addr"]), remote_port=f["remote_port"],
     )
 
 

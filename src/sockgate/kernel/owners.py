@@ -18,6 +18,7 @@ import struct
 from sockgate.kernel import layout as L
 from sockgate.kernel import libbpf
 from sockgate.policy.compile import kernel_dev
+from sockgate.record import MAPPED_PREFIX
 
 LISTEN = "0A"
 SO_COOKIE = 57
@@ -30,7 +31,7 @@ def _proc_addr(hex_addr: str) -> bytes:
     raw = bytes.fromhex(hex_addr)
     if len(raw) == 4:
         v4 = struct.pack(">I", struct.unpack("=I", raw)[0])
-        return b"\0" * 10 + b"\xff\xff" + v4
+        return MAPPED_PREFIX + v4
     return b"".join(struct.pack(">I", struct.unpack("=I", raw[i:i + 4])[0]) for i in range(0, 16, 4))
 
 

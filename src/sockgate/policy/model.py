@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import enum
 import errno as errno_mod
-import ipaddress
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from sockgate.record import Network, Outcome  # noqa: F401  (re-exported for policy/*)
+
 T = TypeVar("T")
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 PortRange = tuple[int, int]  # inclusive, 0..65535
 
 # The kernel tables' capacity per policy slot (sockgate.h; tests/kernel/test_layout.py checks
@@ -80,12 +80,6 @@ class Mode(str, enum.Enum):
     AUDIT = "audit"      # a reject is journaled as audit-rejected, the call goes through
 
 
-class Outcome(str, enum.Enum):
-    ALLOWED = "allowed"
-    REJECTED = "rejected"
-    AUDIT_REJECTED = "audit-rejected"
-
-
 # QAUDLVL-style values. *NETCMN is the common set: *NETSCK + *NETFAIL (as on IBM i 7.2).
 # *NETUDP journals allowed UDP traffic as IBM i's O (outbound) and I (inbound) entries: the
 # first decision per (socket, peer), then summaries with exact counts, never one per datagram.
@@ -105,7 +99,7 @@ def levels_journal_udp(levels: frozenset[str]) -> bool:
     return "*NETUDP" in levels
 
 
-# Which match fields each exit point can test (DESIGN.md, "Exit points").
+# Which match fields each exit point can test (docs/policy.md, "Which fields apply to which exit").
 FIELDS_BY_EXIT: dict[Exit, frozenset[str]] = {
     Exit.CONNECT: frozenset({"protocol", "user", "group", "program", "remote", "remote_port"}),
     Exit.LISTEN: frozenset({"protocol", "user", "group", "program", "local", "local_port"}),

@@ -1,4 +1,4 @@
-"""The policy's meaning, written straight from DESIGN.md ("Policy semantics"): an oracle.
+"""The policy's meaning, written straight from docs/policy.md: an oracle.
 
 `decide` walks the rules in order and returns the first one that matches, else the exit
 point's default. It shares no table logic with compile.py (no bitmaps, no prefix or port
