@@ -46,7 +46,7 @@ test: setup
 # The kernel suite on the BPF LSM backend, in Debian's stock kernel under QEMU (tests/vm).
 test-lsm: setup
 	mkdir -p build/vm
-	tests/vm/run-in-vm.sh --timeout 1200 --share $(CURDIR)/build/vm \
+	tests/vm/run-in-vm.sh --timeout 2400 --share $(CURDIR)/build/vm \
 	  --env SOCKGATE_DIFF_TUPLES=3000 -- \
 	  $(BIN)/python -m pytest tests/kernel --backend lsm -q -p no:cacheprovider --junitxml=build/vm/junit.xml
 

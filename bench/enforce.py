@@ -3,6 +3,7 @@
     .venv/bin/python bench/enforce.py              # full run (7 rounds x 4 s per config)
     .venv/bin/python bench/enforce.py --quick      # 2 rounds x 1 s, a smoke test
     .venv/bin/python bench/enforce.py --json       # also write bench/out/enforce.json
+    .venv/bin/python bench/enforce.py --udp        # unconnected UDP sendto of 64-byte datagrams instead
 
 Needs root, gcc, iproute2, nftables, bpftool (optional: /proc fdinfo is the fallback).
 
@@ -78,7 +79,9 @@ LOADGEN = OUT / "loadgen"
 PORT = 7777
 PREFIX = "sgbench"
 BPF_STATS = Path("/proc/sys/kernel/bpf_stats_enabled")
-STAT_PROGS = {"sg_connect4": "connect4", "sg_accept": "sk_lookup"}
+STAT_PROGS = {"sg_connect4": "connect4", "sg_accept": "sk_lookup", "sg_sendmsg4": "sendmsg4",
+              "sg_ingress": "cgroup_skb/ingress", "sg_egress": "cgroup_skb/egress"}
+UDP = False  # --udp: the load is unconnected sendto() of 64-byte datagrams
 
 
 # --------------------------------------------------------------------------- rule sets
@@ -364,8 +367,10 @@ def build_loadgen() -> None:
 
 def loadgen(c: Config, seconds: float, warm: int = 500, n: int = 10_000_000) -> dict:
     """Run the load generator inside c's cgroup and netns."""
-    script = 'echo $$ > "$1/cgroup.procs" && exec ip netns exec "$2" "$3" -a 127.0.0.1 -p "$4" -t "$5" -n "$6" -w "$7"'
+    script = ('echo $$ > "$1/cgroup.procs" && exec ip netns exec "$2" "$3" -a 127.0.0.1 -p "$4" -t "$5" -n "$6"'
+              ' -w "$7" $8')
     r = sh("sh", "-c", script, "sh", c.cg, c.ns, str(LOADGEN), str(PORT), str(seconds), str(n), str(warm),
+           "-u" if UDP else "",
            check=False, timeout=seconds * 20 + 60)
     lines = r.stdout.strip().splitlines()
     if r.returncode != 0 or not lines:
@@ -604,7 +609,11 @@ def main() -> int:
     ap.add_argument("--no-journal", action="store_true", help="skip the *NETCMN + reader configuration")
     ap.add_argument("--no-prog-stats", action="store_true", help="skip the bpf_stats phase")
     ap.add_argument("--json", action="store_true", help="write bench/out/enforce.json")
+    ap.add_argument("--udp", action="store_true", help="UDP sendto load (64-byte datagrams) instead of TCP")
+    ap.add_argument("--only", help="comma-separated configuration names to run (default: all)")
     a = ap.parse_args()
+    global UDP
+    UDP = a.udp
     rounds = a.rounds or (2 if a.quick else 7)
     seconds = a.seconds or (1.0 if a.quick else 4.0)
     if os.geteuid() != 0:
@@ -619,6 +628,8 @@ def main() -> int:
     remove_stale()
     machine = machine_info()
     cs = configs(not a.no_journal)
+    if a.only:
+        cs = [c for c in cs if c.name in a.only.split(",")]
     tag = str(os.getpid())
     err = None
     found = system_state()
@@ -648,8 +659,9 @@ def main() -> int:
     if a.json:
         doc = {"machine": machine, "rounds": rounds, "seconds": seconds, "port": PORT, "configs": s, "ratios": rs,
                "runs": {c.name: c.runs for c in cs}}
-        (OUT / "enforce.json").write_text(json.dumps(doc, indent=1))
-        print(f"\nwrote {OUT / 'enforce.json'}")
+        out = OUT / ("enforce-udp.json" if UDP else "enforce.json")
+        out.write_text(json.dumps(doc, indent=1))
+        print(f"\nwrote {out}")
     return 0
 
 

@@ -9,7 +9,11 @@
  * connects. Prints one JSON line:
  *   {"conns": N, "seconds": S, "conn_per_s": R, "cpu_s": user+sys, "errors": E, "errno": X, "warm": W}
  *
- *   loadgen [-a 127.0.0.1] [-p 7777] [-n 200000] [-t 5] [-w 1000]
+ * With -u, UDP instead: one unconnected socket sendto()s 64-byte datagrams to a receiver
+ * bound at ADDR:PORT in the same process (drained every 32 sends); "conns" counts datagrams
+ * sent, so conn_per_s is datagrams per second (the receiver's path is in it too).
+ *
+ *   loadgen [-u] [-a 127.0.0.1] [-p 7777] [-n 200000] [-t 5] [-w 1000]
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -38,9 +42,26 @@ static double cpu(void)
 	return ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6;
 }
 
+static int udp_mode, udp_client;
+static long udp_sent;
+
+/* One unconnected sendto of 64 bytes (UDP mode); the receiver is drained now and then. */
+static int one_datagram(int rfd, const struct sockaddr_in *sa)
+{
+	static char buf[64];
+	if (sendto(udp_client, buf, sizeof(buf), 0, (const struct sockaddr *)sa, sizeof(*sa)) < 0)
+		return errno;
+	if ((++udp_sent & 31) == 0)
+		while (recv(rfd, buf, sizeof(buf), MSG_DONTWAIT) > 0)
+			;
+	return 0;
+}
+
 /* One connect+accept+close. Returns 0, or the errno of the step that failed. */
 static int one(int lfd, const struct sockaddr_in *sa)
 {
+	if (udp_mode)
+		return one_datagram(lfd, sa);
 	int c = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (c < 0)
 		return errno;
@@ -78,15 +99,16 @@ int main(int argc, char **argv)
 	int port = 7777, opt;
 	long n = 200000, warm = 1000;
 	double secs = 5.0;
-	while ((opt = getopt(argc, argv, "a:p:n:t:w:")) != -1) {
+	while ((opt = getopt(argc, argv, "ua:p:n:t:w:")) != -1) {
 		switch (opt) {
+		case 'u': udp_mode = 1; break;
 		case 'a': addr = optarg; break;
 		case 'p': port = atoi(optarg); break;
 		case 'n': n = atol(optarg); break;
 		case 't': secs = atof(optarg); break;
 		case 'w': warm = atol(optarg); break;
 		default:
-			fprintf(stderr, "usage: %s [-a addr] [-p port] [-n connects] [-t seconds] [-w warmup]\n", argv[0]);
+			fprintf(stderr, "usage: %s [-u] [-a addr] [-p port] [-n connects] [-t seconds] [-w warmup]\n", argv[0]);
 			return 2;
 		}
 	}
@@ -95,10 +117,12 @@ int main(int argc, char **argv)
 		fprintf(stderr, "bad address %s\n", addr);
 		return 2;
 	}
-	int lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	int lfd = socket(AF_INET, (udp_mode ? SOCK_DGRAM : SOCK_STREAM) | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	int one_ = 1;
 	setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one_, sizeof(one_));
-	if (lfd < 0 || bind(lfd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(lfd, 4096) < 0) {
+	if (udp_mode)
+		udp_client = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (lfd < 0 || bind(lfd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || (!udp_mode && listen(lfd, 4096) < 0)) {
 		fprintf(stderr, "listen on %s:%d: %s\n", addr, port, strerror(errno));
 		return 1;
 	}

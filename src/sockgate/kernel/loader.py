@@ -30,7 +30,8 @@ def state_path(pin_dir: str) -> Path:
     return STATE_DIR / (pin_dir.strip("/").replace("/", "_") + ".json")
 # every map of the object, pinned (a restarted daemon and `status` reopen them)
 MAP_NAMES = ("sg_config", "sg_policy", "sg_rules", "sg_bitmaps", "sg_users", "sg_groups", "sg_programs",
-             "sg_addrs", "sg_ports", "sg_owners", "sg_listeners", "sg_listener_cookies", "sg_listener_keys", "sg_flows", "sg_flows_seen", "sg_hits", "sg_stats", "sg_events",
+             "sg_addrs", "sg_ports", "sg_owners", "sg_listeners", "sg_listener_cookies", "sg_listener_keys",
+             "sg_flows", "sg_flows_seen", "sg_refused_listeners", "sg_hits", "sg_stats", "sg_events",
              "sg_scratch", "sg_sync", "sg_sync_inner", "sg_scope")
 
 # Programs both backends attach: UDP binds (listen rules), socket release (owners, flow

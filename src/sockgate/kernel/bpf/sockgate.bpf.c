@@ -176,6 +176,23 @@ struct {
 	__type(value, struct sg_owner);
 } sg_owners SEC(".maps");
 
+/* How many listeners are marked SG_OWNER_REFUSED now: while none is, an accept decision
+ * needs the listener's owner only if a rule tests it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __s64);
+} sg_refused_listeners SEC(".maps");
+
+static __always_inline void refused_listeners_add(__s64 n)
+{
+	__u32 zero = 0;
+	__s64 *c = bpf_map_lookup_elem(&sg_refused_listeners, &zero);
+	if (c)
+		__sync_fetch_and_add(c, n);
+}
+
 /* UDP flows (see struct sg_flow); the daemon reads their counts and removes finished ones. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -566,8 +583,10 @@ static long sup_group_step(__u32 i, void *data)
 
 /* The current task's identity: effective ids, groups, executable. Direct BTF loads: one
  * guarded load per hop instead of a helper call (about a third of a decision's cost). */
-static __always_inline void current_identity(struct sg_owner *who, __u32 needs)
+__attribute__((noinline)) int current_identity(struct sg_owner *who, __u32 needs)
 {
+	if (!who)
+		return 0;
 	struct task_struct *task = bpf_get_current_task_btf();
 	const struct cred *cred = task->cred;
 	who->tgid = task->tgid;
@@ -586,13 +605,14 @@ static __always_inline void current_identity(struct sg_owner *who, __u32 needs)
 	who->ino = 0;
 	who->exe_name[0] = 0;
 	if (!(needs & SG_NEED_PROGRAM))
-		return;
+		return 0;
 	struct file *exe = task->mm->exe_file;  /* NULL for kernel threads: loads read 0 */
 	struct inode *inode = exe->f_inode;
 	who->ino = inode->i_ino;
 	who->dev = inode->i_sb->s_dev;
 	if (bpf_probe_read_kernel_str(who->exe_name, sizeof(who->exe_name), exe->f_path.dentry->d_name.name) < 0)
 		who->exe_name[0] = 0;
+	return 0;
 }
 
 /* Which audit levels journal this verdict: allowed TCP decisions with *NETSCK, allowed UDP
@@ -604,14 +624,23 @@ static __always_inline bool wants_event(int verdict, __u32 flags, bool udp)
 	return udp ? (flags & SG_EMIT_UDP) : (flags & SG_EMIT_ALLOWED);
 }
 
-static __always_inline void emit(__u32 exit, int verdict, __s32 rule, __u32 gen, const struct sg_owner *who,
-				 bool is_current, const struct sg_site *at)
+/* Journal one decision: sc->who decided at sc->site. A global function (verified once per
+ * program, not at every call site: 6.1's verifier in the test guest is slow), so its
+ * arguments are few and packed: what = exit | verdict << 8 | is_current << 16. */
+#define EMIT_WHAT(exit, verdict, is_current) ((exit) | ((verdict) << 8) | ((is_current) ? 1 << 16 : 0))
+__attribute__((noinline)) int emit(struct sg_scratch *sc, __u32 what, __s32 rule, __u32 gen)
 {
+	if (!sc)
+		return 0;
+	const struct sg_owner *who = &sc->who;
+	const struct sg_site *at = &sc->site;  /* every judge() caller's site lives there */
+	__u32 exit = what & 0xff, verdict = (what >> 8) & 0xff;
+	bool is_current = what >> 16;
 	stat_add(SG_STAT_SELECTED);
 	struct sg_event *e = bpf_ringbuf_reserve(&sg_events, sizeof(*e), 0);
 	if (!e) {
 		stat_add(SG_STAT_DROPPED);
-		return;
+		return 0;
 	}
 	e->boot_ns = bpf_ktime_get_boot_ns();
 	e->ino = who->ino;
@@ -656,6 +685,7 @@ static __always_inline void emit(__u32 exit, int verdict, __s32 rule, __u32 gen,
 			wake = BPF_RB_NO_WAKEUP;
 	}
 	bpf_ringbuf_submit(e, wake);
+	return 0;
 }
 
 static __always_inline void v4_mapped(__u8 *out, __u32 ip4_be)
@@ -757,7 +787,7 @@ static __always_inline int judge(__u32 exit, struct sg_scratch *sc, bool is_curr
 	if (wants_event(verdict, pol->flags, cls == SG_PROTO_UDP)) {
 		if (needs != SG_NEED_ALL)
 			identify(sc, is_current, owner, SG_NEED_ALL);
-		emit(exit, verdict, rule, pol->generation, &sc->who, is_current, at);
+		emit(sc, EMIT_WHAT(exit, verdict, is_current), rule, pol->generation);
 	}
 	return verdict;
 }
@@ -1007,6 +1037,8 @@ int sg_release(struct bpf_sock *ctx)
 			stat_add(SG_STAT_DROPPED);
 		}
 	}
+	if (o->flags & SG_OWNER_REFUSED)
+		refused_listeners_add(-1);
 	bpf_map_delete_elem(&sg_owners, &cookie);
 	return 1;
 }
@@ -1105,8 +1137,11 @@ int sg_listen_cb(struct bpf_sock_ops *raw)
 		__s32 err;
 		__u32 gen;
 		__s32 rule;
-		if (judge(SG_EXIT_LISTEN, sc, true, NULL, at, &err, &gen, &rule) == SG_REJECTED)
+		if (judge(SG_EXIT_LISTEN, sc, true, NULL, at, &err, &gen, &rule) == SG_REJECTED &&
+		    !(flags & SG_OWNER_REFUSED)) {
 			flags |= SG_OWNER_REFUSED;
+			refused_listeners_add(1);
+		}
 	}
 	record_owner(sc, cookie, flags, false);
 	if (bpf_sock_hash_update(raw, &sg_listeners, &k, BPF_ANY)) {
@@ -1146,20 +1181,20 @@ int sg_accept(struct bpf_sk_lookup *raw)
 	at->lport = (__u16)READ_CTX(ctx->local_port);
 	at->rport = bpf_ntohs((__u16)READ_CTX(ctx->remote_port));
 
-	/* the owner is looked up when a rule needs it, or always on the cgroup backend, where
-	 * a listener whose listen() was refused after the fact must refuse every connection */
-	__u32 slot;
+	/* the owner is looked up when a rule needs it, or while some listener's listen() was
+	 * refused after the fact (cgroup backend): every connection to it is refused */
+	__u32 slot, zero = 0;
 	const struct sg_policy *pol = active_policy(&slot);
-	struct sg_config *cfg = get_config();
+	__s64 *refused = bpf_map_lookup_elem(&sg_refused_listeners, &zero);
 	struct sg_owner *owner = NULL;
-	if ((pol && (pol->needs & SG_NEED_OWNER)) || (cfg && (cfg->flags & SG_CFG_LISTEN_AT_BIND)))
+	if ((pol && (pol->needs & SG_NEED_OWNER)) || (refused && *refused > 0))
 		owner = find_owner(family, at->laddr, at->lport);
 	if (owner && (owner->flags & SG_OWNER_REFUSED)) {
 		identify(sc, false, owner, SG_NEED_ALL);
 		stat_add(SG_STAT_DECISIONS);
 		count_hit(slot, SG_EXIT_ACCEPT, -1);
 		if (pol && wants_event(SG_REJECTED, pol->flags, false))
-			emit(SG_EXIT_ACCEPT, SG_REJECTED, SG_RULE_LISTEN_REFUSED, pol->generation, &sc->who, false, at);
+			emit(sc, EMIT_WHAT(SG_EXIT_ACCEPT, SG_REJECTED, false), SG_RULE_LISTEN_REFUSED, pol->generation);
 		return SK_DROP;
 	}
 	__s32 err;
