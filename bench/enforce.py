@@ -80,7 +80,7 @@ PORT = 7777
 PREFIX = "sgbench"
 BPF_STATS = Path("/proc/sys/kernel/bpf_stats_enabled")
 STAT_PROGS = {"sg_connect4": "connect4", "sg_accept": "sk_lookup", "sg_sendmsg4": "sendmsg4",
-              "sg_ingress": "cgroup_skb/ingress", "sg_egress": "cgroup_skb/egress"}
+              "sg_ingress": "ingress", "sg_egress": "egress", "sg_release": "release", "sg_listen_cb": "sockops"}
 UDP = False  # --udp: the load is unconnected sendto() of 64-byte datagrams
 
 
@@ -573,11 +573,12 @@ def print_report(s: dict, rs: list[dict], machine: dict) -> None:
               f"{'' if t is None else f'>= {t}':>7}{verdict}")
     rows = [(n, v["prog_ns"]) for n, v in s.items() if "prog_ns" in v]
     if rows:
-        print(f"\n{'per program (bpf_stats)':<24} {'connect4 ns':>11} {'sk_lookup ns':>12} {'runs':>9}")
+        labels = [l for l in STAT_PROGS.values() if any(p.get(l) for _, p in rows)]
+        print(f"\n{'per program (bpf_stats)':<24} " + " ".join(f"{l + ' ns':>14}" for l in labels)
+              + "   (runs per connection)")
         for n, p in rows:
-            c4, sk = p.get("connect4", {}), p.get("sk_lookup", {})
-            print(f"{n:<24} {c4.get('ns_per_run') or 0:>11.0f} {sk.get('ns_per_run') or 0:>12.0f} "
-                  f"{(c4.get('runs') or 0) + (sk.get('runs') or 0):>9,}")
+            print(f"{n:<24} " + " ".join(f"{(p.get(l) or {}).get('ns_per_run') or 0:>14.0f}" for l in labels)
+                  + "   " + " ".join(f"{l}={(p.get(l) or {}).get('runs', 0)}" for l in labels))
     extra = [(n, v) for n, v in s.items() if "decisions_per_conn" in v]
     if extra:
         print("\nsanity (decisions per connection incl. warm-up; events):\n  " + "\n  ".join(

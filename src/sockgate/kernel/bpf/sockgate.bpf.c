@@ -1017,14 +1017,15 @@ SEC("cgroup/sock_release")
 int sg_release(struct bpf_sock *ctx)
 {
 	__u64 cookie = bpf_get_socket_cookie(ctx);
-	struct sg_owner_key *lk = bpf_map_lookup_elem(&sg_listener_keys, &cookie);
-	if (lk) {
-		bpf_map_delete_elem(&sg_listener_cookies, lk);
-		bpf_map_delete_elem(&sg_listener_keys, &cookie);
-	}
 	struct sg_owner *o = bpf_map_lookup_elem(&sg_owners, &cookie);
 	if (!o)
-		return 1;
+		return 1;  /* most sockets (clients that never bound): one lookup */
+	if (o->flags & SG_OWNER_INDEXED) {
+		struct sg_owner_key *lk = bpf_map_lookup_elem(&sg_listener_keys, &cookie);
+		if (lk)
+			bpf_map_delete_elem(&sg_listener_cookies, lk);
+		bpf_map_delete_elem(&sg_listener_keys, &cookie);
+	}
 	if (o->flags & SG_OWNER_FLOWS) {
 		struct sg_event *e = bpf_ringbuf_reserve(&sg_events, sizeof(*e), 0);
 		if (e) {
@@ -1143,11 +1144,12 @@ int sg_listen_cb(struct bpf_sock_ops *raw)
 			refused_listeners_add(1);
 		}
 	}
-	record_owner(sc, cookie, flags, false);
 	if (bpf_sock_hash_update(raw, &sg_listeners, &k, BPF_ANY)) {
 		bpf_map_update_elem(&sg_listener_cookies, &k, &cookie, BPF_ANY);
 		bpf_map_update_elem(&sg_listener_keys, &cookie, &k, BPF_ANY);
+		flags |= SG_OWNER_INDEXED;
 	}
+	record_owner(sc, cookie, flags, false);
 	return 1;
 }
 
@@ -1294,28 +1296,35 @@ int sg_ingress(struct __sk_buff *skb)
 	if (!pol)
 		return 0;
 	struct sg_flow_key *k = &sc->fkey;
-	struct sg_owner *owner = bpf_map_lookup_elem(&sg_owners, &at->cookie);
+	struct sg_owner *owner = NULL;
 	if (!(at->flags & SG_EV_UNPARSED)) {
+		/* the common case first: a flow already allowed, one lookup */
+		flow_key(k, at->cookie, at->raddr, at->rport, SG_EXIT_ACCEPT, pol->generation, 0);
+		struct sg_flow *f = bpf_map_lookup_elem(&sg_flows, k);
+		if (f && f->verdict != SG_REJECTED) {
+			__sync_fetch_and_add(&f->packets, 1);
+			count_hit(slot, SG_EXIT_ACCEPT, f->rule);
+			stat_add(SG_STAT_DECISIONS);
+			return 1;
+		}
 		/* a reply to what this socket's owner sent (the outbound flow's key has its uid) */
+		owner = bpf_map_lookup_elem(&sg_owners, &at->cookie);
 		if (owner) {
 			flow_key(k, at->cookie, at->raddr, at->rport, SG_EXIT_CONNECT, pol->generation, owner->uid);
 			struct sg_flow *out = bpf_map_lookup_elem(&sg_flows, k);
 			if (out && out->verdict != SG_REJECTED)
 				return 1;
 		}
-		flow_key(k, at->cookie, at->raddr, at->rport, SG_EXIT_ACCEPT, pol->generation, 0);
-		struct sg_flow *f = bpf_map_lookup_elem(&sg_flows, k);
-		if (f) {
+		if (f) {  /* a refused flow */
 			__sync_fetch_and_add(&f->packets, 1);
 			count_hit(slot, SG_EXIT_ACCEPT, f->rule);
 			stat_add(SG_STAT_DECISIONS);
-			if (f->verdict == SG_REJECTED) {
-				stat_add(SG_STAT_UDP_DROPPED);
-				return 0;
-			}
-			return 1;
+			stat_add(SG_STAT_UDP_DROPPED);
+			return 0;
 		}
 		at->flags |= SG_EV_FLOW;
+	} else {
+		owner = bpf_map_lookup_elem(&sg_owners, &at->cookie);
 	}
 	__s32 err;
 	__u32 gen;

@@ -148,6 +148,7 @@ struct sg_owner_key {
 #define SG_OWNER_BIND_JUDGED 1   /* listen rules were applied at bind() */
 #define SG_OWNER_REFUSED     2   /* its listen was refused after the fact: every connection to it is */
 #define SG_OWNER_FLOWS       4   /* it has UDP flows: its release is reported (final counts) */
+#define SG_OWNER_INDEXED     8   /* a listener in sg_listener_cookies (the sockhash refused it) */
 
 /* Who owns a socket in scope (recorded at bind/listen/first send, by socket cookie, removed
  * when the socket is released), used by accept decisions. */
