@@ -717,6 +717,23 @@ static __always_inline struct sg_config *get_config(void)
 	return bpf_map_lookup_elem(&sg_config, &zero);
 }
 
+/* This call's site, reset (it lives in the per-CPU scratch, see struct sg_scratch). */
+static __always_inline struct sg_site *new_site(struct sg_scratch *sc, __u32 family, __u32 ipproto)
+{
+	struct sg_site *at = &sc->site;
+	__builtin_memset(at, 0, sizeof(*at));
+	at->family = family;
+	at->ipproto = ipproto;
+	return at;
+}
+
+/* The full socket an skb belongs to, or NULL. */
+static __always_inline struct bpf_sock *skb_sock(struct __sk_buff *skb)
+{
+	struct bpf_sock *sk = skb->sk;
+	return sk ? bpf_sk_fullsock(sk) : NULL;
+}
+
 /* A socket's IP protocol as the class a rule's `protocol` names; -1: not ours to judge. */
 static __always_inline int proto_class(__u32 ipproto)
 {
@@ -914,12 +931,8 @@ static __always_inline int on_connect(struct bpf_sock_addr *raw, bool v6)
 	struct sg_scratch *sc = scratch();
 	if (!sc)
 		return 0;  /* cannot happen (array map); refuse rather than pass unjudged */
-	struct sg_site *at = &sc->site;
-	__builtin_memset(at, 0, sizeof(*at));
-	at->family = v6 ? AF_INET6 : AF_INET;
-	at->ipproto = READ_CTX(ctx->protocol);
+	struct sg_site *at = new_site(sc, v6 ? AF_INET6 : AF_INET, READ_CTX(ctx->protocol));
 	addr_from_ctx(ctx, v6, at->raddr);
-	__builtin_memset(at->laddr, 0, 16);
 	at->rport = bpf_ntohs((__u16)READ_CTX(ctx->user_port));
 	at->cookie = bpf_get_socket_cookie(raw);
 	if (at->ipproto == IPPROTO_TCP && raw->sk) {  /* an MPTCP socket's first subflow is TCP */
@@ -976,10 +989,7 @@ static __always_inline int on_bind(struct sg_ctx_sock *ctx, bool v6)
 	struct sg_scratch *sc = scratch();
 	if (!sc)
 		return 0;
-	struct sg_site *at = &sc->site;
-	__builtin_memset(at, 0, sizeof(*at));
-	at->family = v6 ? AF_INET6 : AF_INET;
-	at->ipproto = ipproto;
+	struct sg_site *at = new_site(sc, v6 ? AF_INET6 : AF_INET, ipproto);
 	if (v6) {
 		__u32 a[4] = { READ_CTX(ctx->src_ip6[0]), READ_CTX(ctx->src_ip6[1]),
 			       READ_CTX(ctx->src_ip6[2]), READ_CTX(ctx->src_ip6[3]) };
@@ -987,7 +997,6 @@ static __always_inline int on_bind(struct sg_ctx_sock *ctx, bool v6)
 	} else {
 		v4_mapped(at->laddr, src4);
 	}
-	__builtin_memset(at->raddr, 0, 16);
 	at->lport = (__u16)READ_CTX(ctx->src_port);
 	at->cookie = bpf_get_socket_cookie(ctx);
 	__s32 err;
@@ -1102,10 +1111,7 @@ int sg_listen_cb(struct bpf_sock_ops *raw)
 	if (!cfg || !sc)
 		return 1;
 	struct sg_owner_key k = { .netns = 0, .family = family, .port = (__u16)READ_CTX(raw->local_port) };
-	struct sg_site *at = &sc->site;
-	__builtin_memset(at, 0, sizeof(*at));
-	at->family = family;
-	at->ipproto = IPPROTO_TCP;
+	struct sg_site *at = new_site(sc, family, IPPROTO_TCP);
 	at->lport = k.port;
 	if (family == AF_INET6) {
 		__u32 a[4] = { READ_CTX(raw->local_ip6[0]), READ_CTX(raw->local_ip6[1]),
@@ -1124,7 +1130,6 @@ int sg_listen_cb(struct bpf_sock_ops *raw)
 	if (tp->is_mptcp)
 		at->ipproto = IPPROTO_MPTCP;  /* a subflow of an MPTCP listener */
 	__builtin_memcpy(at->laddr, k.addr, 16);
-	__builtin_memset(at->raddr, 0, 16);
 	__u64 cookie = bpf_get_socket_cookie(raw);
 	at->cookie = cookie;
 	__u32 flags = 0;
@@ -1169,10 +1174,7 @@ int sg_accept(struct bpf_sk_lookup *raw)
 	__u32 l[4] = { READ_CTX(ctx->local_ip6[0]), READ_CTX(ctx->local_ip6[1]),
 		       READ_CTX(ctx->local_ip6[2]), READ_CTX(ctx->local_ip6[3]) };
 	__u32 r4 = READ_CTX(ctx->remote_ip4), l4 = READ_CTX(ctx->local_ip4);
-	struct sg_site *at = &sc->site;
-	__builtin_memset(at, 0, sizeof(*at));
-	at->family = family;
-	at->ipproto = IPPROTO_TCP;
+	struct sg_site *at = new_site(sc, family, IPPROTO_TCP);
 	if (family == AF_INET6) {
 		v6_copy(at->laddr, l);
 		v6_copy(at->raddr, r);
@@ -1272,19 +1274,13 @@ static __always_inline int datagram_peer(struct __sk_buff *skb, struct sg_site *
 SEC("cgroup_skb/ingress")
 int sg_ingress(struct __sk_buff *skb)
 {
-	struct bpf_sock *sk = skb->sk;
-	if (!sk)
-		return 1;
-	sk = bpf_sk_fullsock(sk);
+	struct bpf_sock *sk = skb_sock(skb);
 	if (!sk || (sk->protocol != IPPROTO_UDP && sk->protocol != IPPROTO_UDPLITE) || sk->dst_port)
 		return 1;
 	struct sg_scratch *sc = scratch();
 	if (!sc)
 		return 0;
-	struct sg_site *at = &sc->site;
-	__builtin_memset(at, 0, sizeof(*at));
-	at->family = sk->family;
-	at->ipproto = sk->protocol;
+	struct sg_site *at = new_site(sc, sk->family, sk->protocol);
 	at->cookie = bpf_get_socket_cookie(skb);
 	if (!datagram_peer(skb, at, true)) {
 		at->flags = SG_EV_UNPARSED;
@@ -1356,19 +1352,13 @@ int sg_ingress(struct __sk_buff *skb)
 SEC("cgroup_skb/egress")
 int sg_egress(struct __sk_buff *skb)
 {
-	struct bpf_sock *sk = skb->sk;
-	if (!sk)
-		return 1;
-	sk = bpf_sk_fullsock(sk);
+	struct bpf_sock *sk = skb_sock(skb);
 	if (!sk || sk->protocol != IPPROTO_UDPLITE || !sk->dst_port)
 		return 1;
 	struct sg_scratch *sc = scratch();
 	if (!sc)
 		return 0;
-	struct sg_site *at = &sc->site;
-	__builtin_memset(at, 0, sizeof(*at));
-	at->family = sk->family;
-	at->ipproto = IPPROTO_UDPLITE;
+	struct sg_site *at = new_site(sc, sk->family, IPPROTO_UDPLITE);
 	at->cookie = bpf_get_socket_cookie(skb);
 	if (!datagram_peer(skb, at, false))
 		at->flags = SG_EV_UNPARSED;
@@ -1445,12 +1435,7 @@ static __always_inline int lsm_judge_connect(struct sock *sk, __u16 skfam, __u16
 	struct sg_scratch *sc = scratch();
 	if (!sc)
 		return -EPERM;
-	struct sg_site *at = &sc->site;
-	__builtin_memset(at, 0, sizeof(*at));
-	at->family = skfam;
-	at->ipproto = protocol;
-	__builtin_memset(at->laddr, 0, 16);
-	__builtin_memset(at->raddr, 0, 16);
+	struct sg_site *at = new_site(sc, skfam, protocol);
 	int parsed = sockaddr_peer(sa, len, at);
 	if (parsed == 0)
 		return 0;
@@ -1532,17 +1517,13 @@ int BPF_PROG(sg_lsm_listen, struct socket *sock, int backlog, int ret)
 	struct sg_scratch *sc = scratch();
 	if (!sc)
 		return -EPERM;
-	struct sg_site *at = &sc->site;
-	__builtin_memset(at, 0, sizeof(*at));
-	at->family = skfam;
-	at->ipproto = protocol;
+	struct sg_site *at = new_site(sc, skfam, protocol);
 	if (skfam == AF_INET6) {
 		BPF_CORE_READ_INTO(&at->laddr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
 	} else {
 		__u32 a4 = BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr);
 		v4_mapped(at->laddr, a4);
 	}
-	__builtin_memset(at->raddr, 0, 16);
 	at->lport = BPF_CORE_READ(sk, __sk_common.skc_num);
 	at->cookie = bpf_get_socket_cookie(sk);
 	__s32 err;
