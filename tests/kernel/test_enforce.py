@@ -320,7 +320,7 @@ def test_listeners_from_before_the_load_are_indexed(scope):
     from sockgate.kernel.loader import Gate
     from sockgate.kernel.owners import seed_owners
 
-    server = _serve(scope, 9401, uid=TEST_UID, seconds=6.0)
+    server = _serve(scope, 9401, uid=TEST_UID, seconds=20.0)  # outlives a slow load (8 s in the 6.1 guest)
     g = Gate.load(scope.pin_dir, scope_cgroup=scope.cgroup, netns=scope.netns)
     try:
         install_text(g, f"""

@@ -9,6 +9,7 @@ slot, bitmaps from the other) or an out-of-range rule; none may ever appear. The
 from __future__ import annotations
 
 import threading
+import time
 
 from conftest import TEST_UID, install_text
 
@@ -43,7 +44,10 @@ action = "reject"
 
 
 def test_every_decision_belongs_to_one_policy(scope, gate):
+    t0 = time.monotonic()
     install_text(gate, A)
+    # long enough for several swaps where an install is slow (the 6.1 guest under TCG)
+    seconds = max(4.0, 8 * (time.monotonic() - t0))
     reader = EventReader(gate.maps["sg_events"])
     gen_policy = {gate.state.generation: "A"}
     stop = threading.Event()
@@ -61,7 +65,7 @@ def test_every_decision_belongs_to_one_policy(scope, gate):
     t = threading.Thread(target=flipper)
     t.start()
     try:
-        r = scope.client("loop", addr="127.0.0.1", ports=[P1, P2], seconds=4.0)
+        r = scope.client("loop", addr="127.0.0.1", ports=[P1, P2], seconds=seconds)
     finally:
         stop.set()
         t.join()

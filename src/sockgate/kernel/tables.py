@@ -8,6 +8,7 @@ still be running on the old slot, so the next load may overwrite it.
 
 from __future__ import annotations
 
+import array
 import ctypes
 import time
 
@@ -95,11 +96,10 @@ def install(gate: Gate, c: Compiled, *, rule_names: list[str] | None = None, sou
     for side in (L.LOCAL, L.REMOTE):
         for (net, plen), idx in c.addrs[side].items():
             libbpf.map_update(m["sg_addrs"], _addr_key(slot, side, net, plen), ctypes.c_uint32(idx))
-        for proto in range(L.PROTOS):
-            table = port_table(c.ports[side][proto])
+        for proto in range(L.PROTOS):  # arrays built in C, not element by element
             base = L.port_index(slot, side, proto, 0)
-            ks = (ctypes.c_uint32 * 65536)(*range(base, base + 65536))
-            vs = (ctypes.c_uint32 * 65536)(*table)
+            ks = (ctypes.c_uint32 * 65536).from_buffer(array.array("I", range(base, base + 65536)))
+            vs = (ctypes.c_uint32 * 65536).from_buffer(array.array("I", port_table(c.ports[side][proto])))
             libbpf.map_update_batch(m["sg_ports"], ks, vs, 65536)
 
     nr = max(c.nrules, 1)
