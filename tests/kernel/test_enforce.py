@@ -171,7 +171,7 @@ action = "reject"
     assert scope.client("listen", addr="127.0.0.1", port=8050)["error"] == "EACCES"
 
 
-def _serve(scope, port, uid=None, seconds=3.0, addr="127.0.0.1"):
+def _serve(scope, port, uid=None, seconds=8.0, addr="127.0.0.1"):  # outlives slow clients (TCG guest)
     p = scope.start("serve", uid=uid, addr=addr, port=port, seconds=seconds)
     first = json.loads(p.stdout.readline())
     assert first["listening"] == port
