@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import json
 import os
@@ -20,6 +21,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from sockgate import safedir
 from sockgate.errors import KernelError, SockgateError
 from sockgate.journal import Journal
 from sockgate.kernel import events as kevents
@@ -28,6 +30,7 @@ from sockgate.kernel import layout as L
 from sockgate.kernel import tables
 from sockgate.kernel.loader import DEFAULT_PIN_DIR, STATE_DIR, Gate, remove_pins
 from sockgate.kernel.owners import seed_owners
+from sockgate.locking import lock_exclusive
 from sockgate.policy.compile import compile_policy
 from sockgate.policy.model import Policy
 from sockgate.policy.parse import load_configured_policy
@@ -46,6 +49,7 @@ DEFAULT_ALERTS = ALERTS_FILE
 DEFAULT_MONITOR_STATE = MONITOR_STATE_DIR
 MERGE_MAX = 50_000  # entries per journal transaction when the writer catches up
 FLOW_SWEEP_S = 1.0  # how often UDP flow counts become summary entries
+DETACH_CHECK_S = 1.0  # how often the daemon checks its programs are still attached
 
 
 @dataclass
@@ -61,17 +65,59 @@ class RunOptions:
     print_events: bool = False
 
 
-def pid_file(pin_dir: str) -> Path:
-    return STATE_DIR / (pin_dir.strip("/").replace("/", "_") + ".pid")
+def lock_file(pin_dir: str) -> Path:
+    return STATE_DIR / (pin_dir.strip("/").replace("/", "_") + ".lock")
+
+
+def hold_daemon_lock(pin_dir: str) -> int:
+    """The running daemon holds an flock on its lock file (the kernel drops it when the
+    process ends, kill -9 included) with its pid written inside. Returns the held fd."""
+    safedir.private_dir(STATE_DIR, error=KernelError, what="run state directory")
+    fd = lock_exclusive(lock_file(pin_dir), error=KernelError,
+                        busy=f"another sockgate daemon runs for {pin_dir} (pid {running_pid(pin_dir)})")
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    return fd
 
 
 def running_pid(pin_dir: str) -> int | None:
+    """The pid of the daemon holding the lock now; None if no process holds it (a pid
+    number alone may have been recycled)."""
     try:
-        pid = int(pid_file(pin_dir).read_text())
-        os.kill(pid, 0)
-        return pid
-    except (OSError, ValueError):
+        fd = os.open(lock_file(pin_dir), os.O_RDONLY)
+    except OSError:
         return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return None  # nobody holds it
+    except BlockingIOError:
+        try:
+            return int(os.pread(fd, 32, 0) or b"0") or None
+        except ValueError:
+            return None
+    finally:
+        os.close(fd)
+
+
+def signal_daemon(pin_dir: str, sig: int) -> int | None:
+    """Signal the daemon by a pidfd opened while it held the lock: never a process that
+    took over its pid number after it ended. Returns the pid signalled."""
+    pid = running_pid(pin_dir)
+    if not pid:
+        return None
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return None
+    try:
+        if running_pid(pin_dir) != pid:  # it ended between the two looks: the pidfd may be another's
+            return None
+        signal.pidfd_send_signal(pidfd, sig)
+        return pid
+    except ProcessLookupError:
+        return None
+    finally:
+        os.close(pidfd)
 
 
 # Enricher.entries unpacks ring-buffer tuples by position (the hot path); the order is the
@@ -192,6 +238,7 @@ class Daemon:
         self._last_dropped = 0
         self._released: set[int] = set()   # sockets whose UDP flows are final
         self._next_sweep = 0.0
+        self._next_detach_check = 0.0
         # Journal writes run on their own thread (the journal's C write path releases the GIL
         # while it hashes, inserts and syncs), in order, through a bounded queue of entry
         # batches and records: if the journal falls behind, the ring buffer fills and the
@@ -199,6 +246,8 @@ class Daemon:
         self._writes: queue.Queue = queue.Queue(maxsize=64)
         self._writer: threading.Thread | None = None
         self.writer_error: BaseException | None = None
+        self._lock_fd: int | None = None
+        self._detached: set[str] = set()  # programs already journaled as detached
         self.log = lambda msg: print(f"sockgate: {msg}", file=sys.stderr, flush=True)
 
     # -- start / stop ---------------------------------------------------------------------
@@ -207,6 +256,7 @@ class Daemon:
         o = self.opts
         policy = load_configured_policy(o.policy)      # a bad policy stops us before any change
         compiled = compile_policy(policy)
+        self._lock_fd = hold_daemon_lock(o.pin_dir)    # one daemon per pin directory
         if o.journal_dir:
             self.log(f"opening journal {o.journal_dir}")
             self.journal = Journal.open(o.journal_dir)
@@ -233,8 +283,6 @@ class Daemon:
                                   prepare=prepare)
             self.log(f"attached {self.gate.state.backend} backend at {self.gate.state.scope_cgroup}"
                      f" (accept in {self.gate.state.netns})")
-        pid_file(o.pin_dir).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        pid_file(o.pin_dir).write_text(str(os.getpid()))
         if not o.netns or os.path.realpath(o.netns) == os.path.realpath("/proc/self/ns/net"):
             n, total = seed_owners(self.gate.maps["sg_listeners"], self.gate.maps["sg_owners"])
             self.log(f"indexed {n} of {total} existing listening sockets"
@@ -326,28 +374,39 @@ class Daemon:
             self.log(f"reload refused, the previous policy stays in force:\n{e}")
             self._record(EntryType.POLICY_LOADED, error=str(e)[:2000], policy_file=self.opts.policy or "(default)")
 
-    def stop(self, *, clean: bool = True) -> None:
+    def stop(self) -> None:
+        """Seal and close the journal, drop our handles and the lock: every step runs even
+        when an earlier one fails (the first failure is raised at the end)."""
         self.stop_event.set()
+        errors = []
+
+        def step(fn):
+            try:
+                fn()
+            except BaseException as e:
+                errors.append(e)
+
         if self.monitor_thread:
-            self.monitor_thread.join(timeout=10)
+            step(lambda: self.monitor_thread.join(timeout=10))
         if self.reader:
-            self._drain(self.reader.poll_raw(0), sweep=True)
-            self.reader.close()
+            step(lambda: self._drain(self.reader.poll_raw(0), sweep=True))
+            step(self.reader.close)
         if self.journal:
             if self._writer and self._writer.is_alive():
                 self._record(EntryType.DAEMON_STOP, pid=os.getpid(), programs="stay attached until `sockgate unload`")
                 self._writes.put(None)
-                self._writer.join()
-            self.journal.close()
+                step(self._writer.join)
+            step(self.journal.close)
             self.journal = None
-        if self.writer_error:
-            raise self.writer_error
         if self.gate:
-            self.gate.close()
-        try:
-            pid_file(self.opts.pin_dir).unlink()
-        except OSError:
-            pass
+            step(self.gate.close)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+        if self.writer_error:
+            errors.insert(0, self.writer_error)
+        if errors:
+            raise errors[0]
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -406,6 +465,19 @@ class Daemon:
                 self._record(EntryType.DETACHED, by="unpinned while running")
                 break
             self._drain(self.reader.poll_raw(100))
+            if time.monotonic() >= self._next_detach_check:
+                self._next_detach_check = time.monotonic() + DETACH_CHECK_S
+                self._check_attached()
+
+    def _check_attached(self) -> None:
+        """Someone else (root) detaching or unpinning some of our programs: journal it once
+        per program; what stays attached keeps being journaled."""
+        gone = set(self.gate.detached()) - self._detached
+        if gone:
+            self._detached |= gone
+            self.log(f"programs detached by someone else: {', '.join(sorted(gone))}")
+            self._record(EntryType.DETACHED, by="detached by someone else while running",
+                         programs=",".join(sorted(gone)))
 
 
 def run(opts: RunOptions) -> None:
@@ -426,9 +498,7 @@ def run(opts: RunOptions) -> None:
 
 def unload(pin_dir: str = DEFAULT_PIN_DIR, journal_dir: str | None = None, timeout: float = 10) -> list[str]:
     """Stop a running daemon, detach and unpin everything, journal it."""
-    pid = running_pid(pin_dir)
-    if pid:
-        os.kill(pid, signal.SIGTERM)
+    if signal_daemon(pin_dir, signal.SIGTERM):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and running_pid(pin_dir):
             time.sleep(0.05)

@@ -197,8 +197,8 @@ def scope(kernel_ok, tmp_path):
             except subprocess.TimeoutExpired:
                 pass
         remove_pins(s.pin_dir)
-        from sockgate.daemon import pid_file
-        pid_file(s.pin_dir).unlink(missing_ok=True)
+        from sockgate.daemon import lock_file
+        lock_file(s.pin_dir).unlink(missing_ok=True)
         _empty_cgroup(cg)
         subprocess.run(["ip", "netns", "del", ns], check=False)
 

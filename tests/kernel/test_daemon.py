@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import TEST_UID, wait_loaded
+from conftest import TEST_UID, backend, wait_loaded
 
 from sockgate.journal import EntryType, Journal
 
@@ -169,3 +169,82 @@ def test_sigterm_while_starting_is_a_clean_stop(scope, tmp_path):
         assert [e.type for e in j.entries()][-1] is EntryType.DAEMON_STOP
     r = _sockgate("journal", "verify", "--journal", str(journal), "--key", str(journal / "verification.key"))
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_one_daemon_per_pin_dir_and_unload_never_signals_a_recycled_pid(scope, tmp_path):
+    """Liveness is the daemon's lock, not a pid number: a second daemon is refused while
+    the first runs; after a kill -9 a pid written in the lock file (say it went to
+    another process) is not signalled by `unload`."""
+    from sockgate.daemon import lock_file
+    policy = scope.write_policy(POLICY)
+    d1 = scope.daemon(policy)
+    wait_loaded(d1)
+    second = _sockgate("run", "--policy", str(policy), "--no-journal", "--scope-cgroup", scope.cgroup,
+                       "--netns", scope.netns, "--pin-dir", scope.pin_dir, "--backend", backend())
+    assert second.returncode == 1 and f"pid {d1.pid}" in second.stderr and "Traceback" not in second.stderr
+    d1.send_signal(signal.SIGKILL)
+    d1.wait(timeout=10)
+    bystander = subprocess.Popen(["sleep", "60"])
+    scope.procs.append(bystander)
+    lock_file(scope.pin_dir).write_text(str(bystander.pid))   # the pid number now names someone else
+    r = _sockgate("unload", "--pin-dir", scope.pin_dir)
+    assert r.returncode == 0, r.stderr
+    assert bystander.poll() is None, "unload signalled a process that is not the daemon"
+    assert not Path(scope.pin_dir).exists()
+
+
+def test_someone_else_detaching_a_program_is_journaled(scope, tmp_path):
+    policy = scope.write_policy(POLICY)
+    journal = tmp_path / "journal"
+    d = scope.daemon(policy, journal=journal)
+    wait_loaded(d)
+    link = Path(scope.pin_dir) / "links" / "sg_accept"
+    r = subprocess.run(["bpftool", "link", "detach", "pinned", str(link)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    deadline = time.monotonic() + 15
+    detached = []
+    while time.monotonic() < deadline and not detached:
+        time.sleep(0.3)
+        with Journal.open(journal, readonly=True) as j:
+            detached = [e for e in j.entries() if e.type is EntryType.DETACHED]
+    assert detached and "sg_accept" in detached[0].extra.get("programs", ""), detached
+    assert d.poll() is None  # the rest still enforces and is still journaled
+    assert scope.client("connect", addr="127.0.0.1", port=7001)["error"] == "EPERM"
+    d.send_signal(signal.SIGTERM)
+    assert d.wait(timeout=15) == 0
+
+
+def test_a_pin_dir_made_first_by_another_user_is_taken_over_or_refused(scope, tmp_path):
+    """bpffs is mounted 1777 on many hosts: an unprivileged user makes the pin directory
+    (with a `links` subdirectory, so it looks loaded) before sockgate starts."""
+    squat = subprocess.run(["mkdir", "-p", f"{scope.pin_dir}/links"], user=TEST_UID, group=TEST_UID,
+                           capture_output=True, text=True)
+    if squat.returncode != 0:  # bpffs mounted 0700 here: the attack itself is impossible
+        assert "Permission denied" in squat.stderr
+        os.makedirs(f"{scope.pin_dir}/links")
+        os.chown(scope.pin_dir, TEST_UID, TEST_UID)
+        os.chown(f"{scope.pin_dir}/links", TEST_UID, TEST_UID)
+    st = _sockgate("status", "--pin-dir", scope.pin_dir)
+    assert st.returncode == 3 and "not loaded" in st.stdout   # another user's directory is not a sockgate
+    d = scope.daemon(scope.write_policy(POLICY))
+    wait_loaded(d)
+    pst = os.stat(scope.pin_dir)
+    assert (pst.st_uid, pst.st_mode & 0o777) == (0, 0o700)
+    assert scope.client("connect", addr="127.0.0.1", port=7001)["error"] == "EPERM"
+    d.send_signal(signal.SIGTERM)
+    assert d.wait(timeout=15) == 0
+    assert _sockgate("unload", "--pin-dir", scope.pin_dir).returncode == 0
+
+    # one that holds something sockgate did not put there is refused, with the reason
+    os.makedirs(scope.pin_dir)
+    os.symlink("/sys/fs/bpf", f"{scope.pin_dir}/maps")
+    os.lchown(f"{scope.pin_dir}/maps", TEST_UID, TEST_UID)
+    os.chown(scope.pin_dir, TEST_UID, TEST_UID)
+    r = _sockgate("run", "--policy", str(scope.write_policy(POLICY)), "--no-journal", "--scope-cgroup",
+                  scope.cgroup, "--netns", scope.netns, "--pin-dir", scope.pin_dir, "--backend", backend())
+    assert r.returncode == 1 and "not sockgate's" in r.stderr and "Traceback" not in r.stderr
+    u = _sockgate("unload", "--pin-dir", scope.pin_dir)   # must not delete through the planted symlink
+    assert u.returncode == 1 and "nothing removed" in u.stderr and "Traceback" not in u.stderr
+    assert os.path.islink(f"{scope.pin_dir}/maps")
+    os.unlink(f"{scope.pin_dir}/maps")
+    os.rmdir(scope.pin_dir)

@@ -236,3 +236,22 @@ MIRRORS = {
 }
 
 assert ctypes.sizeof(Event) % 8 == 0
+
+
+def layout_mismatches(struct_of) -> list[str]:
+    """Where the mirrors differ from the object: `struct_of(name)` gives (size, [(member,
+    offset)]) or None. Run at every load (a mismatch would decode garbage or write tables
+    the kernel reads differently) and by the test against bpftool's independent dump."""
+    problems = []
+    for cname, mirror in MIRRORS.items():
+        found = struct_of(cname)
+        if found is None:
+            problems.append(f"struct {cname} is missing from the object's BTF")
+            continue
+        size, members = found
+        mine = [(name, getattr(mirror, name).offset) for name, *_ in mirror._fields_]
+        if size != ctypes.sizeof(mirror) or members != mine:
+            problems.append(f"struct {cname}: object has size {size} {members}, kernel/layout.py has "
+                            f"size {ctypes.sizeof(mirror)} {mine}")
+    return problems
+

@@ -117,6 +117,11 @@ def _declare(l: ctypes.CDLL) -> None:
         "bpf_map_delete_batch": (c_int, [c_int, c_void_p, POINTER(c_uint32), POINTER(BatchOpts)]),
         "bpf_prog_test_run_opts": (c_int, [c_int, POINTER(TestRunOpts)]),
         "libbpf_num_possible_cpus": (c_int, []),
+        "bpf_object__btf": (c_void_p, [c_void_p]),
+        "bpf_obj_get_info_by_fd": (c_int, [c_int, c_void_p, POINTER(c_uint32)]),
+        "btf__find_by_name_kind": (c_int, [c_void_p, c_char_p, c_uint32]),
+        "btf__type_by_id": (c_void_p, [c_void_p, c_uint32]),
+        "btf__name_by_offset": (c_char_p, [c_void_p, c_uint32]),
     }
     for name, (res, args) in sig.items():
         fn = getattr(l, name)
@@ -208,6 +213,41 @@ def map_update_batch(fd: int, keys, values, count: int) -> None:
             check_rc(lib().bpf_map_update_elem(fd, c_void_p(kb + i * ksz), c_void_p(vb + i * vsz), 0), "map update")
         return
     check_rc(rc, "map batch update")
+
+
+def link_target(link_fd: int) -> int:
+    """The cgroup id or netns inode a cgroup/netns link is attached to; 0 once detached.
+    (struct bpf_link_info: type, id, prog_id, then the per-type union at offset 16.)"""
+    info = (ctypes.c_uint64 * 8)()
+    n = c_uint32(ctypes.sizeof(info))
+    check_rc(lib().bpf_obj_get_info_by_fd(link_fd, info, byref(n)), "read link info")
+    link_type = info[0] & 0xFFFFFFFF
+    return info[2] if link_type == _LINK_TYPE_CGROUP else info[2] & 0xFFFFFFFF
+
+
+_LINK_TYPE_CGROUP = 3  # BPF_LINK_TYPE_CGROUP; netns (5) keeps netns_ino (u32) at the same offset
+_BTF_KIND_STRUCT = 4
+
+
+class _BtfType(Structure):  # struct btf_type (uapi linux/btf.h), struct btf_member[vlen] follows
+    _fields_ = [("name_off", c_uint32), ("info", c_uint32), ("size", c_uint32)]
+
+
+class _BtfMember(Structure):
+    _fields_ = [("name_off", c_uint32), ("type", c_uint32), ("offset", c_uint32)]
+
+
+def btf_struct(obj, name: str) -> tuple[int, list[tuple[str, int]]] | None:
+    """(size, [(member, byte offset)]) of struct `name` in an opened object's BTF, or None."""
+    l = lib()
+    btf = l.bpf_object__btf(obj)
+    tid = l.btf__find_by_name_kind(btf, name.encode(), _BTF_KIND_STRUCT) if btf else -1
+    if tid < 0:
+        return None
+    t = _BtfType.from_address(l.btf__type_by_id(btf, tid))
+    members = (_BtfMember * (t.info & 0xFFFF)).from_address(ctypes.addressof(t) + ctypes.sizeof(_BtfType))
+    bit_offset = (lambda off: off & 0xFFFFFF) if t.info >> 31 else (lambda off: off)  # kind_flag: bitfields
+    return t.size, [(l.btf__name_by_offset(btf, m.name_off).decode(), bit_offset(m.offset) // 8) for m in members]
 
 
 def num_possible_cpus() -> int:

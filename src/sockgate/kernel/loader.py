@@ -18,6 +18,7 @@ import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from sockgate import safedir
 from sockgate.errors import KernelError
 from sockgate.kernel import layout as L
 from sockgate.kernel import libbpf
@@ -107,10 +108,30 @@ def ensure_bpffs(pin_dir: str) -> bool:
     if bpffs_mounted(base):
         return False
     Path(base).mkdir(parents=True, exist_ok=True)
-    r = subprocess.run(["mount", "-t", "bpf", "bpf", base], capture_output=True, text=True)
+    # 0700, not the 1777 some distributions mount it with: nobody else may create the pin directory
+    r = subprocess.run(["mount", "-t", "bpf", "-o", "mode=0700", "bpf", base], capture_output=True, text=True)
     if r.returncode != 0:
         raise KernelError(f"cannot mount bpffs at {base}: {r.stderr.strip()}")
     return True
+
+
+def claim_pin_dir(pin_dir: str) -> None:
+    """Create the pin directory as sockgate's own (root, 0700). bpffs is often mounted 1777:
+    a directory someone else made there first is removed if it holds no pins (only what
+    can load BPF can pin, and that is root here), else refused. Afterwards nobody else
+    can rename or remove what is in it (the parent is sticky, the directory private)."""
+    for _ in range(5):
+        reason = safedir.problem(pin_dir)
+        if reason is None:
+            break
+        p = Path(pin_dir)
+        if not p.is_dir() or p.is_symlink() or any(not d.is_dir() or d.is_symlink() for d in p.rglob("*")):
+            raise KernelError(f"pin directory {pin_dir} is not sockgate's ({reason}) and holds files; "
+                              f"remove it yourself after checking what it is")
+        shutil.rmtree(p)  # fd-based: follows no symlink
+    else:
+        raise KernelError(f"pin directory {pin_dir} keeps being re-created by someone else ({reason})")
+    safedir.private_dir(pin_dir, error=KernelError, what="pin directory")
 
 
 def lsm_active() -> bool:
@@ -144,7 +165,26 @@ class Gate:
 
     @staticmethod
     def is_pinned(pin_dir: str = DEFAULT_PIN_DIR) -> bool:
-        return (Path(pin_dir) / "links").exists() or (Path(pin_dir) / "maps").exists()
+        """Pinned by sockgate: a directory another user made is not a loaded sockgate."""
+        return ((Path(pin_dir) / "links").exists() or (Path(pin_dir) / "maps").exists()) \
+            and safedir.problem(pin_dir) is None
+
+    def detached(self) -> list[str]:
+        """The backend's programs that are no longer attached: link pin removed, or the link
+        detached in place (`bpftool link detach`: its cgroup or netns reads as 0)."""
+        gone = []
+        for name, kind in BACKENDS[self.state.backend].items():
+            try:
+                fd = libbpf.obj_get(str(Path(self.pin_dir) / "links" / name))
+            except KernelError:
+                gone.append(name)
+                continue
+            try:
+                if kind != "lsm" and not libbpf.link_target(fd):
+                    gone.append(name)
+            finally:
+                os.close(fd)
+        return gone
 
     @classmethod
     def load(cls, pin_dir: str = DEFAULT_PIN_DIR, *, scope_cgroup: str | None = None, netns: str | None = None,
@@ -168,6 +208,8 @@ class Gate:
         if attach and cls.is_pinned(pin_dir):
             raise KernelError(f"sockgate is already loaded at {pin_dir}; `sockgate unload` first")
         ensure_bpffs(pin_dir)
+        if attach:
+            claim_pin_dir(pin_dir)
         refusals = []
         for candidate in candidate_backends(backend):
             try:
@@ -201,6 +243,10 @@ class Gate:
         libbpf.take_log()
         obj = libbpf.check_ptr(lib.bpf_object__open_file(str(obj_path).encode(), None), f"open {obj_path}")
         try:
+            mismatches = L.layout_mismatches(lambda name: libbpf.btf_struct(obj, name))
+            if mismatches:  # before anything is loaded: tables written in the wrong layout would misjudge
+                raise KernelError(f"{obj_path} does not match sockgate's layout (rebuild with `make bpf`):\n  "
+                                  + "\n  ".join(mismatches))
             wanted = set(BACKENDS[backend]) | ({TEST_PROGRAM} if with_probe else set())
             for name in ALL_PROGRAMS:
                 prog = libbpf.check_ptr(lib.bpf_object__find_program_by_name(obj, name.encode()), f"find {name}")
@@ -237,7 +283,7 @@ class Gate:
 
     def _pin_maps(self) -> None:
         d = Path(self.pin_dir) / "maps"
-        d.mkdir(parents=True, exist_ok=True)
+        d.mkdir(mode=0o700, exist_ok=True)
         lib = libbpf.lib()
         for n in MAP_NAMES:
             m = lib.bpf_object__find_map_by_name(self._obj, n.encode())
@@ -246,7 +292,7 @@ class Gate:
     def _attach(self, obj, backend: str, scope_cgroup: str, netns: str) -> None:
         lib = libbpf.lib()
         d = Path(self.pin_dir) / "links"
-        d.mkdir(parents=True, exist_ok=True)
+        d.mkdir(mode=0o700, exist_ok=True)
         cg_fd = os.open(scope_cgroup, os.O_RDONLY | os.O_DIRECTORY)
         ns_fd = os.open(netns, os.O_RDONLY)
         try:
@@ -275,7 +321,7 @@ class Gate:
 
     def save_state(self) -> None:
         p = state_path(self.pin_dir)
-        p.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        safedir.private_dir(p.parent, error=KernelError, what="run state directory")
         tmp = p.with_suffix(".tmp")
         tmp.write_text(json.dumps(asdict(self.state), indent=1))
         os.replace(tmp, p)
@@ -336,17 +382,20 @@ def remove_pins(pin_dir: str) -> list[str]:
         sp.unlink()
         removed.append(str(sp))
     base = Path(pin_dir)
-    if not base.exists():
+    if not os.path.lexists(base):
         return removed
+    reason = safedir.problem(base)
+    if reason:  # another user's directory (or a symlink planted in it) must not steer what root deletes
+        raise KernelError(f"{pin_dir} is not sockgate's pin directory ({reason}); nothing removed")
     for sub in ("links", "maps"):
         d = base / sub
-        if d.is_dir():
+        if d.is_dir() and not d.is_symlink():
             for p in sorted(d.iterdir()):
                 p.unlink()
                 removed.append(str(p))
             d.rmdir()
     for p in base.iterdir():
-        if p.is_dir():
+        if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p, ignore_errors=True)
         else:
             p.unlink()
