@@ -237,11 +237,31 @@ def key_addr(key: bytes | None) -> str | None:
     return socket.inet_ntop(socket.AF_INET6, key)
 
 
-def net_range(net: Network) -> tuple[bytes, bytes]:
-    """The first and last addr_key of a network."""
+# One meaning for an IPv6 network next to IPv4 (policy, monitor and journal filters alike):
+# IPv4 addresses, also written v4-mapped (::ffff:a.b.c.d), are matched by IPv4 networks
+# and by v4-mapped ones (::ffff:10.0.0.0/104 is 10.0.0.0/8); any other IPv6 network holds
+# no IPv4 address, though ::/0 contains ::ffff:0:0/96 on paper. "::/0" is every IPv6
+# address; every address at all is ["0.0.0.0/0", "::/0"] (or no address condition).
+V4_MAPPED_NET = ipaddress.IPv6Network("::ffff:0:0/96")
+
+
+def network_contains(net: Network, addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Is `addr` in `net`, by the rule above."""
+    net, addr = unmap_network(net), unmap(addr)
+    return net.version == addr.version and addr in net
+
+
+def net_ranges(net: Network) -> list[tuple[bytes, bytes]]:
+    """The spans of addr_key that `net` holds, by the rule above (two spans for an IPv6
+    network around the v4-mapped block, one otherwise)."""
+    net = unmap_network(net)
     lo, hi = addr_key(str(net.network_address)), addr_key(str(net.broadcast_address))
     assert lo is not None and hi is not None
-    return lo, hi
+    if net.version == 6 and V4_MAPPED_NET.subnet_of(net):
+        below = (int(V4_MAPPED_NET.network_address) - 1).to_bytes(16, "big")
+        above = (int(V4_MAPPED_NET.broadcast_address) + 1).to_bytes(16, "big")
+        return [(lo, below), (above, hi)]
+    return [(lo, hi)]
 
 
 def endpoint(addr: str | None, port: int | None) -> str | None:

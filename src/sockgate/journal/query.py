@@ -16,7 +16,7 @@ from typing import Any, Iterable
 
 from sockgate.errors import UsageError
 from sockgate.record import (
-    Entry, EntryType, Network, Outcome, Source, addr_key, net_range, parse_range, parse_time, value_of,
+    Entry, EntryType, Network, Outcome, Source, addr_key, net_ranges, parse_range, parse_time, value_of,
 )
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.I)
@@ -144,8 +144,7 @@ class Filter:
         for column, nets in (("local_key", self.local), ("remote_key", self.remote)):
             if nets:
                 parts = []
-                for net in nets:
-                    lo, hi = net_range(net)
+                for lo, hi in (span for net in nets for span in net_ranges(net)):
                     parts.append(f"{column} BETWEEN ? AND ?")
                     params.extend((lo, hi))
                 conds.append("(" + " OR ".join(parts) + ")")
@@ -196,7 +195,7 @@ class Filter:
         for addr, nets in ((e.local_addr, self.local), (e.remote_addr, self.remote)):
             if nets:
                 k = addr_key(addr)
-                if k is None or not any(lo <= k <= hi for lo, hi in map(net_range, nets)):
+                if k is None or not any(lo <= k <= hi for net in nets for lo, hi in net_ranges(net)):
                     return False
         for ports, ranges in (((e.local_port, e.remote_port), self.ports),
                               ((e.local_port,), self.local_ports),

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from sockgate.record import Code, EntryType, Outcome, Source, addr_key, net_range, parse_range
+from sockgate.record import Code, EntryType, Outcome, Source, addr_key, net_ranges, parse_range
 
 Pred = Callable[[Any], bool]
 
@@ -134,7 +134,7 @@ def _ranges_pred(ranges: list[tuple[int, int]]) -> Pred:
 
 
 def _net_pred(nets: list[Any]) -> Pred:
-    spans = [net_range(n) for n in nets]
+    spans = [span for n in nets for span in net_ranges(n)]
 
     def pred(v: Any) -> bool:
         k = addr_key(v) if isinstance(v, str) else None

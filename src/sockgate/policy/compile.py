@@ -32,6 +32,7 @@ LOCAL, REMOTE = 0, 1
 RULES_PER_SUMMARY_WORD = 64 * 64
 
 V4_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+_MAPPED_KEY = (int(V4_MAPPED.network_address), 96)  # all of IPv4
 
 
 def as_v6(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> tuple[int, int]:
@@ -242,11 +243,20 @@ def _compile_addrs(rules: list[Rule], attr: str, intern: _Interner) -> dict[tupl
             key = as_v6(net)
             members[key] = members.get(key, 0) | (1 << ri)
     members.setdefault((0, 0), 0)
+    # IPv6 networks shorter than /96 hold no IPv4 address (sockgate.record.network_contains):
+    # the v4-mapped block gets its own entry, and nothing shorter is inherited inside it
+    mapped_net, _ = _MAPPED_KEY
+    if any(bits and plen < 96 and (mapped_net ^ net) >> (128 - plen) == 0 if plen else bits
+           for (net, plen), bits in members.items()):
+        members.setdefault(_MAPPED_KEY, 0)
     lengths = sorted({plen for _, plen in members})
     out: dict[tuple[int, int], int] = {}
     for (net, plen), _ in members.items():
         inherited = 0
+        floor = 96 if plen >= 96 and net >> 32 == 0xFFFF else 0
         for L in lengths:  # every listed prefix that covers this one (itself included)
+            if L < floor:
+                continue
             if L > plen:
                 break
             mask = ((1 << L) - 1) << (128 - L) if L else 0

@@ -18,6 +18,7 @@ import ipaddress
 from sockgate.policy.compile import program_identity
 from sockgate.policy.evaluate import Decision, Query
 from sockgate.policy.model import Action, Exit, Match, Mode, Network, Outcome, Policy, Rule
+from sockgate.record import network_contains
 
 __all__ = ["decide", "rule_matches"]
 
@@ -48,11 +49,11 @@ def rule_matches(rule: Rule, query: Query) -> bool:
     ]
     if query.exit in (Exit.LISTEN, Exit.ACCEPT):  # a connect has no local side to test
         laddr, lport = _endpoint(query.local)
-        checks += [(rule.local, lambda net: _contains(net, laddr)),
+        checks += [(rule.local, lambda net: network_contains(net, laddr)),
                    (rule.local_port, lambda r: r[0] <= lport <= r[1])]
     if query.exit in (Exit.CONNECT, Exit.ACCEPT):  # a listen has no remote side
         raddr, rport = _endpoint(query.remote)
-        checks += [(rule.remote, lambda net: _contains(net, raddr)),
+        checks += [(rule.remote, lambda net: network_contains(net, raddr)),
                    (rule.remote_port, lambda r: r[0] <= rport <= r[1])]
     return all(_field_matches(m, test) for m, test in checks)
 
@@ -80,15 +81,7 @@ def _endpoint(ep: tuple[str, int] | None) -> tuple[Address, int]:
     return ipaddress.ip_address(ep[0]), ep[1]
 
 
-def _contains(net: Network, addr: Address) -> bool:
-    """CIDR containment, an IPv4 address or network being the same as its v4-mapped
-    IPv6 form (::ffff:a.b.c.d) either way round."""
-    if net.version == addr.version:
-        return addr in net
-    if net.version == 4:  # an IPv6 address can only be in an IPv4 network if it is v4-mapped
-        mapped = addr.ipv4_mapped
-        return mapped is not None and mapped in net
-    return ipaddress.IPv6Address(f"::ffff:{addr}") in net  # IPv4 address, IPv6 network
+
 
 
 def _outcome(action: Action, mode: Mode) -> Outcome:
