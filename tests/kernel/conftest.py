@@ -153,13 +153,22 @@ class Scope:
         a = {"cgroup": self.cgroup, "netns": self.netns, "op": op, **args}
         if uid is not None:
             a.update(uid=uid, gid=uid, groups=[])
-        p = subprocess.Popen([sys.executable, str(CLIENT), json.dumps(a)], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+        p = subprocess.Popen([sys.executable, str(CLIENT), json.dumps(a)], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.procs.append(p)
         return p
 
-    def daemon(self, policy: Path, *extra: str, journal: Path | None = None) -> subprocess.Popen:
-        args = [sys.executable, "-c", "from sockgate.cli import main; main()", "run", "--policy", str(policy),
+
+def served(p: subprocess.Popen) -> list[str]:
+    """Stop a `serve` client (close its stdin) and return the peers it accepted."""
+    out, _ = p.communicate(timeout=20)
+    return json.loads(out.strip().splitlines()[-1])["peers"]
+
+    def daemon(self, policy: Path, *extra: str, journal: Path | None = None, drop_caps: str = "") -> subprocess.Popen:
+        """`sockgate run` in this scope; drop_caps ("cap_sys_admin,..."): without those
+        capabilities (capsh drops them from the bounding set before exec)."""
+        args = ["capsh", f"--drop={drop_caps}", "--", "-c", 'exec "$0" "$@"'] if drop_caps else []
+        args += [sys.executable, "-c", "from sockgate.cli import main; main()", "run", "--policy", str(policy),
                 "--scope-cgroup", self.cgroup, "--netns", self.netns, "--pin-dir", self.pin_dir]
         args += ["--journal", str(journal)] if journal else ["--no-journal"]
         args += ["--backend", backend()]

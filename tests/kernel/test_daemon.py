@@ -248,3 +248,23 @@ def test_a_pin_dir_made_first_by_another_user_is_taken_over_or_refused(scope, tm
     assert os.path.islink(f"{scope.pin_dir}/maps")
     os.unlink(f"{scope.pin_dir}/maps")
     os.rmdir(scope.pin_dir)
+
+
+def test_the_daemon_needs_no_cap_sys_admin(scope, tmp_path):
+    """The shipped unit drops CAP_SYS_ADMIN: load, enforce, journal and reload without it
+    (bpffs is mounted already, as systemd mounts it)."""
+    policy = scope.write_policy(POLICY)
+    journal = tmp_path / "journal"
+    d = scope.daemon(policy, journal=journal, drop_caps="cap_sys_admin")
+    wait_loaded(d)
+    cap_eff = next(int(line.split()[1], 16) for line in Path(f"/proc/{d.pid}/status").read_text().splitlines()
+                   if line.startswith("CapEff:"))
+    assert not cap_eff & (1 << 21), "CAP_SYS_ADMIN is still effective"
+    assert scope.client("connect", addr="127.0.0.1", port=7001)["error"] == "EPERM"
+    d.send_signal(signal.SIGHUP)
+    wait_loaded(d, generation=2)
+    d.send_signal(signal.SIGTERM)
+    assert d.wait(timeout=15) == 0
+    with Journal.open(journal, readonly=True) as j:
+        types = [e.type for e in j.entries()]
+    assert EntryType.CONNECT in types and types.count(EntryType.POLICY_LOADED) == 2
