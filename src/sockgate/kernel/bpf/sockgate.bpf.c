@@ -274,9 +274,15 @@ struct sg_scratch {
 	__u32 hit_membership[SG_MAX_GROUPS];
 };
 
+/* Two per CPU: one for hooks in task context (connect, bind, listen, sends, release), one
+ * for the softirq hooks (sk_lookup, cgroup_skb ingress). A softirq can run on a CPU while a
+ * task-context program is half-way through a decision there (after a hardirq): sharing one
+ * entry would let a datagram overwrite that decision's identity and site. */
+#define SG_SCRATCH_TASK    0
+#define SG_SCRATCH_SOFTIRQ 1
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, 2);
 	__type(key, __u32);
 	__type(value, struct sg_scratch);
 } sg_scratch SEC(".maps");
@@ -705,11 +711,11 @@ static __always_inline void v6_copy(__u8 *out, const __u32 *ip6)
 	__builtin_memcpy(out + 12, &w3, 4);
 }
 
-static __always_inline struct sg_scratch *scratch(void)
+static __always_inline struct sg_scratch *scratch_of(__u32 which)
 {
-	__u32 zero = 0;
-	return bpf_map_lookup_elem(&sg_scratch, &zero);
+	return bpf_map_lookup_elem(&sg_scratch, &which);
 }
+#define scratch() scratch_of(SG_SCRATCH_TASK)
 
 static __always_inline struct sg_config *get_config(void)
 {
@@ -1164,7 +1170,7 @@ int sg_accept(struct bpf_sk_lookup *raw)
 	struct sg_ctx_sk_lookup *ctx = (struct sg_ctx_sk_lookup *)raw;
 	if (READ_CTX(ctx->protocol) != IPPROTO_TCP)
 		return SK_PASS;  /* UDP datagrams are judged at the receiving socket (sg_ingress) */
-	struct sg_scratch *sc = scratch();
+	struct sg_scratch *sc = scratch_of(SG_SCRATCH_SOFTIRQ);
 	if (!sc)
 		return SK_DROP;
 	/* every field read once, unconditionally, at its fixed offset (see kernel-notes) */
@@ -1277,7 +1283,7 @@ int sg_ingress(struct __sk_buff *skb)
 	struct bpf_sock *sk = skb_sock(skb);
 	if (!sk || (sk->protocol != IPPROTO_UDP && sk->protocol != IPPROTO_UDPLITE) || sk->dst_port)
 		return 1;
-	struct sg_scratch *sc = scratch();
+	struct sg_scratch *sc = scratch_of(SG_SCRATCH_SOFTIRQ);
 	if (!sc)
 		return 0;
 	struct sg_site *at = new_site(sc, sk->family, sk->protocol);
