@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import sqlite3
+import stat
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -293,6 +294,59 @@ def test_cli_checkpoint_and_verify_checkpoint(jdir, tmp_path):
     f.write_text("{not json")
     code, out, err = run_cli("journal", "verify", "--journal", str(jdir), "--checkpoint", str(f))
     assert code in (1, 2) and "checkpoint" in err and "Traceback" not in err
+
+
+# -- finding 6, journal side: directory owner and mode, file modes, the key never printed ----
+
+@pytest.mark.parametrize("mode", [0o777, 0o755, 0o770])
+def test_precreated_open_directory_is_refused(jdir, mode):
+    jdir.mkdir()
+    jdir.chmod(mode)
+    with pytest.raises(JournalError, match="mode"):
+        Journal.open(jdir)
+    code, out, err = run_cli("journal", "init", "--journal", str(jdir))
+    assert code == 1 and "mode" in err and "Traceback" not in err
+    assert os.listdir(jdir) == []
+
+
+def test_existing_journal_opened_up_is_refused_for_writing(jdir):
+    Journal.open(jdir).close()
+    jdir.chmod(0o777)
+    with pytest.raises(JournalError, match="0777"):
+        Journal.open(jdir)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to chown")
+def test_directory_owned_by_another_user_is_refused(jdir):
+    jdir.mkdir(mode=0o700)
+    os.chown(jdir, 65534, 65534)
+    with pytest.raises(JournalError, match="owned by uid 65534"):
+        Journal.open(jdir)
+
+
+def test_every_file_is_private_even_under_umask_000(jdir):
+    old = os.umask(0)
+    try:
+        with Journal.open(jdir) as j:
+            j.append([decision(0)])
+            j.rotate()
+            j.append([decision(1)])
+            modes = {n: stat.S_IMODE(os.stat(jdir / n).st_mode) for n in os.listdir(jdir)}
+    finally:
+        os.umask(old)
+    assert modes.pop("verification.key") == 0o400
+    assert "r000001.sgj-wal" in modes or "r000002.sgj-wal" in modes
+    assert all(m == 0o600 for m in modes.values()), modes
+
+
+def test_init_key_out_never_prints_the_key(tmp_path):
+    key = tmp_path / "usb" / "k"
+    key.parent.mkdir()
+    code, out, err = run_cli("journal", "init", "--journal", str(tmp_path / "j"), "--key-out", str(key))
+    assert code == 0, err
+    secret = key.read_text().strip().rsplit(":", 1)[1]
+    assert secret not in out and secret not in err
+    assert str(key) in out
 
 
 # -- issue 12 leftover: a busy receiver recognised by SQLite's code --------------------------

@@ -16,7 +16,7 @@ from sockgate.cli.options import journal_option, json_option
 from sockgate.errors import JournalBusyError, UsageError, VerifyError
 from sockgate.journal import Entry, Filter, parse_size
 from sockgate.journal.export import FORMATS, csv_lines, formatter, summary, to_json
-from sockgate.journal.seal import read_verification_key
+from sockgate.journal.seal import fingerprint, parse_verification_key, read_verification_key
 from sockgate.journal.verify import checkpoint, describe_time, read_checkpoint, verify
 from sockgate.record import NS, endpoint, format_time, parse_duration
 
@@ -79,18 +79,18 @@ def group() -> None:
 @click.option("--key-out", type=click.Path(dir_okay=False), help="Write the verification key here "
               "(e.g. removable media) instead of into the journal directory.")
 def init_cmd(journal_dir: str, key_out: str | None) -> None:
-    """Create a journal and its sealing key; print the verification key.
+    """Create a journal and its sealing key; say where the verification key was written.
 
     Keep the verification key OFF this host: whoever holds only the journal and the
     current sealing key cannot re-seal the past, but whoever holds the verification key
-    can forge everything."""
+    can forge everything. It is never printed (terminals and logs keep what is printed)."""
     from sockgate.journal import init_journal
 
     jid, vkey = init_journal(journal_dir, key_out=key_out)
     where = key_out or f"{journal_dir}/verification.key"
     click.echo(f"journal {jid} created in {journal_dir}")
-    click.echo(f"verification key (written to {where}; keep it off this host):")
-    click.echo(vkey)
+    click.echo(f"verification key written to {where} (fingerprint "
+               f"{fingerprint(parse_verification_key(vkey)[1])}); keep it off this host")
 
 
 @group.command("show")

@@ -27,7 +27,7 @@ from sockgate.record import Code, Entry, EntryType, Outcome, Source, key_addr
 from sockgate.journal.query import Filter
 from sockgate.journal.store import (
     FIELDS, FORMAT, FORMAT_VERSION, KEY_FILE, LOCK_FILE, META_FILE, VERIFY_KEY_FILE, ZERO_HASH,
-    Receiver, create_private_file, dump_extra, fsync_dir, read_journal_meta,
+    Receiver, check_directory, create_private_file, dump_extra, fsync_dir, read_journal_meta,
     receiver_name, row_to_entry, scan_directory, write_journal_meta,
 )
 
@@ -61,6 +61,7 @@ def init_journal(directory: str | os.PathLike, *, key_out: str | os.PathLike | N
         d.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as e:
         raise JournalError(f"{d}: cannot create journal directory: {e.strerror}") from None
+    check_directory(d)   # it may have been there before us, with anyone's owner and mode
     if (d / META_FILE).exists():
         raise JournalError(f"{d}: a journal already exists here")
     if scan_directory(d) or any(d.iterdir()):
@@ -122,7 +123,9 @@ class Journal:
         if create and not readonly and not (d / META_FILE).exists():
             if d.is_dir() and any(d.iterdir()):
                 raise JournalError(f"{d}: not a sockgate journal (no {META_FILE}) and not empty")
-            init_journal(d)
+            init_journal(d)   # checks the directory's owner and mode
+        elif not readonly and d.is_dir():
+            check_directory(d)
         meta = read_journal_meta(d)
         j = cls(d, meta, readonly, host or socket.gethostname(), sync)
         try:
