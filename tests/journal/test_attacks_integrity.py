@@ -366,3 +366,11 @@ def test_busy_receiver_is_recognised_by_sqlite_code(jdir, monkeypatch):
             other.execute("ROLLBACK")
         assert j.append([decision(2)]) == 2
     assert issubclass(_append.BusyError, _append.WriteError)
+
+
+def test_address_keys_agree_between_c_and_verify_for_long_scopes(jdir):
+    """A scope longer than any address: both sides drop it before anything else."""
+    with Journal.open(jdir) as j:
+        j.append([decision(0, remote="fe80::1%" + "x" * 80, local_addr="fe80::2%" + "y" * 60)])
+    rep = verify(jdir)
+    assert rep.ok, rep.error
