@@ -10,37 +10,19 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import stat
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from conftest import decision, run_cli
+from test_verify import db, make
 
 from sockgate.errors import JournalBusyError, JournalError
 from sockgate.journal import Code, Entry, EntryType, Journal, Source
 from sockgate.journal import seal as sealing
 from sockgate.journal.store import KEY_FILE, Receiver, receiver_name, scan_directory
 from sockgate.journal.verify import verify
-
-
-def make(jdir: Path, n: int = 300, receivers: int = 3, seal_every: int = 50) -> tuple[str, bytes]:
-    """A closed journal of n decisions over `receivers` receivers; k_0 moved off the host."""
-    with Journal.open(jdir, host="h") as j:
-        j.seal_every = seal_every
-        per = n // receivers
-        for r in range(receivers):
-            if r:
-                j.rotate()
-            j.append(decision(r * per + i) for i in range(per))
-    key = sealing.read_verification_key(jdir / "verification.key")
-    os.rename(jdir / "verification.key", jdir.parent / "vkey")
-    return key
-
-
-def db(jdir: Path, n: int) -> sqlite3.Connection:
-    return sqlite3.connect(jdir / receiver_name(n), isolation_level=None)
 
 
 def wipe_receivers(jdir: Path) -> None:
@@ -93,7 +75,7 @@ def forge_history(jdir: Path, key_id: str, first_seq: int, prev_hash: bytes, ent
 # -- finding 1: a forged cut with only seal.key --------------------------------------------
 
 def test_forged_retention_cut_with_stolen_seal_key_is_caught(jdir):
-    key = make(jdir)
+    key = make(jdir, receivers=3)
     with Journal.open(jdir, readonly=True) as j:
         genuine = list(j.entries())
     victim = genuine[122]   # the entry the intruder wants gone
@@ -113,7 +95,7 @@ def test_forged_retention_cut_with_stolen_seal_key_is_caught(jdir):
 def test_forged_cut_inside_sealed_history_is_caught_even_keeping_the_seals(jdir):
     """Keeping copies of the genuine seals does not help: those after the forged cut point
     vouch for chain hashes the doctored history does not have."""
-    key = make(jdir)
+    key = make(jdir, receivers=3)
     seals = []
     for n, _ in scan_directory(jdir):
         seals += db(jdir, n).execute("SELECT epoch, seq, hash, ts_ns, mac FROM seal ORDER BY epoch").fetchall()
@@ -132,7 +114,7 @@ def test_forged_cut_inside_sealed_history_is_caught_even_keeping_the_seals(jdir)
 def test_the_most_a_stolen_key_allows_is_a_visible_prefix_cut(jdir):
     """Cutting exactly at the last seal made before the theft is the intruder's best case:
     verify reports it as a cut, with the authenticated time span of what is gone."""
-    key = make(jdir)
+    key = make(jdir, receivers=3)
     seals = []
     for n, _ in scan_directory(jdir):
         seals += db(jdir, n).execute("SELECT epoch, seq, hash, ts_ns, mac FROM seal ORDER BY epoch").fetchall()
@@ -146,7 +128,7 @@ def test_the_most_a_stolen_key_allows_is_a_visible_prefix_cut(jdir):
 
 
 def test_retention_keeps_every_seal_so_epoch_0_stays_checkable(jdir):
-    key = make(jdir)
+    key = make(jdir, receivers=3)
     with Journal.open(jdir) as j:
         j.retain(max_size=1)
         j.append([decision(1000)])
@@ -164,7 +146,7 @@ def test_retention_keeps_every_seal_so_epoch_0_stays_checkable(jdir):
 
 
 def test_deleting_the_seals_a_cut_kept_is_a_missing_prefix(jdir):
-    key = make(jdir)
+    key = make(jdir, receivers=3)
     with Journal.open(jdir) as j:
         j.retain(max_size=1)
     for n, _ in scan_directory(jdir):
@@ -270,7 +252,7 @@ def test_checkpoint_catches_truncation_and_replacement(jdir, tmp_path):
 def test_checkpoint_survives_retention(jdir):
     from sockgate.journal.verify import checkpoint
 
-    key = make(jdir)
+    key = make(jdir, receivers=3)
     cp = checkpoint(jdir)
     with Journal.open(jdir) as j:
         j.retain(max_size=1)
