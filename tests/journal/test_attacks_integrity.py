@@ -273,9 +273,10 @@ def test_cli_checkpoint_and_verify_checkpoint(jdir, tmp_path):
     db(jdir, 1).execute("DELETE FROM entry WHERE seq > 280")
     code, out, err = run_cli("journal", "verify", "--journal", str(jdir), "--checkpoint", str(f))
     assert code == 1 and "checkpoint" in err and "Traceback" not in err
-    f.write_text("{not json")
-    code, out, err = run_cli("journal", "verify", "--journal", str(jdir), "--checkpoint", str(f))
-    assert code in (1, 2) and "checkpoint" in err and "Traceback" not in err
+    for hostile in ("{not json", "[" * 100_000, '{"checkpoint": "sgcp1", "epoch": 1e999}', "9" * 5000):
+        f.write_text(hostile)
+        code, out, err = run_cli("journal", "verify", "--journal", str(jdir), "--checkpoint", str(f))
+        assert code == 1 and "not a sockgate checkpoint" in err and "Traceback" not in err, err
 
 
 # -- finding 6, journal side: directory owner and mode, file modes, the key never printed ----

@@ -246,7 +246,7 @@ class _Walk:
                     try:
                         x = json.loads(row[_I_EXTRA])
                         cuts[int(x["through_seq"])] = (str(x["hash"]), seq)
-                    except (ValueError, KeyError, TypeError):
+                    except (ValueError, KeyError, TypeError, RecursionError):
                         raise _Bad(seq, "cut record is malformed") from None
                 if si < len(seals) and seals[si].seq == seq:
                     s = seals[si]
@@ -350,7 +350,7 @@ def parse_checkpoint(text: str, source: str = "checkpoint") -> dict:
     """A checkpoint from its JSON text, every field checked (it comes from a file)."""
     try:
         cp = json.loads(text)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:   # RecursionError: "[[[[..." nested past the stack
         raise JournalError(f"{source}: not a sockgate checkpoint (not JSON: {e})") from None
 
     def is_hex(v: Any) -> bool:
