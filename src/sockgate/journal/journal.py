@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from sockgate import safedir
 from sockgate.errors import JournalBusyError, JournalError
 from sockgate.locking import lock_exclusive
 from sockgate.journal import _append, seal as sealing, store
@@ -27,7 +28,7 @@ from sockgate.record import Code, Entry, EntryType, Outcome, Source, key_addr
 from sockgate.journal.query import Filter
 from sockgate.journal.store import (
     FIELDS, FORMAT, FORMAT_VERSION, KEY_FILE, LOCK_FILE, META_FILE, VERIFY_KEY_FILE, ZERO_HASH,
-    Receiver, check_directory, create_private_file, dump_extra, fsync_dir, read_journal_meta,
+    Receiver, create_private_file, dump_extra, fsync_dir, read_journal_meta,
     receiver_name, row_to_entry, scan_directory, write_journal_meta,
 )
 
@@ -50,6 +51,15 @@ if _append.SQLITE_VERSION != sqlite3.sqlite_version:
 _SELECT = "SELECT " + ",".join(FIELDS) + " FROM entry"
 
 
+def _private_dir(d: Path) -> None:
+    """The journal directory, created 0700 if missing; refused, with the reason, when someone
+    else could write to it (they could delete seal.key or swap receivers)."""
+    try:
+        safedir.private_dir(d, error=JournalError, what="journal directory")
+    except OSError as e:
+        raise JournalError(f"{d}: cannot create journal directory: {e.strerror}") from None
+
+
 def init_journal(directory: str | os.PathLike, *, key_out: str | os.PathLike | None = None) -> tuple[str, str]:
     """Create an empty journal: identity, k_0 and the sealing key state.
 
@@ -57,11 +67,7 @@ def init_journal(directory: str | os.PathLike, *, key_out: str | os.PathLike | N
     key_out if given, else to DIR/verification.key (0400) for the administrator to move
     off the host: a verifier that trusts a key lying next to the journal trusts the host."""
     d = Path(directory)
-    try:
-        d.mkdir(mode=0o700, parents=True, exist_ok=True)
-    except OSError as e:
-        raise JournalError(f"{d}: cannot create journal directory: {e.strerror}") from None
-    check_directory(d)   # it may have been there before us, with anyone's owner and mode
+    _private_dir(d)   # it may have been there before us, with anyone's owner and mode
     if (d / META_FILE).exists():
         raise JournalError(f"{d}: a journal already exists here")
     if scan_directory(d) or any(d.iterdir()):
@@ -125,7 +131,7 @@ class Journal:
                 raise JournalError(f"{d}: not a sockgate journal (no {META_FILE}) and not empty")
             init_journal(d)   # checks the directory's owner and mode
         elif not readonly and d.is_dir():
-            check_directory(d)
+            _private_dir(d)
         meta = read_journal_meta(d)
         j = cls(d, meta, readonly, host or socket.gethostname(), sync)
         try:

@@ -14,7 +14,6 @@ import json
 import os
 import re
 import sqlite3
-import stat
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -123,30 +122,6 @@ def write_error(path: Path | str, what: str, e: sqlite3.Error) -> JournalError:
     if code is not None and code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED):
         return JournalBusyError(f"{path}: {what}: receiver is busy (held by another process): {e}")
     return JournalError(f"{path}: {what}: {e}")
-
-
-def directory_problem(directory: Path) -> str | None:
-    """Why a journal directory must not be written, or None. Whoever can write into it can
-    delete seal.key or swap receivers, so it must be ours alone."""
-    try:
-        st = os.stat(directory)
-    except OSError as e:
-        return f"cannot stat: {e.strerror}"
-    euid = os.geteuid()
-    if st.st_uid != euid:
-        return (f"owned by uid {st.st_uid}, not by uid {euid} that sockgate runs as "
-                "(chown it, or use another directory)")
-    mode = stat.S_IMODE(st.st_mode)
-    if mode & 0o077:
-        return (f"mode {mode:04o} lets other users in (whoever can write here can delete seal.key); "
-                "chmod 0700 it")
-    return None
-
-
-def check_directory(directory: Path) -> None:
-    problem = directory_problem(directory)
-    if problem:
-        raise JournalError(f"{directory}: refusing to use this journal directory: {problem}")
 
 
 def create_private_file(path: Path, data: bytes = b"", mode: int = 0o600) -> None:

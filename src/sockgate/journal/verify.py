@@ -30,11 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sockgate import safedir
 from sockgate.errors import JournalError
 from sockgate.journal import seal as sealing
 from sockgate.journal.seal import Seal
 from sockgate.journal.store import (
-    FIELDS, KEY_FILE, VERIFY_KEY_FILE, Receiver, canonical, directory_problem, read_journal_meta,
+    FIELDS, KEY_FILE, VERIFY_KEY_FILE, Receiver, canonical, read_journal_meta,
     scan_directory,
 )
 from sockgate.record import addr_key, format_time
@@ -102,9 +103,9 @@ def verify(directory: str | Path, key: tuple[str, bytes] | None = None, *,
         rep.keyed = True
     else:
         rep.warnings.append("no verification key: chain and seal order checked, seal MACs NOT checked")
-    problem = directory_problem(d)
+    problem = safedir.problem(d)
     if problem:
-        rep.warnings.append(f"{d}: {problem}")
+        rep.warnings.append(f"journal directory not safe from other users: {problem}")
 
     receivers: list[Receiver] = []
     try:
