@@ -117,7 +117,7 @@ def test_delete_the_oldest_receiver_without_a_cut(jdir):
     key = make(jdir, 300, receivers=3)
     (jdir / "r000001.sgj").unlink()
     seq, err = bad(jdir, key)
-    assert seq == 1 and "no cut record" in err
+    assert seq == 1 and "entries 1..101 are missing" in err and "no declared cut" in err
 
 
 def test_retention_is_a_declared_sealed_cut(jdir):
@@ -215,3 +215,39 @@ def _rechain(c: sqlite3.Connection, start: int, seals: bool = False) -> None:
         c.execute("UPDATE entry SET hash = ? WHERE seq = ?", (prev, row[0]))
     if seals:
         c.execute("UPDATE seal SET hash = (SELECT hash FROM entry WHERE entry.seq = seal.seq)")
+
+
+def test_format_1_journal_reads_upgrades_and_names_an_unauthenticatable_cut(jdir):
+    """A version-1 writer deleted seals with their receivers. Such a journal still reads and
+    takes writes (journal.json is upgraded); a cut it made fails verify, saying why."""
+    import json
+
+    key = make(jdir, 300, receivers=3)
+    with Journal.open(jdir) as j:
+        first_kept = j.receivers[2].first_seq
+        j.retain(max_size=1)
+    c = db(jdir, 3)
+    c.execute("DELETE FROM seal WHERE seq < ?", (first_kept,))      # what a version-1 retain left
+    c.execute("UPDATE meta SET value = '1' WHERE key = 'version'")
+    meta = json.loads((jdir / "journal.json").read_text())
+    (jdir / "journal.json").write_text(json.dumps({**meta, "version": 1}))
+    with Journal.open(jdir, readonly=True) as j:
+        assert j.last_seq == 303 and len(list(j.entries())) == 303 - first_kept + 1
+    seq, err = bad(jdir, key)
+    assert seq == 1 and "format-1 writer" in err
+    with Journal.open(jdir) as j:
+        j.append([decision(999)])
+    assert json.loads((jdir / "journal.json").read_text())["version"] == 2
+
+
+def test_verify_json_reports_the_cut_span(jdir):
+    import json
+
+    make(jdir, 300, receivers=3)
+    with Journal.open(jdir) as j:
+        j.retain(max_size=1)
+    code, out, err = run_cli("journal", "verify", "--journal", str(jdir), "--key", str(jdir.parent / "vkey"), "--json")
+    rep = json.loads(out)
+    assert code == 0 and rep["ok"] and rep["cut_through"] == 202 and len(rep["cut_span"]) == 2
+    code, out, err = run_cli("journal", "verify", "--journal", str(jdir), "--key", str(jdir.parent / "vkey"))
+    assert code == 0 and "entries 1..202, sealed from " in out

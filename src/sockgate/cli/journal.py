@@ -16,8 +16,8 @@ from sockgate.cli.options import journal_option, json_option
 from sockgate.errors import JournalBusyError, UsageError, VerifyError
 from sockgate.journal import Entry, Filter, parse_size
 from sockgate.journal.export import FORMATS, csv_lines, formatter, summary, to_json
-from sockgate.journal.seal import read_verification_key
-from sockgate.journal.verify import verify
+from sockgate.journal.seal import fingerprint, parse_verification_key, read_verification_key
+from sockgate.journal.verify import checkpoint, describe_time, read_checkpoint, verify
 from sockgate.record import NS, endpoint, format_time, parse_duration
 
 if TYPE_CHECKING:
@@ -79,18 +79,18 @@ def group() -> None:
 @click.option("--key-out", type=click.Path(dir_okay=False), help="Write the verification key here "
               "(e.g. removable media) instead of into the journal directory.")
 def init_cmd(journal_dir: str, key_out: str | None) -> None:
-    """Create a journal and its sealing key; print the verification key.
+    """Create a journal and its sealing key; say where the verification key was written.
 
     Keep the verification key OFF this host: whoever holds only the journal and the
     current sealing key cannot re-seal the past, but whoever holds the verification key
-    can forge everything."""
+    can forge everything. It is never printed (terminals and logs keep what is printed)."""
     from sockgate.journal import init_journal
 
     jid, vkey = init_journal(journal_dir, key_out=key_out)
     where = key_out or f"{journal_dir}/verification.key"
     click.echo(f"journal {jid} created in {journal_dir}")
-    click.echo(f"verification key (written to {where}; keep it off this host):")
-    click.echo(vkey)
+    click.echo(f"verification key written to {where} (fingerprint "
+               f"{fingerprint(parse_verification_key(vkey)[1])}); keep it off this host")
 
 
 @group.command("show")
@@ -195,14 +195,17 @@ def export_cmd(journal_dir: str, filt: Filter, fmt: str, output: str | None) -> 
 @journal_option
 @click.option("--key", "key_file", type=click.Path(dir_okay=False),
               help="The verification key kept off the host (from `journal init`).")
+@click.option("--checkpoint", "checkpoint_file", type=click.Path(dir_okay=False),
+              help="A checkpoint from `journal checkpoint`, kept off the host: the journal must still hold it.")
 @json_option
-def verify_cmd(journal_dir: str, key_file: str | None, as_json: bool) -> None:
+def verify_cmd(journal_dir: str, key_file: str | None, checkpoint_file: str | None, as_json: bool) -> None:
     """Check the hash chain and the forward-secure seals of the whole journal.
 
     Exit 0 when intact, 1 naming the first bad sequence number on any edit, deletion,
     insertion, reordering or truncation."""
     key = read_verification_key(key_file) if key_file else None
-    rep = verify(journal_dir, key)
+    cp = read_checkpoint(checkpoint_file) if checkpoint_file else None
+    rep = verify(journal_dir, key, checkpoint=cp)
     if as_json:
         click.echo(json.dumps(rep.to_dict(), indent=1))
     else:
@@ -210,7 +213,11 @@ def verify_cmd(journal_dir: str, key_file: str | None, as_json: bool) -> None:
         click.echo(f"journal {rep.journal_id}: {rep.entries} entries ({span}) in {rep.receivers} receiver(s), "
                    f"{rep.seals} seal(s), sealed through seq {rep.sealed_through}")
         if rep.cut_through:
-            click.echo(f"entries 1..{rep.cut_through} were deleted by declared retention (sealed cut)")
+            span = (f", sealed from {describe_time(rep.cut_span[0])} to {describe_time(rep.cut_span[1])}"
+                    if rep.cut_span else "")
+            click.echo(f"entries 1..{rep.cut_through}{span}, were deleted by declared retention (sealed cut)")
+        if rep.checkpoint:
+            click.echo(f"checkpoint found: seal {cp['epoch']} at seq {cp['seq']}")  # type: ignore[index]
         for w in rep.warnings:
             click.echo(f"warning: {w}", err=True)
     if not rep.ok:
@@ -218,6 +225,14 @@ def verify_cmd(journal_dir: str, key_file: str | None, as_json: bool) -> None:
     if not as_json:
         click.echo("OK: " + ("seals authenticated with the verification key" if rep.keyed
                               else "chain intact (seals not authenticated: no key)"))
+
+
+@group.command("checkpoint")
+@journal_option
+def checkpoint_cmd(journal_dir: str) -> None:
+    """Print the newest seal (one JSON line) to keep off the host. Later,
+    `journal verify --checkpoint FILE` fails if the journal no longer holds it."""
+    click.echo(json.dumps(checkpoint(journal_dir), separators=(",", ":")))
 
 
 @group.command("rotate")

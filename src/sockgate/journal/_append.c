@@ -37,7 +37,9 @@ enum {
 #define NCOLUMNS (NFIELDS + 3) /* + local_key, remote_key, hash */
 
 static PyObject *field_names[NFIELDS]; /* interned attribute names */
-static PyObject *WriteError;           /* SQLite failed (the caller rolls back) */
+static PyObject *WriteError;           /* SQLite failed (the caller rolls back); .code = its code */
+static PyObject *BusyError;            /* WriteError for SQLITE_BUSY/SQLITE_LOCKED: another
+                                          connection holds the receiver (told by code, not text) */
 
 /* One value of one entry: NULL, an integer, or text (UTF-8 owned by a live object or
  * by the batch's arena, see `off`). */
@@ -121,14 +123,19 @@ static const unsigned char MAPPED[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xf
 
 static int addr_key(const char *s, Py_ssize_t n, unsigned char key[16], int *is_v4) {
     char tmp[64];
-    if (n <= 0 || n >= (Py_ssize_t)sizeof tmp || memchr(s, 0, (size_t)n))
+    if (n <= 0 || memchr(s, 0, (size_t)n))
+        return 0;
+    int v6 = memchr(s, ':', (size_t)n) != NULL;
+    if (v6) { /* the scope goes before the length check: verify's record.addr_key drops it first */
+        const char *pct = memchr(s, '%', (size_t)n);
+        if (pct)
+            n = pct - s;
+    }
+    if (n >= (Py_ssize_t)sizeof tmp) /* longer than any address text */
         return 0;
     memcpy(tmp, s, (size_t)n);
     tmp[n] = 0;
-    if (memchr(tmp, ':', (size_t)n)) {
-        char *pct = strchr(tmp, '%');
-        if (pct)
-            *pct = 0;
+    if (v6) {
         *is_v4 = 0;
         return inet_pton(AF_INET6, tmp, key) == 1;
     }
@@ -168,7 +175,17 @@ static void Appender_dealloc(Appender *self) {
 }
 
 static PyObject *sqlite_error(Appender *self, const char *what) {
-    PyErr_Format(WriteError, "%s: %s", what, self->db ? sqlite3_errmsg(self->db) : "no connection");
+    int code = self->db ? sqlite3_extended_errcode(self->db) : SQLITE_MISUSE;
+    int primary = code & 0xff;
+    PyObject *type = primary == SQLITE_BUSY || primary == SQLITE_LOCKED ? BusyError : WriteError;
+    PyObject *msg = PyUnicode_FromFormat("%s: %s", what, self->db ? sqlite3_errmsg(self->db) : "no connection");
+    PyObject *exc = msg ? PyObject_CallOneArg(type, msg) : NULL;
+    PyObject *num = exc ? PyLong_FromLong(code) : NULL;
+    if (num && PyObject_SetAttrString(exc, "code", num) == 0)
+        PyErr_SetObject(type, exc);
+    Py_XDECREF(num);
+    Py_XDECREF(exc);
+    Py_XDECREF(msg);
     return NULL;
 }
 
@@ -182,12 +199,17 @@ static int exec_nogil(Appender *self, const char *sql) {
 
 static int Appender_init(Appender *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"path", "sync", "codes", "types", "sources", "outcomes",
-                             "internal", "dump_extra", NULL};
+                             "internal", "dump_extra", "busy_ms", NULL};
     const char *path, *sync;
     PyObject *sets[4], *internal, *dump_extra;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "ssOOOOOO", kwlist, &path, &sync, &sets[0],
-                                     &sets[1], &sets[2], &sets[3], &internal, &dump_extra))
+    int busy_ms = 10000;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "ssOOOOOO|$i", kwlist, &path, &sync, &sets[0],
+                                     &sets[1], &sets[2], &sets[3], &internal, &dump_extra, &busy_ms))
         return -1;
+    if (busy_ms < 0) {
+        PyErr_SetString(PyExc_ValueError, "busy_ms must be >= 0");
+        return -1;
+    }
     if (self->db) {
         PyErr_SetString(PyExc_RuntimeError, "Appender already initialised");
         return -1;
@@ -208,10 +230,10 @@ static int Appender_init(Appender *self, PyObject *args, PyObject *kw) {
         sqlite_error(self, path);
         return -1;
     }
-    char pragmas[160];
+    char pragmas[200];
     snprintf(pragmas, sizeof pragmas,
-             "PRAGMA busy_timeout=10000; PRAGMA journal_mode=WAL; PRAGMA synchronous=%s; "
-             "PRAGMA cache_size=-32768;", sync);
+             "PRAGMA busy_timeout=%d; PRAGMA journal_mode=WAL; PRAGMA synchronous=%s; "
+             "PRAGMA cache_size=-32768;", busy_ms, sync);
     if (sqlite3_exec(self->db, pragmas, NULL, NULL, NULL) != SQLITE_OK) {
         sqlite_error(self, path);
         return -1;
@@ -757,8 +779,10 @@ PyMODINIT_FUNC PyInit__append(void) {
         PyTuple_SET_ITEM(names, k, field_names[k]);
     }
     WriteError = PyErr_NewException("sockgate.journal._append.WriteError", NULL, NULL);
-    if (!WriteError || PyModule_AddObject(m, "FIELDS", names) < 0 ||
+    BusyError = WriteError ? PyErr_NewException("sockgate.journal._append.BusyError", WriteError, NULL) : NULL;
+    if (!WriteError || !BusyError || PyModule_AddObject(m, "FIELDS", names) < 0 ||
         PyModule_AddObjectRef(m, "WriteError", WriteError) < 0 ||
+        PyModule_AddObjectRef(m, "BusyError", BusyError) < 0 ||
         PyModule_AddStringConstant(m, "SQLITE_VERSION", sqlite3_libversion()) < 0 ||
         PyModule_AddObjectRef(m, "Appender", (PyObject *)&AppenderType) < 0)
         return NULL;

@@ -9,7 +9,6 @@ INTERRUPTED record before anything else.
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import sqlite3
@@ -21,15 +20,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from sockgate import safedir
 from sockgate.errors import JournalBusyError, JournalError
 from sockgate.locking import lock_exclusive
-from sockgate.journal import _append, seal as sealing
+from sockgate.journal import _append, seal as sealing, store
 from sockgate.record import Code, Entry, EntryType, Outcome, Source, key_addr
 from sockgate.journal.query import Filter
 from sockgate.journal.store import (
     FIELDS, FORMAT, FORMAT_VERSION, KEY_FILE, LOCK_FILE, META_FILE, VERIFY_KEY_FILE, ZERO_HASH,
-    Receiver, create_private_file, dump_extra, fsync_dir,
-    read_journal_meta, receiver_name, row_to_entry, scan_directory,
+    Receiver, create_private_file, dump_extra, fsync_dir, read_journal_meta,
+    receiver_name, row_to_entry, scan_directory, write_journal_meta,
 )
 
 BATCH = 5000             # entries per transaction when not atomic
@@ -51,6 +51,15 @@ if _append.SQLITE_VERSION != sqlite3.sqlite_version:
 _SELECT = "SELECT " + ",".join(FIELDS) + " FROM entry"
 
 
+def _private_dir(d: Path) -> None:
+    """The journal directory, created 0700 if missing; refused, with the reason, when someone
+    else could write to it (they could delete seal.key or swap receivers)."""
+    try:
+        safedir.private_dir(d, error=JournalError, what="journal directory")
+    except OSError as e:
+        raise JournalError(f"{d}: cannot create journal directory: {e.strerror}") from None
+
+
 def init_journal(directory: str | os.PathLike, *, key_out: str | os.PathLike | None = None) -> tuple[str, str]:
     """Create an empty journal: identity, k_0 and the sealing key state.
 
@@ -58,10 +67,7 @@ def init_journal(directory: str | os.PathLike, *, key_out: str | os.PathLike | N
     key_out if given, else to DIR/verification.key (0400) for the administrator to move
     off the host: a verifier that trusts a key lying next to the journal trusts the host."""
     d = Path(directory)
-    try:
-        d.mkdir(mode=0o700, parents=True, exist_ok=True)
-    except OSError as e:
-        raise JournalError(f"{d}: cannot create journal directory: {e.strerror}") from None
+    _private_dir(d)   # it may have been there before us, with anyone's owner and mode
     if (d / META_FILE).exists():
         raise JournalError(f"{d}: a journal already exists here")
     if scan_directory(d) or any(d.iterdir()):
@@ -82,11 +88,7 @@ def init_journal(directory: str | os.PathLike, *, key_out: str | os.PathLike | N
     sealing.write_seal_key(d / KEY_FILE, sealing.SealKey(journal_id, 0, k0), create=True)
     meta = {"format": FORMAT, "version": FORMAT_VERSION, "id": journal_id,
             "created_ns": time.time_ns(), "key_fingerprint": sealing.fingerprint(k0)}
-    # journal.json last: its presence means "initialised".
-    tmp = d / f".tmp-{META_FILE}"
-    create_private_file(tmp, json.dumps(meta, indent=1).encode())
-    os.replace(tmp, d / META_FILE)
-    fsync_dir(d)
+    write_journal_meta(d, meta)   # last: its presence means "initialised"
     return journal_id, vkey
 
 
@@ -127,7 +129,9 @@ class Journal:
         if create and not readonly and not (d / META_FILE).exists():
             if d.is_dir() and any(d.iterdir()):
                 raise JournalError(f"{d}: not a sockgate journal (no {META_FILE}) and not empty")
-            init_journal(d)
+            init_journal(d)   # checks the directory's owner and mode
+        elif not readonly and d.is_dir():
+            _private_dir(d)
         meta = read_journal_meta(d)
         j = cls(d, meta, readonly, host or socket.gethostname(), sync)
         try:
@@ -152,17 +156,27 @@ class Journal:
         cur = self._current()
         self._head_seq, self._head_hash = cur.head()
         last = None
-        for r in reversed(self._ordered()):
-            last = r.last_seal()
-            if last:
-                break
-        if last:
-            epoch, self._sealed_seq, _ = last
-            # Crash between committing seal `epoch` and evolving the key file: finish it.
-            while self._key.epoch <= epoch:
-                self._evolve_key()
-        else:
-            self._sealed_seq = 0
+        for r in self._ordered():   # carried seals sit in older receivers: take the newest of all
+            row = r.last_seal()
+            if row is not None:
+                s = sealing.Seal.from_row(row, str(r.path))
+                last = s if last is None or s.epoch > last.epoch else last
+        # The key is at the epoch after the last seal, or at the last seal's own epoch after a
+        # crash between committing that seal and evolving the key (finished here). Anything
+        # else is tampering, and refusing keeps a forged epoch (10^15) from sending us evolving.
+        expect = last.epoch + 1 if last else 0
+        if last is not None and self._key.epoch == last.epoch:
+            self._evolve_key()
+        if self._key.epoch != expect:
+            raise JournalError(
+                f"{self.directory / KEY_FILE}: sealing key is at epoch {self._key.epoch}, but the journal's "
+                + (f"last seal is epoch {last.epoch}" if last else "has no seal") +
+                ": the key file or the seals were tampered with; refusing to write "
+                "(run `sockgate journal verify --key`)")
+        self._sealed_seq = last.seq if last else 0
+        if self.meta.get("version") != FORMAT_VERSION:   # a format-1 journal: retention now keeps seals
+            self.meta = {**self.meta, "version": FORMAT_VERSION}
+            write_journal_meta(self.directory, self.meta)
         interrupted = cur.meta.get("writer") == "open"
         cur.set_meta(writer="open")
         if interrupted:
@@ -273,7 +287,7 @@ class Journal:
                 self._app[1].close()
             self._app = (cur, _append.Appender(
                 str(cur.path), self._sync, _CODES, _TYPES, _SOURCES, _OUTCOMES, _INTERNAL,
-                dump_extra))
+                dump_extra, busy_ms=store.BUSY_TIMEOUT_MS))
         return self._app[1]
 
     def _append_batch(self, batch: list[Entry], internal: bool) -> None:
@@ -299,6 +313,9 @@ class Journal:
                 app.rollback()
             if isinstance(e, ValueError):   # a bad entry: nothing of this batch was written
                 raise JournalError(str(e)) from None
+            if isinstance(e, _append.BusyError):   # SQLITE_BUSY/LOCKED, told by code
+                raise JournalBusyError(f"{self._current().path}: write failed, receiver is busy "
+                                       f"(held by another process): {e}") from None
             if isinstance(e, _append.WriteError):
                 raise JournalError(f"{self._current().path}: write failed: {e}") from None
             raise
@@ -385,6 +402,11 @@ class Journal:
             self.record(EntryType.CUT, receivers=[r.name for r in doomed], through_seq=through,
                         hash=after.prev_hash.hex(), max_age=max_age, max_size=max_size)
             self.seal()
+            # Seals outlive their receivers: they move to the first kept one, so verify --key
+            # still checks every epoch from 0 and the cut point is authenticated. An intruder
+            # with today's key can then at most cut a prefix, not forge one.
+            carried = [row for r in doomed for row in r.seals()]
+            after.insert_seals(carried, carried=True)
             names = []
             for r in doomed:
                 self._receivers.pop(r.number).close()

@@ -27,17 +27,13 @@ KEY_RECORD_SIZE = 256  # fixed size, rewritten in place, so the old key's bytes 
 _EVOLVE = b"sockgate-seal-evolve"
 _MAC = b"sockgate-seal-v1"
 VKEY_PREFIX = "sgvk1"
+# Epochs are seal counters stored as SQLite INTEGERs and MACed as 64-bit: anything outside
+# this range in seal.key is corruption, not a key.
+MAX_EPOCH = 2**63 - 1
 
 
 def evolve(key: bytes) -> bytes:
     return hashlib.sha256(_EVOLVE + key).digest()
-
-
-def key_at(k0: bytes, epoch: int) -> bytes:
-    k = k0
-    for _ in range(epoch):
-        k = evolve(k)
-    return k
 
 
 def fingerprint(k0: bytes) -> str:
@@ -52,6 +48,32 @@ def seal_mac(key: bytes, journal_id: str, epoch: int, seq: int, chain_hash: byte
 
 def new_k0() -> bytes:
     return secrets.token_bytes(32)
+
+
+@dataclass(frozen=True)
+class Seal:
+    """One seal row: the chain hash at seq, MACed under k_epoch at time ts_ns."""
+    epoch: int
+    seq: int
+    hash: bytes
+    ts_ns: int
+    mac: bytes
+
+    @classmethod
+    def from_row(cls, row: tuple, where: str) -> "Seal":
+        """A stored row, checked: whatever a receiver holds is hostile until proven."""
+        epoch, seq, h, ts, mac = row
+        if not (all(type(v) is int for v in (epoch, seq, ts)) and 0 <= epoch <= MAX_EPOCH and seq >= 1
+                and isinstance(h, bytes) and len(h) == 32 and isinstance(mac, bytes) and len(mac) == 32):
+            raise JournalError(f"{where}: malformed seal row (epoch {epoch!r:.40}, seq {seq!r:.40})")
+        return cls(epoch, seq, h, ts, mac)
+
+    def row(self) -> tuple:
+        return (self.epoch, self.seq, self.hash, self.ts_ns, self.mac)
+
+    def authentic(self, key: bytes, journal_id: str) -> bool:
+        """key must be k_epoch."""
+        return hmac.compare_digest(self.mac, seal_mac(key, journal_id, self.epoch, self.seq, self.hash, self.ts_ns))
 
 
 # -- verification key (the administrator keeps it off the host) -----------------------------
@@ -98,10 +120,13 @@ class SealKey:
     def decode(cls, data: bytes, path: Path) -> "SealKey":
         try:
             body, crc = data.decode().strip().rsplit(" ", 1)
-            magic, journal_id, epoch, key = body.split(" ")
+            magic, journal_id, epoch_text, key_hex = body.split(" ")
             if magic != "sgseal1" or int(crc, 16) != zlib.crc32(body.encode()):
                 raise ValueError("checksum")
-            return cls(journal_id, int(epoch), bytes.fromhex(key))
+            epoch, key = int(epoch_text), bytes.fromhex(key_hex)
+            if not 0 <= epoch <= MAX_EPOCH or len(key) != 32:
+                raise ValueError("range")
+            return cls(journal_id, epoch, key)
         except (ValueError, UnicodeDecodeError):
             raise JournalError(f"{path}: sealing key file is corrupt") from None
 

@@ -17,11 +17,16 @@ import sqlite3
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from sockgate.errors import JournalError
+from sockgate.errors import JournalBusyError, JournalError
 from sockgate.record import Code, Entry, EntryType, Outcome, Source
 
 FORMAT = "sockgate-journal"
-FORMAT_VERSION = 1
+# 2: retention carries the seals of the receivers it deletes into the first kept one, so
+# every epoch from 0 stays checkable (verify requires it). 1 deleted them with the receiver;
+# a version-1 journal reads and writes as before (opening it for writing upgrades it), but
+# verify fails on a cut made by a version-1 writer, since that cut cannot be authenticated.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 META_FILE = "journal.json"
 KEY_FILE = "seal.key"
 LOCK_FILE = "lock"
@@ -32,6 +37,8 @@ _SIDE_RE = re.compile(r"^r\d{6}\.sgj-(wal|shm|journal)$|^\.tmp-")
 _KNOWN = {META_FILE, KEY_FILE, LOCK_FILE, VERIFY_KEY_FILE}
 SQLITE_MAGIC = b"SQLite format 3\x00"
 ZERO_HASH = bytes(32)
+BUSY_TIMEOUT_MS = 10_000   # how long a writer waits for SQLite's lock before "busy"
+_SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
 # What reading a damaged receiver can raise (a flipped byte in a text column fails decoding).
 DB_ERRORS = (sqlite3.DatabaseError, UnicodeDecodeError)
 
@@ -106,6 +113,15 @@ def row_to_entry(row: sqlite3.Row | tuple) -> Entry:
     return Entry(_CODE[code], _TYPE[etype], ts_ns, _SOURCE[source], host, _OUTCOME[outcome], rule, uid,
                  user, gid, pid, program, family, local_addr, local_port, remote_addr, remote_port,
                  _loads(extra) if extra != "{}" else {}, ident, seq)
+
+
+def write_error(path: Path | str, what: str, e: sqlite3.Error) -> JournalError:
+    """An SQLite failure as a JournalError; SQLITE_BUSY/SQLITE_LOCKED (by their code, not
+    their message) as JournalBusyError: another process holds the receiver."""
+    code = getattr(e, "sqlite_errorcode", None)
+    if code is not None and code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED):
+        return JournalBusyError(f"{path}: {what}: receiver is busy (held by another process): {e}")
+    return JournalError(f"{path}: {what}: {e}")
 
 
 def create_private_file(path: Path, data: bytes = b"", mode: int = 0o600) -> None:
@@ -213,7 +229,7 @@ class Receiver:
         problem = None
         if meta.get("format") != FORMAT:
             problem = "not a sockgate receiver"
-        elif meta.get("version") != str(FORMAT_VERSION):
+        elif meta.get("version") not in {str(v) for v in READABLE_VERSIONS}:
             problem = f"receiver format version {meta.get('version')} is not supported"
         elif meta.get("journal") != journal_id:
             problem = f"belongs to another journal ({meta.get('journal')})"
@@ -242,10 +258,15 @@ class Receiver:
             return self.first_seq - 1, self.prev_hash
         return row[0], bytes(row[1])
 
-    def last_seal(self) -> tuple[int, int, int] | None:
-        """(epoch, seq, ts_ns) of the newest seal in this receiver."""
-        rows = self.fetchall("SELECT epoch, seq, ts_ns FROM seal ORDER BY epoch DESC LIMIT 1")
-        return tuple(rows[0]) if rows else None  # type: ignore[return-value]
+    def last_seal(self) -> tuple | None:
+        """(epoch, seq, hash, ts_ns, mac) of the newest seal in this receiver, as stored."""
+        rows = self.fetchall("SELECT epoch, seq, hash, ts_ns, mac FROM seal ORDER BY epoch DESC LIMIT 1")
+        return tuple(rows[0]) if rows else None
+
+    def seals(self) -> list[tuple]:
+        """Every seal row (epoch, seq, hash, ts_ns, mac), epoch order, as stored (verify
+        checks the types)."""
+        return self.fetchall("SELECT epoch, seq, hash, ts_ns, mac FROM seal ORDER BY epoch")
 
     def time_span(self) -> tuple[int, int] | None:
         row = self.fetchall("SELECT min(ts_ns), max(ts_ns) FROM entry")[0]
@@ -285,7 +306,7 @@ class Receiver:
         try:
             return self.conn.execute(sql, tuple(params))
         except sqlite3.DatabaseError as e:
-            raise JournalError(f"{self.path}: {e}") from None
+            raise write_error(self.path, sql.split(" ", 1)[0].lower(), e) from None
 
     # -- writing ------------------------------------------------------------------------
 
@@ -301,13 +322,19 @@ class Receiver:
 
     def insert_seal(self, seal: tuple) -> None:
         """One seal row, in its own transaction (entries go through the C write path)."""
-        self.execute("BEGIN IMMEDIATE")
+        self.insert_seals([seal])
+
+    def insert_seals(self, seals: list[tuple], *, carried: bool = False) -> None:
+        """Seal rows in one transaction. carried: copies of seals from receivers retention
+        is about to delete; one already here (a retain that crashed before deleting) is kept."""
+        verb = "INSERT OR IGNORE" if carried else "INSERT"
         try:
-            self.conn.execute("INSERT INTO seal VALUES (?, ?, ?, ?, ?)", seal)
+            self.conn.execute("BEGIN IMMEDIATE")
+            self.conn.executemany(f"{verb} INTO seal VALUES (?, ?, ?, ?, ?)", seals)
             self.conn.execute("COMMIT")
         except sqlite3.DatabaseError as e:
             self._rollback()
-            raise JournalError(f"{self.path}: write failed: {e}") from None
+            raise write_error(self.path, "write failed", e) from None
         except BaseException:
             self._rollback()
             raise
@@ -330,22 +357,35 @@ def _connect(path: Path, *, readonly: bool, sync: str, new: bool = False) -> sql
     try:
         if readonly:
             conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None,
-                                   check_same_thread=False, timeout=10)
+                                   check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000)
             # queries read pages in place instead of copying each one out of the page cache
             # (a /24's rejections are rows scattered over the whole receiver)
             conn.execute(f"PRAGMA mmap_size={MMAP_BYTES}")
         else:
-            conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=10)
+            conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False,
+                                   timeout=BUSY_TIMEOUT_MS / 1000)
             if new:
                 conn.execute(f"PRAGMA page_size={PAGE_SIZE}")  # before WAL mode fixes it
             conn.execute("PRAGMA journal_mode=WAL")
             # FULL: a commit is on disk when append() returns, and a seal row is never
             # behind the key file that already evolved past it.
             conn.execute(f"PRAGMA synchronous={sync}")
-        conn.execute("PRAGMA busy_timeout=10000")
+        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         return conn
     except sqlite3.DatabaseError as e:
         raise JournalError(f"{path}: cannot open receiver: {e}") from None
+
+
+def write_journal_meta(directory: Path, meta: dict[str, Any]) -> None:
+    """journal.json, replaced atomically (its presence means "initialised")."""
+    tmp = directory / f".tmp-{META_FILE}"
+    try:
+        tmp.unlink()   # left by a crash
+    except FileNotFoundError:
+        pass
+    create_private_file(tmp, json.dumps(meta, indent=1).encode())
+    os.replace(tmp, directory / META_FILE)
+    fsync_dir(directory)
 
 
 def read_journal_meta(directory: Path) -> dict[str, Any]:
@@ -358,6 +398,6 @@ def read_journal_meta(directory: Path) -> dict[str, Any]:
         raise JournalError(f"{path}: unreadable or corrupt: {e}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(meta.get("id"), str):
         raise JournalError(f"{path}: not a sockgate journal")
-    if meta.get("version") != FORMAT_VERSION:
+    if meta.get("version") not in READABLE_VERSIONS:
         raise JournalError(f"{path}: journal format version {meta.get('version')} is not supported")
     return meta
