@@ -42,6 +42,7 @@ _ALERT_KEYS = {"name", "kind", "severity", "message", "channels", "suppress", "d
                "count", "window", "group_by", "key", "forget", "enabled", "description"}
 _KIND_ONLY = {"count": "threshold", "window": "threshold", "group_by": "threshold",
               "key": "first_seen", "forget": "first_seen"}
+MAX_COUNT = 100_000
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
 
 
@@ -181,8 +182,9 @@ def _parse_alert(ctx: _Ctx, i: int, spec: Any, lists: config.Lists, mon: dict, c
     count, window, group_by, key, forget = 1, 0, (), (), 0
     if kind == "threshold":
         count = spec.get("count")
-        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-            ctx.err((*where, "count"), f"{label}: count must be an integer >= 1 (how many matches fire the alert)")
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_COUNT:
+            ctx.err((*where, "count"), f"{label}: count must be an integer 1-{MAX_COUNT} (how many matches fire "
+                                       "the alert; a window keeps that many times per group)")
             count = 1
         if "window" not in spec:
             ctx.err(where, f"{label}: window is required for a threshold (e.g. window = \"1m\")")
