@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from sockgate.errors import StateError
-from sockgate.locking import lock_exclusive
+from sockgate.locking import lock_exclusive, private_directory, private_file
 from sockgate.monitor.engine import Alert, Engine, OpenAlert
 
 SCHEMA = """
@@ -54,12 +54,15 @@ class State:
     @classmethod
     def open(cls, directory: str | os.PathLike) -> "State":
         d = Path(directory)
-        try:
-            d.mkdir(parents=True, exist_ok=True, mode=0o700)
-        except OSError as e:
-            raise StateError(f"{d}: cannot use as monitor state directory: {e.strerror}") from None
+        private_directory(d, error=StateError, what="monitor state directory")
         fd = lock_exclusive(d / "lock", error=StateError,
                             busy=f"{d}: another monitor is running with this state directory")
+        try:
+            # SQLite creates the file with the umask's mode (and its -wal/-shm with the file's)
+            private_file(d / "state.db", error=StateError)
+        except StateError:
+            os.close(fd)
+            raise
         try:
             db = sqlite3.connect(d / "state.db", isolation_level=None, check_same_thread=False)
             db.execute("PRAGMA journal_mode=WAL")
