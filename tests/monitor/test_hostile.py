@@ -52,6 +52,7 @@ def rules_for(tmp_path: Path, channel: str, message: str = "{user} {program} on 
 [monitor]
 start = "beginning"
 channels = ["c"]
+storm = 0
 [channel.c]
 retry_initial = "10ms"
 retry_max = "20ms"
@@ -359,3 +360,104 @@ def test_auth_is_never_sent_in_plaintext_even_if_the_server_offers_it(tmp_path, 
         assert len(rec.messages) == 1
     finally:
         rec.stop()
+
+
+# --------------------------------------------------------------------------- finding 3: storms
+
+
+STORM_RULES = """
+[monitor]
+channels = ["c"]
+{monitor}
+[channel.c]
+type = "command"
+argv = ["true"]
+[[alert]]
+name = "rejected"
+match = {{ outcome = "rejected" }}
+message = "{{user}} refused {{remote}}"
+"""
+
+
+def rejections(n: int, spacing: float = 0.001, every: int = 1) -> list:
+    """n entries (seq 1..n) of which every `every`-th is a rejection, each to its own port:
+    every alert is distinct, so dedup cannot fold any of them."""
+    return [entry("C", "rejected" if i % every == 0 else "allowed", ts=i * spacing, seq=i + 1, user="u",
+                  remote_addr="192.0.2.1", remote_port=i % 65535 + 1) for i in range(n)]
+
+
+def expand(ranges: str) -> list[int]:
+    out = []
+    for part in ranges.split(","):
+        a, _, b = part.partition("-")
+        out += range(int(a), int(b or a) + 1)
+    return out
+
+
+def test_storm_of_10000_distinct_rejections_folds_into_counted_reports():
+    """10,000 distinct rejections raised 10,000 alerts. Now a rule sends `storm` (20) per
+    storm_window (1m) and folds the rest into one report per window: exact counts, and
+    which entries (their seqs)."""
+    from sockgate.monitor import replay
+    rs = parse_rules(STORM_RULES.format(monitor=""))
+    es = rejections(10_000, spacing=0.03)             # 300 s: five storm windows
+    alerts = replay(rs, es)
+    sent = [a for a in alerts if not a.payload.get("storm")]
+    storms = [a for a in alerts if a.payload.get("storm")]
+    assert len(sent) == 5 * 20 and len(storms) == 5
+    assert sum(a.payload["count"] for a in alerts) == 10_000            # nothing dropped
+    folded = [s for a in storms for s in expand(a.payload["folded"]["seqs"])]
+    assert all(a.payload["folded"]["seqs_complete"] for a in storms)
+    assert sorted(folded + [a.payload["entry"]["seq"] for a in sent]) == list(range(1, 10_001))
+    first = storms[0].payload
+    assert first["id"] == "rejected/storm/21" and first["count"] == 1980 and first["folded"]["entries"] == 1980
+    assert "1980 more alerts folded" in first["message"] and "journal seq 21-2000" in first["message"]
+
+
+def test_storm_report_of_scattered_entries_keeps_exact_count_and_span():
+    from sockgate.monitor import replay
+    rs = parse_rules(STORM_RULES.format(monitor="storm = 5\nstorm_window = \"1h\""))
+    es = rejections(10_000, every=3)                  # every third entry: 3,334 ranges
+    alerts = replay(rs, es)
+    [storm] = [a.payload for a in alerts if a.payload.get("storm")]
+    assert len(alerts) == 6 and storm["count"] == 3334 - 5
+    f = storm["folded"]
+    assert f["seqs_complete"] is False and f["first_seq"] == 16 and f["last_seq"] == 10_000
+    assert "journal seq 16-10000" in storm["message"]
+
+
+def test_storm_zero_is_off_and_bad_knobs_are_located():
+    from sockgate.monitor import replay
+    rs = parse_rules(STORM_RULES.format(monitor="storm = 0"))
+    assert len(replay(rs, rejections(500))) == 500
+    for bad, word in (("storm = -1", "storm"), ("storm = true", "storm"), ('storm_window = inf', "storm_window"),
+                      ('storm_window = "0s"', "storm_window")):
+        with pytest.raises(RulesErrors, match=f"f:4: .*{word}"):
+            parse_rules(STORM_RULES.format(monitor=bad), "f")
+
+
+def test_storm_across_restarts_counts_add_up_at_the_receiver(tmp_path, http_receiver):
+    """The storm window is state: a monitor restarted in the middle of a storm goes on
+    counting, and every rejection is accounted for at a real HTTP receiver."""
+    from .conftest import T0
+    rules = tmp_path / "alerts.toml"
+    rules.write_text(STORM_RULES.format(monitor='start = "beginning"').replace(
+        'type = "command"\nargv = ["true"]', f'type = "webhook"\nurl = "{http_receiver.url}"'))
+    es = rejections(10_000, spacing=0.01)                 # 100 s of journal time
+    now = [T0]
+    with Journal.open(tmp_path / "journal") as j:
+        j.append(es[:4000])
+    with Monitor.open(rules, tmp_path / "journal", tmp_path / "state", clock=lambda: now[0], batch=700) as m:
+        m.step()
+    with Journal.open(tmp_path / "journal") as j:
+        j.append([entry("C", "rejected", ts=e.ts_ns / 1e9 - T0 / 1e9, user="u", remote_addr="192.0.2.1",
+                        remote_port=e.remote_port) for e in es[4000:]])
+    with Monitor.open(rules, tmp_path / "journal", tmp_path / "state", clock=lambda: now[0], batch=700) as m:
+        m.step()
+        now[0] = T0 + 10**12                               # the wall clock passes the last window
+        m.step()
+        assert m.state.queue_sizes() == {}
+    bodies = http_receiver.bodies
+    assert len(bodies) == 2 * 20 + 2
+    assert sum(b["count"] for b in bodies) == 10_000
+    assert len({b["id"] for b in bodies}) == len(bodies)

@@ -141,7 +141,7 @@ class Monitor:
         now = self.clock()
         self.engine.tick(now, out)
         self.engine.prune(self.engine.latest_ts)   # windows are in journal time
-        if out or self.engine.dirty_windows:
+        if out or self.engine.dirty_windows or self.engine.dirty_storms:
             self.state.commit(self.engine, out, now_ns=now)
             raised += len(out)
         self.raised += raised

@@ -49,7 +49,9 @@ def build_message(alert: dict[str, Any], sender: str, to: list[str], subject: st
     msg["From"] = sender
     msg["To"] = ", ".join(to)
     subj = _subject(subject, alert)
-    if alert.get("repeat"):
+    if alert.get("storm"):
+        subj = f"{subj} (storm: {alert['count']} folded)"
+    elif alert.get("repeat"):
         subj = f"{subj} (repeated {alert['count']}x)"
     msg["Subject"] = subj
     msg["Date"] = formatdate(localtime=False)
