@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from sockgate.errors import StateError
-from sockgate.locking import lock_exclusive, private_directory, private_file
+from sockgate.locking import lock_exclusive
+from sockgate.safedir import private_dir, private_file
 from sockgate.monitor.engine import Alert, Engine, OpenAlert, Storm
 
 SCHEMA = """
@@ -56,7 +57,7 @@ class State:
     @classmethod
     def open(cls, directory: str | os.PathLike) -> "State":
         d = Path(directory)
-        private_directory(d, error=StateError, what="monitor state directory")
+        private_dir(d, error=StateError, what="monitor state directory")
         fd = lock_exclusive(d / "lock", error=StateError,
                             busy=f"{d}: another monitor is running with this state directory")
         try:
