@@ -22,7 +22,7 @@ from sockgate.journal import Journal
 from sockgate.monitor import Monitor, load_rules
 from sockgate.monitor.parse import parse_rules
 from sockgate.monitor.state import State
-from sockgate.record import oneline
+from sockgate.record import EntryType, oneline
 
 from .conftest import SMTPReceiver, SyslogReceiver, entry, wait_for
 from .test_cli import sockgate
@@ -461,3 +461,26 @@ def test_storm_across_restarts_counts_add_up_at_the_receiver(tmp_path, http_rece
     assert len(bodies) == 2 * 20 + 2
     assert sum(b["count"] for b in bodies) == 10_000
     assert len({b["id"] for b in bodies}) == len(bodies)
+
+
+# --------------------------------------------------------------------------- finding 9: detach
+
+
+def test_detach_record_raises_the_example_alert(tmp_path):
+    """The daemon journals `detach` (by, programs) when someone else detaches its programs:
+    the example rule fires on it, through a real command channel, with what was detached."""
+    example = Path(__file__).resolve().parents[2] / "examples" / "alerts.toml"
+    out = tmp_path / "got"
+    text = example.read_text()
+    text = re.sub(r'argv    = \[.*\]', f'argv = ["sh", "-c", "cat >> {out}"]', text)
+    rules = tmp_path / "alerts.toml"
+    text = re.sub(r'start +=  *"end"', 'start = "beginning"', text)
+    rules.write_text(text.replace('channels = ["syslog", "oncall-mail", "pager"]', 'channels = ["pager"]'))
+    with Journal.open(tmp_path / "journal") as j:
+        j.record(EntryType.DETACHED, by="detached by someone else while running", programs="sg_accept,sg_connect")
+    with Monitor.open(rules, tmp_path / "journal", tmp_path / "state") as m:
+        m.step()
+        assert m.state.queue_sizes().get("pager") is None
+    [a] = [json.loads(line) for line in out.read_text().splitlines()]
+    assert a["alert"] == "sockgate-detached" and a["severity"] == "critical"
+    assert a["message"].endswith("detached by someone else while running: sg_accept,sg_connect")
