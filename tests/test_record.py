@@ -137,4 +137,4 @@ def test_monitor_ibmi_and_check_import_without_the_c_writer():
                        env=dict(os.environ, PYTHONPATH=str(ROOT / "src")))
     assert p.returncode == 0 and p.stdout.strip() == "no C writer", p.stderr
     p = sockgate("monitor", "--check", str(ROOT / "examples" / "alerts.toml"), pre=NO_C_WRITER)
-    assert p.returncode == 0 and "ok (6 alert rules" in p.stdout, p.stderr
+    assert p.returncode == 0 and "ok (7 alert rules" in p.stdout, p.stderr

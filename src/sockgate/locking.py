@@ -25,3 +25,4 @@ def lock_exclusive(path: Path, *, busy: str, error: type[SockgateError],
         os.close(fd)
         raise (busy_error or error)(busy) from None
     return fd
+

@@ -313,6 +313,26 @@ def quote(value: Any) -> str:
     return kind_of(value)
 
 
+# Characters that end a line for some reader (every separator str.splitlines() knows), drive a
+# terminal (C0 and C1 controls, DEL) or reorder what it shows (bidi embeddings/isolates).
+LINE_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(m: re.Match) -> str:
+    c = m.group()
+    o = ord(c)
+    return _ESCAPES.get(c) or (f"\\x{o:02x}" if o < 0x100 else f"\\u{o:04x}")
+
+
+def oneline(value: Any) -> str:
+    """value as one line of inert text: every LINE_UNSAFE character becomes a visible escape
+    (\\n, \\x1b, \\u2028), so a hostile name shows what it is and can neither start a line
+    (syslog, a mail header, an environment variable) nor drive a terminal."""
+    s = value if isinstance(value, str) else str(value)
+    return LINE_UNSAFE.sub(_escape, s) if LINE_UNSAFE.search(s) else s
+
+
 _KINDS = ((bool, "a boolean"), (str, "a string"), (int, "an integer"), (float, "a float"),
           (list, "an array"), (dict, "a table"))
 
@@ -334,18 +354,20 @@ def parse_duration(value: Any) -> int:
     """A length of time in nanoseconds: "250ms", "90s", "15m", "1h30m", "7d", "2w"; a bare
     number (TOML or text) is seconds. Raises ValueError with a readable reason."""
     if isinstance(value, bool):
-        raise ValueError(f"expected a duration like \"5m\", got {value!r}")
+        raise ValueError(f"expected a duration like \"5m\", got {quote(value)}")
     if isinstance(value, (int, float)):
+        if value != value:
+            raise ValueError("expected a duration like \"5m\", got nan")
         if value < 0:
-            raise ValueError(f"duration must not be negative, got {value!r}")
-        return int(value * NS)
+            raise ValueError(f"duration must not be negative, got {quote(value)}")
+        return _bounded(value * NS, value)
     if not isinstance(value, str):
-        raise ValueError(f"expected a duration like \"5m\", got {value!r}")
+        raise ValueError(f"expected a duration like \"5m\", got {quote(value)}")
     text = value.strip().lower().replace(" ", "")
     if not text:
         raise ValueError("empty duration")
     if _NUMBER.fullmatch(text):
-        return int(float(text) * NS)
+        return _bounded(float(text) * NS, value)
     pos, total = 0, 0.0
     for m in _PART.finditer(text):
         if m.start() != pos:
@@ -353,8 +375,18 @@ def parse_duration(value: Any) -> int:
         total += float(m.group(1)) * _UNITS[m.group(2)]
         pos = m.end()
     if pos != len(text):
-        raise ValueError(f"bad duration {value!r} (use e.g. \"30s\", \"5m\", \"1h30m\", \"2d\")")
-    return int(total)
+        raise ValueError(f"bad duration {quote(value)} (use e.g. \"30s\", \"5m\", \"1h30m\", \"2d\")")
+    return _bounded(total, value)
+
+
+MAX_DURATION_NS = 100 * 365 * 86400 * NS   # a century: any longer is a typo, and it must fit int64
+
+
+def _bounded(ns: float, value: Any) -> int:
+    # inf and 5,000-digit numbers are values too: refuse them here, not as an OverflowError later
+    if not ns <= MAX_DURATION_NS:
+        raise ValueError(f"duration {quote(value)} is too long (at most 36500d)")
+    return int(ns)
 
 
 def format_duration(ns: int) -> str:

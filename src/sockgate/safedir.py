@@ -64,3 +64,21 @@ def private_dir(path: str | os.PathLike, *, error: type[SockgateError], what: st
             return private_dir(path, error=error, what=what, mode=mode)
         os.chmod(path, mode)  # mkdir's mode passes through the umask; chmod does not
     return path
+
+
+def private_file(path: str | os.PathLike, *, error: type[SockgateError]) -> None:
+    """Create `path` 0600, or make an existing regular file of this user's 0600 (a symlink,
+    or another user's file, is refused): before a library (SQLite) opens it with the umask's
+    mode."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        raise error(f"{path}: cannot open: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+            raise error(f"{path}: refusing to use: not a regular file of uid {os.geteuid()}")
+        if stat.S_IMODE(st.st_mode) != 0o600:
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)

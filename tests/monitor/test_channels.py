@@ -183,8 +183,10 @@ def test_webhook_formats(fmt, alert, http_receiver):
         att = body["attachments"][0]
         assert att["contentType"] == "application/vnd.microsoft.card.adaptive"
         card = att["content"]
-        assert card["type"] == "AdaptiveCard" and card["body"][1]["text"] == alert["message"]
-        facts = {f["title"]: f["value"] for f in card["body"][2]["facts"]}
+        from sockgate.monitor.channels.webhook import teams_text
+        assert card["type"] == "AdaptiveCard" and card["body"][1]["text"] == teams_text(alert["message"])
+        assert card["body"][1]["text"].endswith('"web-no-mail" \\]')   # markdown escaped
+        facts = {f["title"].replace("\\", ""): f["value"] for f in card["body"][2]["facts"]}
         assert facts["remote_addr"] == "10.0.0.5" and facts["Id"] == alert["id"]
 
 

@@ -30,7 +30,7 @@ def no_traceback(p: subprocess.CompletedProcess) -> None:
 
 def test_check_ok_and_errors(tmp_path):
     p = sockgate("monitor", "--check", str(ROOT / "examples" / "alerts.toml"))
-    assert p.returncode == 0 and "ok (6 alert rules" in p.stdout
+    assert p.returncode == 0 and "ok (7 alert rules" in p.stdout
     bad = tmp_path / "bad.toml"
     bad.write_text('[monitor]\nchannels = ["x"]\n[[alert]]\nname = "a"\nmatch = { remote = "300.1.1.1" }\n'
                    'severity = "meh"\n')
@@ -116,7 +116,7 @@ message = "{{user}} -> {{remote}}"
 def test_check_json(tmp_path):
     p = sockgate("monitor", "--check", str(ROOT / "examples" / "alerts.toml"), "--json")
     d = json.loads(p.stdout)
-    assert p.returncode == 0 and d["ok"] is True and d["errors"] == [] and d["rules"] == 6
+    assert p.returncode == 0 and d["ok"] is True and d["errors"] == [] and d["rules"] == 7
     bad = tmp_path / "bad.toml"
     bad.write_text('[[alert]]\nname = "a"\nchannels = ["x"]\nmatch = { remote = "300.1.1.1" }\n')
     p = sockgate("monitor", "--check", str(bad), "--json")

@@ -8,6 +8,7 @@ State (what a restart must keep; State persists it from the dirty sets):
   windows  threshold rules: per group, the timestamps of the last `count` matches
   seen     first_seen rules: per key, when it was last seen (the baseline)
   open     dedup: per (rule, dedup key), the alert that is open and what folded into it
+  storms   per rule: its storm window (alerts sent in it, and the ones folded into its report)
 
 Time is journal time (entry ts_ns) while processing entries; tick(now) closes suppression
 windows by the wall clock, so a repeat count is reported even when the journal goes quiet.
@@ -66,6 +67,59 @@ class OpenAlert:
         return oa
 
 
+MAX_RANGES = 100   # seq ranges a storm report lists; past that it gives the span and says so
+
+
+class Storm:
+    """One rule's storm window: the first `storm` new alerts in it are sent, the rest fold
+    into one counted report (which entries: their journal seqs as ranges)."""
+
+    __slots__ = ("start", "sent", "count", "entries", "first_ts", "last_ts", "seqs", "complete", "last_entry")
+
+    def __init__(self, start: int):
+        self.start = start
+        self.sent = 0
+        self.count = 0          # alerts folded
+        self.entries = 0        # entries those alerts stood for (a threshold alert: count)
+        self.first_ts = self.last_ts = 0
+        self.seqs: list[list[int]] = []   # [first, last] ranges of the folded alerts' entry seqs
+        self.complete = True              # False once more than MAX_RANGES were needed
+        self.last_entry: Entry | dict | None = None
+
+    def fold(self, e: Entry, ts: int, count: int) -> None:
+        if self.count == 0:
+            self.first_ts = ts
+        self.count += 1
+        self.entries += count
+        self.last_ts = max(self.last_ts, ts)
+        self.last_entry = e
+        if e.seq is None:
+            return
+        if self.seqs and self.seqs[-1][1] + 1 == e.seq:
+            self.seqs[-1][1] = e.seq
+        elif len(self.seqs) < MAX_RANGES:
+            self.seqs.append([e.seq, e.seq])
+        else:
+            self.complete = False
+            self.seqs[-1][1] = max(self.seqs[-1][1], e.seq)   # the span still ends at the last
+
+    def to_json(self) -> str:
+        le = entry_dict(self.last_entry) if isinstance(self.last_entry, Entry) else self.last_entry
+        return json.dumps({k: getattr(self, k) for k in self.__slots__ if k != "last_entry"} | {"last_entry": le})
+
+    @classmethod
+    def from_json(cls, s: str) -> "Storm":
+        d = json.loads(s)
+        st = cls(d["start"])
+        for k in cls.__slots__:
+            setattr(st, k, d[k])
+        return st
+
+
+def seq_ranges(ranges: list[list[int]]) -> str:
+    return ",".join(f"{a}" if a == b else f"{a}-{b}" for a, b in ranges)
+
+
 def _key_values(e: Entry, names: tuple[str, ...]) -> tuple:
     return tuple(entry_field(e, n) for n in names)
 
@@ -80,6 +134,8 @@ class Engine:
         self.windows: dict[str, dict[tuple, deque]] = {r.name: {} for r in self.rules if r.kind == "threshold"}
         self.seen: dict[str, dict[tuple, int]] = {r.name: {} for r in self.rules if r.kind == "first_seen"}
         self.open: dict[tuple[str, tuple], OpenAlert] = {}
+        self.storms: dict[str, Storm] = {}
+        self.dirty_storms: set[str] = set()
         self.dirty_windows: set[tuple[str, tuple]] = set()
         self.dirty_seen: set[tuple[str, tuple]] = set()
         self.dirty_open: set[tuple[str, tuple]] = set()
@@ -195,6 +251,8 @@ class Engine:
             if oa is not None:
                 self._fold(r, dkey, oa, e, count)
                 return
+        if r.storm and self._storm(r, e, ts, count, out):
+            return
         aid = f"{r.name}/{e.seq if e.seq is not None else e.ts_ns}"
         payload = {
             "id": aid, "alert": r.name, "kind": r.kind, "severity": r.severity, "message": message,
@@ -210,6 +268,52 @@ class Engine:
             self.dirty_open.add(okey)
             if until < self._next_expiry:
                 self._next_expiry = until
+
+    def _storm(self, r: AlertRule, e: Entry, ts: int, count: int, out: list[Alert]) -> bool:
+        """Count a new alert against its rule's storm window; True when it folds into the
+        window's report instead of being sent."""
+        st = self.storms.get(r.name)
+        if st is not None and ts >= st.start + r.storm_window_ns:
+            self._storm_report(r.name, st, out)
+            st = None
+        if st is None:
+            st = self.storms[r.name] = Storm(ts)
+            self._next_expiry = min(self._next_expiry, ts + r.storm_window_ns)
+        self.dirty_storms.add(r.name)
+        if st.sent < r.storm:
+            st.sent += 1
+            return False
+        st.fold(e, ts, count)
+        return True
+
+    def _storm_report(self, name: str, st: Storm, out: list[Alert]) -> None:
+        """Close a storm window: one report of what folded into it (nothing if nothing did,
+        or when the rule was removed: nothing to send to)."""
+        r = self.by_name.get(name)
+        del self.storms[name]
+        self.dirty_storms.add(name)
+        if not st.count or r is None:
+            return
+        le = entry_dict(st.last_entry) if isinstance(st.last_entry, Entry) else st.last_entry
+        first = st.seqs[0][0] if st.seqs else st.first_ts
+        aid = f"{r.name}/storm/{first}"
+        seqs = seq_ranges(st.seqs)
+        which = (f"journal seq {seqs}" if st.complete and len(st.seqs) <= 10 else
+                 f"journal seq {st.seqs[0][0]}-{st.seqs[-1][1]}" if st.seqs else "no journal seqs")
+        n = st.count
+        payload = {
+            "id": aid, "alert": r.name, "kind": r.kind, "severity": r.severity,
+            "message": f"{r.name}: alert storm: {n} more alert{'s' if n != 1 else ''} folded "
+                       f"({st.entries} entries, {which}) from {iso(st.first_ts)} to {iso(st.last_ts)}",
+            "repeat": False, "storm": True, "count": n,
+            "first_time": iso(st.first_ts), "last_time": iso(st.last_ts),
+            "first_ts_ns": st.first_ts, "last_ts_ns": st.last_ts, "group": {}, "entry": le or {},
+            "monitor_host": self.monitor_host,
+            "folded": {"alerts": n, "entries": st.entries, "seqs": seqs, "seqs_complete": st.complete,
+                       "first_seq": st.seqs[0][0] if st.seqs else None,
+                       "last_seq": st.seqs[-1][1] if st.seqs else None},
+        }
+        out.append(Alert(aid, r.name, r.channels, payload))
 
     def _fold(self, r: AlertRule, dkey: tuple, oa: OpenAlert, e: Entry, count: int) -> None:
         if oa.count == 0:
@@ -249,17 +353,20 @@ class Engine:
         """Close suppression windows that ended by now_ns (wall clock or end of a replay)."""
         if now_ns < self._next_expiry:
             return
-        nxt = 2**63
         for okey, oa in list(self.open.items()):
             self._expire(okey, oa, now_ns, out)
-            if okey in self.open:
-                nxt = min(nxt, self.open[okey].until)
-        self._next_expiry = nxt
+        for name, st in list(self.storms.items()):
+            r = self.by_name.get(name)
+            if r is None or now_ns >= st.start + r.storm_window_ns:
+                self._storm_report(name, st, out)
+        self.recompute_expiry()
 
     def flush(self, out: list[Alert]) -> None:
         """End of a replay: report every pending repeat count (used by --test)."""
         for okey, oa in list(self.open.items()):
             self._expire(okey, oa, max(oa.until, self.latest_ts), out)
+        for name, st in list(self.storms.items()):
+            self._storm_report(name, st, out)
 
     def prune(self, now_ns: int) -> None:
         """Forget threshold groups whose matches all fell out of their window (journal time:
@@ -276,9 +383,12 @@ class Engine:
     # ------------------------------------------------------------------ state
 
     def reset_dirty(self) -> None:
+        self.dirty_storms.clear()
         self.dirty_windows.clear()
         self.dirty_seen.clear()
         self.dirty_open.clear()
 
     def recompute_expiry(self) -> None:
-        self._next_expiry = min((oa.until for oa in self.open.values()), default=2**63)
+        ends = [oa.until for oa in self.open.values()]
+        ends += [st.start + self.by_name[n].storm_window_ns for n, st in self.storms.items() if n in self.by_name]
+        self._next_expiry = min(ends, default=2**63)

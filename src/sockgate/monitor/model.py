@@ -38,6 +38,8 @@ class AlertRule:
     group_by: tuple[str, ...] = ()
     key: tuple[str, ...] = ()
     forget_ns: int = 0
+    storm: int = 0              # new alerts sent per storm window; the rest fold (0: off)
+    storm_window_ns: int = 0
     line: int | None = None
     fingerprint: str = ""
     index: int = 0

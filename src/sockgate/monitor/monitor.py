@@ -141,7 +141,7 @@ class Monitor:
         now = self.clock()
         self.engine.tick(now, out)
         self.engine.prune(self.engine.latest_ts)   # windows are in journal time
-        if out or self.engine.dirty_windows:
+        if out or self.engine.dirty_windows or self.engine.dirty_storms:
             self.state.commit(self.engine, out, now_ns=now)
             raised += len(out)
         self.raised += raised
@@ -209,11 +209,13 @@ class Monitor:
                     lvl = logging.WARNING if attempts in (1, 5) or attempts % 20 == 0 else logging.DEBUG
                     log.log(lvl, "monitor: channel %s: %s (attempt %d, retry in %.1fs)", name, e, attempts, delay / 1e9)
                     return n
-                except Exception as e:  # a bug in a channel must not stop the monitor
-                    log.exception("monitor: channel %s: unexpected error", name)
-                    attempts += 1
-                    self.state.failed(row_id, attempts, now + ch.backoff_ns(attempts), f"{type(e).__name__}: {e}")
-                    return n
+                except Exception as e:  # noqa: BLE001 - a bug in a channel must not stop the monitor
+                    # Channels turn every transport failure into ChannelError; anything else
+                    # (a payload it cannot format) fails the same way on every try, and
+                    # retrying it would hold every later alert of the channel behind it.
+                    log.exception("monitor: channel %s cannot send alert %s, kept as dead", name, alert_id)
+                    self.state.kill(row_id, f"{type(e).__name__}: {e}", now)
+                    continue
                 self.state.delivered(row_id)
                 n += 1
                 if attempts:

@@ -5,11 +5,11 @@ error collector, [lists] and "!"/"@name" rules (see docs/monitor.md).
 
 File layout (see examples/alerts.toml):
 
-    [monitor]            start = "end" | "beginning", suppress, channels, severity
+    [monitor]            start = "end" | "beginning", suppress, channels, severity, storm, storm_window
     [lists]              name = [values]     -- used as "@name" in match values
     [channel.NAME]       type = "syslog" | "email" | "webhook" | "command", + options
     [[alert]]            name, kind = "every" | "threshold" | "first_seen", severity,
-                         message, channels, suppress, dedup_by, match = { field = values },
+                         message, channels, suppress, storm, storm_window, dedup_by, match = { field = values },
                          threshold: count, window, group_by; first_seen: key, forget
 """
 
@@ -37,11 +37,13 @@ DEFAULT_MESSAGES = {
     "first_seen": "{alert}: first seen {group} (user={user} program={program} host={host})",
 }
 
-_MONITOR_KEYS = {"start", "suppress", "channels", "severity"}
+_MONITOR_KEYS = {"start", "suppress", "channels", "severity", "storm", "storm_window"}
 _ALERT_KEYS = {"name", "kind", "severity", "message", "channels", "suppress", "dedup_by", "match",
-               "count", "window", "group_by", "key", "forget", "enabled", "description"}
+               "count", "window", "group_by", "key", "forget", "enabled", "description", "storm", "storm_window"}
+DEFAULT_STORM, DEFAULT_STORM_WINDOW = 20, "1m"
 _KIND_ONLY = {"count": "threshold", "window": "threshold", "group_by": "threshold",
               "key": "first_seen", "forget": "first_seen"}
+MAX_COUNT = 100_000
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
 
 
@@ -62,6 +64,14 @@ def _duration(ctx: _Ctx, v: Any, what: str, *where: Any, positive: bool = True) 
         ctx.err(where, f"{what}: must be greater than zero")
         return None
     return ns
+
+
+def _storm(ctx: _Ctx, v: Any, label: str, *where: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= MAX_COUNT:
+        ctx.err(where, f"{label}: storm must be an integer 0-{MAX_COUNT} (new alerts of a rule sent per "
+                       "storm_window, the rest fold into one report; 0: no limit)")
+        return 0
+    return v
 
 
 def _names(ctx: _Ctx, v: Any, what: str, allowed: frozenset[str], *where: Any) -> tuple[str, ...] | None:
@@ -150,6 +160,9 @@ def _parse_alert(ctx: _Ctx, i: int, spec: Any, lists: config.Lists, mon: dict, c
     sev = _severity(ctx, spec.get("severity", mon.get("severity", "warning")), *where, "severity")
     suppress = _duration(ctx, spec.get("suppress", mon.get("suppress", "10m")), "suppress", *where, "suppress",
                          positive=False)
+    storm = _storm(ctx, spec.get("storm", mon.get("storm", DEFAULT_STORM)), label, *where, "storm")
+    storm_window = _duration(ctx, spec.get("storm_window", mon.get("storm_window", DEFAULT_STORM_WINDOW)),
+                             f"{label}: storm_window", *where, "storm_window") or 0
     chans = spec.get("channels", mon.get("channels"))
     if chans is None:
         ctx.err(where, f"{label}: no channels (set channels here or under [monitor])")
@@ -181,8 +194,9 @@ def _parse_alert(ctx: _Ctx, i: int, spec: Any, lists: config.Lists, mon: dict, c
     count, window, group_by, key, forget = 1, 0, (), (), 0
     if kind == "threshold":
         count = spec.get("count")
-        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-            ctx.err((*where, "count"), f"{label}: count must be an integer >= 1 (how many matches fire the alert)")
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_COUNT:
+            ctx.err((*where, "count"), f"{label}: count must be an integer 1-{MAX_COUNT} (how many matches fire "
+                                       "the alert; a window keeps that many times per group)")
             count = 1
         if "window" not in spec:
             ctx.err(where, f"{label}: window is required for a threshold (e.g. window = \"1m\")")
@@ -206,7 +220,8 @@ def _parse_alert(ctx: _Ctx, i: int, spec: Any, lists: config.Lists, mon: dict, c
     return AlertRule(
         name=name, kind=kind, severity=sev or "warning", message=tmpl, channels=tuple(chans),
         suppress_ns=suppress or 0, match=match, dedup_by=dedup_by, count=count, window_ns=window,
-        group_by=group_by, key=key, forget_ns=forget, line=ctx.loc.line(*where), fingerprint=fp, index=i,
+        group_by=group_by, key=key, forget_ns=forget, storm=storm, storm_window_ns=storm_window,
+        line=ctx.loc.line(*where), fingerprint=fp, index=i,
     )
 
 
@@ -240,6 +255,13 @@ def _build(doc: dict, ctx: _Ctx, path: str) -> RuleSet:
     if "suppress" in mon and _duration(ctx, mon["suppress"], "[monitor] suppress", "monitor", "suppress",
                                        positive=False) is None:
         mon = {k: v for k, v in mon.items() if k != "suppress"}
+
+    # [monitor] defaults are checked here, once, at their own line
+    if "storm" in mon and _storm(ctx, mon["storm"], "[monitor]", "monitor", "storm") != mon["storm"]:
+        mon = {k: v for k, v in mon.items() if k != "storm"}
+    if "storm_window" in mon and _duration(ctx, mon["storm_window"], "[monitor] storm_window", "monitor",
+                                           "storm_window") is None:
+        mon = {k: v for k, v in mon.items() if k != "storm_window"}
 
     lists = config.read_lists(doc.get("lists"), ctx)
 

@@ -8,7 +8,7 @@ import enum
 import re
 from typing import Any
 
-from sockgate.record import Entry, EntryType, endpoint, format_time
+from sockgate.record import Entry, EntryType, endpoint, format_time, oneline
 
 # Entry fields by the names rules and templates use.
 ENTRY_FIELDS = (
@@ -117,5 +117,6 @@ class Template:
                 out.append(p)
                 continue
             v = extra[p] if p in extra else entry_field(entry, p) if entry is not None else None
-            out.append("-" if v is None or v == "" else str(v))
+            # a value from an entry is what a kernel path or an import said: one inert line
+            out.append("-" if v is None or v == "" else oneline(v))
         return "".join(out)

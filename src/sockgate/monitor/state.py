@@ -5,6 +5,7 @@
             whether a first_seen baseline has been learned
     windows threshold windows        seen   first_seen baselines
     open    open (deduplicated) alerts
+    storm   per rule, its storm window (alerts sent, and those folded into its report)
     outbox  per channel, alerts not yet delivered (attempts, next try, last error)
     dead    alerts a receiver refused for good (kept, logged, listed by `--status`)
 
@@ -23,7 +24,8 @@ from typing import Any, Iterable
 
 from sockgate.errors import StateError
 from sockgate.locking import lock_exclusive
-from sockgate.monitor.engine import Alert, Engine, OpenAlert
+from sockgate.safedir import private_dir, private_file
+from sockgate.monitor.engine import Alert, Engine, OpenAlert, Storm
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -31,6 +33,7 @@ CREATE TABLE IF NOT EXISTS rules (name TEXT PRIMARY KEY, fingerprint TEXT NOT NU
 CREATE TABLE IF NOT EXISTS windows (rule TEXT NOT NULL, grp TEXT NOT NULL, ts TEXT NOT NULL, PRIMARY KEY (rule, grp));
 CREATE TABLE IF NOT EXISTS seen (rule TEXT NOT NULL, k TEXT NOT NULL, ts INTEGER NOT NULL, PRIMARY KEY (rule, k));
 CREATE TABLE IF NOT EXISTS open (rule TEXT NOT NULL, k TEXT NOT NULL, data TEXT NOT NULL, PRIMARY KEY (rule, k));
+CREATE TABLE IF NOT EXISTS storm (rule TEXT PRIMARY KEY, data TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT, channel TEXT NOT NULL, alert_id TEXT NOT NULL,
     payload TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, next_try INTEGER NOT NULL DEFAULT 0,
@@ -54,12 +57,15 @@ class State:
     @classmethod
     def open(cls, directory: str | os.PathLike) -> "State":
         d = Path(directory)
-        try:
-            d.mkdir(parents=True, exist_ok=True, mode=0o700)
-        except OSError as e:
-            raise StateError(f"{d}: cannot use as monitor state directory: {e.strerror}") from None
+        private_dir(d, error=StateError, what="monitor state directory")
         fd = lock_exclusive(d / "lock", error=StateError,
                             busy=f"{d}: another monitor is running with this state directory")
+        try:
+            # SQLite creates the file with the umask's mode (and its -wal/-shm with the file's)
+            private_file(d / "state.db", error=StateError)
+        except StateError:
+            os.close(fd)
+            raise
         try:
             db = sqlite3.connect(d / "state.db", isolation_level=None, check_same_thread=False)
             db.execute("PRAGMA journal_mode=WAL")
@@ -99,7 +105,7 @@ class State:
             for name, _ in known.items():
                 r = engine.by_name.get(name)
                 if r is None or r.fingerprint != known[name][0]:
-                    for t in ("windows", "seen", "open"):
+                    for t in ("windows", "seen", "open", "storm"):
                         self.db.execute(f"DELETE FROM {t} WHERE rule = ?", (name,))
                     self.db.execute("DELETE FROM rules WHERE name = ?", (name,))
             for r in engine.rules:
@@ -123,6 +129,8 @@ class State:
             engine.seen[rule][tuple(json.loads(k))] = ts
         for rule, k, data in self.db.execute("SELECT rule, k, data FROM open"):
             engine.open[(rule, tuple(json.loads(k)))] = OpenAlert.from_json(data)
+        for rule, data in self.db.execute("SELECT rule, data FROM storm"):
+            engine.storms[rule] = Storm.from_json(data)
         engine.recompute_expiry()
         return relearn
 
@@ -154,6 +162,12 @@ class State:
                     db.execute("INSERT OR REPLACE INTO open (rule, k, data) VALUES (?, ?, ?)", (rule, _k(k), oa.to_json()))
                 else:
                     db.execute("DELETE FROM open WHERE rule = ? AND k = ?", (rule, _k(k)))
+            for rule in engine.dirty_storms:
+                st = engine.storms.get(rule)
+                if st is not None:
+                    db.execute("INSERT OR REPLACE INTO storm (rule, data) VALUES (?, ?)", (rule, st.to_json()))
+                else:
+                    db.execute("DELETE FROM storm WHERE rule = ?", (rule,))
             for name in baselined:
                 db.execute("UPDATE rules SET baseline = 1 WHERE name = ?", (name,))
             for a in alerts:

@@ -4,7 +4,10 @@ sockgate.monitor.engine.Alert.payload) into one message on the wire.
 send() returns on success; raises ChannelError when the message should be retried later
 (server down, timeout, 5xx) and PermanentChannelError when retrying cannot help (the
 receiver rejected this message itself, e.g. HTTP 400): the outbox keeps such a message as
-dead, logs it, and moves on, so one poison message does not block a queue.
+dead, logs it, and moves on, so one poison message does not block a queue. Any other
+exception (a message the channel cannot even build) is dead at once too. Values from
+entries reach a channel as inert single lines (record.oneline) for every header, line
+and environment variable; each channel also escapes its own markup (Slack, Teams).
 
 The registry: channel type NAME is the class `CHANNEL` of module channels/NAME.py, which
 also names its options (`OPTIONS`, `REQUIRED`); TYPES lists them. Modules load on first
@@ -18,7 +21,8 @@ import ssl
 from typing import Any, Callable
 
 from sockgate.errors import PermanentChannelError
-from sockgate.record import NS, parse_duration
+from sockgate.monitor.render import group_text
+from sockgate.record import LINE_UNSAFE, NS, oneline, parse_duration
 
 TYPES = ("syslog", "email", "webhook", "command")
 __all__ = ["TYPES", "Channel", "PermanentChannelError", "channel_class", "make_channel", "validate_channel"]
@@ -26,40 +30,70 @@ __all__ = ["TYPES", "Channel", "PermanentChannelError", "channel_class", "make_c
 Check = Callable[[Any], str | None]   # returns an error message or None
 
 
+def _unsafe(s: str, nul_only: bool = False) -> str | None:
+    """Why a configured string cannot be sent as it is: a NUL ends a C string (argv, the
+    environment); a line break or control character would split a header or a line."""
+    if "\x00" in s:
+        return "must not contain a NUL character"
+    if not nul_only and LINE_UNSAFE.search(s):
+        return f"must not contain a line break or control character (U+{ord(LINE_UNSAFE.search(s).group()):04X})"
+    return None
+
+
 def _str(v: Any) -> str | None:
-    return None if isinstance(v, str) and v else "expected a non-empty string"
+    return _unsafe(v) if isinstance(v, str) and v else "expected a non-empty string"
 
 
 def _bool(v: Any) -> str | None:
     return None if isinstance(v, bool) else "expected true or false"
 
 
-def _dur(v: Any) -> str | None:
-    try:
-        return None if parse_duration(v) > 0 else "must be greater than zero"
-    except ValueError as e:
-        return str(e)
+def _dur_upto(limit: str) -> Check:
+    def check(v: Any) -> str | None:
+        try:
+            ns = parse_duration(v)
+        except ValueError as e:
+            return str(e)
+        if ns <= 0:
+            return "must be greater than zero"
+        return f"at most {limit}" if ns > parse_duration(limit) else None
+    return check
 
 
 def _port(v: Any) -> str | None:
     return None if isinstance(v, int) and not isinstance(v, bool) and 0 < v < 65536 else "expected a port 1-65535"
 
 
-def _strlist(v: Any) -> str | None:
+def _strlist(v: Any, nul_only: bool = False) -> str | None:
     ok = isinstance(v, list) and v and all(isinstance(x, str) and x for x in v)
-    return None if ok else "expected a non-empty list of strings"
+    if not ok:
+        return "expected a non-empty list of strings"
+    return next((f"{x!r}: {why}" for x in v if (why := _unsafe(x, nul_only))), None)
 
 
-def _strtable(v: Any) -> str | None:
-    ok = isinstance(v, dict) and all(isinstance(x, str) for x in v.values())
-    return None if ok else "expected a table of name = \"string\""
+def _argv(v: Any) -> str | None:
+    return _strlist(v, nul_only=True)
+
+
+def _strtable(v: Any, nul_only: bool = False) -> str | None:
+    if not (isinstance(v, dict) and all(isinstance(x, str) for x in v.values())):
+        return "expected a table of name = \"string\""
+    return next((f"{k!r}: {why}" for k, x in v.items() if (why := _unsafe(k, nul_only) or _unsafe(x, nul_only))),
+                None)
+
+
+def _env(v: Any) -> str | None:
+    return _strtable(v, nul_only=True) or next(
+        (f"{k!r}: a variable name must not be empty or contain '='" for k in v if not k or "=" in k), None)
 
 
 def _choice(*choices: str) -> Check:
     return lambda v: None if v in choices else f"one of {', '.join(choices)} (got {v!r})"
 
 
-COMMON: dict[str, Check] = {"retry_initial": _dur, "retry_max": _dur, "timeout": _dur}
+# Bounded so that a hung receiver cannot stall the monitor for ever and a retry time fits
+# SQLite's 64-bit integers.
+COMMON: dict[str, Check] = {"retry_initial": _dur_upto("1d"), "retry_max": _dur_upto("1d"), "timeout": _dur_upto("1h")}
 TLS: dict[str, Check] = {"ca_file": _str, "verify": _bool, "client_cert": _str, "client_key": _str}
 
 
@@ -142,7 +176,7 @@ def summary_lines(alert: dict[str, Any]) -> list[tuple[str, str]]:
     rows = [("Alert", alert["alert"]), ("Severity", alert["severity"]), ("Kind", alert["kind"]),
             ("Count", str(alert["count"])), ("First", alert["first_time"]), ("Last", alert["last_time"])]
     if alert.get("group"):
-        rows.append(("Group", ", ".join(f"{k}={v}" for k, v in alert["group"].items())))
+        rows.append(("Group", group_text(alert["group"])))
     for k in ("seq", "code", "type", "outcome", "rule", "user", "uid", "program", "pid", "local_addr",
               "local_port", "remote_addr", "remote_port", "host", "source"):
         if e.get(k) is not None:
@@ -150,4 +184,5 @@ def summary_lines(alert: dict[str, Any]) -> list[tuple[str, str]]:
     for k, v in sorted((e.get("extra") or {}).items()):
         rows.append((f"extra.{k}", str(v)))
     rows.append(("Id", alert["id"]))
-    return rows
+    # entry values are whatever a kernel path or an import said: one inert line each
+    return [(oneline(k), oneline(v)) for k, v in rows]

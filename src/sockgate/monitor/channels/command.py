@@ -14,21 +14,25 @@ import subprocess
 from typing import Any
 
 from sockgate.errors import ChannelError
-from sockgate.monitor.channels import Channel, _strlist, _strtable
+from sockgate.monitor.channels import Channel, _argv, _env
+from sockgate.record import oneline
 
 
 class CommandChannel(Channel):
     type = "command"
-    OPTIONS = {"argv": _strlist, "env": _strtable}
+    OPTIONS = {"argv": _argv, "env": _env}
     REQUIRED = frozenset({"argv"})
 
     def send(self, alert: dict[str, Any]) -> None:
         argv = self.opts["argv"]
         env = dict(os.environ)
         env.update(self.opts.get("env", {}))
-        env.update({"SOCKGATE_ALERT_ID": alert["id"], "SOCKGATE_ALERT": alert["alert"],
-                    "SOCKGATE_SEVERITY": alert["severity"], "SOCKGATE_MESSAGE": alert["message"],
-                    "SOCKGATE_COUNT": str(alert["count"])})
+        # one inert line each: a NUL would make every try fail, a newline forge a variable
+        # for scripts that read `env` output
+        env.update({k: oneline(v) for k, v in (
+            ("SOCKGATE_ALERT_ID", alert["id"]), ("SOCKGATE_ALERT", alert["alert"]),
+            ("SOCKGATE_SEVERITY", alert["severity"]), ("SOCKGATE_MESSAGE", alert["message"]),
+            ("SOCKGATE_COUNT", alert["count"]))})
         try:
             p = subprocess.run(argv, input=json.dumps(alert).encode() + b"\n", env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=self.timeout,
@@ -39,7 +43,7 @@ class CommandChannel(Channel):
             raise ChannelError(f"command {argv[0]}: {e.strerror or e}") from None
         if p.returncode != 0:
             err = p.stderr.decode("utf-8", "replace").strip().splitlines()
-            raise ChannelError(f"command {argv[0]}: exit status {p.returncode}" + (f": {err[-1]}" if err else ""))
+            raise ChannelError(f"command {argv[0]}: exit status {p.returncode}" + (f": {oneline(err[-1])}" if err else ""))
 
 
 CHANNEL = CommandChannel

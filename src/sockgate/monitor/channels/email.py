@@ -7,6 +7,7 @@ recognised as the same message by the receiving side.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import smtplib
 import socket
@@ -15,11 +16,20 @@ from email.utils import formatdate
 from typing import Any
 
 from sockgate.errors import ChannelError, PermanentChannelError
-from sockgate.monitor.channels import TLS, Channel, _choice, _port, _str, _strlist, summary_lines
+from sockgate.monitor.channels import TLS, Channel, _bool, _choice, _port, _str, _strlist, summary_lines
 from sockgate.monitor.render import SUBJECT_FIELDS, Template, group_text
-from sockgate.record import Entry
+from sockgate.record import Entry, oneline
 
 DEFAULT_SUBJECT = "[sockgate] {severity}: {alert} on {host}"
+
+
+def _loopback(host: Any) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _subject(template: str, alert: dict[str, Any]) -> str:
@@ -31,7 +41,7 @@ def _subject(template: str, alert: dict[str, Any]) -> str:
               "count": alert["count"], "group": group_text(alert.get("group") or {}),
               "host": (e or {}).get("host") or alert.get("monitor_host") or "-", "message": alert["message"]}
     text = Template(template, SUBJECT_FIELDS, "subject").render(Entry.from_dict(e) if e else None, values)
-    return text.replace("\n", " ")[:200]
+    return oneline(text)[:200]   # a header is one line: no CR, LF, VT, U+2028 ... may stay
 
 
 def build_message(alert: dict[str, Any], sender: str, to: list[str], subject: str = DEFAULT_SUBJECT) -> EmailMessage:
@@ -39,7 +49,9 @@ def build_message(alert: dict[str, Any], sender: str, to: list[str], subject: st
     msg["From"] = sender
     msg["To"] = ", ".join(to)
     subj = _subject(subject, alert)
-    if alert.get("repeat"):
+    if alert.get("storm"):
+        subj = f"{subj} (storm: {alert['count']} folded)"
+    elif alert.get("repeat"):
         subj = f"{subj} (repeated {alert['count']}x)"
     msg["Subject"] = subj
     msg["Date"] = formatdate(localtime=False)
@@ -47,7 +59,7 @@ def build_message(alert: dict[str, Any], sender: str, to: list[str], subject: st
     msg["X-Sockgate-Alert-Id"] = alert["id"]
     msg["X-Sockgate-Severity"] = alert["severity"]
     width = max(len(k) for k, _ in summary_lines(alert))
-    body = alert["message"] + "\n\n" + "\n".join(f"{k.ljust(width)}  {v}" for k, v in summary_lines(alert)) + "\n"
+    body = oneline(alert["message"]) + "\n\n" + "\n".join(f"{k.ljust(width)}  {v}" for k, v in summary_lines(alert)) + "\n"
     msg.set_content(body)
     return msg
 
@@ -56,7 +68,7 @@ class EmailChannel(Channel):
     type = "email"
     OPTIONS = {"host": _str, "port": _port, "tls": _choice("starttls", "ssl", "none"), "from": _str,
                "to": _strlist, "username": _str, "password_file": _str, "password_env": _str,
-               "subject": _str, **TLS}
+               "subject": _str, "plaintext_auth": _bool, **TLS}
     REQUIRED = frozenset({"host", "from", "to"})
 
     @classmethod
@@ -66,6 +78,16 @@ class EmailChannel(Channel):
             out += [("subject", f"subject: {e}") for e in Template(opts["subject"], SUBJECT_FIELDS, "subject").errors]
         if ("password_file" in opts or "password_env" in opts) and "username" not in opts:
             out.append((None, "a password is set but no username"))
+        if opts.get("tls") == "none" and "username" in opts:
+            if opts.get("plaintext_auth") is not True:
+                out.append(("tls", "tls = \"none\" with a username would send AUTH (the password) in plaintext; "
+                                   "use tls = \"starttls\" or \"ssl\" (plaintext_auth = true allows it to a loopback "
+                                   "relay only)"))
+            elif not _loopback(opts.get("host")):
+                out.append(("plaintext_auth", f"plaintext_auth: only for a loopback host (127.0.0.1, ::1, "
+                                              f"localhost), not {opts.get('host')!r}"))
+        elif "plaintext_auth" in opts and opts.get("tls", "starttls") != "none":
+            out.append(("plaintext_auth", "plaintext_auth applies to tls = \"none\" only"))
         return out
 
     def __init__(self, name: str, opts: dict[str, Any]):
@@ -103,6 +125,9 @@ class EmailChannel(Channel):
                     smtp.starttls(context=self.ssl_context())
                     smtp.ehlo()
                 if self.opts.get("username"):
+                    if self.tls == "none" and not (self.opts.get("plaintext_auth") and _loopback(self.host)):
+                        # --check refuses this too; never hand a password to an unencrypted socket
+                        raise ChannelError(f"{where}: refusing to send AUTH over a plaintext connection")
                     smtp.login(self.opts["username"], self._password() or "")
                 refused = smtp.send_message(msg)
                 if refused:

@@ -11,6 +11,7 @@ rejected the message itself, and it is kept as dead rather than retried forever.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -18,6 +19,7 @@ import httpx
 
 from sockgate.errors import ChannelError, PermanentChannelError
 from sockgate.monitor.channels import TLS, Channel, _choice, _strtable, summary_lines
+from sockgate.record import oneline
 
 _SEV_COLOR = {"emergency": "8B0000", "alert": "B22222", "critical": "D00000", "error": "E8590C",
               "warning": "F2C744", "notice": "2F7BD9", "info": "2EB67D", "debug": "999999"}
@@ -36,31 +38,53 @@ def check_url(v: Any) -> str | None:
     return None
 
 
+def slack_text(s: str) -> str:
+    """Slack reads &, < and > as control characters (<!channel>, <@U..>, <url|text>): as
+    entities the text is shown, never acted on (Slack's own escaping rule)."""
+    return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+_MARKDOWN = re.compile(r"([\\`*_~\[\]()<>#!])")
+
+
+def teams_text(s: str) -> str:
+    """Adaptive Card text is markdown: [text](url) would be a live link, **x** emphasis.
+    Backslash escapes (CommonMark) show the characters as they are."""
+    return _MARKDOWN.sub(r"\\\1", s)
+
+
+def _title(alert: dict[str, Any]) -> str:
+    note = f" (storm: {alert['count']} folded)" if alert.get("storm") else \
+        f" (repeated {alert['count']}x)" if alert.get("repeat") else ""
+    return f"[{alert['severity'].upper()}] {alert['alert']}{note}"
+
+
 def slack_payload(alert: dict[str, Any]) -> dict[str, Any]:
-    title = f"[{alert['severity'].upper()}] {alert['alert']}" + (f" (repeated {alert['count']}x)" if alert.get("repeat") else "")
-    fields = [{"type": "mrkdwn", "text": f"*{k}*\n{v}"} for k, v in summary_lines(alert)[:10]]
+    title, message = slack_text(_title(alert)), slack_text(alert["message"])
+    fields = [{"type": "mrkdwn", "text": f"*{slack_text(k)}*\n{slack_text(v)}"} for k, v in summary_lines(alert)[:10]]
     return {
-        "text": f"{title}: {alert['message']}",   # the notification / fallback text
+        "text": f"{title}: {message}",   # the notification / fallback text
         "blocks": [
             {"type": "header", "text": {"type": "plain_text", "text": title[:150]}},
-            {"type": "section", "text": {"type": "mrkdwn", "text": alert["message"][:3000]}},
+            {"type": "section", "text": {"type": "mrkdwn", "text": message[:3000]}},
             {"type": "section", "fields": fields},
-            {"type": "context", "elements": [{"type": "mrkdwn", "text": f"id `{alert['id']}`"}]},
+            {"type": "context", "elements": [{"type": "mrkdwn", "text": f"id `{slack_text(alert['id'])}`"}]},
         ],
     }
 
 
 def teams_payload(alert: dict[str, Any]) -> dict[str, Any]:
-    title = f"[{alert['severity'].upper()}] {alert['alert']}" + (f" (repeated {alert['count']}x)" if alert.get("repeat") else "")
+    title = _title(alert)
     card = {
         "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
         "type": "AdaptiveCard",
         "version": "1.4",
         "body": [
-            {"type": "TextBlock", "text": title, "weight": "Bolder", "size": "Medium", "wrap": True,
+            {"type": "TextBlock", "text": teams_text(title), "weight": "Bolder", "size": "Medium", "wrap": True,
              "color": "Attention" if alert["severity"] in ("emergency", "alert", "critical", "error") else "Warning"},
-            {"type": "TextBlock", "text": alert["message"], "wrap": True},
-            {"type": "FactSet", "facts": [{"title": k, "value": v} for k, v in summary_lines(alert)]},
+            {"type": "TextBlock", "text": teams_text(alert["message"]), "wrap": True},
+            {"type": "FactSet", "facts": [{"title": teams_text(k), "value": teams_text(v)}
+                                          for k, v in summary_lines(alert)]},
         ],
     }
     return {"type": "message", "summary": title,
@@ -98,7 +122,7 @@ class WebhookChannel(Channel):
             raise ChannelError(f"webhook {self.url}: {type(e).__name__}: {e}") from None
         if 200 <= r.status_code < 300:
             return
-        text = r.text[:200].replace("\n", " ")
+        text = oneline(r.text[:200])
         if r.status_code in (408, 429) or r.status_code >= 500 or r.status_code < 200 or 300 <= r.status_code < 400:
             raise ChannelError(f"webhook {self.url}: HTTP {r.status_code} {text}")
         raise PermanentChannelError(f"webhook {self.url}: HTTP {r.status_code} {text}")
