@@ -21,7 +21,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from sockgate import safedir
+from sockgate import lockout, safedir
 from sockgate.errors import KernelError, SockgateError
 from sockgate.journal import Journal
 from sockgate.kernel import events as kevents
@@ -63,6 +63,7 @@ class RunOptions:
     alerts: str | None = None
     monitor_state: str = DEFAULT_MONITOR_STATE
     print_events: bool = False
+    force: bool = False          # start even if the policy locks out a guarded call (sockgate.lockout)
 
 
 def lock_file(pin_dir: str) -> Path:
@@ -256,6 +257,8 @@ class Daemon:
         o = self.opts
         policy = load_configured_policy(o.policy)      # a bad policy stops us before any change
         compiled = compile_policy(policy)
+        if not o.force:
+            lockout.guard(policy, self._alerts_file(), compiled, self.log)
         self._lock_fd = hold_daemon_lock(o.pin_dir)    # one daemon per pin directory
         if o.journal_dir:
             self.log(f"opening journal {o.journal_dir}")
@@ -312,8 +315,11 @@ class Daemon:
         self.log(f"policy {policy.source} loaded: {len(policy.rules)} rules, generation {info['generation']}, "
                  f"{info['seconds'] * 1000:.0f} ms")
 
+    def _alerts_file(self) -> str | None:
+        return self.opts.alerts or (DEFAULT_ALERTS if os.path.exists(DEFAULT_ALERTS) else None)
+
     def _start_monitor(self) -> None:
-        rules = self.opts.alerts or (DEFAULT_ALERTS if os.path.exists(DEFAULT_ALERTS) else None)
+        rules = self._alerts_file()
         if not rules or not self.opts.journal_dir:
             return
         from sockgate.monitor import Monitor  # the monitor is optional at run time
@@ -366,10 +372,13 @@ class Daemon:
         if self.opts.print_events:
             print(json.dumps({"record": type.value, **fields}), flush=True)
 
-    def reload(self) -> None:
+    def reload(self, force: bool = False) -> None:
         try:
             policy = load_configured_policy(self.opts.policy)
-            self._install(policy)
+            compiled = compile_policy(policy)
+            if not force:
+                lockout.guard(policy, self._alerts_file(), compiled, self.log)
+            self._install(policy, compiled)
         except SockgateError as e:
             self.log(f"reload refused, the previous policy stays in force:\n{e}")
             self._record(EntryType.POLICY_LOADED, error=str(e)[:2000], policy_file=self.opts.policy or "(default)")
@@ -451,15 +460,16 @@ class Daemon:
 
     def handle_signals(self) -> None:
         """SIGHUP reloads; SIGTERM and SIGINT stop cleanly (seal, daemon-stop record)."""
-        signal.signal(signal.SIGHUP, lambda *_: setattr(self, "reload_requested", True))
+        signal.signal(signal.SIGHUP, lambda *_: setattr(self, "reload_requested", "guarded"))
+        signal.signal(signal.SIGUSR1, lambda *_: setattr(self, "reload_requested", "force"))  # `reload --force`
         signal.signal(signal.SIGTERM, lambda *_: self.stop_event.set())
         signal.signal(signal.SIGINT, lambda *_: self.stop_event.set())
 
     def run(self) -> None:
         while not self.stop_event.is_set():
             if self.reload_requested:
-                self.reload_requested = False
-                self.reload()
+                force, self.reload_requested = self.reload_requested == "force", False
+                self.reload(force=force)
             if not Gate.is_pinned(self.opts.pin_dir):
                 self.log("programs were detached (unpinned) under us; stopping")
                 self._record(EntryType.DETACHED, by="unpinned while running")

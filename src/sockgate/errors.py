@@ -54,6 +54,17 @@ class PolicyErrors(LocatedErrors):
     pass
 
 
+class LockoutError(SockgateError):
+    """A policy would reject the administrator's own session or sockgate's alert
+    channels (sockgate.lockout); --force overrides."""
+
+    def __init__(self, source: str, lockouts: list[str]):
+        self.lockouts = lockouts
+        self.details = {"lockouts": lockouts}
+        super().__init__(f"{source}: refused, it would lock out what must stay reachable:\n  "
+                         + "\n  ".join(lockouts) + "\n(--force overrides)")
+
+
 class KernelError(SockgateError):
     """The kernel refused something (load, attach, map update) or lacks a feature."""
 

@@ -268,3 +268,34 @@ def test_the_daemon_needs_no_cap_sys_admin(scope, tmp_path):
     with Journal.open(journal, readonly=True) as j:
         types = [e.type for e in j.entries()]
     assert EntryType.CONNECT in types and types.count(EntryType.POLICY_LOADED) == 2
+
+
+def test_start_and_reload_refuse_a_policy_that_cuts_off_the_alert_channels(scope, tmp_path):
+    """The lock-out guard in the daemon: a policy rejecting the syslog channel's connect is
+    refused at start (nothing attached) and at reload (the old policy stays), unless forced."""
+    alerts = tmp_path / "alerts.toml"
+    alerts.write_text('[channel.siem]\ntype = "syslog"\nurl = "tcp://127.0.0.1:7514"\n\n'
+                      '[[alert]]\nname = "never"\nchannels = ["siem"]\nmatch = { user = "no-such-user-here" }\n')
+    cut = scope.write_policy('[[rule]]\nname = "no-7514"\nexit = "connect"\nremote_port = 7514\naction = "reject"\n',
+                             "cut.toml")
+    r = _sockgate("run", "--policy", str(cut), "--alerts", str(alerts), "--no-journal", "--scope-cgroup",
+                  scope.cgroup, "--netns", scope.netns, "--pin-dir", scope.pin_dir, "--backend", backend())
+    assert r.returncode == 1 and "alert channel siem (127.0.0.1:7514/tcp)" in r.stderr and "no-7514" in r.stderr
+    assert "Traceback" not in r.stderr and not Path(scope.pin_dir).exists()
+
+    policy = scope.write_policy(POLICY)
+    d = scope.daemon(policy, "--alerts", str(alerts))
+    wait_loaded(d)
+    policy.write_text(cut.read_text())
+    assert _sockgate("reload", "--pin-dir", scope.pin_dir).returncode == 0
+    deadline, err = time.monotonic() + 20, ""
+    while time.monotonic() < deadline and "reload refused" not in err:
+        err += d.stderr.readline() or ""
+        time.sleep(0.02)
+    assert "reload refused" in err and "no-7514" in err
+    assert scope.client("connect", addr="127.0.0.1", port=7001)["error"] == "EPERM"   # the old policy
+    assert _sockgate("reload", "--force", "--pin-dir", scope.pin_dir).returncode == 0
+    wait_loaded(d, generation=2)
+    assert scope.client("connect", addr="127.0.0.1", port=7001)["error"] == "ECONNREFUSED"
+    d.send_signal(signal.SIGTERM)
+    assert d.wait(timeout=15) == 0

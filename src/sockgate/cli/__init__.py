@@ -20,13 +20,14 @@ from sockgate.errors import LocatedError, LocatedErrors, SockgateError
 def render_error(e: SockgateError, as_json: bool = False) -> None:
     """A located error (a file's problems) as FILE:LINE: message lines and a count, or as
     JSON {ok, errors: [{file, line, message}], ...} on stdout for a --json command; any
-    other error as one `sockgate: message` line."""
+    other error as one `sockgate: message` line (in JSON: one error without a place)."""
     located = e.errors if isinstance(e, LocatedErrors) else [e] if isinstance(e, LocatedError) else None
-    if located is None:
-        click.echo(f"sockgate: {e}", err=True)
-    elif as_json:
-        errors = [{"file": x.file, "line": x.line, "message": x.message} for x in located]
+    if as_json:
+        errors = ([{"file": x.file, "line": x.line, "message": x.message} for x in located] if located is not None
+                  else [{"file": None, "line": None, "message": str(e)}])
         click.echo(json.dumps({"ok": False, "errors": errors, **getattr(e, "details", {})}, indent=2))
+    elif located is None:
+        click.echo(f"sockgate: {e}", err=True)
     else:
         for x in located:
             click.echo(str(x), err=True)

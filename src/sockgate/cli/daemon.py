@@ -26,8 +26,10 @@ pin_dir_option = click.option("--pin-dir", default="/sys/fs/bpf/sockgate", show_
 @click.option("--alerts", type=click.Path(exists=True, dir_okay=False),
               help=f"Alert rules for the built-in monitor (default: {DEFAULT_ALERTS} if it exists).")
 @click.option("--print-events", is_flag=True, help="Also write each decision as a JSON line to stdout.")
+@click.option("--force", is_flag=True,
+              help="Start even if the policy rejects your SSH session or an alert channel (the lock-out guard).")
 @pin_dir_option
-def run_cmd(policy, journal_dir, no_journal, scope_cgroup, netns, backend, alerts, print_events, pin_dir):
+def run_cmd(policy, journal_dir, no_journal, scope_cgroup, netns, backend, alerts, print_events, force, pin_dir):
     """Load the policy into the kernel, enforce it, journal decisions (as root).
 
     \b
@@ -35,11 +37,38 @@ def run_cmd(policy, journal_dir, no_journal, scope_cgroup, netns, backend, alert
     dies, and a restarted daemon picks up the same tables. SIGHUP reloads the policy
     (atomically; a bad file is refused and the old policy stays). SIGTERM seals the
     journal and stops the daemon; the programs stay until `sockgate unload`.
+
+    \b
+    The lock-out guard: a policy that would reject an administrator's remote session
+    (this SSH session, established connections to sshd) or a connection of an alert
+    channel is refused at start and at every reload, naming the rule; --force here,
+    `sockgate reload --force` for a reload.
     """
     from sockgate.daemon import RunOptions, run
 
     run(RunOptions(policy=policy, journal_dir=None if no_journal else journal_dir, scope_cgroup=scope_cgroup,
-                   netns=netns, pin_dir=pin_dir, backend=backend, alerts=alerts, print_events=print_events))
+                   netns=netns, pin_dir=pin_dir, backend=backend, alerts=alerts, print_events=print_events,
+                   force=force))
+
+
+@click.command("reload")
+@click.option("--force", is_flag=True, help="Load even if the policy would lock out a guarded call.")
+@pin_dir_option
+def reload_cmd(force, pin_dir):
+    """Make the running daemon reload its policy file (SIGHUP; --force: SIGUSR1).
+
+    The daemon checks the file first; a bad policy, or one that would lock out your
+    session or an alert channel, is refused (see the daemon's log and the journal's
+    policy record) and the old policy stays in force."""
+    import signal
+
+    from sockgate.daemon import signal_daemon
+    from sockgate.errors import KernelError
+
+    pid = signal_daemon(pin_dir, signal.SIGUSR1 if force else signal.SIGHUP)
+    if not pid:
+        raise KernelError(f"no sockgate daemon is running for {pin_dir}")
+    click.echo(f"asked the daemon (pid {pid}) to reload{' (forced)' if force else ''}")
 
 
 @click.command("status")
@@ -85,5 +114,5 @@ def unload_cmd(journal_dir, pin_dir):
 
 
 def register(cli: click.Group) -> None:
-    for cmd in (run_cmd, status_cmd, unload_cmd):
+    for cmd in (run_cmd, status_cmd, reload_cmd, unload_cmd):
         cli.add_command(cmd)

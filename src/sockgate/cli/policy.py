@@ -12,7 +12,7 @@ import sys
 
 import click
 
-from sockgate.cli.options import json_option
+from sockgate.cli.options import DEFAULT_ALERTS, json_option
 from sockgate.errors import PolicyErrors
 from sockgate.policy.model import Exit, Outcome, Policy
 from sockgate.policy.parse import load_policy, parse_policy
@@ -73,17 +73,33 @@ def rules_per_exit(policy: Policy) -> dict[str, int]:
 
 @group.command("check")
 @click.argument("file", type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("--alerts", type=click.Path(dir_okay=False),
+              help=f"Alert rules whose channels must stay reachable (default: {DEFAULT_ALERTS} if it exists).")
+@click.option("--force", is_flag=True, help="Skip the lock-out guard.")
 @json_option
-def check(file: str, as_json: bool) -> None:
+def check(file: str, alerts: str | None, force: bool, as_json: bool) -> None:
     """Validate FILE (a policy TOML file, or - for stdin); list every error as FILE:LINE: message.
 
-    Exit status 0 when the policy is valid, 1 when it is not.
+    \b
+    The lock-out guard: the policy must not reject the SSH session you run this from
+    ($SSH_CONNECTION), any established connection to sshd, or the connections of the
+    alert channels in --alerts (as the daemon, root, would make them). Each one it would
+    reject is named with the deciding rule. --force skips the guard.
+
+    Exit status 0 when the policy is valid, 1 when it is not (or would lock out).
     """
+    import os
+
+    from sockgate import lockout
+
     try:
         policy = _load(file)
     except PolicyErrors as errs:  # rendered by the entry point (text or JSON)
         errs.details.update(rules=0, digest=_digest_of(file))
         raise
+    if not force:
+        lockout.guard(policy, alerts or (DEFAULT_ALERTS if os.path.exists(DEFAULT_ALERTS) else None),
+                      log=lambda note: click.echo(f"note: {note}", err=True))
     counts = rules_per_exit(policy)
     if as_json:
         click.echo(json.dumps({

@@ -35,8 +35,12 @@ def _proc_addr(hex_addr: str) -> bytes:
     return b"".join(struct.pack(">I", struct.unpack("=I", raw[i:i + 4])[0]) for i in range(0, 16, 4))
 
 
-def listening_sockets(proc: str = "/proc") -> list[tuple[int, bytes, int, int, int]]:
-    """[(family, addr16, port, uid, inode)] of TCP listeners in this network namespace."""
+ESTABLISHED = "01"
+
+
+def tcp_sockets(state: str = LISTEN, proc: str = "/proc") -> list[tuple[int, bytes, int, bytes, int, int, int]]:
+    """[(family, local addr16, local port, remote addr16, remote port, uid, inode)] of the
+    TCP sockets in `state` in this network namespace (/proc/net/tcp{,6})."""
     out = []
     for name, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
         try:
@@ -44,16 +48,23 @@ def listening_sockets(proc: str = "/proc") -> list[tuple[int, bytes, int, int, i
                 next(f)
                 for line in f:
                     p = line.split()
-                    if p[3] != LISTEN:
+                    if p[3] != state:
                         continue
-                    addr, port = p[1].split(":")
-                    out.append((family, _proc_addr(addr), int(port, 16), int(p[7]), int(p[9])))
+                    laddr, lport = p[1].split(":")
+                    raddr, rport = p[2].split(":")
+                    out.append((family, _proc_addr(laddr), int(lport, 16), _proc_addr(raddr), int(rport, 16),
+                                int(p[7]), int(p[9])))
         except FileNotFoundError:
             continue
     return out
 
 
-def _socket_pids(proc: str = "/proc") -> dict[int, tuple[int, int]]:
+def listening_sockets(proc: str = "/proc") -> list[tuple[int, bytes, int, int, int]]:
+    """[(family, addr16, port, uid, inode)] of TCP listeners in this network namespace."""
+    return [(fam, laddr, lport, uid, inode) for fam, laddr, lport, _, _, uid, inode in tcp_sockets(LISTEN, proc)]
+
+
+def socket_holders(proc: str = "/proc") -> dict[int, tuple[int, int]]:
     """socket inode -> (pid, fd) holding it."""
     owners: dict[int, tuple[int, int]] = {}
     for pid in os.listdir(proc):
@@ -72,7 +83,7 @@ def _socket_pids(proc: str = "/proc") -> dict[int, tuple[int, int]]:
     return owners
 
 
-def _process_identity(pid: int, proc: str = "/proc") -> tuple[int, int, list[int], int, int, str] | None:
+def process_identity(pid: int, proc: str = "/proc") -> tuple[int, int, list[int], int, int, str] | None:
     """(euid, egid, groups, dev, ino, comm)."""
     try:
         with open(f"{proc}/{pid}/status") as f:
@@ -105,7 +116,7 @@ def seed_owners(listeners_fd: int, owners_fd: int, proc: str = "/proc") -> tuple
     socks = listening_sockets(proc)
     if not socks:
         return 0, 0
-    holders = _socket_pids(proc)
+    holders = socket_holders(proc)
     netns = os.stat(f"{proc}/self/ns/net").st_ino
     n = 0
     for family, addr, port, uid, inode in socks:
@@ -120,7 +131,7 @@ def seed_owners(listeners_fd: int, owners_fd: int, proc: str = "/proc") -> tuple
             key = L.OwnerKey(netns=netns, family=family, port=port)  # as sg_listen_cb keys it
             ctypes.memmove(key.addr, addr, 16)
             val = L.Owner(uid=uid, gid=L.UID_UNKNOWN)
-            ident = _process_identity(pid, proc)
+            ident = process_identity(pid, proc)
             if ident:
                 euid, egid, groups, dev, ino, comm = ident
                 gl = ([egid] + [g for g in groups if g != egid])[: L.MAX_GROUPS]

@@ -150,6 +150,11 @@ class Channel:
         self.retry_initial_ns = parse_duration(opts.get("retry_initial", "2s"))
         self.retry_max_ns = parse_duration(opts.get("retry_max", "5m"))
 
+    def peer(self) -> tuple[str, int, str] | None:
+        """(host, port, "tcp" | "udp") this channel connects to, None if it makes no
+        connection (the lock-out guard keeps it reachable)."""
+        return None
+
     def backoff_ns(self, attempts: int) -> int:
         """Delay before the next try after `attempts` failures: doubling, capped."""
         return min(self.retry_max_ns, self.retry_initial_ns * (2 ** min(attempts - 1, 40)))

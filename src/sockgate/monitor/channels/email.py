@@ -110,6 +110,9 @@ class EmailChannel(Channel):
             return pw
         return None
 
+    def peer(self) -> tuple[str, int, str]:
+        return self.host, self.port, "tcp"
+
     def send(self, alert: dict[str, Any]) -> None:
         msg = build_message(alert, self.opts["from"], self.opts["to"], self.opts.get("subject", DEFAULT_SUBJECT))
         where = f"email smtp://{self.host}:{self.port}"

@@ -112,6 +112,9 @@ class SyslogChannel(Channel):
         self.max_size = opts.get("max_size", DEFAULT_MAX_SIZE)
         self._ctx = self.ssl_context() if self.proto == "tls" else None
 
+    def peer(self) -> tuple[str, int, str]:
+        return self.host, self.port, "udp" if self.proto == "udp" else "tcp"
+
     def frame(self, msg: bytes) -> bytes:
         if self.framing == "lf":
             return msg + b"\n"

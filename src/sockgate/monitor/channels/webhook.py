@@ -114,6 +114,10 @@ class WebhookChannel(Channel):
         self.client = httpx.Client(timeout=self.timeout, verify=verify, follow_redirects=False,
                                    headers={"User-Agent": "sockgate-monitor", **opts.get("headers", {})})
 
+    def peer(self) -> tuple[str, int, str]:
+        u = urlsplit(self.url)
+        return u.hostname or "", u.port or (443 if u.scheme == "https" else 80), "tcp"
+
     def send(self, alert: dict[str, Any]) -> None:
         try:
             r = self.client.post(self.url, json=webhook_body(self.format, alert),
