@@ -24,8 +24,8 @@ from dataclasses import asdict, dataclass, field
 from typing import IO, Any, Protocol
 
 from sockgate.errors import ImportConflictError, ImportRecordError, UsageError
-from sockgate.locking import private_file
 from sockgate.record import Entry, EntryType, addr_key, format_time
+from sockgate.safedir import private_file
 
 from . import delimited, records
 from .layout import LAYOUTS
