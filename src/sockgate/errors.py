@@ -104,6 +104,17 @@ class ImportRecordError(SockgateError):
             where += f" (byte offset {offset})"
         super().__init__(f"{where}: {reason}")
 
+    line = None   # rendered like a LocatedError (file, line, message) in a LocatedErrors
+
+
+class ImportConflictError(LocatedErrors):
+    """Records whose identity (SYSTEM:SEQUENCE) is already journaled, or earlier in the same
+    file, with other content: errors are ImportRecordErrors naming each record; details
+    {"conflicts": [{record, ident, seq, fields}]} for --json. Nothing was imported."""
+
+    def __init__(self, errors: list, conflicts: list[dict]):
+        super().__init__(errors, {"conflicts": conflicts})
+
 
 class FieldError(ValueError):
     """One bad field of an IBM i record; the reader turns it into an ImportRecordError with

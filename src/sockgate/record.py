@@ -414,17 +414,34 @@ def parse_time(value: Any, now_ns: int | None = None) -> int:
         midnight = datetime.fromtimestamp(now_ns // NS).replace(hour=0, minute=0, second=0, microsecond=0)
         return int(midnight.timestamp()) * NS
     try:
-        return now_ns - parse_duration(t)
-    except ValueError:
-        pass
+        return _time_in_range(now_ns - parse_duration(t), value)
+    except ValueError as e:
+        duration_error = e
     try:
         dt = datetime.fromisoformat(t.replace("Z", "+00:00"))
     except ValueError:
-        raise ValueError(f"bad time {value!r} (use e.g. 1h, 7d, now, today, 2026-05-01, "
+        if _DURATION_LIKE.fullmatch(t.lower()):
+            raise duration_error from None   # "9999...9d": say what is wrong with the duration
+        raise ValueError(f"bad time {quote(value)} (use e.g. 1h, 7d, now, today, 2026-05-01, "
                          "2026-05-01T12:00:00 (local), 2026-05-01T12:00:00Z)") from None
-    if dt.tzinfo is None:
-        dt = dt.astimezone()  # local time, as an administrator types it
-    return int(dt.replace(microsecond=0).timestamp()) * NS + dt.microsecond * 1000
+    try:
+        if dt.tzinfo is None:
+            dt = dt.astimezone()  # local time, as an administrator types it
+        ns = int(dt.replace(microsecond=0).timestamp()) * NS + dt.microsecond * 1000
+    except (ValueError, OverflowError, OSError):   # year 1 or 9999, beyond the C library
+        ns = None
+    return _time_in_range(ns, value)
+
+
+_DURATION_LIKE = re.compile(r"(\d[\d.]*[a-z]*)+")
+MAX_TIME_NS = 2 ** 63 - 1   # times are signed 64-bit nanoseconds (SQLite INTEGER, the C writer)
+
+
+def _time_in_range(ns: int | None, value: Any) -> int:
+    if ns is None or not -MAX_TIME_NS <= ns <= MAX_TIME_NS:
+        raise ValueError(f"time {quote(value)} is out of range (1677-09-22 .. 2262-04-11, "
+                         "64-bit nanoseconds since 1970)")
+    return ns
 
 
 def format_time(ts_ns: int) -> str:

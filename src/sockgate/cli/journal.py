@@ -8,7 +8,7 @@ import functools
 import json
 import sys
 import time
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import click
 
@@ -16,9 +16,11 @@ from sockgate.cli.options import journal_option, json_option
 from sockgate.errors import JournalBusyError, UsageError, VerifyError
 from sockgate.journal import Entry, Filter, parse_size
 from sockgate.journal.export import FORMATS, csv_lines, formatter, summary, to_json
+from sockgate.journal.query import MAX_SEQ, last_start
 from sockgate.journal.seal import fingerprint, parse_verification_key, read_verification_key
 from sockgate.journal.verify import checkpoint, describe_time, read_checkpoint, verify
-from sockgate.record import NS, endpoint, format_time, parse_duration
+from sockgate.record import NS, endpoint, format_time, oneline, parse_duration
+from sockgate.safedir import private_file
 
 if TYPE_CHECKING:
     from sockgate.journal import Journal
@@ -97,75 +99,116 @@ def init_cmd(journal_dir: str, key_out: str | None) -> None:
 @journal_option
 @filter_options
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
-@click.option("--last", "-n", "last", type=click.IntRange(min=1), help="Only the last N matching entries.")
+@click.option("--last", "-n", "last", type=click.IntRange(min=1, max=MAX_SEQ), help="Only the last N matching entries.")
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new entries as they are journaled.")
 def show_cmd(journal_dir: str, filt: Filter, fmt: str, last: int | None, follow: bool) -> None:
-    """Display journal entries (like DSPJRN)."""
+    """Display journal entries (like DSPJRN).
+
+    Streams: entries are read and printed a page at a time, so memory stays flat however
+    long the journal. The table's columns are as wide as the first page needs; a longer
+    value later pushes the rest of its row right rather than being cut."""
     from sockgate.journal import Journal
 
     j = Journal.open(journal_dir, readonly=True)
     try:
-        entries: Iterable[Entry] = j.tail(last, filter=filt) if last else j.entries(filter=filt)
-        printer = _TablePrinter() if fmt == "table" else None
-        cursor = 0
-
-        def emit(batch: Iterable[Entry], first: bool) -> None:
-            nonlocal cursor
-            batch = list(batch)
-            if batch:
-                cursor = batch[-1].seq or cursor
-            if printer:
-                printer.print(batch, first)
-            elif fmt == "csv":
-                for line in csv_lines(batch, header=first):
-                    click.echo(line)
-            else:
-                for e in batch:
-                    click.echo(to_json(e))
-
-        emit(entries, True)
+        after = last_start(j, last, filt) - 1 if last else 0
+        if last and after < 0:
+            after = 0
+        out = _TableWriter() if fmt == "table" else _LineWriter(fmt)
+        cursor = out.write(j.entries(after, filter=filt), first=True)
         if follow:
             cursor = max(cursor, j.last_seq)
             while True:
                 time.sleep(0.5)
-                emit(j.entries(cursor, filter=filt), False)
+                cursor = max(cursor, out.write(j.entries(cursor, filter=filt), first=False))
     finally:
         j.close()
 
 
-class _TablePrinter:
+class _LineWriter:
+    """json or csv lines, streamed."""
+
+    def __init__(self, fmt: str) -> None:
+        self.fmt = fmt
+
+    def write(self, entries: Iterable[Entry], first: bool) -> int:
+        self.last = 0
+        seen = _seqs(entries, self)
+        lines = csv_lines(seen, header=first) if self.fmt == "csv" else (to_json(e) for e in seen)
+        for line in lines:
+            click.echo(line)
+        return self.last
+
+
+def _seqs(entries: Iterable[Entry], w: Any) -> Iterator[Entry]:
+    for e in entries:
+        w.last = e.seq or w.last
+        yield e
+
+
+class _TableWriter:
+    """The table of `journal show`, a row per entry, printed as it is read. Every cell goes
+    through record.oneline (control characters, line separators and bidi overrides become
+    visible escapes) and is written as rich Text, never as markup, so a program named
+    "/tmp/[/]x" or a user named "root\\x1b[2J" prints as itself."""
+
+    PAGE = 500   # the entries whose values set the column widths
+    HEADER = ("SEQ", "TIME (UTC)", "T", "OUTCOME", "USER", "PROGRAM", "LOCAL", "REMOTE", "RULE / DETAIL")
+    RIGHT = {0}
+    STYLE = {"rejected": "bold red", "audit-rejected": "yellow", "failed": "red", "allowed": "green"}
+
     def __init__(self) -> None:
         from rich.console import Console
 
-        self.console = Console(highlight=False, soft_wrap=False)
-        if not self.console.is_terminal:   # piped: don't fold rows at 80 columns
-            self.console = Console(highlight=False, soft_wrap=False, width=240)
+        self.console = Console(highlight=False, soft_wrap=True, markup=False, emoji=False)
+        self.color = self.console.is_terminal
+        self.widths: list[int] | None = None
 
-    def print(self, batch: list[Entry], first: bool) -> None:
-        from rich.table import Table
+    @staticmethod
+    def cells(e: Entry) -> list[str]:
+        o = e.outcome.value if e.outcome else ""
+        user = e.user or (str(e.uid) if e.uid is not None else "")
+        return [oneline(c) for c in (
+            str(e.seq), format_time(e.ts_ns)[:23], e.type.value, o, user, e.program or "",
+            endpoint(e.local_addr, e.local_port) or "", endpoint(e.remote_addr, e.remote_port) or "",
+            summary(e) if not e.type.is_socket else (e.rule or ""))]
 
-        if not batch and not first:
-            return
-        t = Table(show_header=first, box=None, pad_edge=False)
-        for col, kw in (("SEQ", {"justify": "right", "no_wrap": True}), ("TIME (UTC)", {"no_wrap": True}),
-                        ("T", {"no_wrap": True}), ("OUTCOME", {"no_wrap": True}),
-                        ("USER", {}), ("PROGRAM", {"overflow": "fold"}), ("LOCAL", {}), ("REMOTE", {}),
-                        ("RULE / DETAIL", {"overflow": "fold"})):
-            t.add_column(col, **kw)
-        style = {"rejected": "bold red", "audit-rejected": "yellow", "failed": "red", "allowed": "green"}
-        for e in batch:
-            o = e.outcome.value if e.outcome else ""
-            sg = len(e.type.value) > 1
-            user = e.user or (str(e.uid) if e.uid is not None else "")
-            t.add_row(
-                str(e.seq), format_time(e.ts_ns)[:23], e.type.value, f"[{style.get(o, '')}]{o}[/]" if o else "",
-                user, e.program or "", endpoint(e.local_addr, e.local_port) or "", endpoint(e.remote_addr, e.remote_port) or "",
-                summary(e) if sg else (e.rule or ""),
-            )
-        if first and not batch:
+    def write(self, entries: Iterable[Entry], first: bool) -> int:
+        from itertools import islice
+
+        it = iter(entries)
+        last = 0
+        while page := [(e.seq or 0, self.cells(e)) for e in islice(it, self.PAGE)]:
+            if self.widths is None:
+                from rich.cells import cell_len
+
+                self.widths = [max(cell_len(r[i]) for r in [self.HEADER, *(c for _, c in page)])
+                               for i in range(len(self.HEADER))]
+                self._line(list(self.HEADER), header=True)
+            for seq, cells in page:
+                self._line(cells)
+            last = page[-1][0]
+        if first and self.widths is None:
             self.console.print("no matching entries", style="dim")
+        return last
+
+    def _line(self, cells: list[str], header: bool = False) -> None:
+        from rich.cells import cell_len
+        from rich.text import Text
+
+        assert self.widths is not None
+        pad = [" " * max(0, w - cell_len(c)) for c, w in zip(cells, self.widths)]
+        parts = [p + c if i in self.RIGHT else c + p for i, (c, p) in enumerate(zip(cells, pad))]
+        if not self.color:
+            sys.stdout.write(" ".join(parts).rstrip() + "\n")
             return
-        self.console.print(t)
+        line = Text(style="bold" if header else "")
+        for i, part in enumerate(parts):
+            if i:
+                line.append(" ")
+            line.append(part, style="" if header or i != 3 else self.STYLE.get(cells[3], ""))
+        line.rstrip()
+        self.console.print(line, crop=False, overflow="ignore", no_wrap=True)
 
 
 @group.command("export")
@@ -178,6 +221,8 @@ def export_cmd(journal_dir: str, filt: Filter, fmt: str, output: str | None) -> 
     from sockgate.journal import Journal
 
     with Journal.open(journal_dir, readonly=True) as j:
+        if output:   # 0600 whatever the umask; not through a symlink, not another's file
+            private_file(output, error=UsageError)
         out = open(output, "w", encoding="utf-8", newline="") if output else sys.stdout
         try:
             n = 0

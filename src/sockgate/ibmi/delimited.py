@@ -17,10 +17,15 @@ import json
 from collections.abc import Callable, Iterator
 
 from sockgate.errors import ImportRecordError
-from sockgate.record import Entry
+from sockgate.record import Entry, kind_of, quote
 
 from . import mapping as m
-from .layout import TYPE4, TYPE5, Layout
+from .layout import TYPE4, TYPE5, Layout, column_limit, text_limit
+
+# Outfile fields whose CPYTOIMPF text is bounded by the field's length (numbers and the
+# timestamp have their own checks: a copy may drop zeros or write the timestamp in ISO).
+CHAR_FIELDS = frozenset(f.name for f in TYPE5.heading + TYPE5.sk + TYPE4.heading
+                        if f.kind == "char" and f.name != "JOSEQN")
 
 
 class TextLines:
@@ -142,11 +147,12 @@ def _cpytoimpf_entry(row: list[str], layout: Layout, index: dict[str, int],
 
     def col(name: str) -> str:
         i = index.get(name)
-        return row[i].strip() if i is not None and i < len(row) else ""
+        v = row[i].strip() if i is not None and i < len(row) else ""
+        return m.bounded(v, name, text_limit(name)) if name in CHAR_FIELDS else v
 
     if col("JOCODE") != "T" or col("JOENTT") != "SK":
-        raise m.FieldError("JOCODE", f"journal code and entry type are {col('JOCODE')!r} "
-                           f"{col('JOENTT')!r}, not 'T' 'SK'")
+        raise m.FieldError("JOCODE", f"journal code and entry type are {quote(col('JOCODE'))} "
+                           f"{quote(col('JOENTT'))}, not 'T' 'SK'")
     et = m.entry_type(col("entry_type"))
     seq = m.sequence(col("JOSEQN"))
     ts = col("JOTSTP")
@@ -160,10 +166,7 @@ def _cpytoimpf_entry(row: list[str], layout: Layout, index: dict[str, int],
     more: dict = {}
     sd = col("socket_descriptor")
     if sd:
-        try:
-            more["socket_descriptor"] = int(sd)
-        except ValueError:
-            raise m.FieldError("socket_descriptor", f"{sd!r} is not a number") from None
+        more["socket_descriptor"] = m.binary4(sd, "socket_descriptor")
     _type_specific(et.value, col, more)
     rcv, rlib = col("JORCV"), col("JORCVLIB")
     usr = col("JOUSER")
@@ -203,7 +206,13 @@ def audit_sk_entry(row: dict, clock: m.LocalTime) -> Entry:
     """One AUDIT_JOURNAL_SK row (keys upper-cased) -> Entry."""
     def col(name: str) -> str:
         v = row.get(name)
-        return "" if v is None else str(v).strip()
+        if v is None:
+            return ""
+        if isinstance(v, (dict, list)):   # JSON: a column holds a scalar
+            raise m.FieldError(name, f"{kind_of(v)}, not a value")
+        if isinstance(v, int) and not isinstance(v, bool) and v.bit_length() > 64:
+            raise m.FieldError(name, "a number too large for any SK field")   # str() of it is slow
+        return m.bounded(str(v).strip(), name, column_limit(name))
 
     missing = [c for c in REQUIRED if not col(c)]
     if missing:
@@ -220,17 +229,14 @@ def audit_sk_entry(row: dict, clock: m.LocalTime) -> Entry:
     if qual and not (job_name and job_user and job_nbr):
         parts = qual.split("/")
         if len(parts) != 3:
-            raise m.FieldError("QUALIFIED_JOB_NAME", f"{qual!r} is not NUMBER/USER/NAME")
+            raise m.FieldError("QUALIFIED_JOB_NAME", f"{quote(qual)} is not NUMBER/USER/NAME")
         job_nbr, job_user, job_name = parts
     la = m.address(col("LOCAL_IP_ADDRESS"), "LOCAL_IP_ADDRESS")
     ra = m.address(col("REMOTE_ADDRESS"), "REMOTE_ADDRESS")
     more: dict = {}
     sd = col("SOCKET_DESCRIPTOR")
     if sd:
-        try:
-            more["socket_descriptor"] = int(sd)
-        except ValueError:
-            raise m.FieldError("SOCKET_DESCRIPTOR", f"{sd!r} is not a number") from None
+        more["socket_descriptor"] = m.binary4(sd, "SOCKET_DESCRIPTOR")
     _type_specific(et.value, lambda k: col(k.upper()), more)
     for c in EXTRA_COLUMNS:
         if v := col(c):
@@ -289,7 +295,7 @@ def json_rows(data: bytes, codec: str, file: str) -> Iterator[tuple[int, int, ob
                                 file=file) from None
     if text.startswith("\ufeff"):
         text = text[1:]
-    dec = json.JSONDecoder()
+    dec = json.JSONDecoder(parse_int=_json_int)
     ws = " \t\r\n"
 
     def byte_off(pos: int) -> int:
@@ -298,13 +304,21 @@ def json_rows(data: bytes, codec: str, file: str) -> Iterator[tuple[int, int, ob
     def fail(msg: str, pos: int, record: int | None):
         raise ImportRecordError(msg, record=record, offset=byte_off(pos), file=file)
 
+    def decode(pos: int, record: int):
+        """(value, end) of the JSON value at pos, or the located error of record."""
+        try:
+            return dec.raw_decode(text, pos)
+        except json.JSONDecodeError as e:
+            fail(f"bad JSON: {e.msg}", e.pos, record)
+        except ValueError as e:    # _json_int
+            fail(f"bad JSON: {e}", pos, record)
+        except RecursionError:     # the decoder recurses once per [ or {
+            fail("bad JSON: nested too deeply", pos, record)
+
     pos = len(text) - len(text.lstrip(ws))
     if text.startswith("{", pos):
         # one object: JSON Lines of rows, or {"name": [rows]}
-        try:
-            first, end = dec.raw_decode(text, pos)
-        except json.JSONDecodeError as e:
-            fail(f"bad JSON: {e.msg}", e.pos, 1)
+        first, end = decode(pos, 1)
         rest = text[end:].strip(ws)
         arrays = [v for v in first.values() if isinstance(v, list)] if isinstance(first, dict) else []
         if not rest and len(arrays) == 1 and all(isinstance(r, dict) for r in arrays[0]):
@@ -313,10 +327,7 @@ def json_rows(data: bytes, codec: str, file: str) -> Iterator[tuple[int, int, ob
             return
         record = 0
         while pos < len(text):
-            try:
-                row, end = dec.raw_decode(text, pos)
-            except json.JSONDecodeError as e:
-                fail(f"bad JSON: {e.msg}", e.pos, record + 1)
+            row, end = decode(pos, record + 1)
             record += 1
             yield record, pos, row
             pos = end
@@ -338,13 +349,17 @@ def json_rows(data: bytes, codec: str, file: str) -> Iterator[tuple[int, int, ob
             pos += 1
             while pos < len(text) and text[pos] in ws:
                 pos += 1
-        try:
-            row, end = dec.raw_decode(text, pos)
-        except json.JSONDecodeError as e:
-            fail(f"bad JSON: {e.msg}", e.pos, record + 1)
+        row, end = decode(pos, record + 1)
         record += 1
         yield record, pos, row
         pos = end
+
+
+def _json_int(digits: str) -> int:
+    # No SK value has more than 20 digits; int() of 5,000 raises ValueError (and is slow before)
+    if len(digits) > 40:
+        raise ValueError(f"a number of {len(digits)} digits")
+    return int(digits)
 
 
 def read_audit_sk_json(data: bytes, codec: str, file: str, clock: m.LocalTime,

@@ -23,8 +23,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import IO, Any, Protocol
 
-from sockgate.errors import ImportRecordError, UsageError
-from sockgate.record import Entry, EntryType, format_time
+from sockgate.errors import ImportConflictError, ImportRecordError, UsageError
+from sockgate.record import Entry, EntryType, addr_key, format_time
+from sockgate.safedir import private_file
 
 from . import delimited, records
 from .layout import LAYOUTS
@@ -192,6 +193,124 @@ def parse_all(data, **kw) -> list[Entry]:
     return list(parse(data, **kw)[1])
 
 
+# ---------------------------------------------------------------- conflicts
+
+# What an SK entry says, compared when its identity (SYSTEM:SEQUENCE) is already known. Only
+# facts every input format gives alike: not the timestamp text as written (SAA or ISO), and a
+# field one format lacks (*TYPE4 has no program library and no TLS fields) is not a difference.
+FACTS = ("type", "ts_ns", "outcome", "user", "local_port", "remote_port")
+EXTRA_FACTS = ("job", "socket_descriptor", "ibmi_receiver", "filter_description", "filter_data",
+               "mac_address", "host_name", "secure_version", "secure_properties")
+MAX_CONFLICTS = 100   # listed; the import fails on the first file anyway
+
+
+def differences(new: Entry, old: Entry) -> list[str]:
+    """The FACTS (and addresses, program, EXTRA_FACTS) in which two entries of one ident differ."""
+    out = [f for f in FACTS if getattr(new, f) != getattr(old, f)]
+    for f in ("local_addr", "remote_addr"):
+        if addr_key(getattr(new, f)) != addr_key(getattr(old, f)):   # one address, any spelling
+            out.append(f)
+    a, b = new.program or "", old.program or ""
+    if ("/" in a) != ("/" in b):   # LIB/PGM against *TYPE4's PGM: compare the program
+        a, b = a.rsplit("/", 1)[-1], b.rsplit("/", 1)[-1]
+    if a != b:
+        out.append("program")
+    out += [k for k in EXTRA_FACTS if k in new.extra and k in old.extra and new.extra[k] != old.extra[k]]
+    return out
+
+
+def _digest(e: Entry) -> int:
+    """hash() of what differences() compares, for repeats within one file (one format: no
+    other spellings to allow for; one process: hash() is stable for its life)."""
+    x = e.extra
+    return hash((e.type, e.ts_ns, e.outcome, e.user, e.local_addr, e.local_port, e.remote_addr,
+                 e.remote_port, e.program, *map(x.get, EXTRA_FACTS)))
+
+
+class Conflicts:
+    """Passes a file's entries through and notes each one whose ident the journal already
+    holds with other facts, or an earlier record of the same file holds. The journal skips
+    a known ident, so without this a crafted file imported first would stand in for the
+    real record for good. Identical repeats pass (they are "already present").
+
+    Memory: one small int pair per entry (about 100 bytes) to find repeats within the file;
+    the journal is asked once per chunk, over its ident index."""
+
+    def __init__(self, journal_dir: str, file: str, bad: Callable[[], int]):
+        from sockgate.journal import Journal
+
+        self.file, self.bad = file, bad
+        self.reader = Journal.open(journal_dir, readonly=True)   # what is committed
+        self.seen: dict[int, int] = {}   # hash(ident) -> record << 64 | digest & (2**64 - 1)
+        self.errors: list[ImportRecordError] = []
+        self.details: list[dict] = []
+        self.count = 0
+
+    def close(self) -> None:
+        self.reader.close()
+
+    def watch(self, entries: Iterator[Entry]) -> Iterator[Entry]:
+        chunk: list[tuple[int, Entry]] = []
+        n = 0
+        for e in entries:
+            n += 1
+            chunk.append((n + self.bad(), e))   # bad records came before it, in file order
+            if len(chunk) >= CHUNK:
+                self._check(chunk)
+                yield from (e for _, e in chunk)
+                chunk = []
+        self._check(chunk)
+        yield from (e for _, e in chunk)
+
+    def _check(self, chunk: list[tuple[int, Entry]]) -> None:
+        journaled = self._journaled([e.ident for _, e in chunk if e.ident])
+        seen, mask = self.seen, (1 << 64) - 1
+        for record, e in chunk:
+            old = journaled.get(e.ident)
+            if old is not None:
+                diff = differences(e, old)
+                if diff:
+                    self._add(record, e, diff, f"journaled as seq {old.seq}", old.seq)
+                continue
+            key, digest = hash(e.ident), _digest(e) & mask
+            first = seen.get(key)
+            if first is None:
+                seen[key] = record << 64 | digest
+            elif first & mask != digest:
+                self._add(record, e, [], f"record {first >> 64} of this file", None)
+
+    def _journaled(self, idents: list[str]) -> dict[str, Entry]:
+        from sockgate.journal.store import FIELDS, row_to_entry
+
+        found: dict[str, Entry] = {}
+        if not idents:
+            return found
+        for r in self.reader.receivers:
+            for i in range(0, len(idents), 500):
+                part = idents[i:i + 500]
+                rows = r.fetchall(f"SELECT {','.join(FIELDS)} FROM entry WHERE ident IN "
+                                  f"({','.join('?' * len(part))})", part)
+                found.update((row[-1], row_to_entry(row)) for row in rows)
+        return found
+
+    def _add(self, record: int, e: Entry, fields: list[str], where: str, seq: int | None) -> None:
+        self.count += 1
+        if len(self.errors) >= MAX_CONFLICTS:
+            return
+        what = f"differs in {', '.join(fields)}" if fields else "has other content"
+        self.errors.append(ImportRecordError(
+            f"conflict: {e.ident} is already {where}, and this record {what} "
+            "(nothing imported; find out which is genuine)", record=record, file=self.file))
+        self.details.append({"record": record, "ident": e.ident, "seq": seq, "fields": fields})
+
+    def raise_any(self) -> None:
+        if self.count:
+            more = self.count - len(self.errors)
+            if more:
+                self.errors.append(ImportRecordError(f"... and {more} more conflicts", file=self.file))
+            raise ImportConflictError(self.errors, self.details)
+
+
 # ---------------------------------------------------------------- import
 
 CHUNK = 8192   # entries per hand-over from the parser to the journal writer
@@ -200,6 +319,13 @@ _END = object()
 
 class _Aborted(Exception):
     """The parser stopped (a bad record, Ctrl-C): roll the import back."""
+
+
+def _checked(conflicts: Conflicts, entries: Iterator[Entry]) -> Iterator[Entry]:
+    """The entries, then ImportConflictError if any conflicted: raised before the last
+    chunk is handed over, so the bulk transaction rolls back (all or nothing)."""
+    yield from conflicts.watch(entries)
+    conflicts.raise_any()
 
 
 def journal_entries(journal, entries: Iterator[Entry]) -> int:
@@ -270,7 +396,11 @@ def import_file(path: str, journal_dir: str | None, *, fmt: str = "auto", ccsid:
     try:
         if skip_bad:
             try:
+                # bad records are the input's data: 0600 whatever the umask, like the journal
+                private_file(skip_bad, error=UsageError)
                 bad_out = open(skip_bad, "wb")
+            except UsageError as e:
+                raise UsageError(f"--skip-bad: {e}") from None
             except OSError as e:
                 raise UsageError(f"--skip-bad {skip_bad}: {e.strerror}") from None
         if not dry_run:
@@ -284,7 +414,11 @@ def import_file(path: str, journal_dir: str | None, *, fmt: str = "auto", ccsid:
         summary.format = fmt_used
         if journal is not None:
             before = journal.last_seq
-            after = journal_entries(journal, tally.watch(entries))
+            conflicts = Conflicts(journal_dir, name, lambda: summary.bad)
+            try:
+                after = journal_entries(journal, _checked(conflicts, tally.watch(entries)))
+            finally:
+                conflicts.close()
         else:
             for _ in tally.watch(entries):
                 pass

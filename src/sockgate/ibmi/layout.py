@@ -153,6 +153,27 @@ SK_FIELDS: tuple[tuple[str, int | None, int, int, str, str, str], ...] = (
 # Fields a record must contain completely; later ones (secure_*, 7.3+) may be cut off.
 SK_REQUIRED_THROUGH = "host_name"
 
+# Text exports carry no field lengths of their own: a value is refused when it is longer than
+# the outfile field it comes from (a 10-character user profile, an 8-character system name).
+# Where the layout's length is inferred, not documented, the bound is TEXT_LIMIT instead.
+TEXT_LIMIT = 1024
+LENGTH_INFERRED = frozenset({"secure_properties"})
+
+# AUDIT_JOURNAL_SK columns -> the outfile field that holds the same value (for its length),
+# or a length: QUALIFIED_JOB_NAME is NUMBER/USER/NAME (6+1+10+1+10), ENTRY_TYPE_DETAIL is
+# VARCHAR(200) in the other AUDIT_JOURNAL_xx functions (S14), DHCP_IP_ADDRESS an address.
+AUDIT_SK_COLUMNS: dict[str, str | int] = {
+    "ENTRY_TYPE": "entry_type", "SYSTEM_NAME": "JOSYNM", "USER_NAME": "JOUSPF",
+    "JOB_NAME": "JOJOB", "JOB_USER": "JOUSER", "JOB_NUMBER": "JONBR", "QUALIFIED_JOB_NAME": 28,
+    "PROGRAM_LIBRARY": "JOPGMLIB", "PROGRAM_NAME": "JOPGM", "RECEIVER_LIBRARY": "JORCVLIB",
+    "RECEIVER_NAME": "JORCV", "ADDRESS_SPACE_TYPE": "address_family",
+    "LOCAL_IP_ADDRESS": "local_ip", "REMOTE_ADDRESS": "remote_ip", "LOCAL_PORT": "local_port",
+    "REMOTE_PORT": "remote_port", "FILTER_DESCRIPTION": "filter_description",
+    "FILTER_DATA": "filter_data", "MAC_ADDRESS": "mac_address", "HOST_NAME": "host_name",
+    "SECURE_VERSION": "secure_version", "SECURE_PROPERTIES": "secure_properties",
+    "ENTRY_TYPE_DETAIL": 200, "DHCP_IP_ADDRESS": 46,
+}
+
 
 @dataclass(frozen=True)
 class Layout:
@@ -213,3 +234,17 @@ def check(layout: Layout) -> None:
         if f.offset != pos:
             raise AssertionError(f"{layout.name}: {f.name} at {f.offset}, expected {pos}")
         pos = f.offset + f.length
+
+
+def text_limit(field: str) -> int:
+    """The most characters a text export may hold for an outfile field (see TEXT_LIMIT)."""
+    f = TYPE5.fields.get(field) or TYPE4.fields.get(field)
+    if f is None or field in LENGTH_INFERRED:
+        return TEXT_LIMIT
+    return f.length
+
+
+def column_limit(column: str) -> int:
+    """The same for an AUDIT_JOURNAL_SK column (TEXT_LIMIT for the undocumented ones)."""
+    src = AUDIT_SK_COLUMNS.get(column)
+    return src if isinstance(src, int) else text_limit(src) if src else TEXT_LIMIT

@@ -21,7 +21,7 @@ from datetime import datetime, timedelta, timezone, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sockgate.errors import FieldError, UsageError
-from sockgate.record import Code, Entry, EntryType, Outcome, Source
+from sockgate.record import Code, Entry, EntryType, Outcome, Source, addr_key, quote
 
 
 OUTCOMES = {
@@ -105,17 +105,17 @@ class LocalTime:
         if secs is None:
             if (len(ts) != 26 or ts[4] != "-" or ts[7] != "-" or ts[10] != "-" or ts[13] != "."
                     or ts[16] != "." or ts[19] != "."):
-                raise ValueError(f"{ts!r} is not a timestamp YYYY-MM-DD-HH.MM.SS.ffffff")
+                raise ValueError(f"{quote(ts)} is not a timestamp YYYY-MM-DD-HH.MM.SS.ffffff")
             parts = (ts[0:4], ts[5:7], ts[8:10], ts[11:13], ts[14:16])
             if not all(p.isascii() and p.isdigit() for p in parts):
-                raise ValueError(f"{ts!r} is not a timestamp YYYY-MM-DD-HH.MM.SS.ffffff")
+                raise ValueError(f"{quote(ts)} is not a timestamp YYYY-MM-DD-HH.MM.SS.ffffff")
             try:
                 secs = self._minute(key, *map(int, parts))
             except (ValueError, OverflowError) as e:
-                raise ValueError(f"{ts!r}: {e}") from None
+                raise ValueError(f"{quote(ts)}: {e}") from None
         sf = ts[17:19] + ts[20:26]
         if len(ts) != 26 or ts[19] != "." or not (sf.isascii() and sf.isdigit()) or sf[0] > "5":
-            raise ValueError(f"{ts!r} is not a timestamp YYYY-MM-DD-HH.MM.SS.ffffff")
+            raise ValueError(f"{quote(ts)} is not a timestamp YYYY-MM-DD-HH.MM.SS.ffffff")
         return (secs + int(sf[:2])) * 1_000_000_000 + int(sf[2:]) * 1000
 
     def second(self, head: str) -> int:
@@ -136,11 +136,11 @@ class LocalTime:
             return self.saa(ts)
         m = _TS.match(ts)
         if not m:
-            raise ValueError(f"{ts!r} is not a timestamp (YYYY-MM-DD-HH.MM.SS.ffffff or ISO 8601)")
+            raise ValueError(f"{quote(ts)} is not a timestamp (YYYY-MM-DD-HH.MM.SS.ffffff or ISO 8601)")
         y, mo, d, h, mi, s = (int(m[i]) for i in range(1, 7))
         frac = int((m[7] or "").ljust(9, "0")[:9])
         if s > 59:
-            raise ValueError(f"{ts!r}: second out of range")
+            raise ValueError(f"{quote(ts)}: second out of range")
         try:
             if m[8]:
                 z = m[8]
@@ -156,21 +156,23 @@ class LocalTime:
             else:
                 secs = self._minutes.get(ts[:16]) or self._minute(ts[:16], y, mo, d, h, mi)
         except (ValueError, OverflowError) as e:
-            raise ValueError(f"{ts!r}: {e}") from None
+            raise ValueError(f"{quote(ts)}: {e}") from None
         return (secs + s) * 1_000_000_000 + frac
 
 
 # ---------------------------------------------------------------- field values
 
-_ADDR_OK = re.compile(r"[0-9A-Za-z:.%_-]*").fullmatch
+_ADDR_OK = re.compile(r"[0-9A-Za-z:.%_-]{1,46}").fullmatch   # Char(46), like the field
 
 
 def address(text: str, field: str) -> str | None:
-    """Textual IPv4/IPv6 address from a Char field; blank -> None."""
+    """Textual IPv4/IPv6 address from a Char field; blank -> None. It must be an address the
+    journal can index (record.addr_key): "999.999.999.999" would be journaled but no
+    --remote filter, `top` or alert rule would ever see it."""
     if not text:
         return None
-    if not _ADDR_OK(text) or ("." not in text and ":" not in text):
-        raise FieldError(field, f"{text!r} is not an IP address")
+    if not _ADDR_OK(text) or addr_key(text) is None:
+        raise FieldError(field, f"{quote(text)} is not an IP address")
     return text
 
 
@@ -178,8 +180,8 @@ def port(text: str, field: str) -> int | None:
     """Char(5) port (IBM keeps it as text): blank -> None."""
     if not text:
         return None
-    if not (text.isascii() and text.isdigit()):
-        raise FieldError(field, f"{text!r} is not a port number")
+    if not (text.isascii() and text.isdigit()) or len(text) > 5:
+        raise FieldError(field, f"{quote(text)} is not a port number")
     p = int(text)
     if p > 65535:
         raise FieldError(field, f"{p} is not a port number (0-65535)")
@@ -189,7 +191,7 @@ def port(text: str, field: str) -> int | None:
 def family(text: str, local: str | None, remote: str | None) -> str | None:
     fam = FAMILIES.get(text.upper())
     if fam is None and text:
-        raise FieldError("address_family", f"{text!r} is not *IPV4 or *IPV6")
+        raise FieldError("address_family", f"{quote(text)} is not *IPV4 or *IPV6")
     if fam is None:
         a = remote or local
         if a:
@@ -200,21 +202,43 @@ def family(text: str, local: str | None, remote: str | None) -> str | None:
 def job_number(text: str, field: str = "JONBR") -> str:
     """Job numbers are six digits on IBM i (zoned(6,0)); CSV copies may drop leading zeros."""
     if not (text.isascii() and text.isdigit()) or len(text) > 6:
-        raise FieldError(field, f"{text!r} is not a job number (6 digits)")
+        raise FieldError(field, f"{quote(text)} is not a job number (6 digits)")
     return text.zfill(6)
+
+
+SEQ_DIGITS = 20   # JOSEQN is Char(20) in *TYPE5 (Zoned(10,0) in *TYPE4)
+BIN4 = range(-2 ** 31, 2 ** 31)   # Binary(5): a 4-byte signed integer
 
 
 def sequence(text: str, field: str = "JOSEQN") -> int:
     t = text.strip()
-    if not (t.isascii() and t.isdigit()):
-        raise FieldError(field, f"{text!r} is not a sequence number")
+    if not (t.isascii() and t.isdigit()) or len(t) > SEQ_DIGITS:
+        raise FieldError(field, f"{quote(text)} is not a sequence number (at most {SEQ_DIGITS} digits)")
+    seq = int(t)
+    if seq >= 2 ** 63:   # it goes into extra, a 64-bit SQLite integer
+        raise FieldError(field, f"{quote(text)} is out of range")
+    return seq
+
+
+def binary4(text: str, field: str) -> int:
+    """A Binary(5) field written as text (socket descriptor)."""
+    t = text.strip()
+    if not (t.lstrip("-").isascii() and t.lstrip("-").isdigit()) or len(t) > 11 or int(t) not in BIN4:
+        raise FieldError(field, f"{quote(text)} is not a number (a 4-byte integer)")
     return int(t)
+
+
+def bounded(text: str, field: str, limit: int) -> str:
+    """A text field of an IBM i text export, no longer than its outfile field holds."""
+    if len(text) > limit:
+        raise FieldError(field, f"{len(text)} characters, the SK layout allows {limit}")
+    return text
 
 
 def entry_type(text: str, field: str = "entry_type") -> EntryType:
     t = TYPES.get(text)
     if t is None:
-        raise FieldError(field, f"{text!r} is not an SK entry type (A C D F I O P R S U X)")
+        raise FieldError(field, f"{quote(text)} is not an SK entry type (A C D F I O P R S U X)")
     return t
 
 

@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from sockgate import __version__
 from sockgate.errors import UsageError
-from sockgate.record import Entry, EntryType, endpoint, value_of as _v
+from sockgate.record import LINE_UNSAFE, Entry, EntryType, endpoint, oneline, value_of as _v
 from sockgate.record import format_time as format_ts
 
 FORMATS = ("json", "csv", "cef", "rfc5424")
@@ -74,13 +74,46 @@ def _direction(e: Entry) -> tuple[tuple[str | None, int | None], tuple[str | Non
 
 # -- JSON Lines and CSV -----------------------------------------------------------------------
 
+# json.dumps escapes C0 controls but leaves DEL, C1 (U+0085 NEL ends a line for many
+# readers, U+009B is CSI), U+2028/U+2029 (line ends in JavaScript) and the bidi controls
+# raw. They can only occur inside JSON strings, where \uXXXX is the same text.
+def _json_escape(m: re.Match) -> str:
+    return f"\\u{ord(m.group()):04x}"
+
+
+def dumps(value: Any, **kw: Any) -> str:
+    """Compact JSON on one line, UTF-8 kept readable, every record.LINE_UNSAFE character as
+    \\uXXXX: JSON Lines that any line reader or terminal takes as one line of text."""
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), **kw)
+    return LINE_UNSAFE.sub(_json_escape, text)
+
+
 def to_json(e: Entry) -> str:
     d = e.to_dict()
     d["time"] = format_ts(e.ts_ns)
-    return json.dumps(d, ensure_ascii=False, separators=(",", ":"))
+    return dumps(d)
+
+
+# OWASP "CSV injection": a spreadsheet runs a cell that starts with one of these as a formula.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any) -> Any:
+    """One CSV cell: numbers as they are; text with a leading ' when a spreadsheet would
+    take it for a formula (OWASP), then with control characters and line separators as
+    visible escapes (record.oneline), so every entry is one physical line."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        return value
+    if value.startswith(_FORMULA_START):
+        value = "'" + value
+    return oneline(value)
 
 
 def csv_lines(entries: Iterable[Entry], header: bool = True) -> Iterator[str]:
+    """A header, then one line per entry. `extra` is a JSON cell (exact: its escapes are
+    JSON's); the other text cells go through csv_cell."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     if header:
@@ -88,8 +121,8 @@ def csv_lines(entries: Iterable[Entry], header: bool = True) -> Iterator[str]:
     for e in entries:
         d = e.to_dict()
         d["time"] = format_ts(e.ts_ns)
-        d["extra"] = json.dumps(e.extra, ensure_ascii=False, sort_keys=True) if e.extra else ""
-        w.writerow(["" if d[c] is None else d[c] for c in CSV_COLUMNS])
+        d["extra"] = dumps(e.extra, sort_keys=True) if e.extra else ""
+        w.writerow([csv_cell(d[c]) for c in CSV_COLUMNS])
         yield buf.getvalue().rstrip("\n")
         buf.seek(0)
         buf.truncate()
@@ -100,13 +133,16 @@ def csv_lines(entries: Iterable[Entry], header: bool = True) -> Iterator[str]:
 # -- CEF --------------------------------------------------------------------------------------
 
 def cef_header_escape(s: str) -> str:
-    """Header fields: backslash and pipe are escaped; a line break would end the event."""
-    return re.sub(r"[\r\n]+", " ", s.replace("\\", "\\\\").replace("|", "\\|"))
+    """Header fields: backslash and pipe are escaped; a line break would end the event;
+    other control characters become visible escapes."""
+    return oneline(re.sub(r"[\r\n]+", " ", s.replace("\\", "\\\\").replace("|", "\\|")))
 
 
 def cef_ext_escape(s: str) -> str:
-    """Extension values: backslash, equals sign and line breaks are escaped (pipes are not)."""
-    return s.replace("\\", "\\\\").replace("=", "\\=").replace("\r\n", "\\n").replace("\n", "\\n").replace("\r", "\\r")
+    """Extension values: backslash, equals sign and line breaks are escaped (pipes are not);
+    other control characters and line separators become visible escapes."""
+    return oneline(s.replace("\\", "\\\\").replace("=", "\\=").replace("\r\n", "\\n")
+                   .replace("\n", "\\n").replace("\r", "\\r"))
 
 
 _CEF_KEY = re.compile(r"[^A-Za-z0-9_]")
@@ -145,14 +181,6 @@ def sd_escape(s: str) -> str:
 _SD_NAME_BAD = re.compile(r'[^!-~]|[= \]"]')
 
 
-_CONTROL = re.compile("[\x00-\x1f\x7f\x85\u2028\u2029]")
-
-
-def _oneline(s: str) -> str:
-    """One entry is one line on the wire: control characters become visible escapes."""
-    return _CONTROL.sub(lambda m: {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(m.group(), f"\\x{ord(m.group()):02x}"), s)
-
-
 def _sd_name(k: str) -> str:
     return (_SD_NAME_BAD.sub("_", k) or "_")[:32]
 
@@ -169,12 +197,12 @@ def rfc5424(pri: int, timestamp: str, host: str, app: str, procid: str, msgid: s
     Header fields become PRINTUSASCII without spaces ("-" when empty); parameters whose value
     is None are left out; values and MSG are kept on one line. A UTF-8 MSG starts with the
     BOM (RFC 5424 6.4) unless bom=False."""
-    sd = "".join(f"[{sd_id}" + "".join(f' {_sd_name(k)}="{sd_escape(_oneline(str(v)))}"'
+    sd = "".join(f"[{sd_id}" + "".join(f' {_sd_name(k)}="{sd_escape(oneline(str(v)))}"'
                                         for k, v in params if v is not None) + "]"
                  for sd_id, params in elements) or "-"
     head = (f"<{pri}>1 {timestamp} {_printusascii(host, 255)} {_printusascii(app, 48)} "
             f"{_printusascii(procid, 128)} {_printusascii(msgid, 32)} {sd}")
-    return f"{head} {chr(0xFEFF) if bom else ''}{_oneline(msg)}"
+    return f"{head} {chr(0xFEFF) if bom else ''}{oneline(msg)}"
 
 
 def to_rfc5424(e: Entry, app: str = "sockgate") -> str:

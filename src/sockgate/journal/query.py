@@ -16,7 +16,8 @@ from typing import Any, Iterable
 
 from sockgate.errors import UsageError
 from sockgate.record import (
-    Entry, EntryType, Network, Outcome, Source, addr_key, net_ranges, parse_range, parse_time, value_of,
+    Entry, EntryType, Network, Outcome, Source, addr_key, net_ranges, parse_range, parse_time, quote,
+    value_of,
 )
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.I)
@@ -30,26 +31,50 @@ def parse_size(text: str) -> int:
     return int(float(m.group(1)) * 1024 ** "bkmgt".index((m.group(2) or "b").lower()))
 
 
-def _time(text: Any, now_ns: int | None) -> int:
+MAX_SEQ = 2 ** 63 - 1      # sequence numbers are SQLite INTEGERs
+MAX_UID = 2 ** 32 - 1      # uid_t; an IBM i user is a name
+
+
+def _time(text: Any, now_ns: int | None, option: str) -> int:
     try:
         return parse_time(text, now_ns)
     except ValueError as e:
-        raise UsageError(str(e)) from None
+        raise UsageError(f"{option}: {e}") from None
 
 
-def parse_network(text: str) -> Network:
+def parse_network(text: str, option: str = "address") -> Network:
     try:
         return ipaddress.ip_network(text.strip(), strict=False)
     except ValueError:
-        raise UsageError(f"bad address or CIDR {text!r}") from None
+        raise UsageError(f"{option}: bad address or CIDR {quote(text)}") from None
 
 
-def parse_ports(text: str) -> tuple[int, int]:
+def parse_ports(text: str, option: str = "port") -> tuple[int, int]:
     """'22' or '1024-65535' -> inclusive range."""
     try:
         return parse_range(str(text))
-    except ValueError:
-        raise UsageError(f"bad port or range {text!r}") from None
+    except ValueError as e:
+        raise UsageError(f"{option}: {e}") from None
+
+
+def is_uid(user: str) -> bool:
+    """A --user value of ASCII digits is a uid ("²" is a name: int() would refuse it)."""
+    return user.isascii() and user.isdigit()
+
+
+def _users(values: Iterable[Any]) -> tuple[str, ...]:
+    out = tuple(str(u) for u in values)
+    for u in out:
+        # 5,000 digits would stop int(); 2**64 would overflow SQLite's INTEGER
+        if is_uid(u) and (len(u) > 10 or int(u) > MAX_UID):
+            raise UsageError(f"--user: uid {quote(u)} out of range (0-{MAX_UID})")
+    return out
+
+
+def _seq(value: Any, option: str) -> int | None:
+    if value is not None and not (isinstance(value, int) and 1 <= value <= MAX_SEQ):
+        raise UsageError(f"{option}: {quote(value)} is not a sequence number (1-{MAX_SEQ})")
+    return value
 
 
 def _enum_values(kind: type, values: Iterable[Any], what: str) -> tuple[str, ...]:
@@ -59,7 +84,7 @@ def _enum_values(kind: type, values: Iterable[Any], what: str) -> tuple[str, ...
             out.append(kind.parse(v).value)
         except ValueError:
             choices = ", ".join(m.value for m in kind)
-            raise UsageError(f"bad {what} {v!r} (one of: {choices})") from None
+            raise UsageError(f"{what}: {quote(v)} is not one of: {choices}") from None
     return tuple(out)
 
 
@@ -88,20 +113,21 @@ class Filter:
     def build(cls, *, types=(), outcomes=(), users=(), programs=(), rules=(), hosts=(), sources=(),
               local=(), remote=(), ports=(), local_ports=(), remote_ports=(),
               since=None, until=None, from_seq=None, to_seq=None, now_ns: int | None = None) -> "Filter":
-        """From user text (CLI options, monitor config): validates and converts."""
+        """From user text (the CLI's options): validates and converts. A bad value is a
+        UsageError that names the option (--since, --user, ...)."""
         return cls(
-            types=_enum_values(EntryType, types, "entry type"),
-            outcomes=_enum_values(Outcome, outcomes, "outcome"),
-            users=tuple(str(u) for u in users), programs=tuple(programs), rules=tuple(rules),
-            hosts=tuple(hosts), sources=_enum_values(Source, sources, "source"),
-            local=tuple(n if not isinstance(n, str) else parse_network(n) for n in local),
-            remote=tuple(n if not isinstance(n, str) else parse_network(n) for n in remote),
-            ports=tuple(parse_ports(p) for p in ports),
-            local_ports=tuple(parse_ports(p) for p in local_ports),
-            remote_ports=tuple(parse_ports(p) for p in remote_ports),
-            since_ns=None if since is None else (since if isinstance(since, int) else _time(since, now_ns)),
-            until_ns=None if until is None else (until if isinstance(until, int) else _time(until, now_ns)),
-            from_seq=from_seq, to_seq=to_seq,
+            types=_enum_values(EntryType, types, "--type"),
+            outcomes=_enum_values(Outcome, outcomes, "--outcome"),
+            users=_users(users), programs=tuple(programs), rules=tuple(rules),
+            hosts=tuple(hosts), sources=_enum_values(Source, sources, "--source"),
+            local=tuple(n if not isinstance(n, str) else parse_network(n, "--local") for n in local),
+            remote=tuple(n if not isinstance(n, str) else parse_network(n, "--remote") for n in remote),
+            ports=tuple(parse_ports(p, "--port") for p in ports),
+            local_ports=tuple(parse_ports(p, "--local-port") for p in local_ports),
+            remote_ports=tuple(parse_ports(p, "--remote-port") for p in remote_ports),
+            since_ns=None if since is None else (since if isinstance(since, int) else _time(since, now_ns, "--since")),
+            until_ns=None if until is None else (until if isinstance(until, int) else _time(until, now_ns, "--until")),
+            from_seq=_seq(from_seq, "--from-seq"), to_seq=_seq(to_seq, "--to-seq"),
         )
 
     # -- SQL ------------------------------------------------------------------------------
@@ -125,8 +151,8 @@ class Filter:
         any_of("host", self.hosts)
         any_of("source", self.sources)
         if self.users:
-            names = [u for u in self.users if not u.isdigit()]
-            uids = [int(u) for u in self.users if u.isdigit()]
+            names = [u for u in self.users if not is_uid(u)]
+            uids = [int(u) for u in self.users if is_uid(u)]
             parts = []
             if names:
                 parts.append(f"user IN ({','.join('?' * len(names))})")
@@ -187,7 +213,7 @@ class Filter:
         if self.sources and val(e.source) not in self.sources:
             return False
         if self.users and not any(
-            (u.isdigit() and e.uid == int(u)) or (not u.isdigit() and e.user == u) for u in self.users
+            (is_uid(u) and e.uid == int(u)) or (not is_uid(u) and e.user == u) for u in self.users
         ):
             return False
         if self.programs and not (e.program and any(fnmatch.fnmatchcase(e.program, p) for p in self.programs)):
@@ -212,3 +238,17 @@ class Filter:
             if self.to_seq is not None and e.seq > self.to_seq:
                 return False
         return True
+
+
+def last_start(journal: Any, n: int, filter: Filter | None = None) -> int:
+    """The seq from which the last n matching entries run (0 when fewer match), so `show
+    --last N` can stream them in order instead of holding N entries (Journal.tail does).
+    Counts over the indexes, newest receiver first; nothing is held but counts."""
+    where, params = (filter or Filter()).where()
+    for r in reversed(journal.receivers):
+        rows = r.fetchall(f"SELECT seq FROM entry WHERE {where} ORDER BY seq DESC LIMIT 1 OFFSET ?",
+                          [*params, n - 1])
+        if rows:
+            return rows[0][0]
+        n -= r.fetchall(f"SELECT count(*) FROM entry WHERE {where}", params)[0][0]
+    return 0
