@@ -158,12 +158,6 @@ class Scope:
         self.procs.append(p)
         return p
 
-
-def served(p: subprocess.Popen) -> list[str]:
-    """Stop a `serve` client (close its stdin) and return the peers it accepted."""
-    out, _ = p.communicate(timeout=20)
-    return json.loads(out.strip().splitlines()[-1])["peers"]
-
     def daemon(self, policy: Path, *extra: str, journal: Path | None = None, drop_caps: str = "") -> subprocess.Popen:
         """`sockgate run` in this scope; drop_caps ("cap_sys_admin,..."): without those
         capabilities (capsh drops them from the bounding set before exec)."""
@@ -181,6 +175,12 @@ def served(p: subprocess.Popen) -> list[str]:
         p = self.tmp / name
         p.write_text(text)
         return p
+
+
+def served(p: subprocess.Popen) -> list[str]:
+    """Stop a `serve` client (close its stdin) and return the peers it accepted."""
+    out, _ = p.communicate(timeout=20)
+    return json.loads(out.strip().splitlines()[-1])["peers"]
 
 
 @pytest.fixture

@@ -289,7 +289,7 @@ def test_start_and_reload_refuse_a_policy_that_cuts_off_the_alert_channels(scope
     policy.write_text(cut.read_text())
     assert _sockgate("reload", "--pin-dir", scope.pin_dir).returncode == 0
     deadline, err = time.monotonic() + 20, ""
-    while time.monotonic() < deadline and "reload refused" not in err:
+    while time.monotonic() < deadline and "no-7514" not in err:
         err += d.stderr.readline() or ""
         time.sleep(0.02)
     assert "reload refused" in err and "no-7514" in err
