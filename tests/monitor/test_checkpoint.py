@@ -38,7 +38,8 @@ class Clock:
         return self.now
 
 
-def rules(tmp_path: Path, channel: str, checkpoint: str = 'every = "1m"\nchannels = ["out"]', alerts: str = "") -> Path:
+def rules(tmp_path: Path, channel: str, alerts: str = "") -> Path:
+    """A rules file: a checkpoint every minute (the shortest allowed) to channel "out"."""
     p = tmp_path / "alerts.toml"
     p.write_text(f"""
 [monitor]
@@ -46,7 +47,8 @@ start = "beginning"
 channels = ["out"]
 
 [monitor.checkpoint]
-{checkpoint}
+every = "1m"
+channels = ["out"]
 
 [channel.out]
 {channel}
@@ -172,6 +174,19 @@ def test_example_file_has_a_checkpoint():
     assert p.returncode == 0 and "; checkpoint every 1h to ops-mail)" in p.stdout, p.stdout
     p = sockgate("monitor", "--check", str(example), "--json")
     assert json.loads(p.stdout)["checkpoint"] == {"every": "1h", "channels": ["ops-mail"]}
+
+
+def test_due_slots():
+    from sockgate.monitor.checkpoint import due
+    from sockgate.monitor.model import CheckpointConfig
+
+    cfg = CheckpointConfig(3600 * S, ("x",))
+    hour = NOW // (3600 * S) * (3600 * S)
+    assert due(cfg, NOW, None) == hour                      # a new monitor: at once
+    assert due(cfg, NOW, hour) is None                      # taken
+    assert due(cfg, hour + 3600 * S, hour) == hour + 3600 * S
+    assert due(cfg, NOW + 50 * 3600 * S, hour) == hour + 50 * 3600 * S    # one, not fifty
+    assert due(cfg, NOW, hour + 24 * 3600 * S) == hour      # the clock was set back: not held for a day
 
 
 # ----------------------------------------------------------------------------- end to end
