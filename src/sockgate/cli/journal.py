@@ -18,7 +18,7 @@ from sockgate.journal import Entry, Filter, parse_size
 from sockgate.journal.export import FORMATS, csv_lines, formatter, summary, to_json
 from sockgate.journal.query import MAX_SEQ, last_start
 from sockgate.journal.seal import fingerprint, parse_verification_key, read_verification_key
-from sockgate.journal.verify import checkpoint, describe_time, read_checkpoint, verify
+from sockgate.journal.verify import checkpoint, describe_time, format_checkpoint, read_checkpoint, verify
 from sockgate.record import NS, endpoint, format_time, oneline, parse_duration
 from sockgate.safedir import private_file
 
@@ -277,7 +277,7 @@ def verify_cmd(journal_dir: str, key_file: str | None, checkpoint_file: str | No
 def checkpoint_cmd(journal_dir: str) -> None:
     """Print the newest seal (one JSON line) to keep off the host. Later,
     `journal verify --checkpoint FILE` fails if the journal no longer holds it."""
-    click.echo(json.dumps(checkpoint(journal_dir), separators=(",", ":")))
+    click.echo(format_checkpoint(checkpoint(journal_dir)))
 
 
 @group.command("rotate")

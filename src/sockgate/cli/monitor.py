@@ -24,17 +24,24 @@ def register(cli: click.Group) -> None:
 def _check(file: str, as_json: bool) -> None:
     from sockgate.monitor import load_rules
 
+    from sockgate.record import format_duration
+
     rs = load_rules(file)  # RulesErrors: rendered by the entry point (text or JSON)
     kinds: dict[str, int] = {}
     for r in rs.rules:
         kinds[r.kind] = kinds.get(r.kind, 0) + 1
+    cp = rs.checkpoint
     if as_json:
         click.echo(json.dumps({"ok": True, "errors": [], "rules": len(rs.rules), "kinds": kinds,
-                               "channels": list(rs.channels)}, indent=2))
+                               "channels": list(rs.channels),
+                               "checkpoint": cp and {"every": format_duration(cp.every_ns),
+                                                     "channels": list(cp.channels)}}, indent=2))
         return
     detail = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())) or "none enabled"
     click.echo(f"{file}: ok ({len(rs.rules)} alert rule{'s' if len(rs.rules) != 1 else ''}: {detail}; "
-               f"channels: {', '.join(rs.channels) or 'none'})")
+               f"channels: {', '.join(rs.channels) or 'none'}"
+               + (f"; checkpoint every {format_duration(cp.every_ns)} to {', '.join(cp.channels)}" if cp else "")
+               + ")")
 
 
 def _test(file: str, journal_dir: str, since: str | None, as_json: bool) -> None:

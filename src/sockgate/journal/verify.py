@@ -347,6 +347,12 @@ def checkpoint(directory: str | Path) -> dict:
             "mac": newest.mac.hex()}
 
 
+def format_checkpoint(cp: dict) -> str:
+    """A checkpoint as the one JSON line `journal checkpoint` prints (and the monitor sends):
+    ASCII, no spaces; parse_checkpoint reads it back."""
+    return json.dumps(cp, separators=(",", ":"))
+
+
 def parse_checkpoint(text: str, source: str = "checkpoint") -> dict:
     """A checkpoint from its JSON text, every field checked (it comes from a file)."""
     try:

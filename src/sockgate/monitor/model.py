@@ -46,8 +46,19 @@ class AlertRule:
 
 
 @dataclass
+class CheckpointConfig:
+    """[monitor.checkpoint]: send the journal's newest seal (`journal checkpoint`) to
+    `channels` once per `every` (see docs/monitor.md, "Off-host checkpoints")."""
+    every_ns: int
+    channels: tuple[str, ...]
+    severity: str = "info"
+    line: int | None = None
+
+
+@dataclass
 class RuleSet:
     path: str
     rules: list[AlertRule] = field(default_factory=list)
     channels: dict[str, ChannelConfig] = field(default_factory=dict)
     start: str = "end"
+    checkpoint: CheckpointConfig | None = None

@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterable
 
 from sockgate.errors import ChannelError, JournalError, RulesError, RulesErrors
 from sockgate.record import MONITOR_STATE_DIR, Entry
+from sockgate.monitor import checkpoint as ckpt
 from sockgate.monitor.channels import Channel, PermanentChannelError, make_channel
 from sockgate.monitor.engine import Alert, Engine
 from sockgate.monitor.model import RuleSet
@@ -42,6 +43,7 @@ class Monitor:
         self.batch = batch
         self.max_per_step = max_per_step
         self.engine = Engine(ruleset, monitor_host or socket.gethostname())
+        self._checkpoint_retry = 0   # wall clock ns: no checkpoint to take before then
         self._relearn = state.load(self.engine)
         self._journal: Any = None
         self._warned: set[str] = set()
@@ -145,8 +147,34 @@ class Monitor:
             self.state.commit(self.engine, out, now_ns=now)
             raised += len(out)
         self.raised += raised
+        if self.ruleset.checkpoint is not None:
+            self._checkpoint(now)
         self.deliver()
         return raised
+
+    def _checkpoint(self, now: int) -> None:
+        """Queue the journal's checkpoint for this schedule slot, unless it was queued; the
+        slot is recorded in the transaction that fills the outbox (see monitor.checkpoint)."""
+        cfg = self.ruleset.checkpoint
+        assert cfg is not None
+        last = self.state.get(ckpt.META_SLOT)
+        slot = ckpt.due(cfg, now, int(last) if last is not None else None)
+        if slot is None or now < self._checkpoint_retry:
+            return
+        from sockgate.journal.verify import checkpoint
+        try:
+            cp = checkpoint(self.journal_dir)
+        except JournalError as e:
+            # no journal yet, nothing sealed yet: try again in a minute (or the next slot)
+            self._checkpoint_retry = now + min(cfg.every_ns, 60 * 1_000_000_000)
+            if "checkpoint" not in self._warned:
+                log.warning("monitor: no checkpoint to send yet: %s", e)
+                self._warned.add("checkpoint")
+            return
+        self._warned.discard("checkpoint")
+        a = ckpt.checkpoint_alert(cfg, cp, slot, now, self.engine.monitor_host)
+        self.state.commit(self.engine, [a], now_ns=now, meta={ckpt.META_SLOT: str(slot)})
+        log.info("checkpoint %s: seal %d at seq %d -> %s", a.id, cp["epoch"], cp["seq"], ", ".join(a.channels))
 
     def _process(self, j: Any) -> int:
         raised = 0

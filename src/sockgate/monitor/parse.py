@@ -6,6 +6,7 @@ error collector, [lists] and "!"/"@name" rules (see docs/monitor.md).
 File layout (see examples/alerts.toml):
 
     [monitor]            start = "end" | "beginning", suppress, channels, severity, storm, storm_window
+    [monitor.checkpoint] every, channels, severity  -- send `journal checkpoint` on a schedule
     [lists]              name = [values]     -- used as "@name" in match values
     [channel.NAME]       type = "syslog" | "email" | "webhook" | "command", + options
     [[alert]]            name, kind = "every" | "threshold" | "first_seen", severity,
@@ -25,7 +26,7 @@ from sockgate.config import Collector as _Ctx
 from sockgate.errors import RulesError, RulesErrors
 from sockgate.monitor import channels
 from sockgate.monitor.match import MATCH_FIELDS, FieldMatch, Match, compile_field, value_parser
-from sockgate.monitor.model import KINDS, SEVERITIES, AlertRule, ChannelConfig, RuleSet
+from sockgate.monitor.model import KINDS, SEVERITIES, AlertRule, ChannelConfig, CheckpointConfig, RuleSet
 from sockgate.monitor.render import KEY_FIELDS, Template, is_field
 from sockgate.record import parse_duration
 
@@ -37,7 +38,9 @@ DEFAULT_MESSAGES = {
     "first_seen": "{alert}: first seen {group} (user={user} program={program} host={host})",
 }
 
-_MONITOR_KEYS = {"start", "suppress", "channels", "severity", "storm", "storm_window"}
+_MONITOR_KEYS = {"start", "suppress", "channels", "severity", "storm", "storm_window", "checkpoint"}
+_CHECKPOINT_KEYS = {"every", "channels", "severity"}
+MIN_CHECKPOINT_EVERY = "1m"   # tests use a fake clock (Monitor.open(clock=...)), not a shorter interval
 _ALERT_KEYS = {"name", "kind", "severity", "message", "channels", "suppress", "dedup_by", "match",
                "count", "window", "group_by", "key", "forget", "enabled", "description", "storm", "storm_window"}
 DEFAULT_STORM, DEFAULT_STORM_WINDOW = 20, "1m"
@@ -84,6 +87,48 @@ def _names(ctx: _Ctx, v: Any, what: str, allowed: frozenset[str], *where: Any) -
         ctx.err(where, f"{what}: unknown field {bad[0]!r} (known: {', '.join(sorted(allowed))}, extra.NAME)")
         return None
     return tuple(vals)
+
+
+def _channel_list(ctx: _Ctx, v: Any, label: str, where: tuple, channels: dict) -> tuple[str, ...]:
+    """A `channels` setting (or the [monitor] default it falls back to): names of defined
+    channels; errors at `where` + "channels"."""
+    if v is None:
+        ctx.err(where, f"{label}: no channels (set channels here or under [monitor])")
+        return ()
+    if not isinstance(v, list) or not all(isinstance(c, str) for c in v) or not v:
+        ctx.err((*where, "channels"), f"{label}: channels: expected a list of channel names")
+        return ()
+    for c in v:
+        if c not in channels:
+            ctx.err((*where, "channels"), f"{label}: unknown channel {c!r} (define [channel.{c}])")
+    return tuple(v)
+
+
+def _parse_checkpoint(ctx: _Ctx, spec: Any, mon: dict, channels: dict) -> CheckpointConfig | None:
+    """[monitor.checkpoint]: every (at least MIN_CHECKPOINT_EVERY), channels (default: the
+    [monitor] ones), severity (default info)."""
+    where = ("monitor", "checkpoint")
+    label = "[monitor.checkpoint]"
+    if not isinstance(spec, dict):
+        ctx.err(where, f"{label}: expected a table, e.g. [monitor.checkpoint] every = \"1h\", "
+                       "channels = [\"ops-mail\"]")
+        return None
+    before = len(ctx.errors)
+    for k in spec:
+        if k not in _CHECKPOINT_KEYS:
+            ctx.err((*where, k), f"{label}: unknown key {k!r} (known: {', '.join(sorted(_CHECKPOINT_KEYS))})")
+    every = None
+    if "every" not in spec:
+        ctx.err(where, f"{label}: every is required (how often to send the checkpoint, e.g. every = \"1h\")")
+    else:
+        every = _duration(ctx, spec["every"], f"{label} every", *where, "every")
+        if every is not None and every < parse_duration(MIN_CHECKPOINT_EVERY):
+            ctx.err((*where, "every"), f"{label} every: at least {MIN_CHECKPOINT_EVERY} (got {spec['every']!r})")
+    sev = _severity(ctx, spec.get("severity", "info"), *where, "severity")
+    chans = _channel_list(ctx, spec.get("channels", mon.get("channels")), label, where, channels)
+    if len(ctx.errors) != before or every is None:
+        return None
+    return CheckpointConfig(every_ns=every, channels=chans, severity=sev or "info", line=ctx.loc.line(*where))
 
 
 def _parse_channel(ctx: _Ctx, name: str, spec: Any) -> ChannelConfig | None:
@@ -163,16 +208,7 @@ def _parse_alert(ctx: _Ctx, i: int, spec: Any, lists: config.Lists, mon: dict, c
     storm = _storm(ctx, spec.get("storm", mon.get("storm", DEFAULT_STORM)), label, *where, "storm")
     storm_window = _duration(ctx, spec.get("storm_window", mon.get("storm_window", DEFAULT_STORM_WINDOW)),
                              f"{label}: storm_window", *where, "storm_window") or 0
-    chans = spec.get("channels", mon.get("channels"))
-    if chans is None:
-        ctx.err(where, f"{label}: no channels (set channels here or under [monitor])")
-        chans = []
-    elif not isinstance(chans, list) or not all(isinstance(c, str) for c in chans) or not chans:
-        ctx.err((*where, "channels"), f"{label}: channels: expected a list of channel names")
-        chans = []
-    for c in chans:
-        if c not in channels:
-            ctx.err((*where, "channels"), f"{label}: unknown channel {c!r} (define [channel.{c}])")
+    chans = _channel_list(ctx, spec.get("channels", mon.get("channels")), label, where, channels)
     enabled = spec.get("enabled", True)
     if not isinstance(enabled, bool):
         ctx.err((*where, "enabled"), f"{label}: enabled must be true or false")
@@ -218,7 +254,7 @@ def _parse_alert(ctx: _Ctx, i: int, spec: Any, lists: config.Lists, mon: dict, c
     fp_src["lists"] = lists.values  # a list a rule names may have changed
     fp = hashlib.sha256(json.dumps(fp_src, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return AlertRule(
-        name=name, kind=kind, severity=sev or "warning", message=tmpl, channels=tuple(chans),
+        name=name, kind=kind, severity=sev or "warning", message=tmpl, channels=chans,
         suppress_ns=suppress or 0, match=match, dedup_by=dedup_by, count=count, window_ns=window,
         group_by=group_by, key=key, forget_ns=forget, storm=storm, storm_window_ns=storm_window,
         line=ctx.loc.line(*where), fingerprint=fp, index=i,
@@ -278,6 +314,8 @@ def _build(doc: dict, ctx: _Ctx, path: str) -> RuleSet:
         for c in mon["channels"]:
             if c not in chans:
                 ctx.err(("monitor", "channels"), f"[monitor]: unknown channel {c!r} (define [channel.{c}])")
+    if "checkpoint" in mon:
+        rs.checkpoint = _parse_checkpoint(ctx, mon["checkpoint"], mon, chans)
 
     alerts = doc.get("alert", [])
     if not isinstance(alerts, list):
@@ -294,8 +332,8 @@ def _build(doc: dict, ctx: _Ctx, path: str) -> RuleSet:
                 seen[name] = i
         if rule:
             rs.rules.append(rule)
-    if not alerts and not ctx.errors:
-        ctx.err(None, "no [[alert]] rules defined")
+    if not alerts and not ctx.errors and "checkpoint" not in mon:
+        ctx.err(None, "no [[alert]] rules defined (nor a [monitor.checkpoint])")
     return rs
 
 

@@ -178,8 +178,12 @@ class Channel:
 def summary_lines(alert: dict[str, Any]) -> list[tuple[str, str]]:
     """(label, value) pairs describing an alert, for human-facing channels."""
     e = alert.get("entry") or {}
-    rows = [("Alert", alert["alert"]), ("Severity", alert["severity"]), ("Kind", alert["kind"]),
-            ("Count", str(alert["count"])), ("First", alert["first_time"]), ("Last", alert["last_time"])]
+    rows = [("Alert", alert["alert"]), ("Severity", alert["severity"]), ("Kind", alert["kind"])]
+    if "checkpoint" in alert:   # monitor.checkpoint: the seal's fields (the message is its JSON)
+        rows.append(("Taken", alert["last_time"]))
+        rows += [(f"checkpoint.{k}", str(v)) for k, v in alert["checkpoint"].items()]
+    else:
+        rows += [("Count", str(alert["count"])), ("First", alert["first_time"]), ("Last", alert["last_time"])]
     if alert.get("group"):
         rows.append(("Group", group_text(alert["group"])))
     for k in ("seq", "code", "type", "outcome", "rule", "user", "uid", "program", "pid", "local_addr",

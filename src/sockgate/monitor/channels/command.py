@@ -1,7 +1,8 @@
 """Command: run a program (no shell) with the alert as JSON on stdin.
 
-Environment: SOCKGATE_ALERT_ID, SOCKGATE_ALERT, SOCKGATE_SEVERITY, SOCKGATE_MESSAGE,
-SOCKGATE_COUNT, plus `env` from the channel. Exit status 0 means delivered; anything else
+Environment: SOCKGATE_ALERT_ID, SOCKGATE_ALERT, SOCKGATE_KIND, SOCKGATE_SEVERITY,
+SOCKGATE_MESSAGE, SOCKGATE_COUNT, plus `env` from the channel (a checkpoint: SOCKGATE_KIND
+"checkpoint", SOCKGATE_MESSAGE its JSON line). Exit status 0 means delivered; anything else
 (or a timeout) is retried. The command may be run twice for one alert if the monitor dies
 between the command's exit and recording it: use SOCKGATE_ALERT_ID to drop repeats.
 """
@@ -30,7 +31,7 @@ class CommandChannel(Channel):
         # one inert line each: a NUL would make every try fail, a newline forge a variable
         # for scripts that read `env` output
         env.update({k: oneline(v) for k, v in (
-            ("SOCKGATE_ALERT_ID", alert["id"]), ("SOCKGATE_ALERT", alert["alert"]),
+            ("SOCKGATE_ALERT_ID", alert["id"]), ("SOCKGATE_ALERT", alert["alert"]), ("SOCKGATE_KIND", alert["kind"]),
             ("SOCKGATE_SEVERITY", alert["severity"]), ("SOCKGATE_MESSAGE", alert["message"]),
             ("SOCKGATE_COUNT", alert["count"]))})
         try:

@@ -65,7 +65,9 @@ def format_rfc5424(alert: dict[str, Any], *, facility: str = "auth", app_name: s
     """One RFC 5424 message for an alert (MSGID ALERT, REPEAT or STORM, no BOM), written by the
     one RFC 5424 writer (journal.export.rfc5424). Values are made inert lines first. With
     max_size the message is cut to fit (a receiver or the kernel would refuse or cut it
-    anyway): MSG first, then the SD params after the core ones, marked " [truncated]"."""
+    anyway): MSG first, then the SD params after the core ones, marked " [truncated]". A
+    checkpoint's MSG is never cut: its SD params but `id` are left out, and if it still does
+    not fit it is a PermanentChannelError (dead, logged)."""
     e = alert.get("entry") or {}
     params = [("id", alert["id"]), ("alert", alert["alert"]), ("kind", alert["kind"]),
               ("severity", alert["severity"]), ("count", alert["count"])]
@@ -73,7 +75,8 @@ def format_rfc5424(alert: dict[str, Any], *, facility: str = "auth", app_name: s
                                        "local_addr", "local_port", "remote_addr", "remote_port", "host", "source")]
     params += [(f"group.{k}", v) for k, v in (alert.get("group") or {}).items()]
     params = [(k, None if v is None else oneline(v)) for k, v in params]
-    msgid = "STORM" if alert.get("storm") else "REPEAT" if alert.get("repeat") else "ALERT"
+    msgid = "CHECKPOINT" if "checkpoint" in alert else "STORM" if alert.get("storm") else \
+        "REPEAT" if alert.get("repeat") else "ALERT"
 
     def build(params: list, msg: str) -> bytes:
         return rfc5424(FACILITIES[facility] * 8 + SEVERITIES[alert["severity"]], alert["last_time"],
@@ -83,6 +86,13 @@ def format_rfc5424(alert: dict[str, Any], *, facility: str = "auth", app_name: s
     msg = oneline(alert["message"])
     out = build(params, msg)
     if max_size is None or len(out) <= max_size:
+        return out
+    if "checkpoint" in alert:
+        # a cut checkpoint is no checkpoint: the SD params go (but the id), never the MSG
+        out = build(params[:1], msg)
+        if len(out) > max_size:
+            raise PermanentChannelError(f"checkpoint message of {len(out)} bytes does not fit max_size = "
+                                        f"{max_size}; raise max_size")
         return out
     head = build(params, "")
     while len(head) + len(TRUNCATED) > max_size and len(params) > CORE_PARAMS:
