@@ -4,15 +4,14 @@ Printing only; the work is in sockgate.journal."""
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
 import time
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 import click
 
-from sockgate.cli.options import journal_option, json_option
+from sockgate.cli.options import filter_options, journal_option, json_option
 from sockgate.errors import JournalBusyError, UsageError, VerifyError
 from sockgate.journal import Entry, Filter, parse_size
 from sockgate.journal.export import FORMATS, csv_lines, formatter, summary, to_json
@@ -24,42 +23,6 @@ from sockgate.safedir import private_file
 
 if TYPE_CHECKING:
     from sockgate.journal import Journal
-
-
-def filter_options(f: Callable) -> Callable:
-    """The DSPJRN-like selection shared by show, export and top."""
-    opts = [
-        click.option("--type", "-t", "types", multiple=True, metavar="T",
-                     help="Entry type: A C L (accept/connect/listen), D F I O P R S U X, or policy, start, "
-                          "stop, detach, gap, interrupted, import, rotate, cut. Repeatable."),
-        click.option("--outcome", "-o", "outcomes", multiple=True,
-                     help="allowed, rejected, audit-rejected, failed. Repeatable."),
-        click.option("--user", "-u", "users", multiple=True, help="User name or uid. Repeatable."),
-        click.option("--program", "-p", "programs", multiple=True, help="Executable path; wildcards allowed."),
-        click.option("--rule", "rules", multiple=True, help="Deciding rule name."),
-        click.option("--host", "hosts", multiple=True, help="Host (or IBM i system) name."),
-        click.option("--source", "sources", multiple=True, help="kernel, ibmi or sockgate."),
-        click.option("--local", "local", multiple=True, metavar="CIDR", help="Local address or CIDR."),
-        click.option("--remote", "remote", multiple=True, metavar="CIDR", help="Remote address or CIDR."),
-        click.option("--port", "ports", multiple=True, metavar="P[-Q]", help="Local or remote port (range)."),
-        click.option("--local-port", "local_ports", multiple=True, metavar="P[-Q]"),
-        click.option("--remote-port", "remote_ports", multiple=True, metavar="P[-Q]"),
-        click.option("--since", metavar="WHEN", help="From: 1h, 30m, 7d (ago), today, or ISO time (no zone = local time; Z or +HH:MM as written)."),
-        click.option("--until", metavar="WHEN", help="Up to (exclusive), same forms as --since."),
-        click.option("--from-seq", type=click.IntRange(min=1), help="First sequence number."),
-        click.option("--to-seq", type=click.IntRange(min=1), help="Last sequence number."),
-    ]
-    for opt in reversed(opts):
-        f = opt(f)
-
-    @functools.wraps(f)
-    def wrapper(**kw: Any) -> Any:
-        names = ("types", "outcomes", "users", "programs", "rules", "hosts", "sources", "local", "remote",
-                 "ports", "local_ports", "remote_ports", "since", "until", "from_seq", "to_seq")
-        kw["filt"] = Filter.build(**{n: kw.pop(n) for n in names})
-        return f(**kw)
-
-    return wrapper
 
 
 @click.group("journal")
