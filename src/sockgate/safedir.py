@@ -82,3 +82,27 @@ def private_file(path: str | os.PathLike, *, error: type[SockgateError]) -> None
             os.fchmod(fd, 0o600)
     finally:
         os.close(fd)
+
+
+def write_atomic(path: str | os.PathLike, text: str, mode: int = 0o644) -> None:
+    """Write a whole file or nothing: a temporary file beside it, synced, renamed over it.
+    A reader (or a crash) sees the old file or the new one, never half of one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, mode)   # the umask narrowed O_CREAT's mode
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+    except OSError as e:
+        raise SockgateError(f"{path}: cannot write: {e.strerror or e}") from None

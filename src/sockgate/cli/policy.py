@@ -3,6 +3,7 @@ sockgate.policy.parse and sockgate.policy.evaluate)."""
 
 from __future__ import annotations
 
+import dataclasses
 import grp
 import ipaddress
 import json
@@ -12,11 +13,13 @@ import sys
 
 import click
 
-from sockgate.cli.options import DEFAULT_ALERTS, json_option
-from sockgate.errors import PolicyErrors
+from sockgate.cli.options import DEFAULT_ALERTS, JSON_META, filter_options, journal_option, json_option
+from sockgate.errors import PolicyErrors, SockgateError, UsageError
+from sockgate.journal.query import Filter
 from sockgate.policy.model import Exit, Outcome, Policy
 from sockgate.policy.parse import load_policy, parse_policy
-from sockgate.record import endpoint, unmap
+from sockgate.record import endpoint, format_time, unmap
+from sockgate.safedir import write_atomic
 
 EXIT_CHOICES = [e.label for e in Exit]
 
@@ -296,3 +299,82 @@ def explain(file: str, exit_name: str, user: str | None, groups: tuple[str, ...]
         }, indent=2))
         return
     click.echo(f"{describe_call(query, info['user'], info['show_groups'])}: {describe_decision(policy, query, decision)}")
+
+
+# --------------------------------------------------------------------------- replay, learn
+
+
+def _format_option(choices: tuple[str, ...]):
+    def remember(ctx: click.Context, param: click.Parameter, value: str) -> str:
+        ctx.find_root().meta[JSON_META] = value == "json"   # errors as JSON too
+        return value
+
+    return click.option("--format", "fmt", type=click.Choice(choices), default="table", show_default=True,
+                        callback=remember, help="table for people, json for scripts, html for a page to share.")
+
+
+def _decisions(filt: Filter) -> Filter:
+    """The filter narrowed to socket-decision entry types."""
+    from sockgate.policy.replay import DECISION_TYPES
+
+    types = tuple(t for t in (filt.types or DECISION_TYPES) if t in DECISION_TYPES)
+    if not types:
+        raise UsageError("--type: replay and learn read decision entries only (A C L I O)")
+    return dataclasses.replace(filt, types=types)
+
+
+@group.command("replay")
+@click.argument("candidate", type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("--against", "current", type=click.Path(dir_okay=False),
+              help="Compare with this policy (evaluated the same way) instead of the journaled outcomes.")
+@journal_option
+@filter_options(since="7d", short=False)
+@_format_option(("table", "json", "html"))
+@click.option("--output", "-O", type=click.Path(dir_okay=False), help="Write the report here instead of stdout.")
+def replay_cmd(candidate: str, current: str | None, journal_dir: str, filt: Filter, fmt: str,
+               output: str | None) -> None:
+    """Replay journaled decisions through CANDIDATE's compiled tables (the ones the kernel
+    would get) and report what would change.
+
+    Every connect, listen and accept in range (kernel A/C/L and UDP O/I entries, imported
+    IBM i SK entries) is decided again and compared with the journaled outcome, or with
+    --against CURRENT. Differences are grouped by exit point, program, user, remote /24
+    (IPv6 /64), service port and old -> new rule: "would break" (went through, now
+    rejected) and "would open" (rejected, now goes through). Decisions that depend on
+    something the entries do not record (supplementary groups, the executable's dev:inode,
+    IBM i identities) are counted as approximated, per reason.
+
+    \b
+    Exit status (gate a push on it):
+      0  nothing changes
+      2  only opens (no journaled call would be rejected)
+      3  something that went through would be rejected
+      1  error (bad policy, no journal, nothing in range); a usage error also exits 2:
+         a script that must tell the two apart reads --format json ("result")
+    \b
+    Examples:
+      sockgate policy replay new.toml                          # last 7 days vs the journal
+      sockgate policy replay new.toml --against /etc/sockgate/policy.toml --since 30d
+      sockgate policy replay new.toml --host web1 --format html -O replay.html
+    """
+    from sockgate.journal import Journal
+    from sockgate.policy.replay import replay
+    from sockgate.policy.replay_format import FORMATS
+
+    cand = _load(candidate)
+    against = _load(current) if current else None
+    filt = _decisions(filt)
+    with Journal.open(journal_dir, readonly=True) as j:
+        rep = replay(j.entries(filter=filt), cand, against, since_ns=filt.since_ns, until_ns=filt.until_ns)
+    if not rep.decisions:
+        raise SockgateError(f"{journal_dir}: no journaled decisions to replay in the range"
+                            f" ({'since ' + format_time(filt.since_ns) if filt.since_ns else 'all time'})"
+                            + (f", {sum(rep.skipped.values())} skipped" if rep.skipped else "")
+                            + "; widen it with --since")
+    text = FORMATS[fmt](rep)
+    if output:
+        write_atomic(output, text if text.endswith("\n") else text + "\n")
+        click.echo(f"{output}: {rep.result} ({rep.breaks} would break, {rep.opens} would open)", err=True)
+    else:
+        click.echo(text)
+    click.get_current_context().exit(rep.exit_code)

@@ -23,6 +23,9 @@ PortRange = tuple[int, int]  # inclusive, 0..65535
 # `policy check` says so before any load.
 MAX_RULES = 16384          # SG_MAX_RULES: rules; also user, group and program keys
 MAX_BITMAPS = 65536        # SG_MAX_BITMAPS: distinct bitmaps; also address prefixes
+# SG_UID_UNKNOWN: the uid and gid the kernel decides an accept with when the listener's owner
+# is unknown (bound before sockgate started, not found); replay decides such entries the same way
+UID_UNKNOWN = 0xFFFFFFFE
 
 
 class Exit(enum.IntEnum):
