@@ -378,3 +378,51 @@ def replay_cmd(candidate: str, current: str | None, journal_dir: str, filt: Filt
     else:
         click.echo(text)
     click.get_current_context().exit(rep.exit_code)
+
+
+@group.command("learn")
+@journal_option
+@filter_options(since="14d", short=False)
+@click.option("--min-count", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Leave out rules seen fewer times than this (they are listed as not learned).")
+@click.option("--generalize", is_flag=True,
+              help="Rules for any user (per program), and for any program where it cannot be named.")
+@click.option("--output", "-o", "output", required=True, type=click.Path(dir_okay=False),
+              help="Write the learned policy here (atomically: the old file or the new one, never half).")
+def learn_cmd(journal_dir: str, filt: Filter, min_count: int, generalize: bool, output: str) -> None:
+    """Write a least-privilege policy learned from journaled decisions, for review.
+
+    Reads every connect, listen and accept that went through in range (allowed, or
+    audit-rejected in audit mode) and writes one allow rule per exit point, user, program
+    and protocol, narrowed to the remote networks (a CIDR only where at least half of a
+    /24 was seen) and service ports (ranges only where contiguous) it used. Ephemeral
+    client ports are ignored. Every exit point defaults to reject. Each rule has a comment
+    with its evidence: count, first and last seen, hosts, a sample sequence number.
+
+    Without --generalize no rule allows any user or any program: decisions whose user or
+    program cannot be named in a policy (IBM i profiles, unknown accept owners, programs
+    gone from this host) are not learned, and the file says how many.
+
+    \b
+    Typical use (journal in audit mode for a while first: mode = "audit", *NETCMN):
+      sockgate policy learn --since 14d -o learned.toml
+      sockgate policy check learned.toml
+      sockgate policy replay learned.toml --since 14d      # exit 0: breaks nothing
+    """
+    from sockgate.journal import Journal
+    from sockgate.policy.learn import observe, render
+
+    filt = _decisions(filt)
+    with Journal.open(journal_dir, readonly=True) as j:
+        learned = observe(j.entries(filter=filt), generalize=generalize)
+    if not learned.decisions:
+        skipped = sum(learned.not_learned.values())
+        raise SockgateError(f"{journal_dir}: no decisions that went through in the range to learn from"
+                            + (f" ({skipped} could not be learned: see --generalize)" if skipped else "")
+                            + "; widen it with --since")
+    text = render(learned, source=journal_dir, min_count=min_count, generalize=generalize)
+    write_atomic(output, text)
+    nrules = text.count("\n[[rule]]\n")
+    left = sum(learned.not_learned.values())
+    click.echo(f"{output}: {nrules} rule{'s' if nrules != 1 else ''} from {learned.decisions} decisions"
+               + (f"; {left} decisions not learned (see the file's head)" if left else ""), err=True)
