@@ -162,16 +162,31 @@ def call_of(e) -> Call:
     return Call(ex, uid, gids, program, ident, local, remote, proto, frozenset(missing))
 
 
-def call_key(e) -> tuple:
+def call_key(e, sides: dict[Exit, tuple[bool, bool, bool, bool]] | None = None) -> tuple:
     """What a decision depends on, as a hashable key (the evaluation cache's). A connect's
-    local side and a listen's remote side are not decided on: left out, so ephemeral ports
-    do not defeat the cache."""
+    local side and a listen's remote side are not decided on; `sides` (per exit: keep the
+    local address, local port, remote address, remote port) leaves out what no rule tests,
+    so an accept's ephemeral client port does not defeat the cache."""
     ex = EXIT_OF_TYPE[e.type]
+    la, lp, ra, rp = (sides or _ALL_SIDES)[ex]
     x = e.extra
     return (ex, e.uid, e.gid, e.program, x.get(EXTRA_GROUPS), x.get(EXTRA_EXE), x.get("owner"), x.get("protocol"),
             e.source is Source.IBMI, e.type in UDP_TYPES,
-            None if ex is Exit.CONNECT else (e.local_addr, e.local_port),
-            None if ex is Exit.LISTEN else (e.remote_addr, e.remote_port))
+            e.local_addr if la else None, e.local_port if lp else None,
+            e.remote_addr if ra else None, e.remote_port if rp else None)
+
+
+_ALL_SIDES = {Exit.CONNECT: (False, False, True, True), Exit.LISTEN: (True, True, False, False),
+              Exit.ACCEPT: (True, True, True, True)}
+
+
+def cache_sides(*evaluators: "Evaluator") -> dict[Exit, tuple[bool, bool, bool, bool]]:
+    """call_key's `sides` for these policies: an address or port only where a rule tests it."""
+    out = {}
+    for ex, keep in _ALL_SIDES.items():
+        tested = set().union(*(ev.tests[ex] for ev in evaluators))
+        out[ex] = tuple(k and f in tested for k, f in zip(keep, ("local", "local_port", "remote", "remote_port")))
+    return out
 
 
 @functools.lru_cache(maxsize=4096)
@@ -238,13 +253,17 @@ def _v6(addr: str) -> int:
         return 0
 
 
+PASSING = frozenset({Outcome.ALLOWED, Outcome.AUDIT_REJECTED})
+
+
 def passes(outcome: Outcome | None) -> bool:
     """Whether the call went through: allowed, or rejected in audit mode only."""
-    return outcome in (Outcome.ALLOWED, Outcome.AUDIT_REJECTED)
+    return outcome in PASSING
 
 
 # ----------------------------------------------------------------------------- aggregation
 
+@functools.lru_cache(maxsize=1 << 14)
 def network_of(addr: str | None) -> str:
     """The /24 (IPv4) or /64 (IPv6) an address is in: how replay groups remote peers."""
     if not addr:
@@ -374,15 +393,25 @@ def replay(entries: Iterable, candidate: Policy, against: Policy | None = None, 
     old = Evaluator(against) if against is not None else None
     rep = Report(candidate.source, against.source if against is not None else None, since_ns, until_ns)
     groups, skipped, reasons = rep.groups, rep.skipped, rep.reasons
-    for e in entries:
-        if e.type not in EXIT_OF_TYPE or e.outcome is None:
+    sides = cache_sides(new, *([old] if old is not None else []))
+    n = dict.fromkeys(("decisions", "unchanged", "same_effect", "breaks", "opens", "approximated",
+                       "approximated_breaks", "approximated_opens"), 0)
+    exit_of, passing, skip_rules, nverdict, ncache = EXIT_OF_TYPE, PASSING, SKIP_RULES, new.verdict, new._cache
+    ibmi, udp_types = Source.IBMI, UDP_TYPES
+    for e in entries:   # the hot loop: a dict lookup per entry once its call has been seen
+        ex = exit_of.get(e.type)
+        if ex is None or e.outcome is None:
             continue
-        why = skip_reason(e)
-        if why:
+        if e.rule in skip_rules or e.extra.get("flow") == "summary":
+            why = skip_reason(e)
             skipped[why] = skipped.get(why, 0) + 1
             continue
-        key = call_key(e)
-        nv = new.verdict(e, key)
+        la, lp, ra, rp = sides[ex]
+        x = e.extra   # call_key, inlined: this line runs per entry
+        key = (ex, e.uid, e.gid, e.program, x.get(EXTRA_GROUPS), x.get(EXTRA_EXE), x.get("owner"), x.get("protocol"),
+               e.source is ibmi, e.type in udp_types, e.local_addr if la else None, e.local_port if lp else None,
+               e.remote_addr if ra else None, e.remote_port if rp else None)
+        nv = ncache.get(key) or nverdict(e, key)
         approx = nv.approx
         if old is not None:
             ov = old.verdict(e, key)
@@ -390,26 +419,19 @@ def replay(entries: Iterable, candidate: Policy, against: Policy | None = None, 
             approx = approx | ov.approx
         else:
             old_outcome, old_rule = e.outcome, e.rule or "-"
-        rep.decisions += 1
+        n["decisions"] += 1
         if approx:
-            rep.approximated += 1
+            n["approximated"] += 1
             for r in approx:
                 reasons[r] = reasons.get(r, 0) + 1
-        was, now = passes(old_outcome), passes(nv.outcome)
-        if was == now:
-            if old_outcome == nv.outcome and old_rule == nv.rule:
-                rep.unchanged += 1
-            else:
-                rep.same_effect += 1
+        was = old_outcome in passing
+        if was == (nv.outcome in passing):
+            n["unchanged" if old_outcome == nv.outcome and old_rule == nv.rule else "same_effect"] += 1
             continue
         kind = "break" if was else "open"
-        if was:
-            rep.breaks += 1
-            rep.approximated_breaks += bool(approx)
-        else:
-            rep.opens += 1
-            rep.approximated_opens += bool(approx)
-        ex = EXIT_OF_TYPE[e.type]
+        n["breaks" if was else "opens"] += 1
+        if approx:
+            n["approximated_breaks" if was else "approximated_opens"] += 1
         user = e.user or (str(e.uid) if e.uid is not None else "-")
         gkey = (kind, ex, e.program, user, network_of(e.remote_addr if ex is not Exit.LISTEN else None),
                 service_port(ex, e), old_rule, nv.rule, old_outcome)
@@ -421,4 +443,6 @@ def replay(entries: Iterable, candidate: Policy, against: Policy | None = None, 
             g = groups[gkey] = Group(kind, ex.label, e.program or "-", user, gkey[4], gkey[5], old_rule, nv.rule,
                                      old_outcome.value, nv.outcome.value)
         g.add(e, bool(approx))
+    for k, v in n.items():
+        setattr(rep, k, v)
     return rep
