@@ -100,7 +100,7 @@ def to_html(rep: Report) -> str:
                                           for i, c in enumerate(cells)) + "</tr>")
         parts.append("</table>")
     parts.append("</body></html>")
-    return "\n".join(parts) + "\n"
+    return "\n".join(parts)
 
 
 FORMATS = {"table": to_table, "json": to_json, "html": to_html}
