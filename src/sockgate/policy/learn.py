@@ -119,12 +119,13 @@ def observe(entries: Iterable, *, generalize: bool = False) -> Learned:
 # ----------------------------------------------------------------------------- merging
 
 DENSE_PREFIX = {4: 24, 6: 120}   # never wider than this; a block is written whole only if
-DENSE_FILL = 0.5                 # at least this share of its addresses was seen
+DENSE_FILL = 0.5                 # at least this share of its addresses was seen,
+DENSE_MIN = 16                   # and at least this many (4 of a /29 is no evidence of a /29)
 
 
 def merge_addresses(addrs: Iterable[str]) -> list[str]:
     """Addresses as networks: a block up to /24 (IPv6 /120) becomes one CIDR when at least
-    half of its addresses (4 or more) were seen; the rest stay single hosts. Adjacent
+    half of its addresses, and 16 or more, were seen; the rest stay single hosts. Adjacent
     results are merged only exactly (collapse), so nothing else is added."""
     by_version: dict[int, set[int]] = {4: set(), 6: set()}
     for a in addrs:
@@ -153,7 +154,7 @@ def merge_addresses(addrs: Iterable[str]) -> list[str]:
 
 def _dense(members: list[int], start: int, span: int, bits: int, net_cls, out: list) -> None:
     size = 1 << span
-    if span >= 2 and len(members) >= max(4, size * DENSE_FILL):
+    if span >= 2 and len(members) >= max(DENSE_MIN, size * DENSE_FILL):
         out.append(net_cls((start, bits - span)))
         return
     if span == 0 or len(members) <= 1 and span < 2:
