@@ -26,7 +26,8 @@ EXIT_CHOICES = [e.label for e in Exit]
 
 @click.group("policy")
 def group() -> None:
-    """Check a policy file, or ask what it decides for one socket call."""
+    """Check a policy file, ask what it decides for one socket call, replay the journal
+    through a candidate, or learn a least-privilege policy from the journal."""
 
 
 def register(cli: click.Group) -> None:
