@@ -182,6 +182,8 @@ class Enricher:
             exit_name = _EXITS[exit_i]
             known = euid != L.UID_UNKNOWN
             extra = {"comm": name(comm), "real_uid": uid} if known else {"owner": "unknown"}
+            if known and ino:  # what a program rule matched on (kernel dev_t:inode); replay uses it
+                extra["exe"] = f"{dev}:{ino}"
             extra["protocol"] = _PROTOCOLS.get(proto, proto)
             extra["generation"] = gen
             if flags & L.EV_FLOW:

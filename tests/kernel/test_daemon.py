@@ -77,6 +77,10 @@ def test_kill9_keeps_enforcing_restart_picks_up_unload_leaves_nothing(scope, tmp
     # the full path while the caller lives, else the file name the kernel recorded
     exe = os.path.basename(os.path.realpath(sys.executable))
     assert all(e.program and os.path.basename(e.program) == exe for e in rejected), [e.program for e in rejected]
+    # the fact a program rule matched on, for replay: the kernel's dev_t and the inode
+    from sockgate.policy.compile import kernel_dev
+    st = os.stat(os.path.realpath(sys.executable))
+    assert {e.extra.get("exe") for e in rejected} == {f"{kernel_dev(st.st_dev)}:{st.st_ino}"}
 
 
 def test_sighup_reloads_and_a_bad_policy_keeps_the_old_one(scope):
