@@ -302,15 +302,19 @@ def run_script(scope: Scope, calls: list[dict], *, uid: int | None = None, on_sy
 
 
 def wait_loaded(p: subprocess.Popen, generation: int = 1, timeout: float = 60) -> str:
-    """Read a daemon's stderr until it reports the policy generation loaded."""
+    """Read a daemon's stderr until it reports the policy generation loaded, and, on a
+    first start, its programs attached (the policy is installed before they are: fail
+    closed; a test that looks at links right after "loaded" would race the attach)."""
     seen = []
+    loaded = False
     deadline = time.monotonic() + timeout
     os.set_blocking(p.stderr.fileno(), False)
     while time.monotonic() < deadline:
         line = p.stderr.readline()
         if line:
             seen.append(line)
-            if f"generation {generation}," in line:
+            loaded = loaded or f"generation {generation}," in line
+            if loaded and (generation != 1 or any("attached " in s or "reopened" in s for s in seen)):
                 return "".join(seen)
         elif p.poll() is not None:
             break
