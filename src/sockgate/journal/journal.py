@@ -112,6 +112,7 @@ class Journal:
         self._key: sealing.SealKey | None = None
         self._sealed_seq = 0
         self._last_seal_time = time.monotonic()
+        self._last_seal_ns: int | None = None   # wall time of the newest seal (None: never sealed)
         self._app: tuple[Receiver, _append.Appender] | None = None
         self._bulk = False
 
@@ -174,6 +175,7 @@ class Journal:
                 ": the key file or the seals were tampered with; refusing to write "
                 "(run `sockgate journal verify --key`)")
         self._sealed_seq = last.seq if last else 0
+        self._last_seal_ns = last.ts_ns if last else None
         if self.meta.get("version") != FORMAT_VERSION:   # a format-1 journal: retention now keeps seals
             self.meta = {**self.meta, "version": FORMAT_VERSION}
             write_journal_meta(self.directory, self.meta)
@@ -217,6 +219,13 @@ class Journal:
             self._refresh()
             return self._current().head()[0] if self._receivers else 0
         return self._head_seq
+
+    def seal_state(self) -> tuple[int, int, int | None]:
+        """The writer's (last seq, last sealed seq, wall time in ns of the newest seal or None).
+        Plain reads of what the writer tracks, no lock and no database: safe from another
+        thread (the sealed seq is read first, so last - sealed is never negative)."""
+        sealed, at = self._sealed_seq, self._last_seal_ns
+        return self._head_seq, sealed, at
 
     @property
     def receivers(self) -> list[Receiver]:
@@ -357,6 +366,7 @@ class Journal:
             self._evolve_key()
             self._sealed_seq = self._head_seq
             self._last_seal_time = time.monotonic()
+            self._last_seal_ns = ts
 
     def _evolve_key(self) -> None:
         assert self._key is not None

@@ -360,10 +360,15 @@ class Gate:
         return sum(buf)
 
     def stats(self) -> dict[str, int]:
+        """The kernel's counters since load (never reset by a policy swap): decisions made,
+        selected for the journal, dropped (ring buffer full), inbound UDP datagrams
+        refused, UDP decisions made without a flow slot (flow table full)."""
         return {
             "decisions": self._percpu_sum("sg_stats", L.STAT_DECISIONS),
             "selected": self._percpu_sum("sg_stats", L.STAT_SELECTED),
             "dropped": self._percpu_sum("sg_stats", L.STAT_DROPPED),
+            "udp_dropped": self._percpu_sum("sg_stats", L.STAT_UDP_DROPPED),
+            "flows_full": self._percpu_sum("sg_stats", L.STAT_FLOWS_FULL),
         }
 
     def hits(self) -> tuple[list[int], list[int]]:
@@ -372,6 +377,17 @@ class Gate:
         rules = [self._percpu_sum("sg_hits", base + i) for i in range(len(self.state.rule_names))]
         defaults = [self._percpu_sum("sg_hits", base + L.MAX_RULES + e) for e in range(L.EXITS)]
         return rules, defaults
+
+    def verdicts(self) -> tuple[list[int], list[int]]:
+        """(per-rule verdicts, per-exit default verdicts) of the active policy as the kernel
+        holds them (SG_ALLOWED, SG_REJECTED, SG_AUDIT_REJECTED): what each hit counter counts."""
+        slot = self.state.active_slot
+        info, hdr = L.RuleInfo(), L.PolicyHeader()
+        rules = [info.verdict if libbpf.map_lookup(self.maps["sg_rules"], ctypes.c_uint32(slot * L.MAX_RULES + i),
+                                                   info) else L.ALLOWED
+                 for i in range(len(self.state.rule_names))]
+        libbpf.map_lookup(self.maps["sg_policy"], ctypes.c_uint32(slot), hdr)
+        return rules, list(hdr.default_verdict)
 
 
 def remove_pins(pin_dir: str) -> list[str]:

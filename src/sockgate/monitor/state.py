@@ -76,6 +76,18 @@ class State:
             raise StateError(f"{d / 'state.db'}: {e}") from None
         return cls(db, d, fd)
 
+    @classmethod
+    def open_readonly(cls, directory: str | os.PathLike) -> "State":
+        """A read-only view for another thread or process (the daemon's metrics): no lock,
+        no schema changes; the running monitor keeps writing through its own connection."""
+        d = Path(directory)
+        try:
+            db = sqlite3.connect(f"file:{d / 'state.db'}?mode=ro", uri=True, isolation_level=None)
+            db.execute("PRAGMA query_only=ON")
+        except sqlite3.DatabaseError as e:
+            raise StateError(f"{d / 'state.db'}: {e}") from None
+        return cls(db, d, None)
+
     def close(self) -> None:
         self.db.close()
         if self._lock_fd is not None:
