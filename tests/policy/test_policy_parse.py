@@ -253,6 +253,12 @@ def test_errno_errors():
 # --------------------------------------------------------------------------- [defaults]
 
 
+def test_metrics_per_rule():
+    assert P("").metrics_per_rule is False
+    assert P("metrics_per_rule = true").metrics_per_rule is True
+    assert one('\nmetrics_per_rule = "yes"') == (2, "metrics_per_rule: expected true or false, got a string")
+
+
 def test_defaults():
     p = P('[defaults]\nconnect = "reject"\n')
     assert p.defaults == {Exit.CONNECT: Action.REJECT, Exit.LISTEN: Action.ALLOW, Exit.ACCEPT: Action.ALLOW}

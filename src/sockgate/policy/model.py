@@ -150,6 +150,7 @@ class Policy:
         default_factory=lambda: {e: Action.ALLOW for e in Exit}
     )
     errno: int = errno_mod.EPERM     # errno for rejected connect/listen
+    metrics_per_rule: bool = False   # the daemon's metrics carry a hit counter per rule (name as label)
     source: str = "<embedded>"
     digest: str = ""                 # sha256 of the file bytes
 

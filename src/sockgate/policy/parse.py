@@ -55,7 +55,7 @@ __all__ = [
 
 DEFAULT_POLICY_PATH = POLICY_FILE
 
-TOP_KEYS = ("mode", "audit_levels", "errno", "defaults", "lists", "rule")
+TOP_KEYS = ("mode", "audit_levels", "errno", "metrics_per_rule", "defaults", "lists", "rule")
 RULE_KEYS = ("name", "exit", "action", "mode") + MATCH_FIELDS
 EXIT_NAMES = tuple(e.label for e in Exit)
 MAX_ID = 2**32 - 2          # (uid_t)-1 means "no change" to the kernel: not a real id
@@ -210,6 +210,12 @@ def _build(doc: dict, ctx: _Ctx, file: str, digest: str) -> Policy:
     if "errno" in doc:
         err_no = _errno(doc["errno"], top_line("errno"), ctx)
 
+    # per-rule hit counters in the daemon's metrics (rule names as labels: opt-in)
+    per_rule = doc.get("metrics_per_rule", False)
+    if not isinstance(per_rule, bool):
+        ctx.err(top_line("metrics_per_rule"), f"metrics_per_rule: expected true or false, got {_kind(per_rule)}")
+        per_rule = False
+
     # defaults
     defaults = {e: Action.ALLOW for e in Exit}
     if "defaults" in doc:
@@ -257,6 +263,7 @@ def _build(doc: dict, ctx: _Ctx, file: str, digest: str) -> Policy:
         audit_levels=levels,
         defaults=defaults,
         errno=err_no,
+        metrics_per_rule=per_rule,
         source=file,
         digest=digest,
     )
