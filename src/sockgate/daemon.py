@@ -4,6 +4,7 @@
     ring buffer --decode+enrich--> journal entries        SIGTERM/SIGINT: seal and stop
     kernel drop counter --> gap records                    programs stay pinned: enforcement
     journal --> monitor thread (if alert rules exist)      outlives the daemon until `unload`
+    --metrics: Prometheus endpoint, read at scrape time (sockgate.metrics)
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ class RunOptions:
     monitor_state: str = DEFAULT_MONITOR_STATE
     print_events: bool = False
     force: bool = False          # start even if the policy locks out a guarded call (sockgate.lockout)
+    metrics: str | None = None   # a loopback ADDRESS:PORT or unix:PATH (sockgate.metrics)
 
 
 def lock_file(pin_dir: str) -> Path:
@@ -238,6 +240,8 @@ class Daemon:
         self.stop_event = threading.Event()
         self.reload_requested = False
         self.monitor_thread: threading.Thread | None = None
+        self.monitor = None                 # the built-in Monitor, when alert rules exist
+        self.metrics = None                 # the metrics endpoint (sockgate.metrics.Endpoint)
         self._last_dropped = 0
         self._released: set[int] = set()   # sockets whose UDP flows are final
         self._next_sweep = 0.0
@@ -262,6 +266,9 @@ class Daemon:
         if not o.force:
             lockout.guard(policy, self._alerts_file(), compiled, self.log)
         self._lock_fd = hold_daemon_lock(o.pin_dir)    # one daemon per pin directory
+        if o.metrics:  # bound now: a bad or taken address stops us before any change
+            from sockgate.metrics import Endpoint
+            self.metrics = Endpoint.bind(o.metrics)
         if o.journal_dir:
             self.log(f"opening journal {o.journal_dir}")
             self.journal = Journal.open(o.journal_dir)
@@ -295,6 +302,18 @@ class Daemon:
                         if n < total else ""))
         self.reader = kevents.EventReader(self.gate.maps["sg_events"])
         self._start_monitor()
+        if self.metrics:
+            self._serve_metrics()
+
+    def _serve_metrics(self) -> None:
+        from sockgate.metrics import DaemonCollector
+
+        m, t = self.monitor, self.monitor_thread
+        self.metrics.serve(DaemonCollector(
+            gate=self.gate, journal=self.journal, writes=self._writes if self.journal else None,
+            policy=lambda: self.policy, monitor_state=self.opts.monitor_state if m else None,
+            channels=m.channels if m else (), monitor_alive=lambda: t is not None and t.is_alive()))
+        self.log(f"metrics at {self.metrics.address}")
 
     def _record_start(self) -> None:
         self._last_dropped = self.gate.stats()["dropped"]
@@ -326,7 +345,7 @@ class Daemon:
             return
         from sockgate.monitor import Monitor  # the monitor is optional at run time
 
-        monitor = Monitor.open(rules, self.opts.journal_dir, self.opts.monitor_state)
+        monitor = self.monitor = Monitor.open(rules, self.opts.journal_dir, self.opts.monitor_state)
 
         def run():
             try:
@@ -397,6 +416,9 @@ class Daemon:
             except BaseException as e:
                 errors.append(e)
 
+        if self.metrics:  # first: no scrape reads what the steps below close
+            step(self.metrics.close)
+            self.metrics = None
         if self.monitor_thread:
             step(lambda: self.monitor_thread.join(timeout=10))
         if self.reader:

@@ -77,6 +77,10 @@ class JournalBusyError(JournalError):
     """Another process holds the journal's writer lock."""
 
 
+class MetricsError(SockgateError):
+    """The metrics endpoint cannot listen where it was asked to."""
+
+
 class StateError(SockgateError):
     """The monitor's state directory is unusable or held by another monitor."""
 

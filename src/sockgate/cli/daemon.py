@@ -28,8 +28,12 @@ pin_dir_option = click.option("--pin-dir", default="/sys/fs/bpf/sockgate", show_
 @click.option("--print-events", is_flag=True, help="Also write each decision as a JSON line to stdout.")
 @click.option("--force", is_flag=True,
               help="Start even if the policy rejects your SSH session or an alert channel (the lock-out guard).")
+@click.option("--metrics", metavar="ADDR:PORT|unix:PATH",
+              help="Serve Prometheus metrics here (loopback or a unix socket only: no auth, no TLS), "
+                   "e.g. 127.0.0.1:9477. See docs/metrics.md.")
 @pin_dir_option
-def run_cmd(policy, journal_dir, no_journal, scope_cgroup, netns, backend, alerts, print_events, force, pin_dir):
+def run_cmd(policy, journal_dir, no_journal, scope_cgroup, netns, backend, alerts, print_events, force, metrics,
+            pin_dir):
     """Load the policy into the kernel, enforce it, journal decisions (as root).
 
     \b
@@ -48,7 +52,7 @@ def run_cmd(policy, journal_dir, no_journal, scope_cgroup, netns, backend, alert
 
     run(RunOptions(policy=policy, journal_dir=None if no_journal else journal_dir, scope_cgroup=scope_cgroup,
                    netns=netns, pin_dir=pin_dir, backend=backend, alerts=alerts, print_events=print_events,
-                   force=force))
+                   force=force, metrics=metrics))
 
 
 @click.command("reload")
