@@ -190,3 +190,16 @@ def test_a_taken_port_is_a_clear_error():
         s.listen()
         with pytest.raises(MetricsError, match="cannot listen"):
             Endpoint.bind(f"127.0.0.1:{s.getsockname()[1]}")
+
+
+def test_ipv6_loopback_serves(journal):
+    with socket.socket(socket.AF_INET6) as s:
+        s.bind(("::1", 0))
+        port = s.getsockname()[1]
+    endpoint = Endpoint.bind(f"[::1]:{port}")
+    try:
+        endpoint.serve(DaemonCollector(journal=journal))
+        with urllib.request.urlopen(f"http://{endpoint.address}/metrics", timeout=5) as r:
+            assert ("sockgate_journal_last_seq", ()) in samples(r.read().decode())
+    finally:
+        endpoint.close()

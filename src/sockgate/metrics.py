@@ -101,6 +101,10 @@ class _TCPServer(socketserver.ThreadingMixIn, WSGIServer):
     daemon_threads = True
 
 
+class _TCP6Server(_TCPServer):
+    address_family = socket.AF_INET6
+
+
 class _UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
     application = None
@@ -156,9 +160,7 @@ class Endpoint:
                 server = _UnixServer(a.path)
                 os.chmod(a.path, 0o660)  # root and the socket's group: grant a scraper by group
             else:
-                server_cls = type("_Server", (_TCPServer,), {"address_family": socket.AF_INET6 if ":" in a.host
-                                                            else socket.AF_INET})
-                server = server_cls((a.host, a.port), _Handler)
+                server = (_TCP6Server if ":" in a.host else _TCPServer)((a.host, a.port), _Handler)
         except OSError as e:
             raise MetricsError(f"--metrics {text}: cannot listen: {e.strerror or e}") from None
         return cls(a, server)
