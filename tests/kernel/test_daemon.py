@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
 from conftest import TEST_UID, backend, wait_loaded
 
 from sockgate.journal import EntryType, Journal
@@ -303,3 +306,84 @@ def test_start_and_reload_refuse_a_policy_that_cuts_off_the_alert_channels(scope
     assert scope.client("connect", addr="127.0.0.1", port=7001)["error"] == "ECONNREFUSED"
     d.send_signal(signal.SIGTERM)
     assert d.wait(timeout=15) == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _scrape(port: int, timeout: float = 15) -> dict:
+    """{(sample, sorted labels): value} of the daemon's metrics, parsed by prometheus_client's
+    own parser (retried while the endpoint is not serving yet)."""
+    import urllib.error
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+                text = r.read().decode()
+            break
+        except (urllib.error.URLError, ConnectionError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+
+def test_metrics_count_rejections_name_the_policy_and_show_a_detach(scope, tmp_path):
+    from sockgate.kernel.loader import BACKENDS
+
+    policy = scope.write_policy("metrics_per_rule = true\n" + POLICY)
+    port = _free_port()
+    d = scope.daemon(policy, "--metrics", f"127.0.0.1:{port}", journal=tmp_path / "journal")
+    wait_loaded(d)
+    before = _scrape(port)
+    for _ in range(3):
+        assert scope.client("connect", addr="127.0.0.1", port=7001)["error"] == "EPERM"
+    after = _scrape(port)
+
+    def delta(name, **labels):
+        key = (name, tuple(sorted(labels.items())))
+        return after[key] - before[key]
+
+    assert delta("sockgate_rule_decisions_total", outcome="rejected") == 3
+    assert delta("sockgate_rule_decisions_total", outcome="allowed") == 0
+    assert after[("sockgate_rule_hits_total", (("rule", "no-7001"),))] == 3   # metrics_per_rule = true
+    assert delta("sockgate_events_selected_total") == 3                       # *NETFAIL: each rejection
+    assert delta("sockgate_decisions_total") >= 3
+    assert after[("sockgate_events_dropped_total", ())] == 0
+    digest = hashlib.sha256(policy.read_bytes()).hexdigest()
+    assert after[("sockgate_policy_info", (("digest", digest), ("mode", "enforce")))] == 1
+    assert after[("sockgate_policy_generation", ())] == 1
+    assert after[("sockgate_policy_default_info", (("exit", "connect"), ("outcome", "allowed")))] == 1
+    (used,) = [dict(k[1])["backend"] for k in after if k[0] == "sockgate_backend_info"]
+    attached = {dict(k[1])["program"]: v for k, v in after.items() if k[0] == "sockgate_program_attached"}
+    assert attached == dict.fromkeys(BACKENDS[used], 1)
+    assert after[("sockgate_journal_last_seq", ())] > 0 and ("sockgate_journal_queue_depth", ()) in after
+    labels = {k for key in after for k, _ in key[1]}
+    assert labels <= {"outcome", "exit", "rule", "digest", "mode", "backend", "program"}  # never an address or user
+
+    link = Path(scope.pin_dir) / "links" / "sg_accept"
+    r = subprocess.run(["bpftool", "link", "detach", "pinned", str(link)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    attached = {dict(k[1])["program"]: v for k, v in _scrape(port).items() if k[0] == "sockgate_program_attached"}
+    assert attached == {**dict.fromkeys(BACKENDS[used], 1), "sg_accept": 0}
+    d.send_signal(signal.SIGTERM)
+    assert d.wait(timeout=15) == 0
+    with socket.socket() as s, pytest.raises(ConnectionRefusedError):
+        s.connect(("127.0.0.1", port))   # the endpoint stops with the daemon
+
+
+def test_metrics_on_a_non_loopback_address_are_refused_before_anything_loads(scope):
+    r = _sockgate("run", "--policy", str(scope.write_policy(POLICY)), "--no-journal", "--scope-cgroup",
+                  scope.cgroup, "--netns", scope.netns, "--pin-dir", scope.pin_dir, "--backend", backend(),
+                  "--metrics", "0.0.0.0:9477")
+    assert r.returncode == 2, r.stderr
+    assert "0.0.0.0 is not a loopback address" in r.stderr and "Traceback" not in r.stderr
+    assert not Path(scope.pin_dir).exists()
