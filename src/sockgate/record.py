@@ -105,6 +105,8 @@ class EntryType(_Parse, str, enum.Enum):
     INTERRUPTED = "interrupted", "interrupted", "Journal writer interrupted"  # no clean stop before
     IMPORT = "import", "import", "IBM i import"                # extra: file, entries, systems
     ROTATE = "rotate", "rotate", "Receiver rotated"            # extra: receiver (attached next)
+    SHADOW = "shadow", "shadow", "Shadow policy differs"      # extra: shadow (sample|summary), exit,
+                                                               # shadow_outcome, shadow_rule, count
     CUT = "cut", "cut", "Receivers deleted by retention"       # declared cut: extra: receivers,
                                                                # through_seq, hash (head at the cut)
 

@@ -66,17 +66,19 @@ PROTOS = C["SG_PROTOS"]
 UID_UNKNOWN = C["SG_UID_UNKNOWN"]
 RULE_LISTEN_REFUSED, RULE_UNPARSED = C["SG_RULE_LISTEN_REFUSED"], C["SG_RULE_UNPARSED"]
 EXIT_CONNECT, EXIT_LISTEN, EXIT_ACCEPT = C["SG_EXIT_CONNECT"], C["SG_EXIT_LISTEN"], C["SG_EXIT_ACCEPT"]
-EV_FLOW, EV_UNPARSED, EV_RELEASED = C["SG_EV_FLOW"], C["SG_EV_UNPARSED"], C["SG_EV_RELEASED"]
-CFG_LISTEN_AT_BIND = C["SG_CFG_LISTEN_AT_BIND"]
+EV_FLOW, EV_UNPARSED, EV_RELEASED, EV_SHADOW = (
+    C["SG_EV_FLOW"], C["SG_EV_UNPARSED"], C["SG_EV_RELEASED"], C["SG_EV_SHADOW"])
+CFG_LISTEN_AT_BIND, CFG_SHADOW = C["SG_CFG_LISTEN_AT_BIND"], C["SG_CFG_SHADOW"]
+SHADOW_MAX = C["SG_SHADOW_MAX"]
 OWNER_BIND_JUDGED, OWNER_REFUSED, OWNER_FLOWS, OWNER_INDEXED = (
     C["SG_OWNER_BIND_JUDGED"], C["SG_OWNER_REFUSED"], C["SG_OWNER_FLOWS"], C["SG_OWNER_INDEXED"])
 LOCAL, REMOTE = C["SG_LOCAL"], C["SG_REMOTE"]
 ALLOWED, REJECTED, AUDIT_REJECTED = C["SG_ALLOWED"], C["SG_REJECTED"], C["SG_AUDIT_REJECTED"]
 EMIT_ALLOWED, EMIT_REJECTED, EMIT_UDP = C["SG_EMIT_ALLOWED"], C["SG_EMIT_REJECTED"], C["SG_EMIT_UDP"]
 NEED_GROUPS, NEED_PROGRAM, NEED_OWNER = C["SG_NEED_GROUPS"], C["SG_NEED_PROGRAM"], C["SG_NEED_OWNER"]
-STAT_DECISIONS, STAT_SELECTED, STAT_DROPPED, STAT_UDP_DROPPED, STAT_FLOWS_FULL, STATS = (
+STAT_DECISIONS, STAT_SELECTED, STAT_DROPPED, STAT_UDP_DROPPED, STAT_FLOWS_FULL, STAT_SHADOW_UNKEYED, STATS = (
     C["SG_STAT_DECISIONS"], C["SG_STAT_SELECTED"], C["SG_STAT_DROPPED"], C["SG_STAT_UDP_DROPPED"],
-    C["SG_STAT_FLOWS_FULL"], C["SG_STATS"])
+    C["SG_STAT_FLOWS_FULL"], C["SG_STAT_SHADOW_UNKEYED"], C["SG_STATS"])
 EXITS = C["SG_EXITS"]
 
 
@@ -136,7 +138,13 @@ class AddrKey(Structure):
 
 class Config(Structure):
     _fields_ = [("active_slot", c_uint32), ("ringbuf_wakeup_bytes", c_uint32), ("flags", c_uint32),
-                ("netns_ino", c_uint32)]
+                ("netns_ino", c_uint32), ("shadow_slot", c_uint32)]
+
+
+class ShadowKey(Structure):
+    _fields_ = [("generation", c_uint32), ("shadow_generation", c_uint32), ("rule", c_int32),
+                ("shadow_rule", c_int32), ("exit", c_uint8), ("verdict", c_uint8), ("shadow_verdict", c_uint8),
+                ("pad", c_uint8)]
 
 
 class OwnerKey(Structure):
@@ -194,6 +202,10 @@ class Event(Structure):
         ("remote_addr", c_uint8 * 16),
         ("comm", c_char * 16),
         ("exe_name", c_char * 32),
+        ("shadow_rule", c_int32),
+        ("shadow_generation", c_uint32),
+        ("shadow_verdict", c_uint8),
+        ("pad2", c_uint8 * 7),
     ]
 
 
@@ -227,6 +239,7 @@ MIRRORS = {
     "sg_program_key": ProgramKey,
     "sg_addr_key": AddrKey,
     "sg_config": Config,
+    "sg_shadow_key": ShadowKey,
     "sg_owner_key": OwnerKey,
     "sg_owner": Owner,
     "sg_flow_key": FlowKey,

@@ -212,6 +212,25 @@ struct {
 	__type(value, __u64);
 } sg_flows_seen SEC(".maps");
 
+/* Shadow differences (struct sg_shadow_key) -> calls. The daemon journals the growth. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, SG_SHADOW_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct sg_shadow_key);
+	__type(value, __u64);
+} sg_shadow SEC(".maps");
+
+/* User space only: how many of a pair's calls are journaled already (pinned, like
+ * sg_flows_seen, so a restarted daemon neither repeats nor skips a count). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, SG_SHADOW_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct sg_shadow_key);
+	__type(value, __u64);
+} sg_shadow_seen SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, SG_SLOTS * SG_HIT_SLOTS);
@@ -272,6 +291,13 @@ struct sg_scratch {
 	struct sg_probe probe;
 	__u32 hit_alone[SG_MAX_GROUPS];
 	__u32 hit_membership[SG_MAX_GROUPS];
+	__s32 decided_rule;          /* decide_at()'s rule */
+	__u32 group_index;           /* group_dimension()'s result */
+	struct sg_addr_key addr_key; /* decide_at()'s lookup keys */
+	struct sg_program_key program_key;
+	__s32 shadow_rule;           /* the shadow decision a SG_EV_SHADOW event carries */
+	__u32 shadow_generation;
+	__u32 shadow_verdict;
 };
 
 /* Two per CPU: one for hooks in task context (connect, bind, listen, sends, release), one
@@ -290,6 +316,7 @@ struct {
 /* Keep the layouts in the object's BTF so user space can check its mirror against them. */
 struct sg_event _sg_event_btf = {};
 struct sg_probe _sg_probe_btf = {};
+struct sg_shadow_key _sg_shadow_key_btf = {};
 
 static __always_inline void stat_add(__u32 which)
 {
@@ -325,11 +352,16 @@ static __always_inline const struct sg_bitmap *bitmap(__u32 slot, __u32 index)
 	return bpf_map_lookup_elem(&sg_bitmaps, &k);
 }
 
-static __always_inline const struct sg_bitmap *addr_bitmap(__u32 slot, __u32 side, const __u8 *addr)
+/* (The lookup keys of a decision live in the scratch, not on decide_at()'s stack: see there.) */
+static __always_inline const struct sg_bitmap *addr_bitmap(__u32 slot, __u32 side, const __u8 *addr,
+							   struct sg_scratch *sc)
 {
-	struct sg_addr_key k = { .prefixlen = 16 + 128, .slot = slot, .side = side };
-	__builtin_memcpy(k.addr, addr, 16);
-	__u32 *idx = bpf_map_lookup_elem(&sg_addrs, &k);
+	struct sg_addr_key *k = &sc->addr_key;
+	k->prefixlen = 16 + 128;
+	k->slot = slot;
+	k->side = side;
+	__builtin_memcpy(k->addr, addr, 16);
+	__u32 *idx = bpf_map_lookup_elem(&sg_addrs, k);
 	return idx ? bitmap(slot, *idx) : NULL;
 }
 
@@ -411,10 +443,21 @@ static long group_hit_step(__u32 i, void *data)
 }
 
 /* Group dimension: wildcard | (OR of the caller's groups' memberships ^ negated). Usually
- * the caller is in at most one group a rule names and a precomputed bitmap serves. */
-static __always_inline const struct sg_bitmap *group_bitmap(__u32 slot, const struct sg_policy *pol,
-							    const struct sg_owner *who, struct sg_scratch *sc)
+ * the caller is in at most one group a rule names and a precomputed bitmap serves. The
+ * result goes to sc->group_index: a bitmap index, or GROUPS_IN_SCRATCH (sc->groups holds
+ * it). A global function called before decide_at(), not from it: each has its own frame
+ * and a call chain stays within the verifier's 512-byte stack limit. */
+#define GROUPS_IN_SCRATCH 0xffffffffU
+#define GROUPS_NONE       0xfffffffeU   /* no such bitmap: the decision falls back */
+__attribute__((noinline)) int group_dimension(struct sg_scratch *sc, __u32 slot)
 {
+	if (!sc)
+		return 0;
+	sc->group_index = GROUPS_NONE;
+	const struct sg_policy *pol = bpf_map_lookup_elem(&sg_policy, &slot);
+	if (!pol)
+		return 0;
+	const struct sg_owner *who = &sc->who;
 	__u32 n = who->ngroups;
 	if (n > SG_MAX_GROUPS)
 		n = SG_MAX_GROUPS;
@@ -426,22 +469,26 @@ static __always_inline const struct sg_bitmap *group_bitmap(__u32 slot, const st
 	struct group_hits_ctx gc = { .slot = slot, .hits = z, .who = who, .alone = sc->hit_alone,
 				     .membership = sc->hit_membership };
 	bpf_loop(n, group_hit_step, &gc, 0);
-	if (gc.hits == 0)
-		return bitmap(slot, pol->group_miss);
-	if (gc.hits == 1)
-		return bitmap(slot, sc->hit_alone[0]);
-
+	if (gc.hits == 0) {
+		sc->group_index = pol->group_miss;
+		return 0;
+	}
+	if (gc.hits == 1) {
+		sc->group_index = sc->hit_alone[0];
+		return 0;
+	}
 	struct sg_bitmap *acc = &sc->groups;
 	struct or_words_ctx oc = { .acc = acc, .membership = sc->hit_membership, .slot = slot, .nw = nw };
 	bpf_loop(gc.hits * nw, or_words_step, &oc, 0);
 	struct combine_ctx cc = { .acc = acc, .wild = bitmap(slot, pol->group_wild),
 				  .neg = bitmap(slot, pol->group_neg) };
 	if (!cc.wild || !cc.neg)
-		return NULL;
+		return 0;
 	for (__u32 s = 0; s < SG_SUMMARY_WORDS; s++)
 		acc->summary[s] = 0;
 	bpf_loop(nw, combine_step, &cc, 0);
-	return acc;
+	sc->group_index = GROUPS_IN_SCRATCH;
+	return 0;
 }
 
 /* The AND of the dimensions a decision uses (5 for connect/listen, 7 for accept). */
@@ -501,20 +548,23 @@ static __always_inline int decide(__u32 slot, const struct sg_policy *pol, __u32
 	struct sg_user_key uk = { .slot = slot, .exit = exit, .uid = who->uid };
 	__u32 *uidx = bpf_map_lookup_elem(&sg_users, &uk);
 	sc.b[0] = bitmap(slot, uidx ? *uidx : pol->user_miss[BOUND(exit, 3)]);
-	struct sg_program_key pk = { .slot = slot, .dev = who->dev, .ino = who->ino };
-	__u32 *pidx = bpf_map_lookup_elem(&sg_programs, &pk);
+	struct sg_program_key *pk = &scr->program_key;
+	pk->slot = slot;
+	pk->dev = who->dev;
+	pk->ino = who->ino;
+	__u32 *pidx = bpf_map_lookup_elem(&sg_programs, pk);
 	sc.b[1] = bitmap(slot, pidx ? *pidx : pol->program_miss);
-	sc.b[2] = group_bitmap(slot, pol, who, scr);
+	sc.b[2] = scr->group_index == GROUPS_IN_SCRATCH ? &scr->groups : bitmap(slot, scr->group_index);
 	if (exit == SG_EXIT_CONNECT) {
-		sc.b[3] = addr_bitmap(slot, SG_REMOTE, raddr);
+		sc.b[3] = addr_bitmap(slot, SG_REMOTE, raddr, scr);
 		sc.b[4] = port_bitmap(slot, SG_REMOTE, proto, rport);
 		sc.b[5] = sc.b[6] = sc.b[4];
 	} else {
-		sc.b[3] = addr_bitmap(slot, SG_LOCAL, laddr);
+		sc.b[3] = addr_bitmap(slot, SG_LOCAL, laddr, scr);
 		sc.b[4] = port_bitmap(slot, SG_LOCAL, proto, lport);
 		sc.b[5] = sc.b[6] = sc.b[4];
 		if (exit == SG_EXIT_ACCEPT) {
-			sc.b[5] = addr_bitmap(slot, SG_REMOTE, raddr);
+			sc.b[5] = addr_bitmap(slot, SG_REMOTE, raddr, scr);
 			sc.b[6] = port_bitmap(slot, SG_REMOTE, proto, rport);
 		}
 	}
@@ -544,15 +594,19 @@ static __always_inline int decide(__u32 slot, const struct sg_policy *pol, __u32
 	return ri ? ri->verdict : fallback;
 }
 
+#define SHADOW_OFF 0xff
+
 /* The active slot and its header, read once per decision: everything after uses them, so
  * a decision never mixes two policies. */
-static __always_inline const struct sg_policy *active_policy(__u32 *slot)
+static __always_inline const struct sg_policy *active_policy(__u32 *slot, __u32 *shadow)
 {
 	__u32 zero = 0;
 	struct sg_config *cfg = bpf_map_lookup_elem(&sg_config, &zero);
 	if (!cfg)
 		return NULL;
-	*slot = cfg->active_slot & 1;
+	*slot = cfg->active_slot;
+	if (shadow)  /* read with the active slot: one consistent pair per decision */
+		*shadow = (cfg->flags & SG_CFG_SHADOW) ? cfg->shadow_slot : SHADOW_OFF;
 	return bpf_map_lookup_elem(&sg_policy, slot);
 }
 
@@ -560,10 +614,37 @@ static __always_inline const struct sg_policy *active_policy(__u32 *slot)
  * the other policy). */
 static __always_inline void count_hit(__u32 slot, __u32 exit, __s32 rule)
 {
-	__u32 idx = (slot & 1) * SG_HIT_SLOTS + (rule >= 0 ? (__u32)rule : SG_MAX_RULES + exit);
+	__u32 idx = slot * SG_HIT_SLOTS + (rule >= 0 ? (__u32)rule : SG_MAX_RULES + exit);
 	__u64 *v = bpf_map_lookup_elem(&sg_hits, &idx);
 	if (v)
 		*v += 1;
+}
+
+/* decide() as a global function over the scratch: who decides (sc->who) at which site
+ * (sc->site), by the tables of the slot in `what` (DECIDE_WHAT). Its stack is its own
+ * frame, not the caller's: the hooks' frames plus a second, shadow decision would pass
+ * the verifier's 512-byte limit for a call chain. The rule goes to sc->decided_rule. */
+#define DECIDE_WHAT(slot, exit, proto) (((exit) & 0xff) | (((proto) & 0xff) << 8) | (((slot) & 0xf) << 20))
+__attribute__((noinline)) int decide_at(struct sg_scratch *sc, __u32 what)
+{
+	if (!sc)
+		return SG_ALLOWED;
+	__u32 slot = (what >> 20) & 0xf;
+	sc->decided_rule = -1;
+	const struct sg_policy *pol = bpf_map_lookup_elem(&sg_policy, &slot);
+	if (!pol)
+		return SG_ALLOWED;  /* unreachable: the array always has the entry */
+	const struct sg_site *at = &sc->site;
+	return decide(slot, pol, what & 0xff, (what >> 8) & 0xff, &sc->who, at->laddr, at->lport, at->raddr,
+		      at->rport, sc, &sc->decided_rule);
+}
+
+/* One decision by the tables of `slot`: the group dimension, then the rest (two calls side
+ * by side, see group_dimension). The rule goes to sc->decided_rule. */
+static __always_inline int decide_slot(struct sg_scratch *sc, __u32 slot, __u32 exit, __u32 proto)
+{
+	group_dimension(sc, slot);
+	return decide_at(sc, DECIDE_WHAT(slot, exit, proto));
 }
 
 /* Supplementary groups, one bpf_loop step each (a plain loop is walked by the verifier once
@@ -634,6 +715,7 @@ static __always_inline bool wants_event(int verdict, __u32 flags, bool udp)
  * program, not at every call site: 6.1's verifier in the test guest is slow), so its
  * arguments are few and packed: what = exit | verdict << 8 | is_current << 16. */
 #define EMIT_WHAT(exit, verdict, is_current) ((exit) | ((verdict) << 8) | ((is_current) ? 1 << 16 : 0))
+#define EMIT_SHADOW (1 << 17)     /* a shadow sample: sc->shadow_* hold the shadow's decision */
 __attribute__((noinline)) int emit(struct sg_scratch *sc, __u32 what, __s32 rule, __u32 gen)
 {
 	if (!sc)
@@ -641,7 +723,7 @@ __attribute__((noinline)) int emit(struct sg_scratch *sc, __u32 what, __s32 rule
 	const struct sg_owner *who = &sc->who;
 	const struct sg_site *at = &sc->site;  /* every judge() caller's site lives there */
 	__u32 exit = what & 0xff, verdict = (what >> 8) & 0xff;
-	bool is_current = what >> 16;
+	bool is_current = (what >> 16) & 1;
 	stat_add(SG_STAT_SELECTED);
 	struct sg_event *e = bpf_ringbuf_reserve(&sg_events, sizeof(*e), 0);
 	if (!e) {
@@ -671,6 +753,17 @@ __attribute__((noinline)) int emit(struct sg_scratch *sc, __u32 what, __s32 rule
 	e->verdict = verdict;
 	e->family = at->family;
 	e->flags = at->flags;
+	if (what & EMIT_SHADOW) {
+		e->flags |= SG_EV_SHADOW;
+		e->shadow_rule = sc->shadow_rule;
+		e->shadow_generation = sc->shadow_generation;
+		e->shadow_verdict = sc->shadow_verdict;
+	} else {
+		e->shadow_rule = -1;
+		e->shadow_generation = 0;
+		e->shadow_verdict = 0;
+	}
+	__builtin_memset(e->pad2, 0, sizeof(e->pad2));
 	e->protocol = at->ipproto;
 	e->local_port = at->lport;
 	e->remote_port = at->rport;
@@ -683,7 +776,7 @@ __attribute__((noinline)) int emit(struct sg_scratch *sc, __u32 what, __s32 rule
 	/* Batched wakeup: rejections wake the reader now; allowed events wait for a full
 	 * batch (the reader also polls with a timeout). */
 	__u64 wake = 0;
-	if (verdict == SG_ALLOWED) {
+	if (verdict == SG_ALLOWED && !(what & EMIT_SHADOW)) {
 		__u32 zero = 0;
 		struct sg_config *cfg = bpf_map_lookup_elem(&sg_config, &zero);
 		__u64 pending = bpf_ringbuf_query(&sg_events, BPF_RB_AVAIL_DATA);
@@ -777,36 +870,80 @@ static __always_inline void identify(struct sg_scratch *sc, bool is_current, con
 	}
 }
 
+/* Shadow mode: where the shadow slot's policy decided a call otherwise than the active one
+ * (`what`: EMIT_WHAT of the active decision), the pair of deciding rules is counted in
+ * sg_shadow, and the first call of a pair is journaled whole as a sample. judge() makes
+ * the shadow decision itself (decide_at beside, not inside, this call: the verifier's
+ * 512-byte limit holds per call chain). A global function: verified once. */
+__attribute__((noinline)) int shadow_differs(struct sg_scratch *sc, __u32 what, __s32 rule, __u32 gen)
+{
+	if (!sc)
+		return 0;
+	struct sg_shadow_key k = { .generation = gen, .shadow_generation = sc->shadow_generation, .rule = rule,
+				   .shadow_rule = sc->shadow_rule, .exit = what & 0xff, .verdict = (what >> 8) & 0xff,
+				   .shadow_verdict = sc->shadow_verdict };
+	__u64 *n = bpf_map_lookup_elem(&sg_shadow, &k);
+	if (n) {
+		__sync_fetch_and_add(n, 1);
+		return 0;
+	}
+	__u64 one = 1;
+	if (bpf_map_update_elem(&sg_shadow, &k, &one, BPF_NOEXIST)) {
+		n = bpf_map_lookup_elem(&sg_shadow, &k);  /* another CPU made it first, or full */
+		if (n)
+			__sync_fetch_and_add(n, 1);
+		else
+			stat_add(SG_STAT_SHADOW_UNKEYED);
+		return 0;
+	}
+	emit(sc, (what & 0x1ffff) | EMIT_SHADOW, rule, gen);
+	return 0;
+}
+
 /* One decision at an exit point, end to end: read the active policy once, gather what it
  * needs, decide, count the deciding rule, journal it (with the full identity) if the
- * audit levels ask. *err gets the policy's errno; *gen and *rule what decided. */
+ * audit levels ask, and let a shadow policy decide it too. *err gets the policy's errno;
+ * *gen and *rule what decided. */
 static __always_inline int judge(__u32 exit, struct sg_scratch *sc, bool is_current, const struct sg_owner *owner,
 				 const struct sg_site *at, __s32 *err, __u32 *gen, __s32 *rule_out)
 {
 	__s32 rule;
-	__u32 slot;
+	__u32 slot, shadow;
 	*err = EPERM;
 	*gen = 0;
 	*rule_out = -1;
 	stat_add(SG_STAT_DECISIONS);
-	const struct sg_policy *pol = active_policy(&slot);
+	const struct sg_policy *pol = active_policy(&slot, &shadow);
 	if (!pol)
 		return SG_ALLOWED;  /* unreachable: the array always has the entry */
 	int cls = proto_class(at->ipproto);
-	__u32 needs = pol->needs & SG_NEED_ALL;
+	__u32 needs = shadow != SHADOW_OFF ? SG_NEED_ALL : pol->needs & SG_NEED_ALL;
 	identify(sc, is_current, owner, needs);
 	int verdict;
 	if (at->flags & SG_EV_UNPARSED) {
 		rule = SG_RULE_UNPARSED;
 		verdict = SG_REJECTED;
 	} else {
-		verdict = decide(slot, pol, exit, cls < 0 ? 0 : cls, &sc->who, at->laddr, at->lport, at->raddr,
-				 at->rport, sc, &rule);
+		verdict = decide_slot(sc, slot, exit, cls < 0 ? 0 : cls);
+		rule = sc->decided_rule;
 	}
 	*err = pol->reject_errno;
 	*gen = pol->generation;
 	*rule_out = rule;
 	count_hit(slot, exit, rule);
+	if (shadow != SHADOW_OFF && !(at->flags & SG_EV_UNPARSED)) {
+		const struct sg_policy *spol = bpf_map_lookup_elem(&sg_policy, &shadow);
+		if (spol) {
+			int sverdict = decide_slot(sc, shadow, exit, cls < 0 ? 0 : cls);
+			count_hit(shadow, exit, sc->decided_rule);
+			if (sverdict != verdict) {
+				sc->shadow_rule = sc->decided_rule;
+				sc->shadow_generation = spol->generation;
+				sc->shadow_verdict = sverdict;
+				shadow_differs(sc, EMIT_WHAT(exit, verdict, is_current), rule, pol->generation);
+			}
+		}
+	}
 	if (wants_event(verdict, pol->flags, cls == SG_PROTO_UDP)) {
 		if (needs != SG_NEED_ALL)
 			identify(sc, is_current, owner, SG_NEED_ALL);
@@ -860,7 +997,7 @@ static __always_inline int judge_out(struct sg_scratch *sc, struct sg_site *at, 
 {
 	__u32 slot;
 	*err = EPERM;
-	const struct sg_policy *pol = active_policy(&slot);
+	const struct sg_policy *pol = active_policy(&slot, NULL);
 	if (!pol)
 		return SG_ALLOWED;
 	bool udp = proto_class(at->ipproto) == SG_PROTO_UDP && !(at->flags & SG_EV_UNPARSED);
@@ -1194,7 +1331,7 @@ int sg_accept(struct bpf_sk_lookup *raw)
 	/* the owner is looked up when a rule needs it, or while some listener's listen() was
 	 * refused after the fact (cgroup backend): every connection to it is refused */
 	__u32 slot, zero = 0;
-	const struct sg_policy *pol = active_policy(&slot);
+	const struct sg_policy *pol = active_policy(&slot, NULL);
 	__s64 *refused = bpf_map_lookup_elem(&sg_refused_listeners, &zero);
 	struct sg_owner *owner = NULL;
 	if ((pol && (pol->needs & SG_NEED_OWNER)) || (refused && *refused > 0))
@@ -1294,7 +1431,7 @@ int sg_ingress(struct __sk_buff *skb)
 		__builtin_memset(at->raddr, 0, 16);
 	}
 	__u32 slot;
-	const struct sg_policy *pol = active_policy(&slot);
+	const struct sg_policy *pol = active_policy(&slot, NULL);
 	if (!pol)
 		return 0;
 	struct sg_flow_key *k = &sc->fkey;
@@ -1559,11 +1696,15 @@ int sg_probe(struct __sk_buff *skb)
 	who->dev = p->dev;
 	who->ino = p->ino;
 	__u32 slot;
-	const struct sg_policy *pol = active_policy(&slot);
+	const struct sg_policy *pol = active_policy(&slot, NULL);
 	if (!pol)
 		return -1;
-	__s32 rule;
-	int verdict = decide(slot, pol, p->exit, p->protocol, who, p->local_addr, p->local_port, p->remote_addr,
-			     p->remote_port, sc, &rule);
+	struct sg_site *at = new_site(sc, 0, 0);  /* decide_at() reads the call's site from here */
+	__builtin_memcpy(at->laddr, p->local_addr, 16);
+	__builtin_memcpy(at->raddr, p->remote_addr, 16);
+	at->lport = p->local_port;
+	at->rport = p->remote_port;
+	int verdict = decide_slot(sc, slot, p->exit & 0xff, p->protocol & 0xff);
+	__s32 rule = sc->decided_rule;
 	return (verdict << 16) | ((rule + 1) & 0xffff);
 }
