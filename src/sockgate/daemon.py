@@ -164,7 +164,8 @@ def signal_daemon(pin_dir: str, sig: int) -> int | None:
 assert kevents.EVENT_FIELDS == ("boot_ns", "ino", "cookie", "dev", "pid", "tid", "uid", "euid", "gid", "egid",
                                 "rule", "generation", "exit", "verdict", "family", "flags", "protocol",
                                 "local_port", "remote_port", "pad", "local_addr", "remote_addr", "comm",
-                                "exe_name", "shadow_rule", "shadow_generation", "shadow_verdict", "pad2"), \
+                                "exe_name", "ngroups", "groups", "shadow_rule", "shadow_generation",
+                                "shadow_verdict", "pad2"), \
     kevents.EVENT_FIELDS
 
 
@@ -180,6 +181,8 @@ class Enricher:
         # the same few addresses and names recur: text made once per distinct raw value
         self.addr = functools.lru_cache(maxsize=65536)(kevents.addr_text)
         self.name = functools.lru_cache(maxsize=65536)(kevents.c_string)
+        self.group_text = functools.lru_cache(maxsize=65536)(
+            lambda raw, n: ",".join(map(str, kevents.group_list(raw, n))))
 
     def user(self, uid: int) -> str | None:
         if uid not in self._users:
@@ -212,8 +215,10 @@ class Enricher:
         Release notices (sockets whose UDP flows are final) go into `released`."""
         out = []
         host, user, program, rule, addr, name = self.host, self.user, self.program, self.rule, self.addr, self.name
+        group_text = self.group_text
         for (boot_ns, ino, cookie, dev, pid, tid, uid, euid, gid, egid, rule_i, gen, exit_i, verdict, family,
-             flags, proto, lport, rport, _pad, laddr, raddr, comm, exe_name, srule, sgen, sverdict, _pad2) in raw:
+             flags, proto, lport, rport, _pad, laddr, raddr, comm, exe_name, ngroups, groups, srule, sgen, sverdict,
+             _pad2) in raw:
             if flags & L.EV_RELEASED:
                 if released is not None:
                     released.add(cookie)
@@ -223,6 +228,8 @@ class Enricher:
             extra = {"comm": name(comm), "real_uid": uid} if known else {"owner": "unknown"}
             if known and ino:  # what a program rule matched on (kernel dev_t:inode); replay uses it
                 extra["exe"] = f"{dev}:{ino}"
+            if known and ngroups:  # and the groups a group rule tested (effective gid first)
+                extra["groups"] = group_text(groups, ngroups)
             extra["protocol"] = _PROTOCOLS.get(proto, proto)
             extra["generation"] = gen
             if flags & L.EV_FLOW:

@@ -202,6 +202,8 @@ class Event(Structure):
         ("remote_addr", c_uint8 * 16),
         ("comm", c_char * 16),
         ("exe_name", c_char * 32),
+        ("ngroups", c_uint32),
+        ("groups", c_uint32 * MAX_GROUPS),
         ("shadow_rule", c_int32),
         ("shadow_generation", c_uint32),
         ("shadow_verdict", c_uint8),

@@ -293,8 +293,6 @@ struct sg_scratch {
 	__u32 hit_membership[SG_MAX_GROUPS];
 	__s32 decided_rule;          /* decide_at()'s rule */
 	__u32 group_index;           /* group_dimension()'s result */
-	struct sg_addr_key addr_key; /* decide_at()'s lookup keys */
-	struct sg_program_key program_key;
 	__s32 shadow_rule;           /* the shadow decision a SG_EV_SHADOW event carries */
 	__u32 shadow_generation;
 	__u32 shadow_verdict;
@@ -352,16 +350,11 @@ static __always_inline const struct sg_bitmap *bitmap(__u32 slot, __u32 index)
 	return bpf_map_lookup_elem(&sg_bitmaps, &k);
 }
 
-/* (The lookup keys of a decision live in the scratch, not on decide_at()'s stack: see there.) */
-static __always_inline const struct sg_bitmap *addr_bitmap(__u32 slot, __u32 side, const __u8 *addr,
-							   struct sg_scratch *sc)
+static __always_inline const struct sg_bitmap *addr_bitmap(__u32 slot, __u32 side, const __u8 *addr)
 {
-	struct sg_addr_key *k = &sc->addr_key;
-	k->prefixlen = 16 + 128;
-	k->slot = slot;
-	k->side = side;
-	__builtin_memcpy(k->addr, addr, 16);
-	__u32 *idx = bpf_map_lookup_elem(&sg_addrs, k);
+	struct sg_addr_key k = { .prefixlen = 16 + 128, .slot = slot, .side = side };
+	__builtin_memcpy(k.addr, addr, 16);
+	__u32 *idx = bpf_map_lookup_elem(&sg_addrs, &k);
 	return idx ? bitmap(slot, *idx) : NULL;
 }
 
@@ -548,23 +541,20 @@ static __always_inline int decide(__u32 slot, const struct sg_policy *pol, __u32
 	struct sg_user_key uk = { .slot = slot, .exit = exit, .uid = who->uid };
 	__u32 *uidx = bpf_map_lookup_elem(&sg_users, &uk);
 	sc.b[0] = bitmap(slot, uidx ? *uidx : pol->user_miss[BOUND(exit, 3)]);
-	struct sg_program_key *pk = &scr->program_key;
-	pk->slot = slot;
-	pk->dev = who->dev;
-	pk->ino = who->ino;
-	__u32 *pidx = bpf_map_lookup_elem(&sg_programs, pk);
+	struct sg_program_key pk = { .slot = slot, .dev = who->dev, .ino = who->ino };
+	__u32 *pidx = bpf_map_lookup_elem(&sg_programs, &pk);
 	sc.b[1] = bitmap(slot, pidx ? *pidx : pol->program_miss);
 	sc.b[2] = scr->group_index == GROUPS_IN_SCRATCH ? &scr->groups : bitmap(slot, scr->group_index);
 	if (exit == SG_EXIT_CONNECT) {
-		sc.b[3] = addr_bitmap(slot, SG_REMOTE, raddr, scr);
+		sc.b[3] = addr_bitmap(slot, SG_REMOTE, raddr);
 		sc.b[4] = port_bitmap(slot, SG_REMOTE, proto, rport);
 		sc.b[5] = sc.b[6] = sc.b[4];
 	} else {
-		sc.b[3] = addr_bitmap(slot, SG_LOCAL, laddr, scr);
+		sc.b[3] = addr_bitmap(slot, SG_LOCAL, laddr);
 		sc.b[4] = port_bitmap(slot, SG_LOCAL, proto, lport);
 		sc.b[5] = sc.b[6] = sc.b[4];
 		if (exit == SG_EXIT_ACCEPT) {
-			sc.b[5] = addr_bitmap(slot, SG_REMOTE, raddr, scr);
+			sc.b[5] = addr_bitmap(slot, SG_REMOTE, raddr);
 			sc.b[6] = port_bitmap(slot, SG_REMOTE, proto, rport);
 		}
 	}
@@ -772,6 +762,8 @@ __attribute__((noinline)) int emit(struct sg_scratch *sc, __u32 what, __s32 rule
 	__builtin_memcpy(e->remote_addr, at->raddr, 16);
 	__builtin_memcpy(e->comm, who->comm, 16);
 	__builtin_memcpy(e->exe_name, who->exe_name, 32);
+	e->ngroups = who->ngroups;
+	__builtin_memcpy(e->groups, who->groups, sizeof(e->groups));
 
 	/* Batched wakeup: rejections wake the reader now; allowed events wait for a full
 	 * batch (the reader also polls with a timeout). */

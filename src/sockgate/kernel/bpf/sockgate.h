@@ -238,6 +238,8 @@ struct sg_event {
 	char  comm[16];
 	char  exe_name[32];          /* file name of the executable: short-lived callers are gone
 	                                before user space could read /proc/PID/exe */
+	__u32 ngroups;               /* groups the decision saw: effective gid first, then up to */
+	__u32 groups[SG_MAX_GROUPS]; /* 31 supplementary (what a group rule tested; replay needs it) */
 	__s32 shadow_rule;           /* SG_EV_SHADOW: what the shadow policy decided */
 	__u32 shadow_generation;
 	__u8  shadow_verdict;
