@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from sockgate.kernel import layout as L
 from sockgate.kernel import libbpf
+from sockgate.kernel.flows import mark_journaled  # noqa: F401  (the same seen-marks as UDP flows)
 
 
 @dataclass(frozen=True)
@@ -46,13 +47,3 @@ def sweep(shadow_fd: int, seen_fd: int, live: tuple[int, int] | None) -> list[Sh
         if total > before or final:
             out.append(ShadowCount(key, total, total - before, final))
     return out
-
-
-def mark_journaled(shadow_fd: int, seen_fd: int, swept: list[ShadowCount]) -> None:
-    """After the summaries are in the journal: remember them, forget final pairs."""
-    for c in swept:
-        if c.final:
-            libbpf.map_delete(shadow_fd, c.key)
-            libbpf.map_delete(seen_fd, c.key)
-        else:
-            libbpf.map_update(seen_fd, c.key, ctypes.c_uint64(c.total))

@@ -897,7 +897,7 @@ __attribute__((noinline)) int shadow_differs(struct sg_scratch *sc, __u32 what, 
  * audit levels ask, and let a shadow policy decide it too. *err gets the policy's errno;
  * *gen and *rule what decided. */
 static __always_inline int judge(__u32 exit, struct sg_scratch *sc, bool is_current, const struct sg_owner *owner,
-				 const struct sg_site *at, __s32 *err, __u32 *gen, __s32 *rule_out)
+				 bool owner_later, const struct sg_site *at, __s32 *err, __u32 *gen, __s32 *rule_out)
 {
 	__s32 rule;
 	__u32 slot, shadow;
@@ -937,8 +937,14 @@ static __always_inline int judge(__u32 exit, struct sg_scratch *sc, bool is_curr
 		}
 	}
 	if (wants_event(verdict, pol->flags, cls == SG_PROTO_UDP)) {
-		if (needs != SG_NEED_ALL)
+		/* an accept decided without its owner (no rule tests it) still journals who owns
+		 * the listener: replay and learn need it (owner_later: the hook skipped the lookup) */
+		if (owner_later && !owner) {
+			owner = find_owner(at->family, at->laddr, at->lport);
 			identify(sc, is_current, owner, SG_NEED_ALL);
+		} else if (needs != SG_NEED_ALL) {
+			identify(sc, is_current, owner, SG_NEED_ALL);
+		}
 		emit(sc, EMIT_WHAT(exit, verdict, is_current), rule, pol->generation);
 	}
 	return verdict;
@@ -1019,7 +1025,7 @@ static __always_inline int judge_out(struct sg_scratch *sc, struct sg_site *at, 
 	}
 	__u32 gen;
 	__s32 rule;
-	int verdict = judge(SG_EXIT_CONNECT, sc, true, NULL, at, err, &gen, &rule);
+	int verdict = judge(SG_EXIT_CONNECT, sc, true, NULL, false, at, err, &gen, &rule);
 	if (!udp)
 		return verdict;
 	struct sg_flow *v = &sc->fval;
@@ -1137,7 +1143,7 @@ static __always_inline int on_bind(struct sg_ctx_sock *ctx, bool v6)
 	__s32 err;
 	__u32 gen;
 	__s32 rule;
-	int verdict = judge(SG_EXIT_LISTEN, sc, true, NULL, at, &err, &gen, &rule);
+	int verdict = judge(SG_EXIT_LISTEN, sc, true, NULL, false, at, &err, &gen, &rule);
 	if (verdict != SG_REJECTED)
 		record_owner(sc, at->cookie, SG_OWNER_BIND_JUDGED, false);
 	return cgroup_verdict(verdict, err);
@@ -1278,7 +1284,7 @@ int sg_listen_cb(struct bpf_sock_ops *raw)
 		__s32 err;
 		__u32 gen;
 		__s32 rule;
-		if (judge(SG_EXIT_LISTEN, sc, true, NULL, at, &err, &gen, &rule) == SG_REJECTED &&
+		if (judge(SG_EXIT_LISTEN, sc, true, NULL, false, at, &err, &gen, &rule) == SG_REJECTED &&
 		    !(flags & SG_OWNER_REFUSED)) {
 			flags |= SG_OWNER_REFUSED;
 			refused_listeners_add(1);
@@ -1320,13 +1326,14 @@ int sg_accept(struct bpf_sk_lookup *raw)
 	at->lport = (__u16)READ_CTX(ctx->local_port);
 	at->rport = bpf_ntohs((__u16)READ_CTX(ctx->remote_port));
 
-	/* the owner is looked up when a rule needs it, or while some listener's listen() was
-	 * refused after the fact (cgroup backend): every connection to it is refused */
-	__u32 slot, zero = 0;
-	const struct sg_policy *pol = active_policy(&slot, NULL);
+	/* the owner is looked up when a rule (active or shadow) needs it, or while some
+	 * listener's listen() was refused after the fact (cgroup backend): every connection to
+	 * it is refused; else only if the decision is journaled (judge's owner_later) */
+	__u32 slot, shadow, zero = 0;
+	const struct sg_policy *pol = active_policy(&slot, &shadow);
 	__s64 *refused = bpf_map_lookup_elem(&sg_refused_listeners, &zero);
 	struct sg_owner *owner = NULL;
-	if ((pol && (pol->needs & SG_NEED_OWNER)) || (refused && *refused > 0))
+	if ((pol && (pol->needs & SG_NEED_OWNER)) || shadow != SHADOW_OFF || (refused && *refused > 0))
 		owner = find_owner(family, at->laddr, at->lport);
 	if (owner && (owner->flags & SG_OWNER_REFUSED)) {
 		identify(sc, false, owner, SG_NEED_ALL);
@@ -1339,7 +1346,7 @@ int sg_accept(struct bpf_sk_lookup *raw)
 	__s32 err;
 	__u32 gen;
 	__s32 rule;
-	int verdict = judge(SG_EXIT_ACCEPT, sc, false, owner, at, &err, &gen, &rule);
+	int verdict = judge(SG_EXIT_ACCEPT, sc, false, owner, true, at, &err, &gen, &rule);
 	return verdict == SG_REJECTED ? SK_DROP : SK_PASS;
 }
 
@@ -1460,7 +1467,7 @@ int sg_ingress(struct __sk_buff *skb)
 	__s32 err;
 	__u32 gen;
 	__s32 rule;
-	int verdict = judge(SG_EXIT_ACCEPT, sc, false, owner, at, &err, &gen, &rule);
+	int verdict = judge(SG_EXIT_ACCEPT, sc, false, owner, false, at, &err, &gen, &rule);
 	if (!(at->flags & SG_EV_UNPARSED)) {
 		struct sg_flow *v = &sc->fval;
 		__builtin_memset(v, 0, sizeof(*v));
@@ -1664,7 +1671,7 @@ int BPF_PROG(sg_lsm_listen, struct socket *sock, int backlog, int ret)
 	__s32 err;
 	__u32 gen;
 	__s32 rule;
-	int verdict = judge(SG_EXIT_LISTEN, sc, true, NULL, at, &err, &gen, &rule);
+	int verdict = judge(SG_EXIT_LISTEN, sc, true, NULL, false, at, &err, &gen, &rule);
 	return lsm_verdict(verdict, err);
 }
 
