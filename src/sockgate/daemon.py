@@ -27,6 +27,7 @@ from sockgate.errors import KernelError, SockgateError, UsageError
 from sockgate.journal import Journal
 from sockgate.kernel import events as kevents
 from sockgate.kernel import flows as kflows
+from sockgate.kernel import folds as kfolds
 from sockgate.kernel import shadow as kshadow
 from sockgate.kernel import layout as L
 from sockgate.kernel import tables
@@ -279,6 +280,27 @@ def flow_summaries(enricher: "Enricher", counts: list[kflows.FlowCount], now_ns:
     return out
 
 
+def fold_summaries(enricher: "Enricher", swept: list[kfolds.FoldCount], now_ns: int) -> list[Entry]:
+    """Summary entries for the rejections counted, not sent, since the last sweep (a user past
+    the policy's fold_rejections per second): one per (user, exit, rule, verdict), extra count."""
+    out = []
+    for c in swept:
+        if c.new <= 0:
+            continue
+        k = c.key
+        exit_name = _EXITS[k.exit]
+        known = k.uid != L.UID_UNKNOWN
+        extra = {"folded": "summary", "count": c.new, "generation": k.generation}
+        if k.udp:
+            extra["protocol"] = "udp"
+        out.append(Entry(
+            Code.SOCKET, (_UDP_ENTRY_TYPES if k.udp else _ENTRY_TYPES)[k.exit], now_ns, Source.KERNEL, enricher.host,
+            _OUTCOMES[k.verdict], enricher.rule(k.rule, k.generation, exit_name),
+            k.uid if known else None, enricher.user(k.uid) if known else None, extra=extra,
+        ))
+    return out
+
+
 def shadow_summaries(enricher: "Enricher", swept: list[kshadow.ShadowCount], now_ns: int) -> list[Entry]:
     """Summary entries (type shadow, extra count) for the calls where the shadow policy
     decided otherwise since the last sweep, one per pair of deciding rules."""
@@ -316,6 +338,7 @@ class Daemon:
         self._last_dropped = 0
         self._released: set[int] = set()   # sockets whose UDP flows are final
         self._next_sweep = 0.0
+        self._next_prune = 0.0
         self._next_detach_check = 0.0
         # Journal writes run on their own thread (the journal's C write path releases the GIL
         # while it hashes, inserts and syncs), in order, through a bounded queue of entry
@@ -620,17 +643,22 @@ class Daemon:
         self._released = set()
         live = (st.generation, st.shadow.generation) if st.shadow else None
         differs = kshadow.sweep(m["sg_shadow"], m["sg_shadow_seen"], live)
-        if not counts and not differs:
+        folded = kfolds.sweep(m["sg_folded"], m["sg_folded_seen"], st.generation)
+        if time.monotonic() >= self._next_prune:
+            self._next_prune = time.monotonic() + 10
+            kfolds.prune_rates(m["sg_rates"])
+        if not counts and not differs and not folded:
             return
         entries = (flow_summaries(self.enricher, counts, now, self.policy.journal_udp, self.policy.journal_rejected)
-                   + shadow_summaries(self.enricher, differs, now))
+                   + shadow_summaries(self.enricher, differs, now) + fold_summaries(self.enricher, folded, now))
         journal = self.journal
 
         def write():
             if entries:
                 journal.append(entries)
             kflows.mark_journaled(m["sg_flows"], m["sg_flows_seen"], counts)
-            kshadow.mark_journaled(m["sg_shadow"], m["sg_shadow_seen"], differs)
+            kflows.mark_journaled(m["sg_shadow"], m["sg_shadow_seen"], differs)
+            kflows.mark_journaled(m["sg_folded"], m["sg_folded_seen"], folded)
 
         self._writes.put(write)
 

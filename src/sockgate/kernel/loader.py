@@ -32,7 +32,7 @@ def state_path(pin_dir: str) -> Path:
 # every map of the object, pinned (a restarted daemon and `status` reopen them)
 MAP_NAMES = ("sg_config", "sg_policy", "sg_rules", "sg_bitmaps", "sg_users", "sg_groups", "sg_programs",
              "sg_addrs", "sg_ports", "sg_owners", "sg_listeners", "sg_listener_cookies", "sg_listener_keys",
-             "sg_flows", "sg_flows_seen", "sg_shadow", "sg_shadow_seen", "sg_refused_listeners", "sg_hits", "sg_stats", "sg_events",
+             "sg_flows", "sg_flows_seen", "sg_shadow", "sg_shadow_seen", "sg_rates", "sg_folded", "sg_folded_seen", "sg_refused_listeners", "sg_hits", "sg_stats", "sg_events",
              "sg_scratch", "sg_sync", "sg_sync_inner", "sg_scope")
 
 # Programs both backends attach: UDP binds (listen rules), socket release (owners, flow
@@ -392,6 +392,7 @@ class Gate:
             "udp_dropped": self._percpu_sum("sg_stats", L.STAT_UDP_DROPPED),
             "flows_full": self._percpu_sum("sg_stats", L.STAT_FLOWS_FULL),
             "shadow_unkeyed": self._percpu_sum("sg_stats", L.STAT_SHADOW_UNKEYED),
+            "folded_unkeyed": self._percpu_sum("sg_stats", L.STAT_FOLDED_UNKEYED),
         }
 
     def hits(self, shadow: bool = False) -> tuple[list[int], list[int]]:

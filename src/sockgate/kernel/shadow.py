@@ -7,7 +7,7 @@ reads each pair's growth since the last sweep. A pair is final, and removed once
 count is journaled, when its generations are no longer the live (active, shadow) pair: the
 shadow was turned off, promoted or replaced, or the active policy reloaded (each waits
 until no program still runs on the old tables, so nothing can add to it after). What is
-journaled already lives in the pinned sg_shadow_seen map, as for UDP flows.
+journaled already lives in the pinned sg_shadow_seen map (flows.mark_journaled).
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 from sockgate.kernel import layout as L
 from sockgate.kernel import libbpf
-from sockgate.kernel.flows import mark_journaled  # noqa: F401  (the same seen-marks as UDP flows)
 
 
 @dataclass(frozen=True)

@@ -148,6 +148,7 @@ def install(gate: Gate, c: Compiled, *, rule_names: list[str] | None = None, sou
         group_miss=c.group_miss,
         group_wild=c.group_wild,
         group_neg=c.group_neg,
+        fold_rate=c.fold_rate,
     )
     for e in range(L.EXITS):
         hdr.user_miss[e] = c.user_miss[e]

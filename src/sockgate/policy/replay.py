@@ -113,10 +113,13 @@ def skip_reason(e) -> str | None:
         return e.rule
     if e.extra.get("flow") == "summary":
         return "udp-summary"
+    if e.extra.get("folded") == "summary":
+        return "folded"
     return None
 
 
-SKIP_WHY = {**SKIP_RULES, "udp-summary": "UDP flow summaries (their flow's decision is its first entry)"}
+SKIP_WHY = {**SKIP_RULES, "udp-summary": "UDP flow summaries (their flow's decision is its first entry)",
+            "folded": "rejection summaries (a user past fold_rejections per second: counted, no addresses)"}
 
 
 def call_of(e) -> Call:

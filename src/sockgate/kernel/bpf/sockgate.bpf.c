@@ -212,6 +212,31 @@ struct {
 	__type(value, __u64);
 } sg_flows_seen SEC(".maps");
 
+/* Rejection folding (see struct sg_rate): per user, and the counts of what was folded. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, SG_RATES_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u32);
+	__type(value, struct sg_rate);
+} sg_rates SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, SG_FOLDED_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct sg_fold_key);
+	__type(value, __u64);
+} sg_folded SEC(".maps");
+
+struct {  /* user space only: how many of them are journaled (as sg_flows_seen) */
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, SG_FOLDED_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct sg_fold_key);
+	__type(value, __u64);
+} sg_folded_seen SEC(".maps");
+
 /* Shadow differences (struct sg_shadow_key) -> calls. The daemon journals the growth. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -315,6 +340,8 @@ struct {
 struct sg_event _sg_event_btf = {};
 struct sg_probe _sg_probe_btf = {};
 struct sg_shadow_key _sg_shadow_key_btf = {};
+struct sg_rate _sg_rate_btf = {};
+struct sg_fold_key _sg_fold_key_btf = {};
 
 static __always_inline void stat_add(__u32 which)
 {
@@ -862,6 +889,50 @@ static __always_inline void identify(struct sg_scratch *sc, bool is_current, con
 	}
 }
 
+/* Rejection folding: 1 if this rejection (`what`: EMIT_WHAT, bit 18 a UDP flow's first
+ * datagram) is counted in sg_folded instead of sent, because its user (sc->who.uid) already
+ * had `rate` rejections journaled in this window. Users past SG_RATES_MAX (thousands of
+ * uids from user namespaces) are folded from their first rejection: still counted. */
+#define EMIT_UDP_FLOW (1 << 18)
+__attribute__((noinline)) int fold(struct sg_scratch *sc, __u32 what, __s32 rule, __u32 gen, __u32 rate)
+{
+	if (!sc || !rate)
+		return 0;
+	__u32 uid = sc->who.uid;
+	__u64 now = bpf_ktime_get_boot_ns();
+	struct sg_rate *r = bpf_map_lookup_elem(&sg_rates, &uid);
+	if (r) {
+		if (now - r->window_ns >= SG_FOLD_WINDOW_NS) {  /* a new window (two CPUs may both reset: */
+			r->window_ns = now;                      /* one rejection more is sent, none lost) */
+			r->events = 0;
+		}
+		if (__sync_fetch_and_add(&r->events, 1) < rate)
+			return 0;
+	} else {
+		struct sg_rate fresh = { .window_ns = now, .events = 1 };
+		if (!bpf_map_update_elem(&sg_rates, &uid, &fresh, BPF_NOEXIST))
+			return 0;
+		if (bpf_map_lookup_elem(&sg_rates, &uid))
+			return 0;  /* another CPU made it first: counted from the next one */
+	}
+	struct sg_fold_key k = { .generation = gen, .uid = uid, .rule = rule, .exit = what & 0xff,
+				 .verdict = (what >> 8) & 0xff, .udp = (what & EMIT_UDP_FLOW) ? 1 : 0 };
+	__u64 *n = bpf_map_lookup_elem(&sg_folded, &k);
+	if (n) {
+		__sync_fetch_and_add(n, 1);
+		return 1;
+	}
+	__u64 one = 1;
+	if (bpf_map_update_elem(&sg_folded, &k, &one, BPF_NOEXIST)) {
+		n = bpf_map_lookup_elem(&sg_folded, &k);
+		if (n)
+			__sync_fetch_and_add(n, 1);
+		else
+			stat_add(SG_STAT_FOLDED_UNKEYED);
+	}
+	return 1;
+}
+
 /* Shadow mode: where the shadow slot's policy decided a call otherwise than the active one
  * (`what`: EMIT_WHAT of the active decision), the pair of deciding rules is counted in
  * sg_shadow, and the first call of a pair is journaled whole as a sample. judge() makes
@@ -945,7 +1016,9 @@ static __always_inline int judge(__u32 exit, struct sg_scratch *sc, bool is_curr
 		} else if (needs != SG_NEED_ALL) {
 			identify(sc, is_current, owner, SG_NEED_ALL);
 		}
-		emit(sc, EMIT_WHAT(exit, verdict, is_current), rule, pol->generation);
+		__u32 what = EMIT_WHAT(exit, verdict, is_current) | ((at->flags & SG_EV_FLOW) ? EMIT_UDP_FLOW : 0);
+		if (verdict == SG_ALLOWED || !fold(sc, what, rule, pol->generation, pol->fold_rate))
+			emit(sc, what & 0x1ffff, rule, pol->generation);
 	}
 	return verdict;
 }
@@ -1339,8 +1412,10 @@ int sg_accept(struct bpf_sk_lookup *raw)
 		identify(sc, false, owner, SG_NEED_ALL);
 		stat_add(SG_STAT_DECISIONS);
 		count_hit(slot, SG_EXIT_ACCEPT, -1);
-		if (pol && wants_event(SG_REJECTED, pol->flags, false))
-			emit(sc, EMIT_WHAT(SG_EXIT_ACCEPT, SG_REJECTED, false), SG_RULE_LISTEN_REFUSED, pol->generation);
+		__u32 what = EMIT_WHAT(SG_EXIT_ACCEPT, SG_REJECTED, false);
+		if (pol && wants_event(SG_REJECTED, pol->flags, false) &&
+		    !fold(sc, what, SG_RULE_LISTEN_REFUSED, pol->generation, pol->fold_rate))
+			emit(sc, what, SG_RULE_LISTEN_REFUSED, pol->generation);
 		return SK_DROP;
 	}
 	__s32 err;

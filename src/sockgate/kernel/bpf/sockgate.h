@@ -18,6 +18,9 @@
 #define SG_LISTENERS_MAX  65536
 #define SG_FLOWS_MAX      262144                /* UDP (socket, peer, direction) flows */
 #define SG_SHADOW_MAX     16384                 /* (rule, shadow rule) pairs that decided apart */
+#define SG_RATES_MAX      65536                 /* users with a recent rejection (fold rate state) */
+#define SG_FOLDED_MAX     16384                 /* (user, exit, rule) with folded rejections */
+#define SG_FOLD_WINDOW_NS 1000000000ULL         /* sg_policy.fold_rate counts per this window */
 #define SG_UID_UNKNOWN    0xfffffffeU           /* accept: listener bound before sockgate started, not found */
 #define SG_RULE_LISTEN_REFUSED (-2)             /* accept: the listener's own listen() was refused */
 #define SG_RULE_UNPARSED  (-3)                  /* a call in scope whose address could not be read */
@@ -32,6 +35,7 @@ enum sg_stat { SG_STAT_DECISIONS = 0, SG_STAT_SELECTED = 1, SG_STAT_DROPPED = 2,
 	       SG_STAT_UDP_DROPPED = 3,   /* inbound datagrams refused */
 	       SG_STAT_FLOWS_FULL = 4,    /* UDP decisions made without a flow slot (table full) */
 	       SG_STAT_SHADOW_UNKEYED = 5, /* shadow differences counted only here (sg_shadow full) */
+	       SG_STAT_FOLDED_UNKEYED = 6, /* folded rejections counted only here (sg_folded full) */
 	       SG_STATS = 8 };
 
 /* struct sg_event.flags */
@@ -86,6 +90,8 @@ struct sg_policy {
 	__u32 group_miss;            /* no caller group is named by any rule */
 	__u32 group_wild;            /* rules without a group field */
 	__u32 group_neg;             /* rules with a negated group field */
+	__u32 fold_rate;             /* rejections journaled one by one per user and window; the rest
+	                                are counted in sg_folded (0: never fold) */
 	__u8  default_verdict[SG_EXITS];
 	__u8  zero;                  /* always 0; see OPAQUE in sockgate.bpf.c */
 };
@@ -151,6 +157,24 @@ struct sg_shadow_key {
 	__u8  exit;
 	__u8  verdict;               /* enum sg_verdict: active */
 	__u8  shadow_verdict;
+	__u8  pad;
+};
+
+/* Rejection folding: a user's rejections in the current window (struct sg_rate, by uid);
+ * past sg_policy.fold_rate they are counted per sg_fold_key instead of sent one by one, so
+ * no user can fill the journal with them, and every one is still counted. */
+struct sg_rate {
+	__u64 window_ns;             /* boot time the window started */
+	__u64 events;                /* rejections in it */
+};
+
+struct sg_fold_key {
+	__u32 generation;
+	__u32 uid;                   /* effective: the caller, or for accept the listener's owner */
+	__s32 rule;
+	__u8  exit;
+	__u8  verdict;
+	__u8  udp;                   /* a UDP flow's first datagram (O/I entries) */
 	__u8  pad;
 };
 
