@@ -372,7 +372,10 @@ class Daemon:
             self.gate = Gate.open(o.pin_dir)
             self.log(f"reopened pinned programs at {o.pin_dir} (enforcement never stopped)")
             # events still buffered from the running generation need its rule names
-            self.enricher.rule_names[self.gate.state.generation] = list(self.gate.state.rule_names)
+            st = self.gate.state
+            self.enricher.rule_names[st.generation] = list(st.rule_names)
+            if st.shadow:  # and a shadow's samples
+                self.enricher.rule_names[st.shadow.generation] = list(st.shadow.rule_names)
             for what, want, have in (("scope cgroup", o.scope_cgroup, self.gate.state.scope_cgroup),
                                      ("netns", o.netns, self.gate.state.netns)):
                 if want and os.path.realpath(want) != os.path.realpath(have):
