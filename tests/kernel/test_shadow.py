@@ -91,6 +91,8 @@ def test_shadow_counts_what_replay_predicts_then_promote_enforces(scope, tmp_pat
     hits = {r["name"]: r["hits"] for r in sh["rule_hits"]}
     assert hits == {"no-7311": 5, "no-accept-7313": 2}
     assert s["policy"]["generation"] == 1  # the enforcing policy is untouched
+    text = _sockgate("status", "--pin-dir", scope.pin_dir).stdout
+    assert "shadow:" in text and "differing: 7 calls" in text and "no-accept-7313" in text, text
 
     # the journal: one sample per pair (who and where), summaries with the exact counts
     def complete(es):
