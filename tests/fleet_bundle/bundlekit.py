@@ -12,20 +12,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "replay"))
 
-from replaykit import NOW, NS, PROG, entry, journal, policy, sockgate  # noqa: E402,F401
+from replaykit import ALLOW_ALL, NO_MAIL, NOW, NS, PROG, entry, journal, policy, sockgate  # noqa: E402,F401
 
 from cryptography.hazmat.primitives.asymmetric import ed25519  # noqa: E402
 
 from sockgate.fleet import bundle as B  # noqa: E402
-
-NO_MAIL = """\
-[[rule]]
-name = "no-mail"
-exit = ["connect"]
-remote_port = [25]
-action = "reject"
-"""
-ALLOW_ALL = "# every exit point allows\n"
 
 
 def new_key():
