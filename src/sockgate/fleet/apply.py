@@ -184,7 +184,7 @@ def replay_gate(bundle: Bundle, journal_dir: str | os.PathLike, against: Policy 
     since = now_ns - bundle.replay_window_ns
     filt = Filter.build(types=DECISION_TYPES, sources=("kernel",), since=since)
     with Journal.open(journal_dir, readonly=True) as j:
-        return replay(j.entries(filter=filt), bundle.policy, against, since_ns=since)
+        return replay(j.entries(filter=filt), bundle.policy, against, since_ns=since, compiled=bundle.compiled)
 
 
 def _daemon_state(pin_dir: str) -> dict[str, Any]:
@@ -308,7 +308,7 @@ def _apply(raw: bytes, res: ApplyResult, state: dict[str, Any], *, trust, group,
             return refuse("daemon-policy", f"the daemon (pid {pid}) loads {oneline(loads) or '?'}, not {policy_path}: "
                           "apply with --policy set to the daemon's policy file")
     alerts = alerts_file or (ALERTS_FILE if os.path.exists(ALERTS_FILE) else None)
-    found, _notes = lockout.check(b.policy, alerts)
+    found, _notes = lockout.check(b.policy, alerts, compiled=b.compiled)
     if found:
         return refuse("lockout", "; ".join(found))
     against = installed_policy(policy_path)

@@ -28,7 +28,7 @@ import json
 import os
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -183,6 +183,7 @@ class Bundle:
     digest: str
     policy_bytes: bytes
     policy: Policy
+    compiled: Any = field(default=None, repr=False, compare=False)   # the policy's compiled tables
 
     def to_dict(self) -> dict[str, Any]:
         """The metadata (for --json and result records); not the policy's bytes."""
@@ -210,15 +211,14 @@ def canonical(obj: dict[str, Any]) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
 
 
-def _parse_policy(data: bytes, source: str) -> Policy:
+def _parse_policy(data: bytes, source: str) -> tuple[Policy, Any]:
     """The policy as `policy check` sees it: parsed and compiled (the compiler also checks
-    that it fits the kernel tables)."""
+    that it fits the kernel tables). (policy, compiled tables)."""
     from sockgate.policy.compile import compile_policy
     from sockgate.policy.parse import parse_policy
 
     policy = parse_policy(data, source)
-    compile_policy(policy)
-    return policy
+    return policy, compile_policy(policy)
 
 
 def sign(policy_bytes: bytes, private, *, version: int, group: str, max_breaks: int = 0,
@@ -238,7 +238,7 @@ def sign(policy_bytes: bytes, private, *, version: int, group: str, max_breaks: 
         raise UsageError(f"--group: {e}") from None
     if len(policy_bytes) > MAX_POLICY:
         raise UsageError(f"{source}: {len(policy_bytes)} bytes; a bundle holds a policy of at most {MAX_POLICY}")
-    policy = _parse_policy(policy_bytes, source)
+    policy, compiled = _parse_policy(policy_bytes, source)
     public = public_of(private)
     fields = {"created_ns": time.time_ns() if created_ns is None else created_ns, "digest": policy.digest,
               "format": FORMAT, "group": group, "key_id": public.key_id, "max_breaks": max_breaks,
@@ -249,7 +249,7 @@ def sign(policy_bytes: bytes, private, *, version: int, group: str, max_breaks: 
                 "signature": base64.b64encode(private.sign(payload)).decode()}
     raw = (json.dumps(envelope, indent=2, sort_keys=True) + "\n").encode()
     return raw, Bundle(version, group, fields["created_ns"], public.key_id, max_breaks, replay_window_ns,
-                       policy.digest, policy_bytes, policy)
+                       policy.digest, policy_bytes, policy, compiled)
 
 
 def _strict_json(data: bytes, what: str) -> Any:
@@ -354,10 +354,10 @@ def verify(raw: bytes, trust: Iterable[PublicKey], source: str = "<bundle>") -> 
     if hashlib.sha256(policy_bytes).hexdigest() != digest:
         raise BundleError(f"{source}: the policy's sha256 is not the digest it was signed with")
     try:
-        policy = _parse_policy(policy_bytes, f"{source}#v{version}")
+        policy, compiled = _parse_policy(policy_bytes, f"{source}#v{version}")
     except (PolicyErrors, SockgateError) as e:
         raise BundleError(f"{source}: version {version}'s policy does not check on this host:\n{e}") from None
-    return Bundle(version, group, created_ns, key_id, max_breaks, window, digest, policy_bytes, policy)
+    return Bundle(version, group, created_ns, key_id, max_breaks, window, digest, policy_bytes, policy, compiled)
 
 
 def read_bundle(path: str | os.PathLike) -> bytes:
