@@ -150,3 +150,8 @@ class PermanentChannelError(ChannelError):
 class BundleError(SockgateError):
     """A policy bundle that cannot be used: unreadable, malformed, not signed by a trusted
     key, or carrying a policy that does not check (sockgate.fleet.bundle)."""
+
+
+class BundlePolicyError(BundleError):
+    """A correctly signed bundle whose policy does not check on this host (a user or a
+    program it names is missing here, a newer policy syntax)."""

@@ -143,6 +143,21 @@ def test_wrong_group_bad_signature_wrong_key(host):
     assert A.read_state(host["fleet"])["groups"] == {}
 
 
+def test_a_policy_that_does_not_check_here_is_its_own_reason(host, tmp_path):
+    """Signed where the program exists, applied where it does not: refused as policy-check,
+    and only after the group and version (a bundle for another group says so)."""
+    prog = tmp_path / "backup-agent"
+    prog.write_text("#!/bin/sh\n")
+    text = f'[[rule]]\nname = "agent"\nexit = ["connect"]\nprogram = ["{prog}"]\naction = "allow"\n'
+    raw, raw_db = signed(KEY, text, version=4), signed(KEY, text, version=4, group="db")
+    prog.unlink()
+    r = apply(host, raw)
+    assert_untouched(host, r, "policy-check")
+    assert "does not check on this host" in r.message and str(prog) in r.message
+    assert apply(host, raw_db).reason == "group"
+    assert A.read_state(host["fleet"])["groups"] == {}
+
+
 def test_the_lockout_guard_refuses(host, monkeypatch):
     """The bundle rejects the SSH session this apply runs in (a real listener stands in for sshd)."""
     srv = socket.socket()
@@ -233,6 +248,13 @@ def test_cli_apply(host):
     r = sockgate("fleet", "policy", "apply", b1, *base, "--json")
     assert r.returncode == 1 and json.loads(r.stdout)["reason"] == "not-newer"
     assert host["policy"].read_text() == NO_MAIL
+    st = sockgate("fleet", "policy", "status", "--fleet-dir", host["fleet"])
+    assert st.returncode == 0 and st.stdout.startswith(f"group web: version 2, sha256 {digest_of(NO_MAIL)}")
+    assert "last apply" in st.stdout and "not-newer: version 1 is not newer than version 2" in st.stdout
+    assert json.loads(sockgate("fleet", "policy", "status", "--fleet-dir", host["fleet"], "--json").stdout
+                      )["groups"]["web"]["version"] == 2
+    r = sockgate("fleet", "policy", "apply", b2, *base, "--group", "we b")
+    assert r.returncode == 2 and "--group" in r.stderr
     # hostile bundle files: a refusal record, no traceback
     for i, raw in enumerate([b"\x00garbage", b"{" * 20000, b'{"format": 5}']):
         f = tmp / f"hostile{i}.json"

@@ -1,4 +1,4 @@
-"""`sockgate fleet policy keygen|sign|verify|apply` (printing only; the work is in
+"""`sockgate fleet policy keygen|sign|verify|apply|status` (printing only; the work is in
 sockgate.fleet.bundle and sockgate.fleet.apply)."""
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ def group() -> None:
       sockgate fleet policy sign policy.toml --key admin.key --version 7 --group web -o web-7.json
       sockgate fleet policy verify web-7.json --trust admin.pub
       sockgate fleet policy apply web-7.json --group web         # on a host, as root
+      sockgate fleet policy status                               # what this host applied
     """
 
 
@@ -154,13 +155,42 @@ def apply_cmd(bundle_file: str, trust: tuple[str, ...], group_name: str | None, 
     scripts and the collector), 2 usage error.
     """
     from sockgate.fleet.apply import apply_bundle, host_group, trusted_keys
-    from sockgate.fleet.bundle import read_bundle
+    from sockgate.fleet.bundle import check_group, read_bundle
 
     group_name = group_name or host_group(fleet_dir)
     if not group_name:
         raise UsageError(f"--group: this host's group is not known ({fleet_dir}/group is missing): give --group")
+    try:
+        check_group(group_name)
+    except ValueError as e:
+        raise UsageError(f"--group: {e}") from None
     result = apply_bundle(read_bundle(bundle_file), trust=trusted_keys(fleet_dir, trust), group=group_name,
                           fleet_dir=fleet_dir, journal_dir=journal_dir, policy_path=policy_file, pin_dir=pin_dir,
                           alerts_file=alerts, reload_timeout=reload_timeout, source=bundle_file)
     click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.text())
     click.get_current_context().exit(result.exit_code)
+
+
+@group.command("status")
+@fleet_dir_option
+@json_option
+def status_cmd(fleet_dir: str, as_json: bool) -> None:
+    """What this host applied: per group the last version, its digest, signer and time,
+    and the last apply's result (refusals included)."""
+    from sockgate.fleet.apply import read_state
+    from sockgate.record import oneline
+
+    state = read_state(fleet_dir)
+    if as_json:
+        click.echo(json.dumps(state, indent=2, sort_keys=True))
+        return
+    if not state["groups"]:
+        click.echo(f"{fleet_dir}: no bundle applied yet")
+    for g, s in sorted(state["groups"].items()):
+        click.echo(f"group {oneline(g)}: version {s['version']}, sha256 {oneline(s.get('digest'))}, "
+                   f"signed by {oneline(s.get('key_id'))}, applied {oneline(s.get('applied'))} "
+                   f"to {oneline(s.get('policy_file'))}")
+    last = state.get("last")
+    if isinstance(last, dict):
+        click.echo(f"last apply ({oneline(last.get('at'))}): {oneline(last.get('result'))}"
+                   + (f", {oneline(last.get('reason'))}: {oneline(last.get('message'))}" if last.get("reason") else ""))

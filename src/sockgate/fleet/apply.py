@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from sockgate import lockout, safedir
-from sockgate.errors import BundleError, PolicyErrors, SockgateError
-from sockgate.fleet.bundle import Bundle, PublicKey, load_trust, verify
+from sockgate.errors import BundleError, BundlePolicyError, PolicyErrors, SockgateError
+from sockgate.fleet.bundle import Bundle, PublicKey, check_policy, load_trust, verify
 from sockgate.locking import lock_exclusive
 from sockgate.policy.model import Policy
 from sockgate.record import ALERTS_FILE, FLEET_DIR, JOURNAL_DIR, POLICY_FILE, format_duration, format_time, oneline
@@ -45,6 +45,7 @@ MAX_GROUPS_REPORTED = 5           # break groups carried in a refusal's result
 # reason codes of a refusal
 REASONS = {
     "bad-bundle": "unreadable, malformed, not signed by a trusted key, or its policy does not check here",
+    "policy-check": "correctly signed, but its policy does not check on this host (a user or program missing here)",
     "group": "the bundle is for another group",
     "not-newer": "the version is not newer than the last applied one (rollback protection)",
     "lockout": "the policy would reject an administrator's session or an alert channel",
@@ -286,7 +287,7 @@ def _apply(raw: bytes, res: ApplyResult, state: dict[str, Any], *, trust, group,
         return res
 
     try:
-        b = verify(raw, trust, source)
+        b = verify(raw, trust, source, policy=False)   # the policy is parsed after the cheap checks
     except BundleError as e:
         return refuse("bad-bundle", str(e))
     res.version, res.digest, res.key_id, res.max_breaks = b.version, b.digest, b.key_id, b.max_breaks
@@ -301,6 +302,10 @@ def _apply(raw: bytes, res: ApplyResult, state: dict[str, Any], *, trust, group,
         return refuse("not-newer", f"version {b.version} is already applied" if same else
                       f"version {b.version} is not newer than version {prev['version']}, applied "
                       f"{prev.get('applied', '?')}: an older or replayed bundle")
+    try:
+        b = check_policy(b)
+    except BundlePolicyError as e:
+        return refuse("policy-check", str(e))
     pid = running_pid(pin_dir)
     if pid:
         loads = _daemon_state(pin_dir).get("policy_source", "")

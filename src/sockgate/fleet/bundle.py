@@ -28,11 +28,11 @@ import json
 import os
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable
 
-from sockgate.errors import BundleError, PolicyErrors, SockgateError, UsageError
+from sockgate.errors import BundleError, BundlePolicyError, PolicyErrors, SockgateError, UsageError
 from sockgate.policy.model import Policy
 from sockgate.record import NS, format_duration, format_time, oneline, parse_duration
 from sockgate.safedir import write_atomic
@@ -182,19 +182,22 @@ class Bundle:
     replay_window_ns: int
     digest: str
     policy_bytes: bytes
-    policy: Policy
+    policy: Policy | None                  # None until check_policy
     compiled: Any = field(default=None, repr=False, compare=False)   # the policy's compiled tables
+    source: str = "<bundle>"
 
     def to_dict(self) -> dict[str, Any]:
         """The metadata (for --json and result records); not the policy's bytes."""
         return {"version": self.version, "group": self.group, "created": format_time(self.created_ns),
                 "key_id": self.key_id, "max_breaks": self.max_breaks,
                 "replay_window": format_duration(self.replay_window_ns), "digest": self.digest,
-                "policy_bytes": len(self.policy_bytes), "rules": len(self.policy.rules)}
+                "policy_bytes": len(self.policy_bytes),
+                "rules": None if self.policy is None else len(self.policy.rules)}
 
     def describe(self) -> str:
         return (f"version {self.version} for group {oneline(self.group)}, signed by {self.key_id} at "
-                f"{format_time(self.created_ns)}: policy sha256 {self.digest} ({len(self.policy.rules)} rules), "
+                f"{format_time(self.created_ns)}: policy sha256 {self.digest}"
+                + (f" ({len(self.policy.rules)} rules)" if self.policy is not None else "") + ", "
                 f"replay gate: at most {self.max_breaks} break{'s' if self.max_breaks != 1 else ''} over "
                 f"{format_duration(self.replay_window_ns)}")
 
@@ -249,7 +252,7 @@ def sign(policy_bytes: bytes, private, *, version: int, group: str, max_breaks: 
                 "signature": base64.b64encode(private.sign(payload)).decode()}
     raw = (json.dumps(envelope, indent=2, sort_keys=True) + "\n").encode()
     return raw, Bundle(version, group, fields["created_ns"], public.key_id, max_breaks, replay_window_ns,
-                       policy.digest, policy_bytes, policy, compiled)
+                       policy.digest, policy_bytes, policy, compiled, source)
 
 
 def _strict_json(data: bytes, what: str) -> Any:
@@ -302,10 +305,11 @@ def _int(obj: dict[str, Any], key: str, lo: int, hi: int = MAX_VERSION) -> int:
     return v
 
 
-def verify(raw: bytes, trust: Iterable[PublicKey], source: str = "<bundle>") -> Bundle:
+def verify(raw: bytes, trust: Iterable[PublicKey], source: str = "<bundle>", *, policy: bool = True) -> Bundle:
     """Check a bundle file's bytes against the trusted keys; the checked Bundle, or a
     BundleError naming the first problem. Nothing of the payload is used before its
-    signature checked out."""
+    signature checked out. policy=False leaves the policy unparsed (Bundle.policy None):
+    `check_policy` later, after cheaper checks."""
     trusted = {k.key_id: k for k in trust}
     if not trusted:
         raise UsageError("no trusted keys: give --trust KEY.pub (the administrator's public key)")
@@ -353,11 +357,18 @@ def verify(raw: bytes, trust: Iterable[PublicKey], source: str = "<bundle>") -> 
         raise BundleError(f"{source}: policy of {len(policy_bytes)} bytes, more than {MAX_POLICY}")
     if hashlib.sha256(policy_bytes).hexdigest() != digest:
         raise BundleError(f"{source}: the policy's sha256 is not the digest it was signed with")
+    b = Bundle(version, group, created_ns, key_id, max_breaks, window, digest, policy_bytes, None, None, source)
+    return check_policy(b) if policy else b
+
+
+def check_policy(b: Bundle) -> Bundle:
+    """The bundle with its policy parsed and compiled on this host (BundlePolicyError if it
+    does not check here: a user or program it names is missing, a newer syntax)."""
     try:
-        policy, compiled = _parse_policy(policy_bytes, f"{source}#v{version}")
+        policy, compiled = _parse_policy(b.policy_bytes, f"{b.source}#v{b.version}")
     except (PolicyErrors, SockgateError) as e:
-        raise BundleError(f"{source}: version {version}'s policy does not check on this host:\n{e}") from None
-    return Bundle(version, group, created_ns, key_id, max_breaks, window, digest, policy_bytes, policy, compiled)
+        raise BundlePolicyError(f"{b.source}: version {b.version}'s policy does not check on this host:\n{e}") from None
+    return replace(b, policy=policy, compiled=compiled)
 
 
 def read_bundle(path: str | os.PathLike) -> bytes:
