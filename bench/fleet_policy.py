@@ -4,8 +4,8 @@
     .venv/bin/python bench/fleet_policy.py                      # 10,000 rules, 200k decisions
     .venv/bin/python bench/fleet_policy.py --rules 16000 --count 1000000 --dir /var/tmp/sg-apply
 
-The journal is written through Journal.append from sockgate.policy.synth (24 h span), once
-per --dir and reused. No daemon runs: apply ends "installed" (file swapped, state written).
+The journal is written as bench/policy_replay.py writes it (sockgate.policy.synth through
+Journal.append), over the last 24 h, once per --dir and reused. No daemon runs: apply ends "installed" (file swapped, state written).
 """
 
 from __future__ import annotations
@@ -21,12 +21,10 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from cryptography.hazmat.primitives.asymmetric import ed25519  # noqa: E402
 
+from policy_replay import generate  # noqa: E402  (bench/ is the script's directory)
+
 from sockgate.fleet import apply as A  # noqa: E402
 from sockgate.fleet import bundle as B  # noqa: E402
-from sockgate.journal import Journal  # noqa: E402
-from sockgate.policy.synth import decisions  # noqa: E402
-
-DAY = 86400 * 10**9
 
 
 def big_policy(n: int) -> bytes:
@@ -50,19 +48,14 @@ def main() -> None:
     ap.add_argument("--count", type=int, default=200_000, help="journaled decisions in the last 24 h")
     ap.add_argument("--dir", type=Path, help="keep the journal here (reused when present)")
     args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="sg-bundle-bench-"))
+    with tempfile.TemporaryDirectory(prefix="sg-bundle-bench-") as tmp:
+        run(args, Path(tmp))
+
+
+def run(args: argparse.Namespace, work: Path) -> None:
     jdir = args.dir or work / "journal"
     if not jdir.exists() or not any(jdir.iterdir()):
-        with Journal.open(jdir, create=True, sync="OFF") as j:
-            batch = []
-            for e in decisions(args.count, 7, start_ns=time.time_ns() - DAY + 60 * 10**9, span_ns=DAY - 120 * 10**9,
-                               hard=True):
-                batch.append(e)
-                if len(batch) == 10_000:
-                    j.append(batch)
-                    batch = []
-            if batch:
-                j.append(batch)
+        generate(jdir, args.count, days=1)
     key = ed25519.Ed25519PrivateKey.generate()
     text = big_policy(args.rules)
     (raw, bundle), t_sign = timed(B.sign, text, key, version=1, group="bench", max_breaks=2**62)

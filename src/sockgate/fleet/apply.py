@@ -1,10 +1,11 @@
 """Apply a signed policy bundle on this host, behind the replay gate.
 
-    verify (trusted key, shape, digest, the policy checks here) -> group -> version newer
-    than the last applied (rollback protection) -> lock-out guard -> replay gate (this
-    host's kernel decisions over the bundle's window: the bundle's policy against the
-    installed one, at most max_breaks would break) -> swap the policy file atomically ->
-    the running daemon reloads it (SIGHUP) and reports the bundle's digest
+    verify (size, shape, trusted key's signature, digest) -> group -> version newer than
+    the last applied (rollback protection) -> the policy checks on this host -> a running
+    daemon loads that policy file -> lock-out guard -> replay gate (this host's kernel
+    decisions over the bundle's window: the bundle's policy against the installed one, at
+    most max_breaks would break) -> swap the policy file atomically -> the running daemon
+    reloads it (SIGHUP) and reports the bundle's digest
 
 Every refusal leaves the policy file and the state as they were. The state file
 (`<fleet dir>/policy-state.json`, written atomically) keeps, per group, the last applied
@@ -44,7 +45,7 @@ MAX_GROUPS_REPORTED = 5           # break groups carried in a refusal's result
 
 # reason codes of a refusal
 REASONS = {
-    "bad-bundle": "unreadable, malformed, not signed by a trusted key, or its policy does not check here",
+    "bad-bundle": "unreadable, malformed, or not signed by a trusted key",
     "policy-check": "correctly signed, but its policy does not check on this host (a user or program missing here)",
     "group": "the bundle is for another group",
     "not-newer": "the version is not newer than the last applied one (rollback protection)",
