@@ -10,6 +10,8 @@ import os
 import socket
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from bundlekit import ALLOW_ALL, NO_MAIL, NOW, NS, B, entry, journal, new_key, policy, signed, sockgate
 
 from sockgate.errors import BundleError, JournalError
@@ -195,6 +197,21 @@ def test_host_problems_raise_and_touch_nothing(host):
     with pytest.raises(BundleError, match="not safe to use"):
         apply(host, raw)
     assert host["policy"].read_text() == CURRENT
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.binary(max_size=300) | st.builds(lambda r, i, b: r[:i] + bytes([b]) + r[i + 1:],
+                                           st.just(signed(KEY, ALLOW_ALL, version=50)),
+                                           st.integers(0, 600), st.integers(0, 255)))
+def test_hostile_bytes_never_apply(host, raw):
+    """Random bytes, or a real bundle with one byte changed: refused (or, if the byte was
+    whitespace in the envelope, the real bundle), never a traceback, never a half-written file."""
+    r = apply(host, raw)
+    if r.result == "refused":
+        assert r.reason in ("bad-bundle", "not-newer") and host["policy"].read_text() in (CURRENT, ALLOW_ALL)
+    else:
+        assert r.version == 50 and host["policy"].read_text() == ALLOW_ALL
+    assert not [p for p in os.listdir(host["tmp"]) if p.endswith(".tmp")]
 
 
 def test_a_missing_policy_file_is_created(host):

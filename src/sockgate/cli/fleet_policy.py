@@ -141,10 +141,11 @@ def apply_cmd(bundle_file: str, trust: tuple[str, ...], group_name: str | None, 
     \b
     In order, each step refusing with the old policy left in place:
       signature by a trusted key; the bundle's group is this host's; its version is newer
-      than the last applied (rollback protection); the lock-out guard; the replay gate:
-      this host's journaled kernel decisions of the bundle's window (24h by default)
-      replayed through the bundle's policy against the installed one, at most
-      --max-breaks (as signed) may break.
+      than the last applied (rollback protection); its policy checks on this host; a
+      running daemon loads --policy; the lock-out guard; the replay gate: this host's
+      journaled kernel decisions of the bundle's window (24h by default) replayed through
+      the bundle's policy against the installed one, at most --max-breaks (as signed)
+      may break.
     Then the policy file is replaced atomically and the running daemon reloads it
     (SIGHUP) and must report the bundle's digest; if it refuses, the old file is put back.
     With no daemon running the file is still replaced ("installed": the next
