@@ -30,6 +30,7 @@ JOURNAL_DIR = "/var/lib/sockgate/journal"
 MONITOR_STATE_DIR = "/var/lib/sockgate/monitor"
 POLICY_FILE = "/etc/sockgate/policy.toml"
 ALERTS_FILE = "/etc/sockgate/alerts.toml"
+FLEET_DIR = "/etc/sockgate/fleet"          # enrolment, trusted policy keys, applied-bundle state
 
 
 # ----------------------------------------------------------------------------- enums

@@ -389,10 +389,11 @@ class Report:
 
 
 def replay(entries: Iterable, candidate: Policy, against: Policy | None = None, *,
-           since_ns: int | None = None, until_ns: int | None = None) -> Report:
-    """Replay decision-type entries (any others are ignored) through `candidate`. The old
-    outcome is the journaled one, or `against`'s. Streams: one pass, bounded state."""
-    new = Evaluator(candidate)
+           since_ns: int | None = None, until_ns: int | None = None, compiled: Compiled | None = None) -> Report:
+    """Replay decision-type entries (any others are ignored) through `candidate` (`compiled`:
+    its tables, if the caller has them). The old outcome is the journaled one, or
+    `against`'s. Streams: one pass, bounded state."""
+    new = Evaluator(candidate, compiled)
     old = Evaluator(against) if against is not None else None
     rep = Report(candidate.source, against.source if against is not None else None, since_ns, until_ns)
     groups, skipped, reasons = rep.groups, rep.skipped, rep.reasons
