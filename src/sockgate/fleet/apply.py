@@ -212,7 +212,7 @@ def _reload(pin_dir: str, bundle: Bundle, journal_dir: str | os.PathLike, timeou
     def journal_last() -> int:
         try:
             with Journal.open(journal_dir, readonly=True) as j:
-                return j.last_seq()
+                return j.last_seq
         except SockgateError:
             return 0
 
