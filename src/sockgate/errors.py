@@ -145,3 +145,12 @@ class ChannelError(SockgateError):
 
 class PermanentChannelError(ChannelError):
     """The receiver refused this message for good (it is kept as dead, not retried)."""
+
+
+class FleetError(SockgateError):
+    """The fleet: collector, shipper, central store (PostgreSQL), enrolment."""
+
+
+class FleetRefused(FleetError):
+    """The collector refused a request (enrolment, a segment), with its reason."""
+    exit_code = 1

@@ -62,9 +62,9 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from sockgate.cli import daemon, ibmi, journal, monitor, policy
+    from sockgate.cli import daemon, fleet, ibmi, journal, monitor, policy
 
-    for module in (daemon, policy, journal, ibmi, monitor):
+    for module in (daemon, policy, journal, ibmi, monitor, fleet):
         module.register(cli)
 
 
