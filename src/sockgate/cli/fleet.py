@@ -106,6 +106,35 @@ def enroll_cmd(server: str, token: str, name: str, fleet_dir: str, journal_dir: 
         click.echo(f"the collector now holds the verification key: move {journal_dir}/verification.key off this host")
 
 
+@group.command("ship")
+@click.option("--fleet-dir", default="/etc/sockgate/fleet", show_default=True, type=click.Path(file_okay=False))
+@journal_option
+@click.option("--once", is_flag=True, help="Ship what is sealed now, then exit (exit 1 if the collector refused).")
+def ship_cmd(fleet_dir: str, journal_dir: str, once: bool) -> None:
+    """Ship the journal to the collector without the daemon (what `sockgate run
+    --fleet-dir` does in a thread): for a host that only imports IBM i exports, or a
+    catch-up. Only sealed entries are shipped; the daemon seals every 60 s (and sooner
+    when it ships)."""
+    import signal
+    import threading
+
+    from sockgate.fleet.ship import Shipper
+
+    s = Shipper(fleet_dir, journal_dir, log=lambda m: click.echo(oneline(m), err=True))
+    if once:
+        try:
+            click.echo(f"collector holds {s.info['name']} through seq {s.ship_once()}")
+        finally:
+            s.close()
+        return
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        s.run(stop)
+    except KeyboardInterrupt:
+        pass
+
+
 def _conn(db: str):
     from sockgate.fleet import store
 

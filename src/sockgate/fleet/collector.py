@@ -334,6 +334,8 @@ class Ingest:
                                "missing)", shipped_seq=shipped)
         elif first == shipped + 1:
             base_ok = hmac.compare_digest(prev_h, bytes(h["head_hash"]))
+        elif first == held_from:
+            base_ok = hmac.compare_digest(prev_h, bytes(h["base_hash"]))
         elif first > held_from:
             got = conn.execute("SELECT hash FROM entry WHERE host_id = %s AND seq = %s", (h["id"], first - 1)).fetchone()
             base_ok = got is not None and hmac.compare_digest(prev_h, bytes(got[0]))

@@ -287,3 +287,16 @@ class Shipper:
                 delay = min(30.0, max(0.5, delay * 2))
             stop.wait(delay)
         self.close()
+
+
+def start_shipper(fleet_dir: str | os.PathLike, journal_dir: str | os.PathLike, stop: threading.Event,
+                  log: Callable[[str], None], **kw: Any) -> threading.Thread:
+    """The daemon's shipper thread (sockgate run --fleet-dir). Reads the fleet directory
+    first, so a host that is not enrolled fails here, before anything starts."""
+    shipper = Shipper(fleet_dir, journal_dir, log=log, **kw)
+    if shipper.info["journal"] != read_journal_meta(Path(journal_dir))["id"]:
+        raise FleetError(f"{fleet_dir}: enrolled for journal {shipper.info['journal']}, not for {journal_dir}")
+    t = threading.Thread(target=shipper.run, args=(stop,), name="fleet-shipper", daemon=True)
+    t.start()
+    log(f"shipping {journal_dir} to {shipper.info['server']} as {shipper.info['name']}")
+    return t
