@@ -51,7 +51,8 @@ def enrolled(collector, hosts):
 
 def test_token_one_time_and_pinned(collector, hosts, tmp_path):
     a, b = hosts("a"), hosts("b")
-    tok = collector.token()
+    tok = collector.token(cli=True)
+    assert tok.startswith("sgft1:") and tok.endswith(pki.CA.open(collector.state).fingerprint)
     enroll(collector.url, tok, "a", a.fleet_dir, a.journal_dir)
     with pytest.raises(FleetRefused, match="already used"):
         enroll(collector.url, tok, "b", b.fleet_dir, b.journal_dir)

@@ -31,6 +31,7 @@ needs no ASGI stack for four endpoints.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import ipaddress
 import json
@@ -78,11 +79,19 @@ class Refused(Exception):
         self.status, self.reason, self.more = status, reason, more
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def _inet(addr: Any) -> str | None:
     """The inet value of a stored address (IPv4-mapped IPv6 as IPv4, like the journal's
-    keys, so one CIDR finds both spellings); None when it is not an address."""
+    keys, so one CIDR finds both spellings); None when it is not an address. Cached: the
+    same addresses recur."""
     if not isinstance(addr, str) or not addr:
         return None
+    if ":" not in addr:   # the common case, in C: IPv4 in its one canonical spelling
+        try:
+            if socket.inet_ntop(socket.AF_INET, socket.inet_pton(socket.AF_INET, addr)) == addr:
+                return addr
+        except OSError:
+            pass
     try:
         ip = ipaddress.ip_address(addr.split("%", 1)[0])
     except ValueError:
@@ -103,28 +112,19 @@ def _pg_text_ok(v: str) -> bool:
 
 
 def check_row(row: Any, i: int) -> list:
-    """One segment row, type-checked: FIELDS values as the host stored them, then the hash."""
-    if not isinstance(row, list) or len(row) != _NF + 1:
+    """One segment row: FIELDS values as the host stored them, then the hash. Only the
+    shape and the hash are checked here; the values' types are checked by PostgreSQL's
+    COPY into typed columns (a text where a number belongs fails the whole segment, which
+    is then refused and rolled back), the chain hash covers their exact JSON."""
+    if type(row) is not list or len(row) != _NF + 1:
         raise Refused(400, f"row {i}: expected {_NF} fields and a hash")
-    for j, (name, v) in enumerate(zip(FIELDS, row)):
-        must, kind = _KINDS.get(name, (None, None))
-        if v is None:
-            if must is False:
-                raise Refused(400, f"row {i}: {name} is missing")
-            continue
-        if kind is None:
-            kind = int if name in ("uid", "gid", "pid", "local_port", "remote_port") else str
-        if type(v) is not kind or (kind is int and not -_BIG <= v < _BIG):
-            raise Refused(400, f"row {i}: {name} is not a valid {'number' if kind is int else 'text'}")
-        if j in _PORTS and not 0 <= v <= 65535:
-            raise Refused(400, f"row {i}: {name} out of range")
     h = row[_NF]
     try:
-        row[_NF] = bytes.fromhex(h) if isinstance(h, str) else None
-    except ValueError:
-        row[_NF] = None
-    if row[_NF] is None or len(row[_NF]) != 32:
-        raise Refused(400, f"row {i}: hash is not 32 bytes of hex")
+        row[_NF] = bytes.fromhex(h)
+    except (TypeError, ValueError):
+        raise Refused(400, f"row {i}: hash is not hex") from None
+    if len(row[_NF]) != 32 or type(row[0]) is not int or type(row[1]) is not int:
+        raise Refused(400, f"row {i}: hash is not 32 bytes, or seq/ts_ns not numbers")
     return row
 
 
@@ -264,7 +264,9 @@ class Ingest:
         return {"host": host["name"], "shipped_seq": host["shipped_seq"], "head_hash": bytes(host["head_hash"]).hex(),
                 "next_epoch": host["next_epoch"], "flag": host["flag"]}
 
-    def segment(self, host: dict, body: Any) -> Result:
+    def segment(self, host: dict, body: Any, *, plain: bool = False) -> Result:
+        """plain: the raw body held no escaped NUL or surrogate (checked on the bytes), so
+        every text value is a valid PostgreSQL text and no per-value check is needed."""
         if not isinstance(body, dict):
             raise Refused(400, "a segment is a JSON object")
         first, prev, rows, seals = body.get("first_seq"), body.get("prev_hash"), body.get("rows"), body.get("seals")
@@ -305,23 +307,27 @@ class Ingest:
         for s in seals:
             if s.seq not in at or not hmac.compare_digest(at[s.seq], s.hash):
                 raise Refused(409, f"seal {s.epoch} at seq {s.seq} does not match the segment's chain")
-        return self._store(host, first, prev_h, rows, seals, last)
+        return self._store(host, first, prev_h, rows, seals, last, plain)
 
-    def _store(self, host: dict, first: int, prev_h: bytes, rows: list, seals: list, last: int) -> Result:
-        self.partitions.ensure({r[1] for r in rows})
+    def _store(self, host: dict, first: int, prev_h: bytes, rows: list, seals: list, last: int,
+               plain: bool) -> Result:
+        self.partitions.ensure({r[1] // store.DAY_NS * store.DAY_NS for r in rows})
         conn = self.conn()
         try:
             with conn.transaction():
                 cur = conn.execute("SELECT * FROM host WHERE id = %s FOR UPDATE", (host["id"],))
                 h = dict(zip([c.name for c in cur.description], cur.fetchone()))
-                return self._store_locked(conn, h, first, prev_h, rows, seals, last)
+                return self._store_locked(conn, h, first, prev_h, rows, seals, last, plain)
         except Flagged as f:   # committed the flag; refuse
             raise Refused(409, f.reason, shipped_seq=f.shipped) from None
+        except psycopg.errors.DataError as e:   # a value of the wrong type for its column
+            raise Refused(400, f"a row holds a value of the wrong type: {str(e).strip()[:300]}") from None
         except psycopg.Error as e:
             self.drop_conn()
             raise Refused(503, f"database: {str(e).strip()}") from None
 
-    def _store_locked(self, conn, h: dict, first: int, prev_h: bytes, rows: list, seals: list, last: int) -> Result:
+    def _store_locked(self, conn, h: dict, first: int, prev_h: bytes, rows: list, seals: list, last: int,
+                      plain: bool) -> Result:
         shipped, name = h["shipped_seq"], h["name"]
         if h["flag"]:
             raise Refused(409, f"{name} is flagged: {h['flag']}", shipped_seq=shipped)
@@ -380,7 +386,7 @@ class Ingest:
             hid = h["id"]
             for r in new:
                 raw, vals = None, r[:_NF]
-                if any(isinstance(v, str) and not _pg_text_ok(v) for v in vals):
+                if not plain and any(isinstance(v, str) and not _pg_text_ok(v) for v in vals):
                     # PostgreSQL text holds no NUL: the columns get a readable stand-in, `raw`
                     # the exact values (ASCII JSON), which verify hashes instead
                     raw = json.dumps(vals, ensure_ascii=True, separators=(",", ":"))
@@ -437,7 +443,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def _body(self) -> Any:
+    def _body(self, want_raw: bool = False) -> Any:
         try:
             n = int(self.headers.get("Content-Length", ""))
         except ValueError:
@@ -446,7 +452,8 @@ class _Handler(BaseHTTPRequestHandler):
             raise Refused(413, f"body larger than {MAX_BODY} bytes")
         data = self.rfile.read(n)
         try:
-            return json.loads(data)
+            obj = json.loads(data)
+            return (obj, b"\\u0000" not in data and b"\\ud" not in data and b"\\uD" not in data) if want_raw else obj
         except (ValueError, RecursionError):
             raise Refused(400, "body is not JSON") from None
 
@@ -467,8 +474,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(200, ingest.state(self._host()))
             elif method == "POST" and self.path == "/v1/segment":
                 host = self._host()
-                body = self._body()
-                r = ingest.segment(host, body)
+                body, plain = self._body(want_raw=True)
+                r = ingest.segment(host, body, plain=plain)
                 self._send(200, {"host": host["name"], "shipped_seq": r.shipped_seq, "stored": r.stored,
                                  "duplicate": r.duplicate})
             else:
