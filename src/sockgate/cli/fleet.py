@@ -254,9 +254,9 @@ def verify_cmd(db: str, state_dir: str | None, hosts: tuple[str, ...], as_json: 
     with _conn(db) as conn:
         reps = verify(conn, state_dir, hosts)
     bad = [r for r in reps if not r.ok]
-    if as_json:
-        click.echo(json.dumps([r.to_dict() for r in reps], indent=1))
-    else:
+    if as_json and not bad:
+        click.echo(json.dumps({"ok": True, "hosts": [r.to_dict() for r in reps]}, indent=1))
+    elif not as_json:
         for r in reps:
             span = f"seq {r.first_seq}..{r.last_seq}" if r.last_seq else "nothing shipped"
             state = "OK" if r.ok else f"FAILED at seq {r.bad_seq}: {r.error}"
@@ -266,8 +266,10 @@ def verify_cmd(db: str, state_dir: str | None, hosts: tuple[str, ...], as_json: 
                 click.echo(oneline(f"warning: {r.host}: {w}"), err=True)
     if bad:
         first = bad[0]
-        raise VerifyError(f"fleet verify FAILED for {len(bad)} host(s); first: {first.host} at seq {first.bad_seq}: "
-                          f"{first.error}", seq=first.bad_seq)
+        e = VerifyError(f"fleet verify FAILED for {len(bad)} host(s); first: {first.host} at seq {first.bad_seq}: "
+                        f"{first.error}", seq=first.bad_seq)
+        e.details = {"hosts": [r.to_dict() for r in reps]}   # the JSON rendering carries every host
+        raise e
 
 
 def register(cli: click.Group) -> None:

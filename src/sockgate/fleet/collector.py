@@ -317,9 +317,11 @@ class Ingest:
             with conn.transaction():
                 cur = conn.execute("SELECT * FROM host WHERE id = %s FOR UPDATE", (host["id"],))
                 h = dict(zip([c.name for c in cur.description], cur.fetchone()))
-                return self._store_locked(conn, h, first, prev_h, rows, seals, last, plain)
-        except Flagged as f:   # committed the flag; refuse
-            raise Refused(409, f.reason, shipped_seq=f.shipped) from None
+                try:
+                    return self._store_locked(conn, h, first, prev_h, rows, seals, last, plain)
+                except Flagged as f:   # the flag is committed (leaving the block normally), then refused
+                    flagged = f
+            raise Refused(409, flagged.reason, shipped_seq=flagged.shipped)
         except psycopg.errors.DataError as e:   # a value of the wrong type for its column
             raise Refused(400, f"a row holds a value of the wrong type: {str(e).strip()[:300]}") from None
         except psycopg.Error as e:
