@@ -53,7 +53,7 @@ def make_journal(d: Path, n: int, seed: int) -> None:
         j.append(batch)
 
 
-def bench_ingest(pg: pgserver.PgServer, agents: int, n: int, tmp: Path) -> dict:
+def bench_ingest(pg: pgserver.PgServer, agents: int, n: int, tmp: Path, workers: int = 1) -> dict:
     from sockgate.fleet.collector import new_token
     from sockgate.fleet.ship import enroll
 
@@ -61,7 +61,7 @@ def bench_ingest(pg: pgserver.PgServer, agents: int, n: int, tmp: Path) -> dict:
     state = tmp / "collector"
     log = open(tmp / "collector.log", "wb")
     col = subprocess.Popen([sys.executable, "-c", CLI, "collector", "--db", pg.url, "--listen", f"127.0.0.1:{port}",
-                            "--state", str(state)], env=ENV, stdout=log, stderr=log)
+                            "--state", str(state), "--workers", str(workers)], env=ENV, stdout=log, stderr=log)
     try:
         for _ in range(300):
             try:
@@ -87,7 +87,12 @@ def bench_ingest(pg: pgserver.PgServer, agents: int, n: int, tmp: Path) -> dict:
         wall = time.monotonic() - t0
     finally:
         col.terminate()
-        col.wait(10)
+        try:
+            col.wait(30)
+        except subprocess.TimeoutExpired:
+            print("  collector did not stop in 30 s after SIGTERM: killed", flush=True)
+            col.kill()
+            col.wait(10)
     with psycopg.connect(pg.url) as c:
         total, distinct = c.execute("SELECT count(*), count(DISTINCT (host_id, seq)) FROM sockgate.entry").fetchone()
     want = sum(_last_seq(h / "journal") for h in hosts)
@@ -157,6 +162,7 @@ def main() -> None:
     ap.add_argument("--agents", type=int, default=10)
     ap.add_argument("--entries", type=int, default=50_000, help="per agent")
     ap.add_argument("--query-rows", type=int, default=10_000_000)
+    ap.add_argument("--workers", type=int, default=1, help="collector processes")
     ap.add_argument("--skip-ingest", action="store_true")
     ap.add_argument("--skip-query", action="store_true")
     a = ap.parse_args()
@@ -164,8 +170,8 @@ def main() -> None:
         os.chmod(tmp, 0o700)
         if not a.skip_ingest:
             with pgserver.PgServer(fsync=True) as pg:
-                r = bench_ingest(pg, a.agents, a.entries, Path(tmp))
-                print(f"ingest: {r['stored']} of {r['entries']} entries from {r['agents']} agents in {r['wall_s']:.1f}s "
+                r = bench_ingest(pg, a.agents, a.entries, Path(tmp), a.workers)
+                print(f"ingest ({a.workers} collector worker(s)): {r['stored']} of {r['entries']} entries from {r['agents']} agents in {r['wall_s']:.1f}s "
                       f"= {r['per_s']:,.0f} entries/s; lost {r['lost']}, twice {r['twice']}; exits {r['exit_codes']}")
         if not a.skip_query:
             with pgserver.PgServer(fsync=False) as pg:

@@ -33,7 +33,9 @@ def _log(msg: str) -> None:
 @state_option
 @click.option("--name", "names", multiple=True, metavar="DNS",
               help="Another name hosts reach the collector by (in its certificate). Repeatable.")
-def collector_cmd(db: str, listen: str, state_dir: str, names: tuple[str, ...]) -> None:
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Processes serving the one listening socket (each with its own database connections).")
+def collector_cmd(db: str, listen: str, state_dir: str, names: tuple[str, ...], workers: int) -> None:
     """Receive sealed journal segments from enrolled hosts into PostgreSQL.
 
     \b
@@ -42,14 +44,11 @@ def collector_cmd(db: str, listen: str, state_dir: str, names: tuple[str, ...]) 
     host's chain and its seals check; one transaction per segment."""
     from sockgate.fleet.collector import open_collector
 
+    from sockgate.fleet.collector import serve
+
     srv = open_collector(db, listen, state_dir, names=list(names), log=_log)
-    _log(f"listening on https://{listen} (CA fingerprint {srv.ingest.ca.fingerprint})")
-    try:
-        srv.serve_forever(poll_interval=0.5)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        srv.server_close()
+    _log(f"listening on https://{listen} with {workers} worker(s) (CA fingerprint {srv.ingest.ca.fingerprint})")
+    serve(srv, workers)
 
 
 @click.group("fleet")

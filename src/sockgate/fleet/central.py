@@ -23,11 +23,10 @@ from typing import Any, Iterator
 
 from sockgate.errors import FleetError, JournalError
 from sockgate.fleet import store
-from sockgate.fleet.collector import _inet
 from sockgate.journal import seal as sealing
 from sockgate.journal.query import Filter, is_uid
 from sockgate.journal.store import FIELDS, ZERO_HASH, chain_next, row_to_entry
-from sockgate.record import Entry, Outcome, unmap_network
+from sockgate.record import Entry, unmap_network
 
 _COLS = ", ".join(f'e."{c}"' for c in FIELDS)
 _NF = len(FIELDS)
@@ -290,7 +289,7 @@ def _verify_host(conn: Any, h: dict, ca: Any, rep: HostVerify) -> None:
                 raise _Bad(seq, f"entry {seq} was altered (hash mismatch)")
             for got, addr, name in ((row[_NF + 2], vals[FIELDS.index("local_addr")], "local_inet"),
                                     (row[_NF + 3], vals[FIELDS.index("remote_addr")], "remote_inet")):
-                if got != _inet(addr):
+                if got != store.inet(addr):
                     raise _Bad(seq, f"entry {seq} was altered ({name} does not match its address)")
             if si < len(seals) and seals[si].seq == seq:
                 if not hmac.compare_digest(seals[si].hash, hh):

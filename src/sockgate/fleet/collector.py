@@ -31,7 +31,6 @@ needs no ASGI stack for four endpoints.
 
 from __future__ import annotations
 
-import functools
 import hmac
 import ipaddress
 import json
@@ -49,7 +48,7 @@ from sockgate import safedir
 from sockgate.errors import FleetError, FleetRefused, JournalError
 from sockgate.fleet import pki, store
 from sockgate.journal import seal as sealing
-from sockgate.journal.store import FIELDS, canonical, chain_next
+from sockgate.journal.store import FIELDS, chain_next
 
 try:
     import psycopg
@@ -77,28 +76,6 @@ class Refused(Exception):
     def __init__(self, status: int, reason: str, **more: Any):
         super().__init__(reason)
         self.status, self.reason, self.more = status, reason, more
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def _inet(addr: Any) -> str | None:
-    """The inet value of a stored address (IPv4-mapped IPv6 as IPv4, like the journal's
-    keys, so one CIDR finds both spellings); None when it is not an address. Cached: the
-    same addresses recur."""
-    if not isinstance(addr, str) or not addr:
-        return None
-    if ":" not in addr:   # the common case, in C: IPv4 in its one canonical spelling
-        try:
-            if socket.inet_ntop(socket.AF_INET, socket.inet_pton(socket.AF_INET, addr)) == addr:
-                return addr
-        except OSError:
-            pass
-    try:
-        ip = ipaddress.ip_address(addr.split("%", 1)[0])
-    except ValueError:
-        return None
-    if ip.version == 6 and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return str(ip)
 
 
 def _pg_text_ok(v: str) -> bool:
@@ -394,7 +371,7 @@ class Ingest:
                     raw = json.dumps(vals, ensure_ascii=True, separators=(",", ":"))
                     vals = [v.replace("\x00", "\ufffd").encode("utf-8", "replace").decode()
                             if isinstance(v, str) else v for v in vals]
-                cp.write_row((hid, *vals, _inet(r[_I_LADDR]), _inet(r[_I_RADDR]), raw, r[_NF], now))
+                cp.write_row((hid, *vals, store.inet(r[_I_LADDR]), store.inet(r[_I_RADDR]), raw, r[_NF], now))
                 if r[_I_TYPE] == "policy":
                     try:
                         digest = str(json.loads(r[_I_EXTRA]).get("digest"))[:128]
@@ -518,6 +495,51 @@ class CollectorServer(ThreadingHTTPServer):
         if isinstance(exc, (_Dropped, ConnectionError, TimeoutError, ssl.SSLError)):
             return
         self.note(f"internal error serving {client_address[0]}: {exc!r}")
+
+
+def serve(srv: CollectorServer, workers: int = 1) -> None:
+    """Serve until SIGTERM/SIGINT. workers > 1: that many processes accept on the one
+    socket (forked after binding; each dies with the parent, PR_SET_PDEATHSIG), so Python's
+    per-row work (JSON, chain hashes, COPY rows) runs on more than one core."""
+    import ctypes
+    import os
+    import signal
+
+    children = []
+    for _ in range(workers - 1):
+        pid = os.fork()
+        if pid == 0:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
+            if os.getppid() == 1:
+                os._exit(0)
+            children = []
+            break
+        children.append(pid)
+
+    def stop(*_: Any) -> None:
+        threading.Thread(target=srv.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        srv.serve_forever(poll_interval=0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        srv.server_close()
+        for pid in children:   # a worker's open transaction is rolled back by PostgreSQL
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except OSError:
+                pass
+        end = time.monotonic() + 5
+        for pid in children:
+            while time.monotonic() < end and os.waitpid(pid, os.WNOHANG) == (0, 0):
+                time.sleep(0.05)
+            try:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            except OSError:
+                pass
 
 
 def parse_listen(text: str) -> tuple[str, int]:

@@ -21,6 +21,9 @@ host's progress columns and of a token's use. No UPDATE or DELETE of entries or 
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import ipaddress
+import socket
 import threading
 from typing import Any
 
@@ -108,6 +111,28 @@ GRANT UPDATE (used_ns, used_by) ON {SCHEMA}.token TO {INGEST_ROLE};
 ENTRY_COLUMNS = ("host_id", "seq", "ts_ns", "code", "type", "source", "host", "outcome", "rule", "uid",
                  "user", "gid", "pid", "program", "family", "local_addr", "local_port", "remote_addr",
                  "remote_port", "extra", "ident", "local_inet", "remote_inet", "raw", "hash", "received_ns")
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def inet(addr: Any) -> str | None:
+    """The inet value of a stored address (IPv4-mapped IPv6 as IPv4, like the journal's
+    keys, so one CIDR finds both spellings); None when it is not an address. Cached: the
+    same addresses recur."""
+    if not isinstance(addr, str) or not addr:
+        return None
+    if ":" not in addr:   # the common case, in C: IPv4 in its one canonical spelling
+        try:
+            if socket.inet_ntop(socket.AF_INET, socket.inet_pton(socket.AF_INET, addr)) == addr:
+                return addr
+        except OSError:
+            pass
+    try:
+        ip = ipaddress.ip_address(addr.split("%", 1)[0])
+    except ValueError:
+        return None
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return str(ip)
 
 
 def connect(url: str, *, autocommit: bool = False) -> "psycopg.Connection":
