@@ -191,3 +191,31 @@ def test_enroll_needs_a_journal_key(collector, hosts, tmp_path):
     (h.journal_dir / "verification.key").unlink()
     with pytest.raises(FleetError, match="pass --key"):
         enroll(collector.url, collector.token(), "x", h.fleet_dir, h.journal_dir)
+
+
+def test_sealed_but_mistyped_values_refused(db, collector, enrolled):
+    """A host holding its own key can seal anything: values of the wrong type for their
+    column are still refused by the typed COPY (400, the whole segment rolled back)."""
+    from sockgate.journal import seal as sealing
+    from sockgate.journal.store import FIELDS, chain_next
+
+    jid, k0 = sealing.read_verification_key(enrolled.journal_dir / "verification.key")
+    for column, value in (("uid", "not-a-number"), ("extra", None), ("remote_port", 2**70)):
+        seg = segment(enrolled)
+        seg["rows"][3][FIELDS.index(column)] = value
+        h = bytes.fromhex(seg["prev_hash"])
+        for row in seg["rows"]:
+            h = chain_next(h, row[:-1])
+            row[-1] = h.hex()
+        k = k0
+        for _ in range(seg["seals"][0][0]):
+            k = sealing.evolve(k)
+        assert len(seg["seals"]) == 1
+        epoch, seq, _, ts, _ = seg["seals"][0]
+        seg["seals"][0][2] = h.hex()
+        seg["seals"][0][4] = sealing.seal_mac(k, jid, epoch, seq, h, ts).hex()
+        with client(enrolled) as c:
+            r = c.post(f"{collector.url}/v1/segment", json=seg)
+        assert r.status_code == 400 and "wrong" in r.json()["error"], (column, r.text)
+    assert stored(db) == (0, 0)
+    assert enrolled.shipper().ship_once() == 300      # the real segment is still accepted

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from sockgate import safedir
-from sockgate.errors import FleetError, FleetRefused, JournalError
+from sockgate.errors import FleetError, JournalError, SockgateError
 from sockgate.fleet import pki, store
 from sockgate.journal import seal as sealing
 from sockgate.journal.store import FIELDS, chain_next
@@ -59,14 +59,8 @@ MAX_BODY = 64 << 20
 MAX_FIRST_EPOCH = 1 << 24       # the first segment's seals may start late; evolving costs ~1 us a step
 HANDSHAKE_TIMEOUT = 10.0
 _NF = len(FIELDS)
-_INT = (int,)
-# What each FIELDS value may be (None allowed where the local journal allows NULL).
-_KINDS = {"seq": (False, int), "ts_ns": (False, int), "code": (False, str), "type": (False, str),
-          "source": (False, str), "host": (False, str), "extra": (False, str)}
 _I_TYPE, _I_EXTRA = FIELDS.index("type"), FIELDS.index("extra")
 _I_LADDR, _I_RADDR = FIELDS.index("local_addr"), FIELDS.index("remote_addr")
-_PORTS = {FIELDS.index("local_port"), FIELDS.index("remote_port")}
-_BIG = 2**63
 _ENTRY_COLS = ",".join(f'"{c}"' for c in store.ENTRY_COLUMNS)
 
 
@@ -185,9 +179,7 @@ class Ingest:
             secret, fp = pki.parse_token(token)
             pki.check_host_name(name)
             kid, k0 = sealing.parse_verification_key(vkey, "verification_key")
-        except (FleetError, JournalError) as e:
-            raise Refused(400, str(e)) from None
-        except Exception as e:  # UsageError
+        except SockgateError as e:   # a malformed token, name or key
             raise Refused(400, str(e)) from None
         if kid != journal_id:
             raise Refused(400, "the verification key is not of the journal named")
@@ -299,7 +291,7 @@ class Ingest:
                 except Flagged as f:   # the flag is committed (leaving the block normally), then refused
                     flagged = f
             raise Refused(409, flagged.reason, shipped_seq=flagged.shipped)
-        except psycopg.errors.DataError as e:   # a value of the wrong type for its column
+        except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as e:   # a value wrong for its column
             raise Refused(400, f"a row holds a value of the wrong type: {str(e).strip()[:300]}") from None
         except psycopg.Error as e:
             self.drop_conn()
@@ -595,4 +587,4 @@ def new_token(db: str, state: str | Path, ttl_s: int = 3600) -> str:
     return text
 
 
-__all__ = ["CollectorServer", "Ingest", "Refused", "new_token", "open_collector", "FleetRefused"]
+__all__ = ["CollectorServer", "Ingest", "Refused", "new_token", "open_collector", "serve"]
