@@ -7,7 +7,7 @@ import csv
 import io
 import json
 
-from conftest import run_cli
+from .conftest import run_cli
 from sockgate.journal import Journal, Outcome
 
 
@@ -19,7 +19,7 @@ def test_show_top_export_status(db, collector, hosts):
             j.record("policy", digest=f"digest-{n}", rules=3, policy_file="/etc/sockgate/policy.toml")
         h.write(count, remote=None)
         # some rejections from one /24, some allowed
-        from conftest import decision
+        from .conftest import decision
         with Journal.open(h.journal_dir) as j:
             j.append([decision(i, remote=remote.format(i % 200), outcome=Outcome.REJECTED if i % 3 else Outcome.ALLOWED,
                                program="/usr/bin/\x1b[31mevil" if i == 0 else "/usr/sbin/nginx")

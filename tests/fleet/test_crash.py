@@ -13,7 +13,7 @@ import time
 
 import psycopg
 
-from conftest import CLI, Collector, cli_env, run_cli
+from .conftest import CLI, Collector, cli_env, run_cli
 from sockgate.journal import Journal
 
 
@@ -49,7 +49,7 @@ def test_kill_collector_and_shipper_and_cut(db, tmp_path, hosts):
     h = hosts("web1")
     h.enroll(col)
     stop = threading.Event()
-    from conftest import decision
+    from .conftest import decision
 
     def writer():   # the daemon's part: journal and seal, in batches big enough to be slow to ingest
         with Journal.open(h.journal_dir) as j:

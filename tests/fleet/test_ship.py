@@ -6,7 +6,7 @@ import psycopg
 
 import pytest
 
-from conftest import run_cli
+from .conftest import run_cli
 
 
 def count(db: str, host: str | None = None) -> int:
@@ -38,7 +38,7 @@ def test_daemon_shipper_thread_asks_for_seals(db, collector, hosts, tmp_path):
     import threading
     import time
 
-    from conftest import decision
+    from .conftest import decision
     from sockgate.errors import FleetError
     from sockgate.fleet.ship import start_shipper
     from sockgate.journal import Journal

@@ -9,7 +9,7 @@ import sqlite3
 import psycopg
 import pytest
 
-from conftest import run_cli
+from .conftest import run_cli
 from sockgate.errors import FleetRefused
 from sockgate.journal.store import FIELDS, chain_next
 
