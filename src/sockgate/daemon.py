@@ -68,6 +68,7 @@ class RunOptions:
     print_events: bool = False
     force: bool = False          # start even if the policy locks out a guarded call (sockgate.lockout)
     metrics: str | None = None   # a loopback ADDRESS:PORT or unix:PATH (sockgate.metrics)
+    fleet_dir: str | None = None  # enrolled with a collector: ship the journal (sockgate.fleet.ship)
 
 
 def lock_file(pin_dir: str) -> Path:
@@ -333,6 +334,7 @@ class Daemon:
         self.reload_requested = False
         self.control_requested = False
         self.monitor_thread: threading.Thread | None = None
+        self.shipper_thread: threading.Thread | None = None
         self.monitor = None                 # the built-in Monitor, when alert rules exist
         self.metrics = None                 # the metrics endpoint (sockgate.metrics.Endpoint)
         self._last_dropped = 0
@@ -368,6 +370,11 @@ class Daemon:
             self.journal = Journal.open(o.journal_dir)
             self._writer = threading.Thread(target=self._write_loop, name="journal-writer", daemon=True)
             self._writer.start()
+            if o.fleet_dir:   # not enrolled, or enrolled for another journal: stop before any change
+                from sockgate.fleet.ship import start_shipper
+                journal = self.journal
+                self.shipper_thread = start_shipper(o.fleet_dir, o.journal_dir, self.stop_event, self.log,
+                                                    request_seal=lambda: self._writes.put(journal.seal))
         if Gate.is_pinned(o.pin_dir):
             self.gate = Gate.open(o.pin_dir)
             self.log(f"reopened pinned programs at {o.pin_dir} (enforcement never stopped)")
@@ -595,6 +602,8 @@ class Daemon:
             self.metrics = None
         if self.monitor_thread:
             step(lambda: self.monitor_thread.join(timeout=10))
+        if self.shipper_thread:   # what it did not ship stays in the journal for the next run
+            step(lambda: self.shipper_thread.join(timeout=10))
         if self.reader:
             step(lambda: self._drain(self.reader.poll_raw(0), sweep=True))
             step(self.reader.close)

@@ -147,7 +147,16 @@ class PermanentChannelError(ChannelError):
     """The receiver refused this message for good (it is kept as dead, not retried)."""
 
 
-class BundleError(SockgateError):
+class FleetError(SockgateError):
+    """The fleet: collector, shipper, central store (PostgreSQL), enrolment."""
+
+
+class FleetRefused(FleetError):
+    """The collector refused a request (enrolment, a segment), with its reason."""
+    exit_code = 1
+
+
+class BundleError(FleetError):
     """A policy bundle that cannot be used: unreadable, malformed, not signed by a trusted
     key, or carrying a policy that does not check (sockgate.fleet.bundle)."""
 

@@ -62,10 +62,10 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from sockgate.cli import daemon, fleet_policy, ibmi, journal, monitor, policy
+    from sockgate.cli import daemon, fleet, fleet_policy, ibmi, journal, monitor, policy
 
-    # fleet_policy last: it hangs `policy` under the `fleet` group, making the group if none did
-    for module in (daemon, policy, journal, ibmi, monitor, fleet_policy):
+    # fleet_policy after fleet: it hangs `policy` under the `fleet` group
+    for module in (daemon, policy, journal, ibmi, monitor, fleet, fleet_policy):
         module.register(cli)
 
 

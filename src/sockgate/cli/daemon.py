@@ -7,6 +7,7 @@ import json
 import click
 
 from sockgate.cli.options import DEFAULT_ALERTS, DEFAULT_POLICY, journal_option, json_option, pin_dir_option
+from sockgate.errors import UsageError
 from sockgate.record import format_time
 
 
@@ -30,9 +31,12 @@ from sockgate.record import format_time
 @click.option("--metrics", metavar="ADDR:PORT|unix:PATH",
               help="Serve Prometheus metrics here (loopback or a unix socket only: no auth, no TLS), "
                    "e.g. 127.0.0.1:9477. See docs/metrics.md.")
+@click.option("--fleet-dir", type=click.Path(file_okay=False),
+              help="Ship the journal to the fleet collector this host enrolled with (`sockgate fleet enroll "
+                   "--fleet-dir DIR`). See docs/fleet.md.")
 @pin_dir_option
 def run_cmd(policy, journal_dir, no_journal, scope_cgroup, netns, backend, alerts, print_events, force, metrics,
-            pin_dir):
+            fleet_dir, pin_dir):
     """Load the policy into the kernel, enforce it, journal decisions (as root).
 
     \b
@@ -49,9 +53,11 @@ def run_cmd(policy, journal_dir, no_journal, scope_cgroup, netns, backend, alert
     """
     from sockgate.daemon import RunOptions, run
 
+    if fleet_dir and no_journal:
+        raise UsageError("--fleet-dir ships the journal: it cannot go with --no-journal")
     run(RunOptions(policy=policy, journal_dir=None if no_journal else journal_dir, scope_cgroup=scope_cgroup,
                    netns=netns, pin_dir=pin_dir, backend=backend, alerts=alerts, print_events=print_events,
-                   force=force, metrics=metrics))
+                   force=force, metrics=metrics, fleet_dir=fleet_dir))
 
 
 @click.command("reload")

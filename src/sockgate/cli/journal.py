@@ -256,8 +256,15 @@ def rotate_cmd(journal_dir: str) -> None:
 @journal_option
 @click.option("--max-age", help="Delete detached receivers whose newest entry is older than this (e.g. 90d).")
 @click.option("--max-size", help="Delete the oldest detached receivers while the journal is larger (e.g. 10G).")
-def retain_cmd(journal_dir: str, max_age: str | None, max_size: str | None) -> None:
-    """Delete whole old receivers; the cut is declared in a sealed record first."""
+@click.option("--fleet-dir", default="/etc/sockgate/fleet", show_default=True, type=click.Path(file_okay=False),
+              help="Where `fleet enroll` put this host's fleet state: receivers not yet shipped are kept.")
+@click.option("--discard-unshipped", is_flag=True,
+              help="Delete receivers the collector does not hold yet too (the cut record says so).")
+def retain_cmd(journal_dir: str, max_age: str | None, max_size: str | None, fleet_dir: str,
+               discard_unshipped: bool) -> None:
+    """Delete whole old receivers; the cut is declared in a sealed record first. On a
+    host that ships to a fleet collector, receivers it has not acknowledged are kept
+    unless --discard-unshipped."""
     if max_age is None and max_size is None:
         raise UsageError("give --max-age and/or --max-size")
     try:
@@ -265,9 +272,16 @@ def retain_cmd(journal_dir: str, max_age: str | None, max_size: str | None) -> N
     except ValueError as e:
         raise UsageError(f"--max-age: {e}") from None
     size = parse_size(max_size) if max_size else None
+    from sockgate.fleet.ship import shipped_seq
+
     with _writer(journal_dir) as j:
-        gone = j.retain(max_age=age, max_size=size)
+        shipped = shipped_seq(fleet_dir, j.id)
+        gone = j.retain(max_age=age, max_size=size, shipped_seq=shipped, discard_unshipped=discard_unshipped)
     click.echo(f"deleted {len(gone)} receiver(s)" + (": " + ", ".join(gone) if gone else ""))
+    if shipped is not None:
+        click.echo(f"fleet: the collector holds this journal through seq {shipped}"
+                   + ("; receivers after it were deleted anyway (--discard-unshipped)" if discard_unshipped
+                      else "; receivers after it are kept"))
 
 
 @group.command("top")

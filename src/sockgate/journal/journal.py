@@ -387,17 +387,24 @@ class Journal:
             return new.name
 
     def retain(self, *, max_age: float | None = None, max_size: int | None = None,
-               now: float | None = None) -> list[str]:
+               now: float | None = None, shipped_seq: int | None = None,
+               discard_unshipped: bool = False) -> list[str]:
         """Delete whole detached receivers, oldest first, while the oldest is entirely
         older than max_age seconds or the journal is larger than max_size bytes. The cut
-        is declared first in a sealed CUT record, so verify accepts it. Returns names."""
+        is declared first in a sealed CUT record, so verify accepts it. Returns names.
+
+        shipped_seq: what a fleet collector acknowledged (None: not shipping). A receiver
+        holding entries after it is kept, unless discard_unshipped, and then the cut
+        record says which entries were deleted unshipped (`unshipped_from`)."""
         self._check_writer()
         now = time.time() if now is None else now
         with self._lock:
             receivers = self._ordered()
             total = sum(r.size() for r in receivers)
             doomed: list[Receiver] = []
-            for r in receivers[:-1]:   # never the attached one
+            for i, r in enumerate(receivers[:-1]):   # never the attached one
+                if shipped_seq is not None and not discard_unshipped and receivers[i + 1].first_seq - 1 > shipped_seq:
+                    break   # holds entries the collector does not have yet
                 span = r.time_span()
                 too_old = max_age is not None and (span is None or span[1] < (now - max_age) * 1e9)
                 too_big = max_size is not None and total > max_size
@@ -409,8 +416,9 @@ class Journal:
                 return []
             after = receivers[len(doomed)]
             through = after.first_seq - 1
+            unshipped = {} if shipped_seq is None or through <= shipped_seq else {"unshipped_from": shipped_seq + 1}
             self.record(EntryType.CUT, receivers=[r.name for r in doomed], through_seq=through,
-                        hash=after.prev_hash.hex(), max_age=max_age, max_size=max_size)
+                        hash=after.prev_hash.hex(), max_age=max_age, max_size=max_size, **unshipped)
             self.seal()
             # Seals outlive their receivers: they move to the first kept one, so verify --key
             # still checks every epoch from 0 and the cut point is authenticated. An intruder

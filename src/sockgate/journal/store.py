@@ -10,6 +10,7 @@ after retention deleted the receivers before it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -88,6 +89,12 @@ def canonical(values: tuple | list) -> bytes:
     """The bytes an entry's chain hash covers: its FIELDS values, as stored, in order, as a
     compact JSON array (UTF-8)."""
     return _CANON.encode(values).encode()
+
+
+def chain_next(prev: bytes, values: tuple | list) -> bytes:
+    """h_n = sha256(h_{n-1} || canonical(entry_n)): the one chain step, for the local
+    verifier and the fleet collector alike."""
+    return hashlib.sha256(prev + canonical(values)).digest()
 
 
 _EXTRA = json.JSONEncoder(separators=(",", ":"), sort_keys=True, ensure_ascii=False, default=str)

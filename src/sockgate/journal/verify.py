@@ -23,7 +23,6 @@ Entries after the last seal are chain-checked but not authenticated; verify says
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ from sockgate.errors import JournalError
 from sockgate.journal import seal as sealing
 from sockgate.journal.seal import Seal
 from sockgate.journal.store import (
-    FIELDS, KEY_FILE, VERIFY_KEY_FILE, Receiver, canonical, read_journal_meta,
+    FIELDS, KEY_FILE, VERIFY_KEY_FILE, Receiver, chain_next, read_journal_meta,
     scan_directory,
 )
 from sockgate.record import addr_key, format_time
@@ -231,7 +230,7 @@ class _Walk:
                     raise _Bad(expected, f"entry {expected} is missing" if seq > expected
                                else f"entry {seq} is out of order")
                 try:
-                    h = hashlib.sha256(h + canonical(row[:_N])).digest()
+                    h = chain_next(h, row[:_N])
                 except (TypeError, ValueError):
                     raise _Bad(seq, "entry holds values of the wrong type") from None
                 if not isinstance(row[-1], bytes) or not hmac.compare_digest(h, row[-1]):

@@ -1,0 +1,71 @@
+"""Enrolment and shipping into PostgreSQL; fleet verify over the rows."""
+
+from __future__ import annotations
+
+import psycopg
+
+import pytest
+
+from .conftest import run_cli
+
+
+def count(db: str, host: str | None = None) -> int:
+    with psycopg.connect(db) as c:
+        if host:
+            return c.execute("SELECT count(*) FROM sockgate.entry e JOIN sockgate.host h ON h.id = e.host_id "
+                             "WHERE h.name = %s", (host,)).fetchone()[0]
+        return c.execute("SELECT count(*) FROM sockgate.entry").fetchone()[0]
+
+
+def test_enroll_ship_verify(db, collector, hosts):
+    web1 = hosts("web1")
+    last = web1.write(500)
+    web1.enroll(collector)
+    s = web1.shipper()
+    assert s.ship_once() == last
+    assert count(db, "web1") == last
+    # again: nothing new, nothing stored twice
+    assert s.ship_once() == last
+    assert count(db, "web1") == last
+    code, out, err = run_cli("fleet", "verify", "--db", db, "--state", str(collector.state))
+    assert code == 0, out + err
+    assert f"web1: {last} entries (seq 1..{last})" in out and "authenticated" in out
+
+
+def test_daemon_shipper_thread_asks_for_seals(db, collector, hosts, tmp_path):
+    """What `sockgate run --fleet-dir` starts (fleet.ship.start_shipper), with a live journal
+    writer that never seals on its own: the shipper asks it to, and ships."""
+    import threading
+    import time
+
+    from .conftest import decision
+    from sockgate.errors import FleetError
+    from sockgate.fleet.ship import start_shipper
+    from sockgate.journal import Journal
+
+    h = hosts("web1")
+    code, out, err = run_cli("fleet", "enroll", "--server", collector.url, "--token", collector.token(),
+                             "--name", "web1", "--fleet-dir", str(h.fleet_dir), "--journal", str(h.journal_dir))
+    assert code == 0, err
+    assert "enrolled as web1" in out and "move" in out
+    assert oct((h.fleet_dir / "client.key").stat().st_mode & 0o777) == "0o600"
+    with pytest.raises(FleetError, match="not enrolled"):
+        start_shipper(tmp_path / "nowhere", h.journal_dir, threading.Event(), print)
+    j = Journal.open(h.journal_dir)
+    j.seal_every, j.seal_interval = 10**9, 10**9     # only the shipper's requests seal
+    stop = threading.Event()
+    logs = []
+    t = start_shipper(h.fleet_dir, h.journal_dir, stop, logs.append, request_seal=j.seal, seal_after=0.2)
+    try:
+        j.append([decision(i) for i in range(250)])
+        end = time.monotonic() + 30
+        while count(db, "web1") < 251 and time.monotonic() < end:   # 250 + the interrupted/start record
+            time.sleep(0.2)
+        assert count(db, "web1") == j.last_seq
+    finally:
+        stop.set()
+        t.join(15)
+        j.close()
+    assert any("shipping" in m for m in logs)
+    code, out, err = run_cli("fleet", "ship", "--once", "--fleet-dir", str(h.fleet_dir), "--journal", str(h.journal_dir))
+    assert code == 0 and "through seq" in out, err
