@@ -58,13 +58,14 @@ def cli() -> None:
       sockgate run                       # enforce + journal (as root)
       sockgate status
       sockgate journal show --since 1h --outcome rejected
+      sockgate console --policy /etc/sockgate/policy.toml   # http://127.0.0.1:8477/
     """
 
 
 def _register() -> None:
-    from sockgate.cli import daemon, ibmi, journal, monitor, policy
+    from sockgate.cli import console, daemon, ibmi, journal, monitor, policy
 
-    for module in (daemon, policy, journal, ibmi, monitor):
+    for module in (daemon, policy, journal, ibmi, monitor, console):
         module.register(cli)
 
 

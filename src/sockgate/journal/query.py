@@ -252,3 +252,38 @@ def last_start(journal: Any, n: int, filter: Filter | None = None) -> int:
             return rows[0][0]
         n -= r.fetchall(f"SELECT count(*) FROM entry WHERE {where}", params)[0][0]
     return 0
+
+
+# Columns a histogram can split its counts by (bounded: outcomes, rules, entry types).
+SERIES_BY = ("outcome", "rule", "type")
+
+
+def histogram(journal: Any, filter: Filter, step_ns: int, by: str = "outcome") -> dict[int, dict[Any, int]]:
+    """Counts of matching entries per time bucket of step_ns (bucket start in ns -> {value of
+    `by` -> count}), merged over receivers: one GROUP BY in SQL per receiver, so the rows
+    never leave SQLite. The console's charts and the report draw from this."""
+    if by not in SERIES_BY:
+        raise UsageError(f"cannot split a histogram by {by!r} (one of: {', '.join(SERIES_BY)})")
+    if step_ns <= 0:
+        raise UsageError("a histogram's step must be positive")
+    where, params = filter.where()
+    out: dict[int, dict[Any, int]] = {}
+    for r in journal.receivers:
+        # bucket arithmetic in SQL; ts_ns is never negative for journaled entries
+        for b, v, c in r.fetchall(f"SELECT ts_ns / ?, {by}, count(*) FROM entry WHERE {where} "
+                                  f"GROUP BY 1, 2", [step_ns, *params]):
+            row = out.setdefault(b * step_ns, {})
+            row[v] = row.get(v, 0) + c
+    return out
+
+
+def rule_hits(journal: Any, filter: Filter) -> dict[str | None, tuple[int, int]]:
+    """rule name -> (matching entries it decided, ts_ns of the newest), merged over receivers."""
+    where, params = filter.where()
+    out: dict[str | None, tuple[int, int]] = {}
+    for r in journal.receivers:
+        for rule, c, last in r.fetchall(f"SELECT rule, count(*), max(ts_ns) FROM entry WHERE {where} "
+                                        "GROUP BY rule", params):
+            n, t = out.get(rule, (0, 0))
+            out[rule] = (n + c, max(t, last))
+    return out
