@@ -18,7 +18,7 @@ from typing import Any, Iterable
 
 from sockgate.errors import SockgateError, UsageError
 from sockgate.journal.query import Filter, histogram, rule_hits
-from sockgate.record import NS, Entry, EntryType, Outcome, endpoint, format_time
+from sockgate.record import NS, Entry, EntryType, Outcome, endpoint, format_time, oneline
 
 # The fields Top ranks, and the outcomes it ranks them for (each a column of tables).
 TOP_FIELDS = ("remote_addr", "program", "user", "remote_port", "local_port")
@@ -72,13 +72,15 @@ def step_for(span_ns: int) -> int:
 
 def row(e: Entry) -> dict[str, Any]:
     """An entry as the cells the Live table shows (JSON for the stream, the same keys for
-    the first page): plain strings, escaped by whoever renders them (Jinja, textContent)."""
+    the first page). Names pass through record.oneline (control characters, line breaks
+    and bidi overrides become visible escapes), and whoever renders them escapes markup
+    (Jinja autoescape, textContent)."""
     return {
         "seq": e.seq, "time": format_time(e.ts_ns)[:23].replace("T", " "), "type": e.type.value,
         "type_name": e.type.title, "outcome": e.outcome.value if e.outcome else "",
-        "user": e.user or (str(e.uid) if e.uid is not None else ""), "program": e.program or "",
+        "user": oneline(e.user or (str(e.uid) if e.uid is not None else "")), "program": oneline(e.program or ""),
         "local": endpoint(e.local_addr, e.local_port) or "", "remote": endpoint(e.remote_addr, e.remote_port) or "",
-        "rule": e.rule or "", "host": e.host, "source": e.source.value,
+        "rule": oneline(e.rule or ""), "host": oneline(e.host), "source": e.source.value,
     }
 
 

@@ -287,3 +287,16 @@ def rule_hits(journal: Any, filter: Filter) -> dict[str | None, tuple[int, int]]
             n, t = out.get(rule, (0, 0))
             out[rule] = (n + c, max(t, last))
     return out
+
+
+def top_extra(journal: Any, key: str, filter: Filter, n: int = 10) -> list[tuple[Any, int]]:
+    """Like Journal.top, over one key of the entries' `extra` (an IBM i job, a TLS version)."""
+    if not re.fullmatch(r"[a-z_]{1,32}", key):
+        raise UsageError(f"not an extra key: {quote(key)}")
+    where, params = filter.where()
+    counts: dict[Any, int] = {}
+    for r in journal.receivers:
+        for v, c in r.fetchall(f"SELECT json_extract(extra, '$.{key}') AS v, count(*) FROM entry WHERE {where} "
+                               "AND v IS NOT NULL GROUP BY v", params):
+            counts[v] = counts.get(v, 0) + c
+    return sorted(counts.items(), key=lambda kv: -kv[1])[:n]
