@@ -10,7 +10,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import signal
 import socket
 import stat
 from dataclasses import dataclass
@@ -138,6 +140,17 @@ def run(app, b: Bind, sock: socket.socket) -> None:
         def handle_exit(self, sig, frame) -> None:
             app.state.stopping = True
             super().handle_exit(sig, frame)
+
+        @contextlib.contextmanager
+        def capture_signals(self):
+            # uvicorn's own re-raises the signal once served, which would kill us before the
+            # socket file is removed: stop on SIGINT/SIGTERM and return instead
+            previous = {s: signal.signal(s, self.handle_exit) for s in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for s, h in previous.items():
+                    signal.signal(s, h)
 
     server = Server(config)
     try:
