@@ -5,7 +5,7 @@ PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 APT_PKGS := clang-16 llvm-16 libbpf-dev libbpf1 bpftool iproute2 nftables make \
-            gcc python3-dev python3-venv libsqlite3-dev libssl-dev kmod
+            gcc python3-dev python3-venv libsqlite3-dev libssl-dev kmod chromium openssl
 PYTEST_ARGS ?=
 
 .PHONY: setup deps venv bpf ext run test test-lsm bench clean

@@ -8,6 +8,7 @@ One browser and one console for the module; each view's screenshot lands in buil
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import tempfile
@@ -28,9 +29,14 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
-sync_api = pytest.importorskip("playwright.sync_api")
-if not Path(CHROMIUM).exists():
-    pytest.skip("Debian's chromium is not installed (make deps installs it)", allow_module_level=True)
+# In CI (CI=true) a missing browser fails the run instead of skipping it, as the kernel tests do.
+if os.environ.get("CI") == "true":
+    from playwright import sync_api
+    assert Path(CHROMIUM).exists(), f"{CHROMIUM}: Debian's chromium is missing (make deps installs it)"
+else:
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian's chromium is not installed (make deps installs it)", allow_module_level=True)
 
 
 @pytest.fixture(scope="module")

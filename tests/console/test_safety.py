@@ -232,3 +232,32 @@ def test_histogram_and_rule_hits_equal_a_count_in_python(jdir):
             last[e.rule] = max(last.get(e.rule, 0), e.ts_ns)
     assert h == want
     assert hits == {r: (counts[r], last[r]) for r in counts}
+
+
+def test_the_rollup_answers_what_the_rows_answer(jdir):
+    """Charts come from the per-minute rollup once it is built; window edges inside a minute,
+    new entries after it was built, outcome and rule filters: the same counts as the rows."""
+    from sockgate.console.data import Data
+
+    d = Data(str(jdir))
+    try:
+        d.start_rollup()
+        deadline = time.monotonic() + 10
+        while d._rollup is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert d._rollup is not None
+        with Journal.open(jdir) as j:   # after the build: found by the incremental update
+            j.append([decision(time.time_ns() - 30 * NS, outcome=Outcome.REJECTED, rule="no-mail", port=25)])
+        now = time.time_ns()
+        for since, step, by, outcomes in ((now - 7200 * NS + 123_456_789, 60 * NS, "outcome", ()),
+                                          (now - 3000 * NS + 7 * NS, 300 * NS, "rule", ("rejected", "audit-rejected")),
+                                          (now - 86400 * NS, 600 * NS, "outcome", ("allowed",))):
+            f = Filter(since_ns=since, until_ns=now - 11 * NS, outcomes=outcomes)
+            got = d.chart(f, by, step)
+            with Journal.open(jdir, readonly=True) as j:
+                want = histogram(j, f, step, by)
+            assert d._from_rollup(f, by, step) == want
+            assert sum(sum(s) for s in got["series"].values()) * step / NS == pytest.approx(
+                sum(sum(v.values()) for v in want.values()))
+    finally:
+        d.close()

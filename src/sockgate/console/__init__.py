@@ -28,6 +28,7 @@ def serve(journal_dir: str, *, listen: str | None = None, socket_path: str | Non
         if policy_file:
             data.policy()   # a broken policy file stops the start, with its errors
         sock = server.bind(b)
+        data.start_rollup()
         announce(f"sockgate console: journal {journal_dir} on {b.url}" + (" (token required)" if b.token else ""))
         server.run(create_app(data, token=b.token, hosts=b.hosts()), b, sock)
     finally:

@@ -46,7 +46,7 @@ SECURITY_HEADERS = [
     (b"x-frame-options", b"DENY"),
     (b"cache-control", b"no-store"),
 ]
-POLL_S = 0.05          # how often the Live stream looks for new entries
+POLL_S = 0.025         # how often the Live stream looks for new entries
 HEARTBEAT_S = 15.0     # an SSE comment so proxies keep the stream open
 LIVE_PAGE = 100        # rows on the first Live page
 LIVE_MAX = 500         # rows a stream message carries at most

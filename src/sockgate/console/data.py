@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from sockgate.errors import SockgateError, UsageError
-from sockgate.journal.query import Filter, histogram, rule_hits
+from sockgate.journal.query import ROLLUP_NS, Filter, Rollup, histogram, rule_hits
 from sockgate.record import NS, Entry, EntryType, Outcome, endpoint, format_time, oneline
 
 # The fields Top ranks, and the outcomes it ranks them for (each a column of tables).
@@ -137,10 +137,15 @@ class Data:
         self._evaluator: Any = None
         self._integrity: Integrity | None = None
         self._verify_lock = threading.Lock()
+        self._rollup: tuple[Any, Rollup] | None = None
+        self._rollup_lock = threading.Lock()
 
     def close(self) -> None:
         with self.lock:
             self.journal.close()
+        with self._rollup_lock:
+            if self._rollup is not None:
+                self._rollup[0].close()
 
     # -- entries -----------------------------------------------------------------------
 
@@ -319,8 +324,11 @@ class Data:
             raise UsageError("since must be before until")
         step = step_ns or step_for(hi - lo)
         f = _narrow(filt, since_ns=lo, until_ns=hi)
-        with self.lock:
-            h = histogram(self.journal, f, step, by)
+        h = self._from_rollup(f, by, step)
+        source = "rollup" if h is not None else "rows"
+        if h is None:
+            with self.lock:
+                h = histogram(self.journal, f, step, by)
         first, last = lo // step, (hi - 1) // step
         names = sorted({str(k) if k is not None else "-" for row in h.values() for k in row})
         series = {name: [0.0] * (last - first + 1) for name in names}
@@ -329,7 +337,46 @@ class Data:
             for k, c in counts.items():
                 series[str(k) if k is not None else "-"][i] = c / (step / NS)
         return {"t": [(first + i) * step // NS for i in range(last - first + 1)], "series": series,
-                "step": step // NS, "by": by}
+                "step": step // NS, "by": by, "source": source}
+
+    def start_rollup(self) -> None:
+        """Build the per-minute rollup (one pass over the journal) on a thread of its own,
+        with its own read-only connections; charts use it once it is ready."""
+        from sockgate.journal import Journal
+
+        def build() -> None:
+            try:
+                j = Journal.open(self.journal_dir, readonly=True)
+                r = Rollup()
+                with self._rollup_lock:
+                    r.update(j)
+                    self._rollup = (j, r)
+            except SockgateError:
+                pass   # charts keep querying the rows
+
+        threading.Thread(target=build, name="rollup", daemon=True).start()
+
+    def _from_rollup(self, f: Filter, by: str, step: int) -> dict[int, dict[Any, int]] | None:
+        """The histogram from the rollup (whole minutes) plus SQL for the partial minutes at
+        the window's edges: equal to histogram() over the rows. None when it does not apply."""
+        if self._rollup is None or not Rollup.covers(f, by, step):
+            return None
+        assert f.since_ns is not None and f.until_ns is not None
+        lo_m, hi_m = -(-f.since_ns // ROLLUP_NS), f.until_ns // ROLLUP_NS
+        if lo_m >= hi_m:
+            return None
+        with self._rollup_lock:
+            j, r = self._rollup
+            r.update(j)
+            h = r.histogram(lo_m, hi_m, step, by, f.outcomes, f.rules)
+        with self.lock:
+            for a, b in ((f.since_ns, lo_m * ROLLUP_NS), (hi_m * ROLLUP_NS, f.until_ns)):
+                if a < b:
+                    for k, counts in histogram(self.journal, _narrow(f, since_ns=a, until_ns=b), step, by).items():
+                        row = h.setdefault(k, {})
+                        for v, c in counts.items():
+                            row[v] = row.get(v, 0) + c
+        return h
 
     # -- integrity ---------------------------------------------------------------------
 
@@ -382,8 +429,17 @@ class Data:
         from sockgate.journal.seal import read_verification_key
         from sockgate.journal.verify import verify
 
+        from sockgate.journal.store import VERIFY_KEY_FILE
+
         key = read_verification_key(self.key_file) if self.key_file else None
-        return verify(self.journal_dir, key).to_dict()
+        # a console without root may not read the key lying next to the journal: verify without it
+        local = os.path.join(self.journal_dir, VERIFY_KEY_FILE)
+        use_local = os.access(local, os.R_OK) or not os.path.exists(local)
+        rep = verify(self.journal_dir, key, use_local_key=use_local).to_dict()
+        if not use_local and key is None:
+            rep["warnings"].append(f"{local} is not readable by this user: seal MACs not checked "
+                                   "(give --key with a copy of the verification key to check them)")
+        return rep
 
     # -- replay review -----------------------------------------------------------------
 

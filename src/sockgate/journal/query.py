@@ -300,3 +300,54 @@ def top_extra(journal: Any, key: str, filter: Filter, n: int = 10) -> list[tuple
                                "AND v IS NOT NULL GROUP BY v", params):
             counts[v] = counts.get(v, 0) + c
     return sorted(counts.items(), key=lambda kv: -kv[1])[:n]
+
+
+ROLLUP_NS = 60 * 1_000_000_000   # the rollup's grain: one minute
+
+
+class Rollup:
+    """Counts per minute by (outcome, rule) of every entry, per receiver, kept up to date
+    incrementally: receivers are append-only, so the entries after the highest seq already
+    counted are exactly the new ones (a receiver deleted by retention drops its counts).
+    It answers a time-window chart without touching the rows again; `covers` says when."""
+
+    def __init__(self) -> None:
+        self._per: dict[int, tuple[int, dict[tuple[int, Any, Any], int]]] = {}
+
+    def update(self, journal: Any) -> None:
+        present = set()
+        for r in journal.receivers:
+            present.add(r.number)
+            through, counts = self._per.get(r.number, (0, {}))
+            top = through
+            for m, o, rule, c, last in r.fetchall(
+                    "SELECT ts_ns / ?, outcome, rule, count(*), max(seq) FROM entry WHERE seq > ? GROUP BY 1, 2, 3",
+                    [ROLLUP_NS, through]):
+                counts[(m, o, rule)] = counts.get((m, o, rule), 0) + c
+                top = max(top, last)
+            self._per[r.number] = (top, counts)
+        for n in set(self._per) - present:
+            del self._per[n]
+
+    @staticmethod
+    def covers(filter: Filter, by: str, step_ns: int) -> bool:
+        """Whether histogram(filter, step, by) can come from the rollup: a time window,
+        outcomes and rules only, split by outcome or rule, in whole minutes."""
+        from dataclasses import replace
+
+        rest = replace(filter, outcomes=(), rules=(), since_ns=None, until_ns=None)
+        return rest == Filter() and by in ("outcome", "rule") and step_ns % ROLLUP_NS == 0
+
+    def histogram(self, lo_min: int, hi_min: int, step_ns: int, by: str, outcomes: tuple[str, ...],
+                  rules: tuple[str, ...]) -> dict[int, dict[Any, int]]:
+        """Like histogram() over the whole minutes [lo_min, hi_min) (minute numbers)."""
+        out: dict[int, dict[Any, int]] = {}
+        per = step_ns // ROLLUP_NS
+        for _, counts in self._per.values():
+            for (m, o, rule), c in counts.items():
+                if lo_min <= m < hi_min and (not outcomes or o in outcomes) and (not rules or rule in rules):
+                    b = m // per * step_ns
+                    row = out.setdefault(b, {})
+                    k = o if by == "outcome" else rule
+                    row[k] = row.get(k, 0) + c
+        return out

@@ -43,6 +43,7 @@
     const pause = document.getElementById("pause");
     let paused = false;
     let waiting = [];
+    const seen = window.sgSeen = {};
     rowsClickable(table);
 
     function show(rows) {
@@ -68,9 +69,10 @@
       } else {
         show(msg.rows);
       }
-      const lat = Date.now() - msg.at / 1e6;
-      window.sgLastLatencyMs = lat;
-      document.body.dataset.lastSeq = String(msg.rows[msg.rows.length - 1].seq);
+      // when each entry reached the page (bench/console.py reads it to measure journal-to-browser latency)
+      const now = Date.now();
+      if (Object.keys(seen).length > 10000) for (const k in seen) delete seen[k];   // bounded
+      for (const r of msg.rows) seen[r.seq] = now;
     });
   }
 
