@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "tests" / "console"))
 
-from journal_query import DAY, T0, generate  # noqa: E402
+from journal_query import DAY, T0, best, generate  # noqa: E402
 
 from consolekit import Console, decision, free_port  # noqa: E402
 from sockgate.journal import Journal  # noqa: E402
@@ -40,15 +40,6 @@ from sockgate.record import Outcome, format_time  # noqa: E402
 
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-
-def best(fn, repeat: int) -> tuple[float, object]:
-    times, out = [], None
-    for _ in range(repeat):
-        t = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t)
-    return min(times), out
 
 
 def main() -> None:
