@@ -107,7 +107,8 @@ class Integrity:
     last_seal_ns: int | None = None
     receivers: list[dict[str, Any]] = field(default_factory=list)
     records: dict[str, list[dict[str, Any]]] = field(default_factory=dict)   # gap/detach/interrupted/cut
-    dropped: int = 0
+    dropped: int = 0                         # events lost, over every gap record
+    gaps: int = 0                            # gap records
     key_where: str = ""
     dir_problem: str | None = None
 
@@ -410,10 +411,10 @@ class Data:
                 last_seq = max(last_seq, head)
             records = {t.value: [_record(e) for e in self.journal.tail(20, filter=Filter(types=(t.value,)))][::-1]
                        for t in INTEGRITY_TYPES}
-            dropped = sum(int(e.extra.get("dropped", 0) or 0)
-                          for e in self.journal.entries(filter=Filter(types=(EntryType.GAP.value,))))
+            gaps = list(self.journal.entries(filter=Filter(types=(EntryType.GAP.value,))))
+            dropped = sum(_count(e.extra.get("dropped")) for e in gaps)
         it.last_seq, it.sealed_through, it.last_seal_ns = last_seq, sealed, seal_ns
-        it.receivers, it.records, it.dropped = receivers, records, dropped
+        it.receivers, it.records, it.dropped, it.gaps = receivers, records, dropped, len(gaps)
         local_key = os.path.join(self.journal_dir, VERIFY_KEY_FILE)
         if self.key_file:
             it.key_where = f"{self.key_file} (given with --key)"
@@ -462,6 +463,13 @@ def _narrow(filt: Filter, **changes: Any) -> Filter:
     from dataclasses import replace
 
     return replace(filt, **changes)
+
+
+def _count(v: Any) -> int:
+    try:
+        return max(0, int(v or 0))
+    except (TypeError, ValueError):   # a record written by something else than the daemon
+        return 0
 
 
 def _record(e: Entry) -> dict[str, Any]:
