@@ -261,3 +261,14 @@ def test_the_rollup_answers_what_the_rows_answer(jdir):
                 sum(sum(v.values()) for v in want.values()))
     finally:
         d.close()
+
+
+def test_a_reconnecting_stream_resumes_after_its_last_event_id(jdir, console):
+    with Journal.open(jdir) as j:
+        first = j.append([decision(time.time_ns(), outcome=Outcome.REJECTED, rule="no-mail", port=25)])
+        second = j.append([decision(time.time_ns(), outcome=Outcome.REJECTED, rule="no-mail", port=25)])
+    with console.client.stream("GET", f"/live/stream?after={first - 1}", headers={"Last-Event-ID": str(first)}) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                assert [x["seq"] for x in json.loads(line[6:])["rows"]] == [second]
+                break

@@ -154,10 +154,11 @@ def create_app(data: Data, *, token: str | None = None, hosts: frozenset[str] | 
 
     async def stream(request: Request) -> Response:
         f = filt(request)
-        try:
-            cursor = int(request.query_params.get("after", "0"))
-        except ValueError:
-            raise SockgateError("after: not a sequence number") from None
+        # a reconnecting EventSource says where it was (Last-Event-ID): no row twice, none lost
+        given = request.headers.get("last-event-id") or request.query_params.get("after", "0")
+        if not given.isascii() or not given.isdigit() or len(given) > 19:
+            raise SockgateError("after: not a sequence number")
+        cursor = int(given)
 
         async def events():
             nonlocal cursor
