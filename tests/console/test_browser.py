@@ -14,7 +14,6 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from urllib.parse import quote
 
 import pytest
 

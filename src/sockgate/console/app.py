@@ -19,6 +19,7 @@ import base64
 import hmac
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -209,10 +210,7 @@ def create_app(data: Data, *, token: str | None = None, hosts: frozenset[str] | 
 
     async def rule(request: Request) -> Response:
         name = request.query_params.get("name", "")
-        f = filt(request)
-        from dataclasses import replace
-
-        f = replace(f, rules=(name,))
+        f = replace(filt(request), rules=(name,))
         rows = await run_in_threadpool(data.page, f, 200)
         return page(request, "rule.html", name=name, rows=[row(e) for e in rows], view="rules",
                     form=form_of(request))

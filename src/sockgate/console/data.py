@@ -306,9 +306,9 @@ class Data:
         out: dict[str, dict[str, list[tuple[Any, int]]]] = {}
         with self.lock:
             for o in outcomes:
-                f = _narrow(filt, outcomes=(o,))
                 if filt.outcomes and o not in filt.outcomes:
                     continue
+                f = _narrow(filt, outcomes=(o,))
                 tables = {fld: self.journal.top(fld, f, n) for fld in fields}
                 if any(tables.values()):
                     out[o] = tables
