@@ -272,3 +272,44 @@ def test_a_reconnecting_stream_resumes_after_its_last_event_id(jdir, console):
             if line.startswith("data: "):
                 assert [x["seq"] for x in json.loads(line[6:])["rows"]] == [second]
                 break
+
+
+def test_kernel_counters_from_the_daemons_metrics_endpoint(jdir, files):
+    """--metrics URL: the per-rule counters parsed with prometheus_client's parser, from the
+    project's own metrics Endpoint serving the daemon's metric names (the real daemon's, with
+    the kernel's counters, is the kernel suite's: this host loads no BPF in these tests)."""
+    from prometheus_client.core import CounterMetricFamily
+
+    from sockgate.console.data import Data
+    from sockgate.metrics import Endpoint
+
+    class Counters:   # what DaemonCollector._kernel yields for these names (metrics_per_rule = true)
+        def collect(self):
+            hits = CounterMetricFamily("sockgate_rule_hits", "per rule", labels=["rule"])
+            for name, n in (("no-mail", 41), ("audit-telnet", 7), ("never-fires", 0)):
+                hits.add_metric([name], n)
+            yield hits
+            defaults = CounterMetricFamily("sockgate_default_decisions", "defaults", labels=["exit"])
+            for ex, n in (("connect", 1000), ("listen", 2), ("accept", 3)):
+                defaults.add_metric([ex], n)
+            yield defaults
+
+    port = free_port()
+    ep = Endpoint.bind(f"127.0.0.1:{port}")
+    ep.serve(Counters())
+    d = Data(str(jdir), policy_file=str(files["policy"]), metrics_url=f"http://127.0.0.1:{port}/metrics")
+    try:
+        rows, where = d.rules(Filter.build(since="24h"))
+        got = {r.name: r.kernel_hits for r in rows}
+        assert got["no-mail"] == 41 and got["audit-telnet"] == 7 and got["never-fires"] == 0
+        assert got["default:connect"] == 1000 and got["default:accept"] == 3
+        assert f"127.0.0.1:{port}" in where
+    finally:
+        d.close()
+        ep.close()
+    d = Data(str(jdir), policy_file=str(files["policy"]), metrics_url=f"http://127.0.0.1:{free_port()}/metrics")
+    try:
+        rows, where = d.rules(Filter.build(since="24h"))   # nothing listens there
+        assert all(r.kernel_hits is None for r in rows) and "kernel counters unavailable" in where
+    finally:
+        d.close()
