@@ -18,11 +18,11 @@ from typing import Any, Iterable
 
 from sockgate.errors import SockgateError, UsageError
 from sockgate.journal.query import ROLLUP_NS, Filter, Rollup, histogram, rule_hits
-from sockgate.record import NS, Entry, EntryType, Outcome, endpoint, format_time, oneline
+from sockgate.record import NS, Entry, EntryType, endpoint, format_time, oneline
 
 # The fields Top ranks, and the outcomes it ranks them for (each a column of tables).
 TOP_FIELDS = ("remote_addr", "program", "user", "remote_port", "local_port")
-TOP_OUTCOMES = tuple(o.value for o in Outcome)
+TOP_OUTCOMES = ("rejected", "audit-rejected", "failed", "allowed")   # refusals first
 # Filter.build's keywords: the console's query parameters are named after them, so a URL
 # (/live?outcomes=rejected&remote=10.0.0.0/8) is the same selection as `journal show`'s options.
 FILTER_PARAMS = tuple(p for p in inspect.signature(Filter.build).parameters if p != "now_ns")
