@@ -103,9 +103,12 @@ def latency(a, c) -> None:
         ctx = p.chromium.launch_persistent_context(profile, executable_path="/usr/bin/chromium", args=ARGS,
                                                    headless=True)
         page = ctx.new_page()
-        t = time.perf_counter()
-        page.goto(f"{c.url}/live", wait_until="load")
-        print(f"(1) browser load of /live: {(time.perf_counter() - t) * 1e3:.0f} ms")
+        loads = []
+        for _ in range(3):   # the first load also starts the browser's renderer
+            t = time.perf_counter()
+            page.goto(f"{c.url}/live", wait_until="load")
+            loads.append((time.perf_counter() - t) * 1e3)
+        print(f"(1) browser load of /live: first {loads[0]:.0f} ms, then {min(loads[1:]):.0f} ms  (target < 1000 ms)")
         expect(page.locator("#status")).to_have_text("live", timeout=10_000)
         appended: dict[int, float] = {}
         rnd = random.Random(1)
