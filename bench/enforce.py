@@ -36,6 +36,8 @@ Configurations:
                 5,000 address rules are in output and input, as sockgate's apply to both)
   nft-10k-set   nftables as an expert writes it: an interval set of the 5,000 /24s, a set
                 of the ports, 4 rules
+  sg-mix-10k-shadow  sg-mix-10k enforcing, and a second 10,000-rule seeded random policy (another
+                seed) loaded as its shadow: every decision is made by both (shadow mode's cost)
   sg-10k-cmn    sg-10k with every decision journaled (*NETCMN) and an EventReader thread in
                 this process draining and decoding the ring buffer (skip with --no-journal)
 
@@ -224,6 +226,7 @@ class Config:
     kind: str                     # none | sockgate | nft
     text: str = ""                # policy TOML or nft ruleset
     journal: bool = False         # drain the ring buffer while it runs
+    shadow: str = ""              # a policy TOML loaded as the shadow
     ns: str = ""
     cg: str = ""
     pin: str = ""
@@ -244,6 +247,8 @@ def configs(journal: bool) -> list[Config]:
                sg_policy_typical(10_000)),
         Config("sg-mix-10", "sockgate, 10 seeded random rules", "sockgate", sg_policy_mix(10)),
         Config("sg-mix-10k", "sockgate, 10k seeded random rules", "sockgate", sg_policy_mix(10_000)),
+        Config("sg-mix-10k-shadow", "sockgate, 10k random rules + a 10k random shadow", "sockgate",
+               sg_policy_mix(10_000), shadow=sg_policy_mix(10_000, seed=20261202)),
         Config("nft-10", "nftables, 10 rules (linear)", "nft", nft_linear(10)),
         Config("nft-10k", "nftables, 10k rules (linear chain)", "nft", nft_linear(10_000)),
         Config("nft-10k-set", "nftables, 10k rules as sets", "nft", nft_sets(10_000)),
@@ -274,6 +279,10 @@ def setup(c: Config, tag: str) -> None:
         info = tables.install(c.gate, compile_policy(p), mode=p.mode.value,
                               audit_levels=sorted(p.audit_levels))
         c.kernel["install_s"] = round(info["seconds"], 3)
+        if c.shadow:
+            sp = parse_policy(c.shadow, f"{c.name}-shadow.toml")
+            tables.install(c.gate, compile_policy(sp), mode=sp.mode.value, audit_levels=sorted(sp.audit_levels),
+                           shadow=True)
     elif c.kind == "nft":
         t0 = time.perf_counter()
         sh("ip", "netns", "exec", c.ns, "nft", "-f", "-", input=c.text)
@@ -527,6 +536,8 @@ RATIOS = [
     ("sg-10k / sg-10", "sg-10k", "sg-10", 0.97),
     ("sg-mix-10k / none", "sg-mix-10k", "none", 0.95),
     ("sg-mix-10k / sg-mix-10", "sg-mix-10k", "sg-mix-10", 0.98),
+    ("sg-mix-10k-shadow / sg-mix-10k", "sg-mix-10k-shadow", "sg-mix-10k", None),
+    ("sg-mix-10k-shadow / none", "sg-mix-10k-shadow", "none", None),
     ("sg-10k-last / none", "sg-10k-last", "none", None),
     ("sg-10k-typ / none", "sg-10k-typ", "none", None),
     ("nft-10 / none", "nft-10", "none", None),

@@ -35,11 +35,13 @@ action = "reject"
 """
 
 
-def generate(jdir: Path, count: int) -> float:
+def generate(jdir: Path, count: int, days: float = 7) -> float:
+    """`count` synth decisions spread over the last `days` (ending a minute ago)."""
     t = time.monotonic()
+    span = int(days * 86400 * 10**9) - 60 * 10**9
     with Journal.open(jdir, create=True, sync="OFF") as j:
         batch = []
-        for e in decisions(count, 7, start_ns=time.time_ns() - 7 * 86400 * 10**9, hard=True):
+        for e in decisions(count, 7, start_ns=time.time_ns() - span - 60 * 10**9, span_ns=span, hard=True):
             batch.append(e)
             if len(batch) == 10_000:
                 j.append(batch)

@@ -19,14 +19,16 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from sockgate import lockout, safedir
-from sockgate.errors import KernelError, SockgateError
+from sockgate.errors import KernelError, SockgateError, UsageError
 from sockgate.journal import Journal
 from sockgate.kernel import events as kevents
 from sockgate.kernel import flows as kflows
+from sockgate.kernel import folds as kfolds
+from sockgate.kernel import shadow as kshadow
 from sockgate.kernel import layout as L
 from sockgate.kernel import tables
 from sockgate.kernel.loader import DEFAULT_PIN_DIR, STATE_DIR, Gate, remove_pins
@@ -34,8 +36,8 @@ from sockgate.kernel.owners import seed_owners
 from sockgate.locking import lock_exclusive
 from sockgate.policy.compile import compile_policy
 from sockgate.policy.model import Policy
-from sockgate.policy.parse import load_configured_policy
-from sockgate.record import ALERTS_FILE, JOURNAL_DIR, MAPPED_PREFIX, MONITOR_STATE_DIR, Code, Entry, EntryType, Outcome, Source
+from sockgate.policy.parse import load_configured_policy, parse_policy
+from sockgate.record import ALERTS_FILE, JOURNAL_DIR, MAPPED_PREFIX, MONITOR_STATE_DIR, POLICY_FILE, Code, Entry, EntryType, Outcome, Source
 
 # exit numbers (SG_EXIT_*) and verdicts (SG_*) as the kernel reports them
 _EXITS = kevents.EXIT_NAMES
@@ -102,6 +104,41 @@ def running_pid(pin_dir: str) -> int | None:
         os.close(fd)
 
 
+def control_path(pin_dir: str) -> Path:
+    return STATE_DIR / (pin_dir.strip("/").replace("/", "_") + ".control.json")
+
+
+def result_path(pin_dir: str) -> Path:
+    return STATE_DIR / (pin_dir.strip("/").replace("/", "_") + ".control-result.json")
+
+
+def request(pin_dir: str, action: str, timeout: float = 60, **args) -> dict:
+    """Ask the running daemon to act (a request file in the root-only run directory, then
+    SIGUSR2) and wait for its answer. Raises the daemon's refusal as a SockgateError."""
+    req_id = os.urandom(8).hex()
+    safedir.private_dir(STATE_DIR, error=KernelError, what="run state directory")
+    safedir.write_atomic(control_path(pin_dir), json.dumps({"id": req_id, "action": action, **args}), 0o600)
+    if not signal_daemon(pin_dir, signal.SIGUSR2):
+        control_path(pin_dir).unlink(missing_ok=True)
+        raise KernelError(f"no sockgate daemon is running for {pin_dir} (`sockgate run` first)")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            reply = json.loads(result_path(pin_dir).read_text())
+        except (OSError, ValueError):
+            reply = None
+        if reply and reply.get("id") == req_id:
+            result_path(pin_dir).unlink(missing_ok=True)
+            if not reply.get("ok"):
+                err = {"LockoutError": SockgateError, "UsageError": UsageError}.get(reply.get("kind"), KernelError)
+                e = err(reply.get("error", "refused"))
+                e.exit_code = int(reply.get("exit_code", 1))
+                raise e
+            return reply
+        time.sleep(0.05)
+    raise KernelError(f"the daemon did not answer within {timeout:.0f} s (see its log)")
+
+
 def signal_daemon(pin_dir: str, sig: int) -> int | None:
     """Signal the daemon by a pidfd opened while it held the lock: never a process that
     took over its pid number after it ended. Returns the pid signalled."""
@@ -128,7 +165,9 @@ def signal_daemon(pin_dir: str, sig: int) -> int | None:
 assert kevents.EVENT_FIELDS == ("boot_ns", "ino", "cookie", "dev", "pid", "tid", "uid", "euid", "gid", "egid",
                                 "rule", "generation", "exit", "verdict", "family", "flags", "protocol",
                                 "local_port", "remote_port", "pad", "local_addr", "remote_addr", "comm",
-                                "exe_name"), kevents.EVENT_FIELDS
+                                "exe_name", "ngroups", "groups", "shadow_rule", "shadow_generation",
+                                "shadow_verdict", "pad2"), \
+    kevents.EVENT_FIELDS
 
 
 class Enricher:
@@ -143,6 +182,8 @@ class Enricher:
         # the same few addresses and names recur: text made once per distinct raw value
         self.addr = functools.lru_cache(maxsize=65536)(kevents.addr_text)
         self.name = functools.lru_cache(maxsize=65536)(kevents.c_string)
+        self.group_text = functools.lru_cache(maxsize=65536)(
+            lambda raw, n: ",".join(map(str, kevents.group_list(raw, n))))
 
     def user(self, uid: int) -> str | None:
         if uid not in self._users:
@@ -175,8 +216,10 @@ class Enricher:
         Release notices (sockets whose UDP flows are final) go into `released`."""
         out = []
         host, user, program, rule, addr, name = self.host, self.user, self.program, self.rule, self.addr, self.name
+        group_text = self.group_text
         for (boot_ns, ino, cookie, dev, pid, tid, uid, euid, gid, egid, rule_i, gen, exit_i, verdict, family,
-             flags, proto, lport, rport, _pad, laddr, raddr, comm, exe_name) in raw:
+             flags, proto, lport, rport, _pad, laddr, raddr, comm, exe_name, ngroups, groups, srule, sgen, sverdict,
+             _pad2) in raw:
             if flags & L.EV_RELEASED:
                 if released is not None:
                     released.add(cookie)
@@ -186,6 +229,8 @@ class Enricher:
             extra = {"comm": name(comm), "real_uid": uid} if known else {"owner": "unknown"}
             if known and ino:  # what a program rule matched on (kernel dev_t:inode); replay uses it
                 extra["exe"] = f"{dev}:{ino}"
+            if known and ngroups:  # and the groups a group rule tested (effective gid first)
+                extra["groups"] = group_text(groups, ngroups)
             extra["protocol"] = _PROTOCOLS.get(proto, proto)
             extra["generation"] = gen
             if flags & L.EV_FLOW:
@@ -202,6 +247,12 @@ class Enricher:
                 addr(raddr) if exit_i != 1 else None, rport if exit_i != 1 else None,
                 extra,
             ))
+            if flags & L.EV_SHADOW:  # not a decision: the first call the shadow policy decides otherwise
+                e = out.pop()
+                out.append(replace(e, code=Code.SOCKGATE, type=EntryType.SHADOW, extra={
+                    **e.extra, "shadow": "sample", "exit": exit_name, "entry_type": e.type.value,
+                    "shadow_outcome": _OUTCOMES[sverdict].value, "shadow_rule": rule(srule, sgen, exit_name),
+                    "shadow_generation": sgen}))
         return out
 
 
@@ -229,6 +280,47 @@ def flow_summaries(enricher: "Enricher", counts: list[kflows.FlowCount], now_ns:
     return out
 
 
+def fold_summaries(enricher: "Enricher", swept: list[kfolds.FoldCount], now_ns: int) -> list[Entry]:
+    """Summary entries for the rejections counted, not sent, since the last sweep (a user past
+    the policy's fold_rejections per second): one per (user, exit, rule, verdict), extra count."""
+    out = []
+    for c in swept:
+        if c.new <= 0:
+            continue
+        k = c.key
+        exit_name = _EXITS[k.exit]
+        known = k.uid != L.UID_UNKNOWN
+        extra = {"folded": "summary", "count": c.new, "generation": k.generation}
+        if k.udp:
+            extra["protocol"] = "udp"
+        out.append(Entry(
+            Code.SOCKET, (_UDP_ENTRY_TYPES if k.udp else _ENTRY_TYPES)[k.exit], now_ns, Source.KERNEL, enricher.host,
+            _OUTCOMES[k.verdict], enricher.rule(k.rule, k.generation, exit_name),
+            k.uid if known else None, enricher.user(k.uid) if known else None, extra=extra,
+        ))
+    return out
+
+
+def shadow_summaries(enricher: "Enricher", swept: list[kshadow.ShadowCount], now_ns: int) -> list[Entry]:
+    """Summary entries (type shadow, extra count) for the calls where the shadow policy
+    decided otherwise since the last sweep, one per pair of deciding rules."""
+    out = []
+    for c in swept:
+        if c.new <= 0:
+            continue
+        k = c.key
+        exit_name = _EXITS[k.exit]
+        out.append(Entry(
+            Code.SOCKGATE, EntryType.SHADOW, now_ns, Source.KERNEL, enricher.host, _OUTCOMES[k.verdict],
+            enricher.rule(k.rule, k.generation, exit_name),
+            extra={"shadow": "summary", "count": c.new, "exit": exit_name,
+                   "shadow_outcome": _OUTCOMES[k.shadow_verdict].value,
+                   "shadow_rule": enricher.rule(k.shadow_rule, k.shadow_generation, exit_name),
+                   "generation": k.generation, "shadow_generation": k.shadow_generation},
+        ))
+    return out
+
+
 class Daemon:
     def __init__(self, opts: RunOptions):
         self.opts = opts
@@ -239,12 +331,14 @@ class Daemon:
         self.enricher = Enricher(os.uname().nodename)
         self.stop_event = threading.Event()
         self.reload_requested = False
+        self.control_requested = False
         self.monitor_thread: threading.Thread | None = None
         self.monitor = None                 # the built-in Monitor, when alert rules exist
         self.metrics = None                 # the metrics endpoint (sockgate.metrics.Endpoint)
         self._last_dropped = 0
         self._released: set[int] = set()   # sockets whose UDP flows are final
         self._next_sweep = 0.0
+        self._next_prune = 0.0
         self._next_detach_check = 0.0
         # Journal writes run on their own thread (the journal's C write path releases the GIL
         # while it hashes, inserts and syncs), in order, through a bounded queue of entry
@@ -278,7 +372,10 @@ class Daemon:
             self.gate = Gate.open(o.pin_dir)
             self.log(f"reopened pinned programs at {o.pin_dir} (enforcement never stopped)")
             # events still buffered from the running generation need its rule names
-            self.enricher.rule_names[self.gate.state.generation] = list(self.gate.state.rule_names)
+            st = self.gate.state
+            self.enricher.rule_names[st.generation] = list(st.rule_names)
+            if st.shadow:  # and a shadow's samples
+                self.enricher.rule_names[st.shadow.generation] = list(st.shadow.rule_names)
             for what, want, have in (("scope cgroup", o.scope_cgroup, self.gate.state.scope_cgroup),
                                      ("netns", o.netns, self.gate.state.netns)):
                 if want and os.path.realpath(want) != os.path.realpath(have):
@@ -322,12 +419,7 @@ class Daemon:
 
     def _install(self, policy: Policy, compiled=None) -> None:
         compiled = compiled or compile_policy(policy)
-        names = [r.name for r in policy.rules]
-        generation = self.gate.state.generation + 1
-        names_by_gen = self.enricher.rule_names
-        names_by_gen[generation] = names
-        for old in [g for g in names_by_gen if g < generation - 3]:  # only recent events can still be queued
-            del names_by_gen[old]
+        names = self._names_for_next(policy)
         info = tables.install(self.gate, compiled, rule_names=names, source=policy.source,
                               mode=policy.mode.value, audit_levels=sorted(policy.audit_levels))
         self.policy = policy
@@ -335,6 +427,88 @@ class Daemon:
                      policy_file=policy.source, generation=info["generation"], mode=policy.mode.value)
         self.log(f"policy {policy.source} loaded: {len(policy.rules)} rules, generation {info['generation']}, "
                  f"{info['seconds'] * 1000:.0f} ms")
+
+    def _names_for_next(self, policy: Policy) -> list[str]:
+        """Rule names of the generation about to be loaded, for its events."""
+        names = [r.name for r in policy.rules]
+        st = self.gate.state
+        generation = st.last_generation + 1
+        names_by_gen = self.enricher.rule_names
+        names_by_gen[generation] = names
+        keep = {st.generation, st.shadow.generation if st.shadow else 0}
+        for old in [g for g in names_by_gen if g < generation - 3 and g not in keep]:  # only recent events
+            del names_by_gen[old]                                                       # can still be queued
+        return names
+
+    # -- shadow mode (sockgate policy shadow | promote) -------------------------------------
+
+    def shadow(self, text: str, source: str) -> dict:
+        """Load a candidate as the shadow policy (replacing one already there)."""
+        policy = parse_policy(text, source)
+        compiled = compile_policy(policy)
+        info = tables.install(self.gate, compiled, rule_names=self._names_for_next(policy), source=source,
+                              mode=policy.mode.value, audit_levels=sorted(policy.audit_levels), shadow=True,
+                              text=text)
+        self._record(EntryType.SHADOW, shadow="loaded", digest=policy.digest, rules=len(policy.rules),
+                     policy_file=source, shadow_generation=info["generation"], mode=policy.mode.value,
+                     generation=self.gate.state.generation)
+        self.log(f"shadow policy {source} loaded: {len(policy.rules)} rules, generation {info['generation']}")
+        return {"digest": policy.digest, "generation": info["generation"], "rules": len(policy.rules)}
+
+    def shadow_off(self) -> dict:
+        was = self.gate.state.shadow
+        if was is None:
+            raise UsageError("no shadow policy is loaded")
+        tables.shadow_off(self.gate)
+        self._sweep_counts()  # the pairs of the shadow just turned off are final: last counts now
+        self._record(EntryType.SHADOW, shadow="off", digest=was.policy_digest, policy_file=was.policy_source,
+                     shadow_generation=was.generation)
+        self.log(f"shadow policy {was.policy_source} turned off")
+        return {"digest": was.policy_digest, "generation": was.generation}
+
+    def promote(self, force: bool = False) -> dict:
+        """The shadow becomes the enforcing policy, atomically (lock-out guarded unless forced)."""
+        sh = self.gate.state.shadow
+        if sh is None:
+            raise UsageError("no shadow policy is loaded: `sockgate policy shadow CANDIDATE` first")
+        policy = parse_policy(sh.policy_text, sh.policy_source)
+        compiled = compile_policy(policy)
+        if policy.digest != sh.policy_digest:
+            raise KernelError("the shadow's stored policy text does not match its digest; load it again")
+        if not force:
+            lockout.guard(policy, self._alerts_file(), compiled, self.log)
+        tables.promote(self.gate, errno=compiled.reject_errno, audit_levels=sorted(policy.audit_levels))
+        self.policy = policy
+        self._sweep_counts()
+        self._record(EntryType.POLICY_LOADED, digest=policy.digest, rules=len(policy.rules),
+                     policy_file=sh.policy_source, generation=sh.generation, mode=policy.mode.value,
+                     promoted="shadow")
+        self.log(f"shadow policy {sh.policy_source} promoted: generation {sh.generation} enforces now")
+        return {"digest": policy.digest, "generation": sh.generation, "rules": len(policy.rules),
+                "policy_text": sh.policy_text, "reload_file": self.opts.policy or POLICY_FILE}
+
+    def _control(self) -> None:
+        """One request of `sockgate policy shadow|promote` (sockgate.daemon.request)."""
+        path = control_path(self.opts.pin_dir)
+        try:
+            req = json.loads(path.read_text())
+            path.unlink()
+        except (OSError, ValueError):
+            return
+        try:
+            action = req.get("action")
+            if action == "shadow":
+                result = self.shadow(str(req["text"]), str(req["source"]))
+            elif action == "off":
+                result = self.shadow_off()
+            elif action == "promote":
+                result = self.promote(bool(req.get("force")))
+            else:
+                raise UsageError(f"unknown control action {action!r}")
+            reply = {"ok": True, **result}
+        except SockgateError as e:
+            reply = {"ok": False, "error": str(e), "kind": type(e).__name__, "exit_code": e.exit_code}
+        safedir.write_atomic(result_path(self.opts.pin_dir), json.dumps({"id": req.get("id"), **reply}), 0o600)
 
     def _alerts_file(self) -> str | None:
         return self.opts.alerts or (DEFAULT_ALERTS if os.path.exists(DEFAULT_ALERTS) else None)
@@ -459,26 +633,35 @@ class Daemon:
             self._last_dropped = dropped
         if sweep or time.monotonic() >= self._next_sweep:
             self._next_sweep = time.monotonic() + FLOW_SWEEP_S
-            self._sweep_flows()
+            self._sweep_counts()
 
-    def _sweep_flows(self) -> None:
-        """UDP flow counts -> summary entries; the kernel's seen-marks move only after the
-        journal has them (on the writer thread, in order)."""
+    def _sweep_counts(self) -> None:
+        """Kernel counts -> summary entries: UDP flows, shadow differences. The kernel's
+        seen-marks move only after the journal has them (on the writer thread, in order)."""
         if not self.journal or not self.policy:
             return
-        m = self.gate.maps
-        counts = kflows.sweep(m["sg_flows"], m["sg_flows_seen"], self.gate.state.generation, self._released)
+        m, st = self.gate.maps, self.gate.state
+        now = time.time_ns()
+        counts = kflows.sweep(m["sg_flows"], m["sg_flows_seen"], st.generation, self._released)
         self._released = set()
-        if not counts:
+        live = (st.generation, st.shadow.generation) if st.shadow else None
+        differs = kshadow.sweep(m["sg_shadow"], m["sg_shadow_seen"], live)
+        folded = kfolds.sweep(m["sg_folded"], m["sg_folded_seen"], st.generation)
+        if time.monotonic() >= self._next_prune:
+            self._next_prune = time.monotonic() + 10
+            kfolds.prune_rates(m["sg_rates"])
+        if not counts and not differs and not folded:
             return
-        entries = flow_summaries(self.enricher, counts, time.time_ns(), self.policy.journal_udp,
-                                 self.policy.journal_rejected)
+        entries = (flow_summaries(self.enricher, counts, now, self.policy.journal_udp, self.policy.journal_rejected)
+                   + shadow_summaries(self.enricher, differs, now) + fold_summaries(self.enricher, folded, now))
         journal = self.journal
 
         def write():
             if entries:
                 journal.append(entries)
             kflows.mark_journaled(m["sg_flows"], m["sg_flows_seen"], counts)
+            kflows.mark_journaled(m["sg_shadow"], m["sg_shadow_seen"], differs)
+            kflows.mark_journaled(m["sg_folded"], m["sg_folded_seen"], folded)
 
         self._writes.put(write)
 
@@ -486,6 +669,7 @@ class Daemon:
         """SIGHUP reloads; SIGTERM and SIGINT stop cleanly (seal, daemon-stop record)."""
         signal.signal(signal.SIGHUP, lambda *_: setattr(self, "reload_requested", "guarded"))
         signal.signal(signal.SIGUSR1, lambda *_: setattr(self, "reload_requested", "force"))  # `reload --force`
+        signal.signal(signal.SIGUSR2, lambda *_: setattr(self, "control_requested", True))   # `policy shadow|promote`
         signal.signal(signal.SIGTERM, lambda *_: self.stop_event.set())
         signal.signal(signal.SIGINT, lambda *_: self.stop_event.set())
 
@@ -494,6 +678,9 @@ class Daemon:
             if self.reload_requested:
                 force, self.reload_requested = self.reload_requested == "force", False
                 self.reload(force=force)
+            if self.control_requested:
+                self.control_requested = False
+                self._control()
             if not Gate.is_pinned(self.opts.pin_dir):
                 self.log("programs were detached (unpinned) under us; stopping")
                 self._record(EntryType.DETACHED, by="unpinned while running")
@@ -567,6 +754,31 @@ def status(pin_dir: str = DEFAULT_PIN_DIR) -> dict:
             "counters": stats,
             "rules": [{"index": i, "name": n, "hits": h} for i, (n, h) in enumerate(zip(st.rule_names, hits))],
             "defaults": {e: defaults[i] for i, e in enumerate(("connect", "listen", "accept"))},
+            "shadow": _shadow_status(gate),
         }
     finally:
         gate.close()
+
+
+def _shadow_status(gate: Gate) -> dict | None:
+    """The shadow policy and where it decided otherwise, per pair of deciding rules."""
+    st, sh = gate.state, gate.state.shadow
+    if sh is None:
+        return None
+
+    def name(rule: int, names: list[str], exit: str) -> str:
+        return names[rule] if 0 <= rule < len(names) else _SPECIAL_RULES.get(rule) or f"default:{exit}"
+
+    live = [(k, n) for k, n in kshadow.counts(gate.maps["sg_shadow"])
+            if (k.generation, k.shadow_generation) == (st.generation, sh.generation)]
+    diffs = sorted(({"exit": _EXITS[k.exit], "rule": name(k.rule, st.rule_names, _EXITS[k.exit]),
+                     "outcome": _OUTCOMES[k.verdict].value,
+                     "shadow_rule": name(k.shadow_rule, sh.rule_names, _EXITS[k.exit]),
+                     "shadow_outcome": _OUTCOMES[k.shadow_verdict].value, "calls": n} for k, n in live),
+                   key=lambda d: -d["calls"])
+    hits, defaults = gate.hits(shadow=True)
+    return {"source": sh.policy_source, "digest": sh.policy_digest, "generation": sh.generation,
+            "rules": len(sh.rule_names), "mode": sh.mode, "since_ns": sh.since_ns,
+            "differences": diffs, "calls_differing": sum(d["calls"] for d in diffs),
+            "rule_hits": [{"index": i, "name": n, "hits": h} for i, (n, h) in enumerate(zip(sh.rule_names, hits))],
+            "default_hits": {e: defaults[i] for i, e in enumerate(("connect", "listen", "accept"))}}

@@ -145,3 +145,13 @@ class ChannelError(SockgateError):
 
 class PermanentChannelError(ChannelError):
     """The receiver refused this message for good (it is kept as dead, not retried)."""
+
+
+class BundleError(SockgateError):
+    """A policy bundle that cannot be used: unreadable, malformed, not signed by a trusted
+    key, or carrying a policy that does not check (sockgate.fleet.bundle)."""
+
+
+class BundlePolicyError(BundleError):
+    """A correctly signed bundle whose policy does not check on this host (a user or a
+    program it names is missing here, a newer policy syntax)."""

@@ -38,27 +38,42 @@ class Guarded:
     query: Query
 
 
-def _listener_owner(family: int, laddr: bytes, lport: int) -> tuple[int, tuple[int, ...], str | None] | None:
-    """(euid, groups, exe path) of the process listening where a connection to
-    (laddr, lport) lands: the bound address, else the wildcard."""
-    listeners = owners.tcp_sockets(owners.LISTEN)
-    wild4, wild6 = MAPPED_PREFIX + bytes(4), bytes(16)
-    for want in (laddr, wild4 if laddr[:12] == MAPPED_PREFIX else None, wild6):
-        for _fam, a, p, _ra, _rp, _uid, inode in listeners:
-            if p == lport and want is not None and a == want:
-                held = owners.socket_holders().get(inode)
-                if not held:
-                    return None
-                ident = owners.process_identity(held[0])
-                if not ident:
-                    return None
-                euid, egid, groups, *_ = ident
-                try:
-                    exe = os.readlink(f"/proc/{held[0]}/exe")
-                except OSError:
-                    exe = None
-                return euid, tuple([egid] + [g for g in groups if g != egid]), exe
-    return None
+class _ListenerOwners:
+    """Who listens where, read once per guard run: the listening sockets, and (only if a
+    session needs it) which process holds each, which walks every /proc/PID/fd."""
+
+    def __init__(self):
+        self._listeners = owners.tcp_sockets(owners.LISTEN)
+        self._holders: dict | None = None
+        self._known: dict[tuple, tuple | None] = {}
+
+    def owner(self, laddr: bytes, lport: int) -> tuple[int, tuple[int, ...], str | None] | None:
+        """(euid, groups, exe path) of the process listening where a connection to (laddr,
+        lport) lands: the bound address, else the wildcard."""
+        if (laddr, lport) not in self._known:
+            self._known[laddr, lport] = self._find(laddr, lport)
+        return self._known[laddr, lport]
+
+    def _find(self, laddr: bytes, lport: int) -> tuple[int, tuple[int, ...], str | None] | None:
+        wild4, wild6 = MAPPED_PREFIX + bytes(4), bytes(16)
+        for want in (laddr, wild4 if laddr[:12] == MAPPED_PREFIX else None, wild6):
+            for _fam, a, p, _ra, _rp, _uid, inode in self._listeners:
+                if p == lport and want is not None and a == want:
+                    if self._holders is None:
+                        self._holders = owners.socket_holders()
+                    held = self._holders.get(inode)
+                    if not held:
+                        return None
+                    ident = owners.process_identity(held[0])
+                    if not ident:
+                        return None
+                    euid, egid, groups, *_ = ident
+                    try:
+                        exe = os.readlink(f"/proc/{held[0]}/exe")
+                    except OSError:
+                        exe = None
+                    return euid, tuple([egid] + [g for g in groups if g != egid]), exe
+        return None
 
 
 def _addr(a16: bytes) -> str:
@@ -71,9 +86,10 @@ def sessions(env: dict[str, str] | None = None, servers: tuple[str, ...] = SESSI
     """The administrators' sessions as accept queries."""
     env = os.environ if env is None else env
     found: dict[tuple, Guarded] = {}
+    listening = _ListenerOwners()
 
     def add(kind: str, family: int, laddr: bytes, lport: int, raddr: bytes, rport: int, need_server: bool) -> None:
-        owner = _listener_owner(family, laddr, lport)
+        owner = listening.owner(laddr, lport)
         if owner is None:
             return
         uid, gids, exe = owner

@@ -30,6 +30,7 @@ JOURNAL_DIR = "/var/lib/sockgate/journal"
 MONITOR_STATE_DIR = "/var/lib/sockgate/monitor"
 POLICY_FILE = "/etc/sockgate/policy.toml"
 ALERTS_FILE = "/etc/sockgate/alerts.toml"
+FLEET_DIR = "/etc/sockgate/fleet"          # enrolment, trusted policy keys, applied-bundle state
 
 
 # ----------------------------------------------------------------------------- enums
@@ -105,6 +106,8 @@ class EntryType(_Parse, str, enum.Enum):
     INTERRUPTED = "interrupted", "interrupted", "Journal writer interrupted"  # no clean stop before
     IMPORT = "import", "import", "IBM i import"                # extra: file, entries, systems
     ROTATE = "rotate", "rotate", "Receiver rotated"            # extra: receiver (attached next)
+    SHADOW = "shadow", "shadow", "Shadow policy differs"      # extra: shadow (sample|summary), exit,
+                                                               # shadow_outcome, shadow_rule, count
     CUT = "cut", "cut", "Receivers deleted by retention"       # declared cut: extra: receivers,
                                                                # through_seq, hash (head at the cut)
 

@@ -84,16 +84,17 @@ def private_file(path: str | os.PathLike, *, error: type[SockgateError]) -> None
         os.close(fd)
 
 
-def write_atomic(path: str | os.PathLike, text: str, mode: int = 0o644) -> None:
-    """Write a whole file or nothing: a temporary file beside it, synced, renamed over it.
-    A reader (or a crash) sees the old file or the new one, never half of one."""
+def write_atomic(path: str | os.PathLike, text: str | bytes, mode: int = 0o644) -> None:
+    """Write a whole file or nothing (text as UTF-8, or bytes as they are): a temporary file
+    beside it, synced, renamed over it. A reader (or a crash) sees the old file or the new
+    one, never half of one."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
+            with os.fdopen(fd, "wb") as f:
+                f.write(text.encode("utf-8") if isinstance(text, str) else text)
                 f.flush()
                 os.fsync(f.fileno())
             os.chmod(tmp, mode)   # the umask narrowed O_CREAT's mode

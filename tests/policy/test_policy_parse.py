@@ -618,3 +618,18 @@ def test_a_policy_that_does_not_fit_the_kernel_tables_is_refused_at_compile(monk
     monkeypatch.setattr(comp, "MAX_BITMAPS", 8)
     with pytest.raises(PolicyError, match=r"does not fit the kernel tables: .*address prefixes: 14 \(the kernel holds 8\)"):
         comp.compile_policy(P(text))
+
+
+def test_fold_rejections_is_a_bounded_whole_number():
+    from sockgate.errors import PolicyErrors
+    from sockgate.policy.parse import parse_policy
+
+    assert parse_policy("", "p.toml").fold_rejections == 200
+    assert parse_policy("fold_rejections = 0\n", "p.toml").fold_rejections == 0
+    for bad in ('"200"', "-1", "2.5", "true", "1000001"):
+        try:
+            parse_policy(f"mode = \"enforce\"\nfold_rejections = {bad}\n", "p.toml")
+        except PolicyErrors as e:
+            assert "p.toml:2:" in str(e) and "fold_rejections" in str(e)
+        else:
+            raise AssertionError(f"fold_rejections = {bad} was accepted")

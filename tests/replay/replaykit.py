@@ -18,6 +18,14 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 NS = 1_000_000_000
 NOW = time.time_ns()
 PROG = sys.executable  # an executable that exists here (policy program values must)
+ALLOW_ALL = "# nothing: every exit point allows\n"
+NO_MAIL = """\
+[[rule]]
+name = "no-mail"
+exit = ["connect"]
+remote_port = [25]
+action = "reject"
+"""
 
 
 def entry(etype=EntryType.CONNECT, *, outcome=Outcome.ALLOWED, rule="default:connect", uid=1000, user="u1000",

@@ -6,7 +6,7 @@ import json
 import random
 
 import pytest
-from replaykit import NOW, NS, PROG, entry, journal, policy, sockgate
+from replaykit import ALLOW_ALL, NO_MAIL, NOW, NS, PROG, entry, journal, policy, sockgate
 
 from sockgate.policy import naive
 from sockgate.policy.evaluate import Query
@@ -15,14 +15,6 @@ from sockgate.policy.replay import Evaluator, Report, call_of, replay
 from sockgate.policy.synth import decisions
 from sockgate.record import EntryType, Outcome, Source
 
-ALLOW_ALL = "# nothing: every exit point allows\n"
-NO_MAIL = """\
-[[rule]]
-name = "no-mail"
-exit = ["connect"]
-remote_port = [25]
-action = "reject"
-"""
 
 
 def run_json(*args):

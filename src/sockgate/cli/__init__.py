@@ -63,9 +63,10 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from sockgate.cli import console, daemon, ibmi, journal, monitor, policy
+    from sockgate.cli import console, daemon, fleet_policy, ibmi, journal, monitor, policy
 
-    for module in (daemon, policy, journal, ibmi, monitor, console):
+    # fleet_policy last: it hangs `policy` under the `fleet` group, making the group if none did
+    for module in (daemon, policy, journal, ibmi, monitor, console, fleet_policy):
         module.register(cli)
 
 

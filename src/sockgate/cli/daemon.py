@@ -6,10 +6,9 @@ import json
 
 import click
 
-from sockgate.cli.options import DEFAULT_ALERTS, DEFAULT_POLICY, journal_option, json_option
+from sockgate.cli.options import DEFAULT_ALERTS, DEFAULT_POLICY, journal_option, json_option, pin_dir_option
+from sockgate.record import format_time
 
-pin_dir_option = click.option("--pin-dir", default="/sys/fs/bpf/sockgate", show_default=True,
-                              help="bpffs directory holding sockgate's pinned programs and maps.")
 
 
 @click.command("run")
@@ -103,7 +102,22 @@ def status_cmd(as_json, pin_dir):
         t.add_row(str(r["index"]), r["name"], str(r["hits"]))
     for e, n in s["defaults"].items():
         t.add_row("-", f"default:{e}", str(n))
-    Console().print(t)
+    console = Console(highlight=False)
+    console.print(t)
+    sh = s.get("shadow")
+    if sh:
+        from rich.markup import escape
+
+        console.print(f"\nshadow:    {escape(sh['source'])} ({sh['rules']} rules, {sh['mode']}, generation "
+                      f"{sh['generation']}, since {format_time(sh['since_ns'])}; decides beside, never enforces)\n"
+                      f"digest:    {sh['digest']}\ndiffering: {sh['calls_differing']} calls"
+                      + (f" (+{c['shadow_unkeyed']} not keyed: the pair table was full)" if c.get("shadow_unkeyed") else ""))
+        if sh["differences"]:
+            d = Table("exit", "enforcing rule", "outcome", "shadow rule", "would be", "calls", box=None)
+            for x in sh["differences"]:
+                d.add_row(x["exit"], escape(x["rule"]), x["outcome"], escape(x["shadow_rule"]), x["shadow_outcome"],
+                          str(x["calls"]))
+            console.print(d)
 
 
 @click.command("unload")

@@ -38,6 +38,9 @@ def json_flag(help: str = "Machine-readable JSON output.") -> Callable:
 
 json_option = json_flag()
 
+pin_dir_option = click.option("--pin-dir", default="/sys/fs/bpf/sockgate", show_default=True,
+                              help="bpffs directory holding sockgate's pinned programs and maps.")
+
 
 # (parameter name, option declarations, keyword arguments): the DSPJRN-like selection
 _FILTERS: tuple[tuple[str, tuple[str, ...], dict[str, Any]], ...] = (

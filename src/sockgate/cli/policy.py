@@ -13,7 +13,7 @@ import sys
 
 import click
 
-from sockgate.cli.options import DEFAULT_ALERTS, JSON_META, filter_options, journal_option, json_option
+from sockgate.cli.options import DEFAULT_ALERTS, JSON_META, filter_options, journal_option, json_option, pin_dir_option
 from sockgate.errors import PolicyErrors, SockgateError, UsageError
 from sockgate.journal.query import Filter
 from sockgate.policy.model import Exit, Outcome, Policy
@@ -427,3 +427,84 @@ def learn_cmd(journal_dir: str, filt: Filter, min_count: int, generalize: bool, 
     left = sum(learned.not_learned.values())
     click.echo(f"{output}: {nrules} rule{'s' if nrules != 1 else ''} from {learned.decisions} decisions"
                + (f"; {left} decisions not learned (see the file's head)" if left else ""), err=True)
+
+
+# --------------------------------------------------------------------------- shadow mode
+
+
+@group.command("shadow")
+@click.argument("candidate", required=False, type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("--off", is_flag=True, help="Stop deciding with the shadow policy.")
+@pin_dir_option
+@json_option
+def shadow_cmd(candidate: str | None, off: bool, pin_dir: str, as_json: bool) -> None:
+    """Run CANDIDATE in shadow beside the enforcing policy (the running daemon loads it).
+
+    The kernel decides every call by both policies; only the enforcing one is obeyed.
+    Where the shadow would decide otherwise, the call is counted per pair of deciding
+    rules and the first call of each pair is journaled whole (a `shadow` entry with the
+    caller, program and addresses); summaries with exact counts follow every second.
+    A shadow already loaded is replaced.
+
+    \b
+      sockgate policy shadow new.toml        # load it beside the enforcing policy
+      sockgate status                        # where they differ, per rule, with counts
+      sockgate journal show --type shadow    # samples (who, what) and counted summaries
+      sockgate policy promote                # new.toml enforces now (atomically)
+      sockgate policy shadow --off           # or drop it
+    """
+    from sockgate.daemon import request
+    from sockgate.policy.compile import compile_policy
+
+    if off == bool(candidate):
+        raise UsageError("give a CANDIDATE policy file, or --off (not both)")
+    if off:
+        r = request(pin_dir, "off")
+        _say(as_json, r, f"shadow policy (generation {r['generation']}, digest {r['digest'][:16]}) turned off")
+        return
+    from sockgate import config
+    from sockgate.errors import PolicyError
+
+    if candidate == "-":
+        raw, source = sys.stdin.buffer.read(), "<stdin>"
+    else:
+        raw, source = config.read(candidate, PolicyError, PolicyErrors), os.path.abspath(candidate)
+    policy = parse_policy(raw, source)
+    compile_policy(policy)  # a policy the kernel tables cannot hold is refused here, with its place
+    r = request(pin_dir, "shadow", text=raw.decode("utf-8"), source=source)
+    _say(as_json, r, f"shadow policy {policy.source} loaded: {r['rules']} rules, generation {r['generation']}, "
+                     f"digest {r['digest'][:16]}\n  it decides every call beside the enforcing policy and "
+                     f"enforces nothing; `sockgate status` shows where they differ,\n  `sockgate policy promote` "
+                     f"makes it enforce, `sockgate policy shadow --off` drops it")
+
+
+@group.command("promote")
+@click.option("--force", is_flag=True, help="Promote even if the shadow would lock out a guarded call.")
+@click.option("--keep-file", is_flag=True,
+              help="Leave the daemon's policy file as it is (its next reload loads that file again).")
+@pin_dir_option
+@json_option
+def promote_cmd(force: bool, keep_file: bool, pin_dir: str, as_json: bool) -> None:
+    """Make the shadow policy the enforcing one, atomically (one map update, like a reload).
+
+    The lock-out guard of reloads applies (your SSH session, the alert channels); --force
+    overrides. Then the promoted policy is written (atomically) to the file the daemon
+    reloads from, so a later `sockgate reload` keeps it; --keep-file leaves that file alone.
+    """
+    from sockgate.daemon import request
+
+    r = request(pin_dir, "promote", force=force)
+    text, target = r.pop("policy_text"), r["reload_file"]
+    msg = f"shadow promoted: generation {r['generation']} ({r['rules']} rules, digest {r['digest'][:16]}) enforces now"
+    if keep_file:
+        msg += f"\n  {target} was left as it is: `sockgate reload` would load it again"
+        r["file_written"] = False
+    else:
+        write_atomic(target, text)
+        r["file_written"] = True
+        msg += f"\n  written to {target} (the daemon's policy file)"
+    _say(as_json, r, msg)
+
+
+def _say(as_json: bool, result: dict, text: str) -> None:
+    click.echo(json.dumps(result, indent=2) if as_json else text)

@@ -28,7 +28,7 @@ def struct_of(mirror: type[ctypes.Structure]) -> struct.Struct:
         off = getattr(mirror, name).offset
         fmt += f"{off - at}x" if off > at else ""
         if issubclass(ctype, ctypes.Array):
-            fmt += f"{ctype._length_}s"
+            fmt += f"{ctypes.sizeof(ctype)}s"
         else:
             fmt += codes[ctype]
         at = off + ctypes.sizeof(ctype)
@@ -68,6 +68,13 @@ class Event:
     local_port: int
     remote_addr: str
     remote_port: int
+    groups: tuple[int, ...] = ()   # effective gid first, then supplementary: what the decision saw
+
+
+def group_list(raw: bytes, n: int) -> tuple[int, ...]:
+    """The event's groups array (u32s) as the first `n` gids."""
+    n = min(n, len(raw) // 4)
+    return struct.unpack_from(f"<{n}I", raw) if n else ()
 
 
 def boot_to_realtime_offset() -> int:
@@ -97,6 +104,7 @@ def _event(t: tuple, offset_ns: int) -> Event:
         family="ipv6" if f["family"] == AF_INET6 else "ipv4", protocol=f["protocol"], flags=f["flags"],
         cookie=f["cookie"], local_addr=addr_text(f["local_addr"]), local_port=f["local_port"],
         remote_addr=addr_text(f["remote_addr"]), remote_port=f["remote_port"],
+        groups=group_list(f["groups"], f["ngroups"]),
     )
 
 

@@ -26,6 +26,10 @@ class FlowCount:
     new: int          # packets not journaled yet
     final: bool       # nothing can add to it any more: remove once journaled
 
+    @property
+    def total(self) -> int:
+        return self.flow.packets
+
 
 def sweep(flows_fd: int, seen_fd: int, generation: int, released: set[int]) -> list[FlowCount]:
     out = []
@@ -41,11 +45,12 @@ def sweep(flows_fd: int, seen_fd: int, generation: int, released: set[int]) -> l
     return out
 
 
-def mark_journaled(flows_fd: int, seen_fd: int, counts: list[FlowCount]) -> None:
-    """After the summaries are in the journal: remember them, forget final flows."""
+def mark_journaled(counts_fd: int, seen_fd: int, counts: list) -> None:
+    """After the summaries are in the journal: remember how much of each count is journaled
+    (`total`), forget final ones. For UDP flows and shadow differences alike."""
     for c in counts:
         if c.final:
-            libbpf.map_delete(flows_fd, c.key)
+            libbpf.map_delete(counts_fd, c.key)
             libbpf.map_delete(seen_fd, c.key)
         else:
-            libbpf.map_update(seen_fd, c.key, ctypes.c_uint64(c.flow.packets))
+            libbpf.map_update(seen_fd, c.key, ctypes.c_uint64(c.total))

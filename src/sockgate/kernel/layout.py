@@ -22,7 +22,7 @@ def _read_constants(text: str) -> dict[str, int]:
 
     def value(expr: str) -> int:
         expr = re.sub(r"/\*.*?(\*/|$)", "", expr).strip()  # a comment, closed or running on
-        expr = re.sub(r"\b(\d+)U\b", r"\1", expr)
+        expr = re.sub(r"\b(\d+)U?L{0,2}\b", r"\1", expr)
         expr = re.sub(r"\b(0x[0-9a-fA-F]+)U\b", r"\1", expr)
         for name in sorted(consts, key=len, reverse=True):
             expr = re.sub(rf"\b{name}\b", str(consts[name]), expr)
@@ -66,17 +66,21 @@ PROTOS = C["SG_PROTOS"]
 UID_UNKNOWN = C["SG_UID_UNKNOWN"]
 RULE_LISTEN_REFUSED, RULE_UNPARSED = C["SG_RULE_LISTEN_REFUSED"], C["SG_RULE_UNPARSED"]
 EXIT_CONNECT, EXIT_LISTEN, EXIT_ACCEPT = C["SG_EXIT_CONNECT"], C["SG_EXIT_LISTEN"], C["SG_EXIT_ACCEPT"]
-EV_FLOW, EV_UNPARSED, EV_RELEASED = C["SG_EV_FLOW"], C["SG_EV_UNPARSED"], C["SG_EV_RELEASED"]
-CFG_LISTEN_AT_BIND = C["SG_CFG_LISTEN_AT_BIND"]
+EV_FLOW, EV_UNPARSED, EV_RELEASED, EV_SHADOW = (
+    C["SG_EV_FLOW"], C["SG_EV_UNPARSED"], C["SG_EV_RELEASED"], C["SG_EV_SHADOW"])
+CFG_LISTEN_AT_BIND, CFG_SHADOW = C["SG_CFG_LISTEN_AT_BIND"], C["SG_CFG_SHADOW"]
+FOLD_WINDOW_NS = C["SG_FOLD_WINDOW_NS"]
+SHADOW_MAX = C["SG_SHADOW_MAX"]
 OWNER_BIND_JUDGED, OWNER_REFUSED, OWNER_FLOWS, OWNER_INDEXED = (
     C["SG_OWNER_BIND_JUDGED"], C["SG_OWNER_REFUSED"], C["SG_OWNER_FLOWS"], C["SG_OWNER_INDEXED"])
 LOCAL, REMOTE = C["SG_LOCAL"], C["SG_REMOTE"]
 ALLOWED, REJECTED, AUDIT_REJECTED = C["SG_ALLOWED"], C["SG_REJECTED"], C["SG_AUDIT_REJECTED"]
 EMIT_ALLOWED, EMIT_REJECTED, EMIT_UDP = C["SG_EMIT_ALLOWED"], C["SG_EMIT_REJECTED"], C["SG_EMIT_UDP"]
 NEED_GROUPS, NEED_PROGRAM, NEED_OWNER = C["SG_NEED_GROUPS"], C["SG_NEED_PROGRAM"], C["SG_NEED_OWNER"]
-STAT_DECISIONS, STAT_SELECTED, STAT_DROPPED, STAT_UDP_DROPPED, STAT_FLOWS_FULL, STATS = (
+(STAT_DECISIONS, STAT_SELECTED, STAT_DROPPED, STAT_UDP_DROPPED, STAT_FLOWS_FULL, STAT_SHADOW_UNKEYED,
+ STAT_FOLDED_UNKEYED, STATS) = (
     C["SG_STAT_DECISIONS"], C["SG_STAT_SELECTED"], C["SG_STAT_DROPPED"], C["SG_STAT_UDP_DROPPED"],
-    C["SG_STAT_FLOWS_FULL"], C["SG_STATS"])
+    C["SG_STAT_FLOWS_FULL"], C["SG_STAT_SHADOW_UNKEYED"], C["SG_STAT_FOLDED_UNKEYED"], C["SG_STATS"])
 EXITS = C["SG_EXITS"]
 
 
@@ -105,6 +109,7 @@ class PolicyHeader(Structure):
         ("group_miss", c_uint32),
         ("group_wild", c_uint32),
         ("group_neg", c_uint32),
+        ("fold_rate", c_uint32),
         ("default_verdict", c_uint8 * EXITS),
         ("zero", c_uint8),
     ]
@@ -136,7 +141,22 @@ class AddrKey(Structure):
 
 class Config(Structure):
     _fields_ = [("active_slot", c_uint32), ("ringbuf_wakeup_bytes", c_uint32), ("flags", c_uint32),
-                ("netns_ino", c_uint32)]
+                ("netns_ino", c_uint32), ("shadow_slot", c_uint32)]
+
+
+class ShadowKey(Structure):
+    _fields_ = [("generation", c_uint32), ("shadow_generation", c_uint32), ("rule", c_int32),
+                ("shadow_rule", c_int32), ("exit", c_uint8), ("verdict", c_uint8), ("shadow_verdict", c_uint8),
+                ("pad", c_uint8)]
+
+
+class Rate(Structure):
+    _fields_ = [("window_ns", c_uint64), ("events", c_uint64)]
+
+
+class FoldKey(Structure):
+    _fields_ = [("generation", c_uint32), ("uid", c_uint32), ("rule", c_int32), ("exit", c_uint8),
+                ("verdict", c_uint8), ("udp", c_uint8), ("pad", c_uint8)]
 
 
 class OwnerKey(Structure):
@@ -194,6 +214,12 @@ class Event(Structure):
         ("remote_addr", c_uint8 * 16),
         ("comm", c_char * 16),
         ("exe_name", c_char * 32),
+        ("ngroups", c_uint32),
+        ("groups", c_uint32 * MAX_GROUPS),
+        ("shadow_rule", c_int32),
+        ("shadow_generation", c_uint32),
+        ("shadow_verdict", c_uint8),
+        ("pad2", c_uint8 * 7),
     ]
 
 
@@ -227,6 +253,9 @@ MIRRORS = {
     "sg_program_key": ProgramKey,
     "sg_addr_key": AddrKey,
     "sg_config": Config,
+    "sg_shadow_key": ShadowKey,
+    "sg_rate": Rate,
+    "sg_fold_key": FoldKey,
     "sg_owner_key": OwnerKey,
     "sg_owner": Owner,
     "sg_flow_key": FlowKey,

@@ -32,7 +32,7 @@ def state_path(pin_dir: str) -> Path:
 # every map of the object, pinned (a restarted daemon and `status` reopen them)
 MAP_NAMES = ("sg_config", "sg_policy", "sg_rules", "sg_bitmaps", "sg_users", "sg_groups", "sg_programs",
              "sg_addrs", "sg_ports", "sg_owners", "sg_listeners", "sg_listener_cookies", "sg_listener_keys",
-             "sg_flows", "sg_flows_seen", "sg_refused_listeners", "sg_hits", "sg_stats", "sg_events",
+             "sg_flows", "sg_flows_seen", "sg_shadow", "sg_shadow_seen", "sg_rates", "sg_folded", "sg_folded_seen", "sg_refused_listeners", "sg_hits", "sg_stats", "sg_events",
              "sg_scratch", "sg_sync", "sg_sync_inner", "sg_scope")
 
 # Programs both backends attach: UDP binds (listen rules), socket release (owners, flow
@@ -65,6 +65,18 @@ BACKEND_PREFERENCE = ("lsm", "cgroup")
 
 
 @dataclass
+class ShadowState:
+    slot: int
+    generation: int
+    policy_source: str
+    policy_digest: str
+    rule_names: list[str]
+    mode: str
+    since_ns: int           # when it was loaded
+    policy_text: str = ""   # what `policy promote` writes to the daemon's policy file
+
+
+@dataclass
 class PinState:
     backend: str
     scope_cgroup: str
@@ -77,6 +89,16 @@ class PinState:
     errno: int = 1
     mode: str = "enforce"
     audit_levels: list[str] = field(default_factory=list)
+    shadow: ShadowState | None = None   # a candidate decided beside the active policy, never enforced
+
+    def __post_init__(self):
+        if isinstance(self.shadow, dict):  # as read back from the state file
+            self.shadow = ShadowState(**self.shadow)
+
+    @property
+    def last_generation(self) -> int:
+        """The newest generation handed out (active or shadow): the next load's is one more."""
+        return max(self.generation, self.shadow.generation if self.shadow else 0)
 
 
 def cgroup2_root() -> str:
@@ -369,12 +391,17 @@ class Gate:
             "dropped": self._percpu_sum("sg_stats", L.STAT_DROPPED),
             "udp_dropped": self._percpu_sum("sg_stats", L.STAT_UDP_DROPPED),
             "flows_full": self._percpu_sum("sg_stats", L.STAT_FLOWS_FULL),
+            "shadow_unkeyed": self._percpu_sum("sg_stats", L.STAT_SHADOW_UNKEYED),
+            "folded_unkeyed": self._percpu_sum("sg_stats", L.STAT_FOLDED_UNKEYED),
         }
 
-    def hits(self) -> tuple[list[int], list[int]]:
-        """(per-rule hit counts, per-exit default counts) of the active policy."""
-        base = self.state.active_slot * L.HIT_SLOTS
-        rules = [self._percpu_sum("sg_hits", base + i) for i in range(len(self.state.rule_names))]
+    def hits(self, shadow: bool = False) -> tuple[list[int], list[int]]:
+        """(per-rule hit counts, per-exit default counts) of the active policy (or the shadow's:
+        it decides every call too)."""
+        sh = self.state.shadow if shadow else None
+        slot, names = (sh.slot, sh.rule_names) if sh else (self.state.active_slot, self.state.rule_names)
+        base = slot * L.HIT_SLOTS
+        rules = [self._percpu_sum("sg_hits", base + i) for i in range(len(names))]
         defaults = [self._percpu_sum("sg_hits", base + L.MAX_RULES + e) for e in range(L.EXITS)]
         return rules, defaults
 

@@ -1,9 +1,15 @@
 """Write compiled decision tables into the kernel maps, atomically.
 
-The tables are double-buffered by slot. A new policy is written into the inactive slot,
-then `active_slot` flips in one map update; a decision reads the slot once, so it sees
-the old tables or the new ones, never a mix. After the flip we wait until no program can
-still be running on the old slot, so the next load may overwrite it.
+The tables live in slots (three: the active policy, a shadow, and one being written). A
+new policy is written into a free slot, then `active_slot` flips in one map update; a
+decision reads the slot once, so it sees the old tables or the new ones, never a mix.
+After the flip we wait until no program can still be running on the old slot, so the next
+load may overwrite it.
+
+Shadow mode: a candidate written into a free slot becomes `shadow_slot` (one map update
+turns it on); every decision is then made by both, only the active one enforces, and the
+kernel counts where they differ (sockgate.kernel.shadow). Promotion makes the shadow slot
+the active one in one map update, so it is as atomic as a reload.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import time
 
 from sockgate.kernel import layout as L
 from sockgate.kernel import libbpf
-from sockgate.kernel.loader import Gate
+from sockgate.kernel.loader import Gate, ShadowState
 from sockgate.policy.compile import Compiled, port_table
 
 PER_SLOT_HASHES = {
@@ -53,16 +59,30 @@ def _addr_key(slot: int, side: int, net: int, plen: int) -> L.AddrKey:
     return k
 
 
+def _config(gate: Gate) -> L.Config:
+    cfg = L.Config()
+    if not libbpf.map_lookup(gate.maps["sg_config"], ctypes.c_uint32(0), cfg):
+        raise AssertionError("sg_config has no entry 0")
+    return cfg
+
+
+def _free_slot(cfg: L.Config) -> int:
+    """The lowest slot no decision reads: neither the active one nor the shadow's."""
+    busy = {cfg.active_slot} | ({cfg.shadow_slot} if cfg.flags & L.CFG_SHADOW else set())
+    return min(set(range(L.SLOTS)) - busy)
+
+
 def install(gate: Gate, c: Compiled, *, rule_names: list[str] | None = None, source: str = "",
-            mode: str = "enforce", audit_levels: list[str] | None = None) -> dict:
-    """Write `c` into the inactive slot and make it active. Returns timing and counts."""
+            mode: str = "enforce", audit_levels: list[str] | None = None, shadow: bool = False,
+            text: str = "") -> dict:
+    """Write `c` into a free slot and make it active (or, with `shadow`, the shadow: decided
+    beside the active policy, never enforced; `text` is the policy file for a promotion).
+    Returns timing and counts."""
     t0 = time.perf_counter()
     m = gate.maps
-    cfg = L.Config()
-    if not libbpf.map_lookup(m["sg_config"], ctypes.c_uint32(0), cfg):
-        raise AssertionError("sg_config has no entry 0")
-    slot = 1 - (cfg.active_slot & 1)
-    generation = gate.state.generation + 1
+    cfg = _config(gate)
+    slot = _free_slot(cfg)
+    generation = gate.state.last_generation + 1
 
     # nobody reads the inactive slot once programs that started before the last flip are done
     gate.wait_for_programs()
@@ -128,6 +148,7 @@ def install(gate: Gate, c: Compiled, *, rule_names: list[str] | None = None, sou
         group_miss=c.group_miss,
         group_wild=c.group_wild,
         group_neg=c.group_neg,
+        fold_rate=c.fold_rate,
     )
     for e in range(L.EXITS):
         hdr.user_miss[e] = c.user_miss[e]
@@ -135,15 +156,49 @@ def install(gate: Gate, c: Compiled, *, rule_names: list[str] | None = None, sou
     libbpf.map_update(m["sg_policy"], ctypes.c_uint32(slot), hdr)
 
     # the flip: one map update makes the whole new slot visible
-    cfg.active_slot = slot
+    names = list(rule_names if rule_names is not None else [r.name for r in c.rules])
+    st = gate.state
+    if shadow:
+        cfg.shadow_slot, cfg.flags = slot, cfg.flags | L.CFG_SHADOW
+        st.shadow = ShadowState(slot=slot, generation=generation, policy_source=source, policy_digest=c.digest,
+                                rule_names=names, mode=mode, since_ns=time.time_ns(), policy_text=text)
+    else:
+        cfg.active_slot = slot
+        st.active_slot, st.generation = slot, generation
+        st.policy_digest, st.policy_source, st.rule_names = c.digest, source, names
+        st.errno, st.mode, st.audit_levels = c.reject_errno, mode, list(audit_levels or [])
     libbpf.map_update(m["sg_config"], ctypes.c_uint32(0), cfg)
     gate.wait_for_programs()
-
-    st = gate.state
-    st.active_slot, st.generation = slot, generation
-    st.policy_digest, st.policy_source = c.digest, source
-    st.rule_names = list(rule_names if rule_names is not None else [r.name for r in c.rules])
-    st.errno, st.mode, st.audit_levels = c.reject_errno, mode, list(audit_levels or [])
     gate.save_state()
     return {"slot": slot, "generation": generation, "bitmaps": n, "rules": c.nrules,
             "seconds": time.perf_counter() - t0}
+
+
+def shadow_off(gate: Gate) -> ShadowState | None:
+    """Stop deciding with the shadow (one map update). Returns what it was."""
+    cfg = _config(gate)
+    was = gate.state.shadow
+    cfg.flags &= ~L.CFG_SHADOW
+    libbpf.map_update(gate.maps["sg_config"], ctypes.c_uint32(0), cfg)
+    gate.wait_for_programs()
+    gate.state.shadow = None
+    gate.save_state()
+    return was
+
+
+def promote(gate: Gate, *, errno: int, audit_levels: list[str]) -> ShadowState:
+    """The shadow becomes the active policy in one map update (the flip of a reload);
+    `errno` and `audit_levels` are its compiled header's, for the state."""
+    st, cfg = gate.state, _config(gate)
+    sh = st.shadow
+    if sh is None or not cfg.flags & L.CFG_SHADOW or cfg.shadow_slot != sh.slot:
+        raise AssertionError("no shadow policy is loaded")
+    cfg.active_slot, cfg.flags = sh.slot, cfg.flags & ~L.CFG_SHADOW
+    libbpf.map_update(gate.maps["sg_config"], ctypes.c_uint32(0), cfg)
+    gate.wait_for_programs()
+    st.active_slot, st.generation = sh.slot, sh.generation
+    st.policy_digest, st.policy_source, st.rule_names, st.mode = (sh.policy_digest, sh.policy_source,
+                                                                 list(sh.rule_names), sh.mode)
+    st.errno, st.audit_levels, st.shadow = errno, list(audit_levels), None
+    gate.save_state()
+    return sh

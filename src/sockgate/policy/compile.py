@@ -97,6 +97,7 @@ class Compiled:
     emit_rejected: bool = True
     emit_udp: bool = False
     reject_errno: int = 1
+    fold_rate: int = 200         # rejection events per user and second before they are counted instead
     digest: str = ""
 
     @functools.cached_property
@@ -158,6 +159,7 @@ def compile_policy(policy: Policy) -> Compiled:
         emit_rejected=policy.journal_rejected,
         emit_udp=policy.journal_udp,
         reject_errno=policy.errno,
+        fold_rate=policy.fold_rejections,
         digest=policy.digest,
     )
     c.needs_groups = any(r.group for r in rules)

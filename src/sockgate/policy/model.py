@@ -151,6 +151,8 @@ class Policy:
     )
     errno: int = errno_mod.EPERM     # errno for rejected connect/listen
     metrics_per_rule: bool = False   # the daemon's metrics carry a hit counter per rule (name as label)
+    fold_rejections: int = 200       # rejections journaled one by one per user and second; more are
+                                     # counted in summary entries (0: never fold)
     source: str = "<embedded>"
     digest: str = ""                 # sha256 of the file bytes
 

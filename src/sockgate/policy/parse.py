@@ -55,7 +55,7 @@ __all__ = [
 
 DEFAULT_POLICY_PATH = POLICY_FILE
 
-TOP_KEYS = ("mode", "audit_levels", "errno", "metrics_per_rule", "defaults", "lists", "rule")
+TOP_KEYS = ("mode", "audit_levels", "errno", "metrics_per_rule", "fold_rejections", "defaults", "lists", "rule")
 RULE_KEYS = ("name", "exit", "action", "mode") + MATCH_FIELDS
 EXIT_NAMES = tuple(e.label for e in Exit)
 MAX_ID = 2**32 - 2          # (uid_t)-1 means "no change" to the kernel: not a real id
@@ -216,6 +216,13 @@ def _build(doc: dict, ctx: _Ctx, file: str, digest: str) -> Policy:
         ctx.err(top_line("metrics_per_rule"), f"metrics_per_rule: expected true or false, got {_kind(per_rule)}")
         per_rule = False
 
+    # rejections per user and second journaled one by one; the rest counted in summaries
+    fold = doc.get("fold_rejections", 200)
+    if type(fold) is not int or not 0 <= fold <= 1_000_000:
+        ctx.err(top_line("fold_rejections"), "fold_rejections: expected a whole number from 0 (never fold) to "
+                f"1000000 rejections per user and second, got {_kind(fold) if type(fold) is not int else fold}")
+        fold = 200
+
     # defaults
     defaults = {e: Action.ALLOW for e in Exit}
     if "defaults" in doc:
@@ -264,6 +271,7 @@ def _build(doc: dict, ctx: _Ctx, file: str, digest: str) -> Policy:
         defaults=defaults,
         errno=err_no,
         metrics_per_rule=per_rule,
+        fold_rejections=fold,
         source=file,
         digest=digest,
     )

@@ -113,10 +113,13 @@ def skip_reason(e) -> str | None:
         return e.rule
     if e.extra.get("flow") == "summary":
         return "udp-summary"
+    if e.extra.get("folded") == "summary":
+        return "folded"
     return None
 
 
-SKIP_WHY = {**SKIP_RULES, "udp-summary": "UDP flow summaries (their flow's decision is its first entry)"}
+SKIP_WHY = {**SKIP_RULES, "udp-summary": "UDP flow summaries (their flow's decision is its first entry)",
+            "folded": "rejection summaries (a user past fold_rejections per second: counted, no addresses)"}
 
 
 def call_of(e) -> Call:
@@ -386,10 +389,11 @@ class Report:
 
 
 def replay(entries: Iterable, candidate: Policy, against: Policy | None = None, *,
-           since_ns: int | None = None, until_ns: int | None = None) -> Report:
-    """Replay decision-type entries (any others are ignored) through `candidate`. The old
-    outcome is the journaled one, or `against`'s. Streams: one pass, bounded state."""
-    new = Evaluator(candidate)
+           since_ns: int | None = None, until_ns: int | None = None, compiled: Compiled | None = None) -> Report:
+    """Replay decision-type entries (any others are ignored) through `candidate` (`compiled`:
+    its tables, if the caller has them). The old outcome is the journaled one, or
+    `against`'s. Streams: one pass, bounded state."""
+    new = Evaluator(candidate, compiled)
     old = Evaluator(against) if against is not None else None
     rep = Report(candidate.source, against.source if against is not None else None, since_ns, until_ns)
     groups, skipped, reasons = rep.groups, rep.skipped, rep.reasons

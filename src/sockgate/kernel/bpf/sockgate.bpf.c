@@ -212,6 +212,50 @@ struct {
 	__type(value, __u64);
 } sg_flows_seen SEC(".maps");
 
+/* Rejection folding (see struct sg_rate): per user, and the counts of what was folded. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, SG_RATES_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u32);
+	__type(value, struct sg_rate);
+} sg_rates SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, SG_FOLDED_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct sg_fold_key);
+	__type(value, __u64);
+} sg_folded SEC(".maps");
+
+struct {  /* user space only: how many of them are journaled (as sg_flows_seen) */
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, SG_FOLDED_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct sg_fold_key);
+	__type(value, __u64);
+} sg_folded_seen SEC(".maps");
+
+/* Shadow differences (struct sg_shadow_key) -> calls. The daemon journals the growth. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, SG_SHADOW_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct sg_shadow_key);
+	__type(value, __u64);
+} sg_shadow SEC(".maps");
+
+/* User space only: how many of a pair's calls are journaled already (pinned, like
+ * sg_flows_seen, so a restarted daemon neither repeats nor skips a count). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, SG_SHADOW_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct sg_shadow_key);
+	__type(value, __u64);
+} sg_shadow_seen SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, SG_SLOTS * SG_HIT_SLOTS);
@@ -272,6 +316,11 @@ struct sg_scratch {
 	struct sg_probe probe;
 	__u32 hit_alone[SG_MAX_GROUPS];
 	__u32 hit_membership[SG_MAX_GROUPS];
+	__s32 decided_rule;          /* decide_at()'s rule */
+	__u32 group_index;           /* group_dimension()'s result */
+	__s32 shadow_rule;           /* the shadow decision a SG_EV_SHADOW event carries */
+	__u32 shadow_generation;
+	__u32 shadow_verdict;
 };
 
 /* Two per CPU: one for hooks in task context (connect, bind, listen, sends, release), one
@@ -290,6 +339,9 @@ struct {
 /* Keep the layouts in the object's BTF so user space can check its mirror against them. */
 struct sg_event _sg_event_btf = {};
 struct sg_probe _sg_probe_btf = {};
+struct sg_shadow_key _sg_shadow_key_btf = {};
+struct sg_rate _sg_rate_btf = {};
+struct sg_fold_key _sg_fold_key_btf = {};
 
 static __always_inline void stat_add(__u32 which)
 {
@@ -411,10 +463,21 @@ static long group_hit_step(__u32 i, void *data)
 }
 
 /* Group dimension: wildcard | (OR of the caller's groups' memberships ^ negated). Usually
- * the caller is in at most one group a rule names and a precomputed bitmap serves. */
-static __always_inline const struct sg_bitmap *group_bitmap(__u32 slot, const struct sg_policy *pol,
-							    const struct sg_owner *who, struct sg_scratch *sc)
+ * the caller is in at most one group a rule names and a precomputed bitmap serves. The
+ * result goes to sc->group_index: a bitmap index, or GROUPS_IN_SCRATCH (sc->groups holds
+ * it). A global function called before decide_at(), not from it: each has its own frame
+ * and a call chain stays within the verifier's 512-byte stack limit. */
+#define GROUPS_IN_SCRATCH 0xffffffffU
+#define GROUPS_NONE       0xfffffffeU   /* no such bitmap: the decision falls back */
+__attribute__((noinline)) int group_dimension(struct sg_scratch *sc, __u32 slot)
 {
+	if (!sc)
+		return 0;
+	sc->group_index = GROUPS_NONE;
+	const struct sg_policy *pol = bpf_map_lookup_elem(&sg_policy, &slot);
+	if (!pol)
+		return 0;
+	const struct sg_owner *who = &sc->who;
 	__u32 n = who->ngroups;
 	if (n > SG_MAX_GROUPS)
 		n = SG_MAX_GROUPS;
@@ -426,22 +489,26 @@ static __always_inline const struct sg_bitmap *group_bitmap(__u32 slot, const st
 	struct group_hits_ctx gc = { .slot = slot, .hits = z, .who = who, .alone = sc->hit_alone,
 				     .membership = sc->hit_membership };
 	bpf_loop(n, group_hit_step, &gc, 0);
-	if (gc.hits == 0)
-		return bitmap(slot, pol->group_miss);
-	if (gc.hits == 1)
-		return bitmap(slot, sc->hit_alone[0]);
-
+	if (gc.hits == 0) {
+		sc->group_index = pol->group_miss;
+		return 0;
+	}
+	if (gc.hits == 1) {
+		sc->group_index = sc->hit_alone[0];
+		return 0;
+	}
 	struct sg_bitmap *acc = &sc->groups;
 	struct or_words_ctx oc = { .acc = acc, .membership = sc->hit_membership, .slot = slot, .nw = nw };
 	bpf_loop(gc.hits * nw, or_words_step, &oc, 0);
 	struct combine_ctx cc = { .acc = acc, .wild = bitmap(slot, pol->group_wild),
 				  .neg = bitmap(slot, pol->group_neg) };
 	if (!cc.wild || !cc.neg)
-		return NULL;
+		return 0;
 	for (__u32 s = 0; s < SG_SUMMARY_WORDS; s++)
 		acc->summary[s] = 0;
 	bpf_loop(nw, combine_step, &cc, 0);
-	return acc;
+	sc->group_index = GROUPS_IN_SCRATCH;
+	return 0;
 }
 
 /* The AND of the dimensions a decision uses (5 for connect/listen, 7 for accept). */
@@ -504,7 +571,7 @@ static __always_inline int decide(__u32 slot, const struct sg_policy *pol, __u32
 	struct sg_program_key pk = { .slot = slot, .dev = who->dev, .ino = who->ino };
 	__u32 *pidx = bpf_map_lookup_elem(&sg_programs, &pk);
 	sc.b[1] = bitmap(slot, pidx ? *pidx : pol->program_miss);
-	sc.b[2] = group_bitmap(slot, pol, who, scr);
+	sc.b[2] = scr->group_index == GROUPS_IN_SCRATCH ? &scr->groups : bitmap(slot, scr->group_index);
 	if (exit == SG_EXIT_CONNECT) {
 		sc.b[3] = addr_bitmap(slot, SG_REMOTE, raddr);
 		sc.b[4] = port_bitmap(slot, SG_REMOTE, proto, rport);
@@ -544,15 +611,19 @@ static __always_inline int decide(__u32 slot, const struct sg_policy *pol, __u32
 	return ri ? ri->verdict : fallback;
 }
 
+#define SHADOW_OFF 0xff
+
 /* The active slot and its header, read once per decision: everything after uses them, so
  * a decision never mixes two policies. */
-static __always_inline const struct sg_policy *active_policy(__u32 *slot)
+static __always_inline const struct sg_policy *active_policy(__u32 *slot, __u32 *shadow)
 {
 	__u32 zero = 0;
 	struct sg_config *cfg = bpf_map_lookup_elem(&sg_config, &zero);
 	if (!cfg)
 		return NULL;
-	*slot = cfg->active_slot & 1;
+	*slot = cfg->active_slot;
+	if (shadow)  /* read with the active slot: one consistent pair per decision */
+		*shadow = (cfg->flags & SG_CFG_SHADOW) ? cfg->shadow_slot : SHADOW_OFF;
 	return bpf_map_lookup_elem(&sg_policy, slot);
 }
 
@@ -560,10 +631,37 @@ static __always_inline const struct sg_policy *active_policy(__u32 *slot)
  * the other policy). */
 static __always_inline void count_hit(__u32 slot, __u32 exit, __s32 rule)
 {
-	__u32 idx = (slot & 1) * SG_HIT_SLOTS + (rule >= 0 ? (__u32)rule : SG_MAX_RULES + exit);
+	__u32 idx = slot * SG_HIT_SLOTS + (rule >= 0 ? (__u32)rule : SG_MAX_RULES + exit);
 	__u64 *v = bpf_map_lookup_elem(&sg_hits, &idx);
 	if (v)
 		*v += 1;
+}
+
+/* decide() as a global function over the scratch: who decides (sc->who) at which site
+ * (sc->site), by the tables of the slot in `what` (DECIDE_WHAT). Its stack is its own
+ * frame, not the caller's: the hooks' frames plus a second, shadow decision would pass
+ * the verifier's 512-byte limit for a call chain. The rule goes to sc->decided_rule. */
+#define DECIDE_WHAT(slot, exit, proto) (((exit) & 0xff) | (((proto) & 0xff) << 8) | (((slot) & 0xf) << 20))
+__attribute__((noinline)) int decide_at(struct sg_scratch *sc, __u32 what)
+{
+	if (!sc)
+		return SG_ALLOWED;
+	__u32 slot = (what >> 20) & 0xf;
+	sc->decided_rule = -1;
+	const struct sg_policy *pol = bpf_map_lookup_elem(&sg_policy, &slot);
+	if (!pol)
+		return SG_ALLOWED;  /* unreachable: the array always has the entry */
+	const struct sg_site *at = &sc->site;
+	return decide(slot, pol, what & 0xff, (what >> 8) & 0xff, &sc->who, at->laddr, at->lport, at->raddr,
+		      at->rport, sc, &sc->decided_rule);
+}
+
+/* One decision by the tables of `slot`: the group dimension, then the rest (two calls side
+ * by side, see group_dimension). The rule goes to sc->decided_rule. */
+static __always_inline int decide_slot(struct sg_scratch *sc, __u32 slot, __u32 exit, __u32 proto)
+{
+	group_dimension(sc, slot);
+	return decide_at(sc, DECIDE_WHAT(slot, exit, proto));
 }
 
 /* Supplementary groups, one bpf_loop step each (a plain loop is walked by the verifier once
@@ -634,6 +732,7 @@ static __always_inline bool wants_event(int verdict, __u32 flags, bool udp)
  * program, not at every call site: 6.1's verifier in the test guest is slow), so its
  * arguments are few and packed: what = exit | verdict << 8 | is_current << 16. */
 #define EMIT_WHAT(exit, verdict, is_current) ((exit) | ((verdict) << 8) | ((is_current) ? 1 << 16 : 0))
+#define EMIT_SHADOW (1 << 17)     /* a shadow sample: sc->shadow_* hold the shadow's decision */
 __attribute__((noinline)) int emit(struct sg_scratch *sc, __u32 what, __s32 rule, __u32 gen)
 {
 	if (!sc)
@@ -641,7 +740,7 @@ __attribute__((noinline)) int emit(struct sg_scratch *sc, __u32 what, __s32 rule
 	const struct sg_owner *who = &sc->who;
 	const struct sg_site *at = &sc->site;  /* every judge() caller's site lives there */
 	__u32 exit = what & 0xff, verdict = (what >> 8) & 0xff;
-	bool is_current = what >> 16;
+	bool is_current = (what >> 16) & 1;
 	stat_add(SG_STAT_SELECTED);
 	struct sg_event *e = bpf_ringbuf_reserve(&sg_events, sizeof(*e), 0);
 	if (!e) {
@@ -671,6 +770,17 @@ __attribute__((noinline)) int emit(struct sg_scratch *sc, __u32 what, __s32 rule
 	e->verdict = verdict;
 	e->family = at->family;
 	e->flags = at->flags;
+	if (what & EMIT_SHADOW) {
+		e->flags |= SG_EV_SHADOW;
+		e->shadow_rule = sc->shadow_rule;
+		e->shadow_generation = sc->shadow_generation;
+		e->shadow_verdict = sc->shadow_verdict;
+	} else {
+		e->shadow_rule = -1;
+		e->shadow_generation = 0;
+		e->shadow_verdict = 0;
+	}
+	__builtin_memset(e->pad2, 0, sizeof(e->pad2));
 	e->protocol = at->ipproto;
 	e->local_port = at->lport;
 	e->remote_port = at->rport;
@@ -679,11 +789,13 @@ __attribute__((noinline)) int emit(struct sg_scratch *sc, __u32 what, __s32 rule
 	__builtin_memcpy(e->remote_addr, at->raddr, 16);
 	__builtin_memcpy(e->comm, who->comm, 16);
 	__builtin_memcpy(e->exe_name, who->exe_name, 32);
+	e->ngroups = who->ngroups;
+	__builtin_memcpy(e->groups, who->groups, sizeof(e->groups));
 
 	/* Batched wakeup: rejections wake the reader now; allowed events wait for a full
 	 * batch (the reader also polls with a timeout). */
 	__u64 wake = 0;
-	if (verdict == SG_ALLOWED) {
+	if (verdict == SG_ALLOWED && !(what & EMIT_SHADOW)) {
 		__u32 zero = 0;
 		struct sg_config *cfg = bpf_map_lookup_elem(&sg_config, &zero);
 		__u64 pending = bpf_ringbuf_query(&sg_events, BPF_RB_AVAIL_DATA);
@@ -777,40 +889,136 @@ static __always_inline void identify(struct sg_scratch *sc, bool is_current, con
 	}
 }
 
+/* Rejection folding: 1 if this rejection (`what`: EMIT_WHAT, bit 18 a UDP flow's first
+ * datagram) is counted in sg_folded instead of sent, because its user (sc->who.uid) already
+ * had `rate` rejections journaled in this window. Users past SG_RATES_MAX (thousands of
+ * uids from user namespaces) are folded from their first rejection: still counted. */
+#define EMIT_UDP_FLOW (1 << 18)
+__attribute__((noinline)) int fold(struct sg_scratch *sc, __u32 what, __s32 rule, __u32 gen, __u32 rate)
+{
+	if (!sc || !rate)
+		return 0;
+	__u32 uid = sc->who.uid;
+	__u64 now = bpf_ktime_get_boot_ns();
+	struct sg_rate *r = bpf_map_lookup_elem(&sg_rates, &uid);
+	if (r) {
+		if (now - r->window_ns >= SG_FOLD_WINDOW_NS) {  /* a new window (two CPUs may both reset: */
+			r->window_ns = now;                      /* one rejection more is sent, none lost) */
+			r->events = 0;
+		}
+		if (__sync_fetch_and_add(&r->events, 1) < rate)
+			return 0;
+	} else {
+		struct sg_rate fresh = { .window_ns = now, .events = 1 };
+		if (!bpf_map_update_elem(&sg_rates, &uid, &fresh, BPF_NOEXIST))
+			return 0;
+		if (bpf_map_lookup_elem(&sg_rates, &uid))
+			return 0;  /* another CPU made it first: counted from the next one */
+	}
+	struct sg_fold_key k = { .generation = gen, .uid = uid, .rule = rule, .exit = what & 0xff,
+				 .verdict = (what >> 8) & 0xff, .udp = (what & EMIT_UDP_FLOW) ? 1 : 0 };
+	__u64 *n = bpf_map_lookup_elem(&sg_folded, &k);
+	if (n) {
+		__sync_fetch_and_add(n, 1);
+		return 1;
+	}
+	__u64 one = 1;
+	if (bpf_map_update_elem(&sg_folded, &k, &one, BPF_NOEXIST)) {
+		n = bpf_map_lookup_elem(&sg_folded, &k);
+		if (n)
+			__sync_fetch_and_add(n, 1);
+		else
+			stat_add(SG_STAT_FOLDED_UNKEYED);
+	}
+	return 1;
+}
+
+/* Shadow mode: where the shadow slot's policy decided a call otherwise than the active one
+ * (`what`: EMIT_WHAT of the active decision), the pair of deciding rules is counted in
+ * sg_shadow, and the first call of a pair is journaled whole as a sample. judge() makes
+ * the shadow decision itself (decide_at beside, not inside, this call: the verifier's
+ * 512-byte limit holds per call chain). A global function: verified once. */
+__attribute__((noinline)) int shadow_differs(struct sg_scratch *sc, __u32 what, __s32 rule, __u32 gen)
+{
+	if (!sc)
+		return 0;
+	struct sg_shadow_key k = { .generation = gen, .shadow_generation = sc->shadow_generation, .rule = rule,
+				   .shadow_rule = sc->shadow_rule, .exit = what & 0xff, .verdict = (what >> 8) & 0xff,
+				   .shadow_verdict = sc->shadow_verdict };
+	__u64 *n = bpf_map_lookup_elem(&sg_shadow, &k);
+	if (n) {
+		__sync_fetch_and_add(n, 1);
+		return 0;
+	}
+	__u64 one = 1;
+	if (bpf_map_update_elem(&sg_shadow, &k, &one, BPF_NOEXIST)) {
+		n = bpf_map_lookup_elem(&sg_shadow, &k);  /* another CPU made it first, or full */
+		if (n)
+			__sync_fetch_and_add(n, 1);
+		else
+			stat_add(SG_STAT_SHADOW_UNKEYED);
+		return 0;
+	}
+	emit(sc, (what & 0x1ffff) | EMIT_SHADOW, rule, gen);
+	return 0;
+}
+
 /* One decision at an exit point, end to end: read the active policy once, gather what it
  * needs, decide, count the deciding rule, journal it (with the full identity) if the
- * audit levels ask. *err gets the policy's errno; *gen and *rule what decided. */
+ * audit levels ask, and let a shadow policy decide it too. *err gets the policy's errno;
+ * *gen and *rule what decided. */
 static __always_inline int judge(__u32 exit, struct sg_scratch *sc, bool is_current, const struct sg_owner *owner,
-				 const struct sg_site *at, __s32 *err, __u32 *gen, __s32 *rule_out)
+				 bool owner_later, const struct sg_site *at, __s32 *err, __u32 *gen, __s32 *rule_out)
 {
 	__s32 rule;
-	__u32 slot;
+	__u32 slot, shadow;
 	*err = EPERM;
 	*gen = 0;
 	*rule_out = -1;
 	stat_add(SG_STAT_DECISIONS);
-	const struct sg_policy *pol = active_policy(&slot);
+	const struct sg_policy *pol = active_policy(&slot, &shadow);
 	if (!pol)
 		return SG_ALLOWED;  /* unreachable: the array always has the entry */
 	int cls = proto_class(at->ipproto);
-	__u32 needs = pol->needs & SG_NEED_ALL;
+	__u32 needs = shadow != SHADOW_OFF ? SG_NEED_ALL : pol->needs & SG_NEED_ALL;
 	identify(sc, is_current, owner, needs);
 	int verdict;
 	if (at->flags & SG_EV_UNPARSED) {
 		rule = SG_RULE_UNPARSED;
 		verdict = SG_REJECTED;
 	} else {
-		verdict = decide(slot, pol, exit, cls < 0 ? 0 : cls, &sc->who, at->laddr, at->lport, at->raddr,
-				 at->rport, sc, &rule);
+		verdict = decide_slot(sc, slot, exit, cls < 0 ? 0 : cls);
+		rule = sc->decided_rule;
 	}
 	*err = pol->reject_errno;
 	*gen = pol->generation;
 	*rule_out = rule;
 	count_hit(slot, exit, rule);
+	if (shadow != SHADOW_OFF && !(at->flags & SG_EV_UNPARSED)) {
+		const struct sg_policy *spol = bpf_map_lookup_elem(&sg_policy, &shadow);
+		if (spol) {
+			int sverdict = decide_slot(sc, shadow, exit, cls < 0 ? 0 : cls);
+			count_hit(shadow, exit, sc->decided_rule);
+			if (sverdict != verdict) {
+				sc->shadow_rule = sc->decided_rule;
+				sc->shadow_generation = spol->generation;
+				sc->shadow_verdict = sverdict;
+				shadow_differs(sc, EMIT_WHAT(exit, verdict, is_current), rule, pol->generation);
+			}
+		}
+	}
 	if (wants_event(verdict, pol->flags, cls == SG_PROTO_UDP)) {
-		if (needs != SG_NEED_ALL)
+		/* an accept decided without its owner (no rule tests it) still journals who owns
+		 * the listener: replay and learn need it (owner_later: the hook skipped the lookup) */
+		if (owner_later && !owner) {
+			owner = find_owner(at->family, at->laddr, at->lport);
 			identify(sc, is_current, owner, SG_NEED_ALL);
-		emit(sc, EMIT_WHAT(exit, verdict, is_current), rule, pol->generation);
+		} else if (needs != SG_NEED_ALL) {
+			identify(sc, is_current, owner, SG_NEED_ALL);
+		}
+		__u32 what = EMIT_WHAT(exit, verdict, is_current) | ((at->flags & SG_EV_FLOW) ? EMIT_UDP_FLOW : 0);
+		if (verdict == SG_ALLOWED || !fold(sc, what, rule, pol->generation, pol->fold_rate))
+			emit(sc, what & 0x1ffff, rule, pol->generation);
 	}
 	return verdict;
 }
@@ -860,7 +1068,7 @@ static __always_inline int judge_out(struct sg_scratch *sc, struct sg_site *at, 
 {
 	__u32 slot;
 	*err = EPERM;
-	const struct sg_policy *pol = active_policy(&slot);
+	const struct sg_policy *pol = active_policy(&slot, NULL);
 	if (!pol)
 		return SG_ALLOWED;
 	bool udp = proto_class(at->ipproto) == SG_PROTO_UDP && !(at->flags & SG_EV_UNPARSED);
@@ -890,7 +1098,7 @@ static __always_inline int judge_out(struct sg_scratch *sc, struct sg_site *at, 
 	}
 	__u32 gen;
 	__s32 rule;
-	int verdict = judge(SG_EXIT_CONNECT, sc, true, NULL, at, err, &gen, &rule);
+	int verdict = judge(SG_EXIT_CONNECT, sc, true, NULL, false, at, err, &gen, &rule);
 	if (!udp)
 		return verdict;
 	struct sg_flow *v = &sc->fval;
@@ -1008,7 +1216,7 @@ static __always_inline int on_bind(struct sg_ctx_sock *ctx, bool v6)
 	__s32 err;
 	__u32 gen;
 	__s32 rule;
-	int verdict = judge(SG_EXIT_LISTEN, sc, true, NULL, at, &err, &gen, &rule);
+	int verdict = judge(SG_EXIT_LISTEN, sc, true, NULL, false, at, &err, &gen, &rule);
 	if (verdict != SG_REJECTED)
 		record_owner(sc, at->cookie, SG_OWNER_BIND_JUDGED, false);
 	return cgroup_verdict(verdict, err);
@@ -1149,7 +1357,7 @@ int sg_listen_cb(struct bpf_sock_ops *raw)
 		__s32 err;
 		__u32 gen;
 		__s32 rule;
-		if (judge(SG_EXIT_LISTEN, sc, true, NULL, at, &err, &gen, &rule) == SG_REJECTED &&
+		if (judge(SG_EXIT_LISTEN, sc, true, NULL, false, at, &err, &gen, &rule) == SG_REJECTED &&
 		    !(flags & SG_OWNER_REFUSED)) {
 			flags |= SG_OWNER_REFUSED;
 			refused_listeners_add(1);
@@ -1191,26 +1399,29 @@ int sg_accept(struct bpf_sk_lookup *raw)
 	at->lport = (__u16)READ_CTX(ctx->local_port);
 	at->rport = bpf_ntohs((__u16)READ_CTX(ctx->remote_port));
 
-	/* the owner is looked up when a rule needs it, or while some listener's listen() was
-	 * refused after the fact (cgroup backend): every connection to it is refused */
-	__u32 slot, zero = 0;
-	const struct sg_policy *pol = active_policy(&slot);
+	/* the owner is looked up when a rule (active or shadow) needs it, or while some
+	 * listener's listen() was refused after the fact (cgroup backend): every connection to
+	 * it is refused; else only if the decision is journaled (judge's owner_later) */
+	__u32 slot, shadow, zero = 0;
+	const struct sg_policy *pol = active_policy(&slot, &shadow);
 	__s64 *refused = bpf_map_lookup_elem(&sg_refused_listeners, &zero);
 	struct sg_owner *owner = NULL;
-	if ((pol && (pol->needs & SG_NEED_OWNER)) || (refused && *refused > 0))
+	if ((pol && (pol->needs & SG_NEED_OWNER)) || shadow != SHADOW_OFF || (refused && *refused > 0))
 		owner = find_owner(family, at->laddr, at->lport);
 	if (owner && (owner->flags & SG_OWNER_REFUSED)) {
 		identify(sc, false, owner, SG_NEED_ALL);
 		stat_add(SG_STAT_DECISIONS);
 		count_hit(slot, SG_EXIT_ACCEPT, -1);
-		if (pol && wants_event(SG_REJECTED, pol->flags, false))
-			emit(sc, EMIT_WHAT(SG_EXIT_ACCEPT, SG_REJECTED, false), SG_RULE_LISTEN_REFUSED, pol->generation);
+		__u32 what = EMIT_WHAT(SG_EXIT_ACCEPT, SG_REJECTED, false);
+		if (pol && wants_event(SG_REJECTED, pol->flags, false) &&
+		    !fold(sc, what, SG_RULE_LISTEN_REFUSED, pol->generation, pol->fold_rate))
+			emit(sc, what, SG_RULE_LISTEN_REFUSED, pol->generation);
 		return SK_DROP;
 	}
 	__s32 err;
 	__u32 gen;
 	__s32 rule;
-	int verdict = judge(SG_EXIT_ACCEPT, sc, false, owner, at, &err, &gen, &rule);
+	int verdict = judge(SG_EXIT_ACCEPT, sc, false, owner, true, at, &err, &gen, &rule);
 	return verdict == SG_REJECTED ? SK_DROP : SK_PASS;
 }
 
@@ -1294,7 +1505,7 @@ int sg_ingress(struct __sk_buff *skb)
 		__builtin_memset(at->raddr, 0, 16);
 	}
 	__u32 slot;
-	const struct sg_policy *pol = active_policy(&slot);
+	const struct sg_policy *pol = active_policy(&slot, NULL);
 	if (!pol)
 		return 0;
 	struct sg_flow_key *k = &sc->fkey;
@@ -1331,7 +1542,7 @@ int sg_ingress(struct __sk_buff *skb)
 	__s32 err;
 	__u32 gen;
 	__s32 rule;
-	int verdict = judge(SG_EXIT_ACCEPT, sc, false, owner, at, &err, &gen, &rule);
+	int verdict = judge(SG_EXIT_ACCEPT, sc, false, owner, false, at, &err, &gen, &rule);
 	if (!(at->flags & SG_EV_UNPARSED)) {
 		struct sg_flow *v = &sc->fval;
 		__builtin_memset(v, 0, sizeof(*v));
@@ -1535,7 +1746,7 @@ int BPF_PROG(sg_lsm_listen, struct socket *sock, int backlog, int ret)
 	__s32 err;
 	__u32 gen;
 	__s32 rule;
-	int verdict = judge(SG_EXIT_LISTEN, sc, true, NULL, at, &err, &gen, &rule);
+	int verdict = judge(SG_EXIT_LISTEN, sc, true, NULL, false, at, &err, &gen, &rule);
 	return lsm_verdict(verdict, err);
 }
 
@@ -1559,11 +1770,15 @@ int sg_probe(struct __sk_buff *skb)
 	who->dev = p->dev;
 	who->ino = p->ino;
 	__u32 slot;
-	const struct sg_policy *pol = active_policy(&slot);
+	const struct sg_policy *pol = active_policy(&slot, NULL);
 	if (!pol)
 		return -1;
-	__s32 rule;
-	int verdict = decide(slot, pol, p->exit, p->protocol, who, p->local_addr, p->local_port, p->remote_addr,
-			     p->remote_port, sc, &rule);
+	struct sg_site *at = new_site(sc, 0, 0);  /* decide_at() reads the call's site from here */
+	__builtin_memcpy(at->laddr, p->local_addr, 16);
+	__builtin_memcpy(at->raddr, p->remote_addr, 16);
+	at->lport = p->local_port;
+	at->rport = p->remote_port;
+	int verdict = decide_slot(sc, slot, p->exit & 0xff, p->protocol & 0xff);
+	__s32 rule = sc->decided_rule;
 	return (verdict << 16) | ((rule + 1) & 0xffff);
 }

@@ -8,7 +8,7 @@
 #define SG_WORDS          (SG_MAX_RULES / 64)   /* u64 words in a rule bitmap */
 #define SG_SUMMARY_WORDS  (SG_WORDS / 64)       /* one summary bit per non-empty word */
 #define SG_MAX_GROUPS     32                    /* supplementary groups looked at per caller */
-#define SG_SLOTS          2                     /* double-buffered policy tables */
+#define SG_SLOTS          3                     /* policy tables: active, next, shadow (any order) */
 #define SG_MAX_BITMAPS    65536                 /* distinct bitmaps per slot */
 #define SG_HIT_SLOTS      (SG_MAX_RULES + 3)    /* per-rule hit counters + one default per exit */
 #define SG_PORT_SIDES     2
@@ -17,6 +17,10 @@
 #define SG_OWNERS_MAX     262144                /* sockets in scope with a recorded owner */
 #define SG_LISTENERS_MAX  65536
 #define SG_FLOWS_MAX      262144                /* UDP (socket, peer, direction) flows */
+#define SG_SHADOW_MAX     16384                 /* (rule, shadow rule) pairs that decided apart */
+#define SG_RATES_MAX      65536                 /* users with a recent rejection (fold rate state) */
+#define SG_FOLDED_MAX     16384                 /* (user, exit, rule) with folded rejections */
+#define SG_FOLD_WINDOW_NS 1000000000ULL         /* sg_policy.fold_rate counts per this window */
 #define SG_UID_UNKNOWN    0xfffffffeU           /* accept: listener bound before sockgate started, not found */
 #define SG_RULE_LISTEN_REFUSED (-2)             /* accept: the listener's own listen() was refused */
 #define SG_RULE_UNPARSED  (-3)                  /* a call in scope whose address could not be read */
@@ -30,6 +34,8 @@ enum sg_proto { SG_PROTO_TCP = 0, SG_PROTO_UDP = 1, SG_PROTO_MPTCP = 2, SG_PROTO
 enum sg_stat { SG_STAT_DECISIONS = 0, SG_STAT_SELECTED = 1, SG_STAT_DROPPED = 2,
 	       SG_STAT_UDP_DROPPED = 3,   /* inbound datagrams refused */
 	       SG_STAT_FLOWS_FULL = 4,    /* UDP decisions made without a flow slot (table full) */
+	       SG_STAT_SHADOW_UNKEYED = 5, /* shadow differences counted only here (sg_shadow full) */
+	       SG_STAT_FOLDED_UNKEYED = 6, /* folded rejections counted only here (sg_folded full) */
 	       SG_STATS = 8 };
 
 /* struct sg_event.flags */
@@ -37,10 +43,13 @@ enum sg_stat { SG_STAT_DECISIONS = 0, SG_STAT_SELECTED = 1, SG_STAT_DROPPED = 2,
                                  datagrams are counted in sg_flows, not sent one by one */
 #define SG_EV_UNPARSED    2   /* the address could not be read: refused */
 #define SG_EV_RELEASED    4   /* not a decision: socket `cookie`, which had UDP flows, is gone */
+#define SG_EV_SHADOW      8   /* not a decision: the first call of a struct sg_shadow_key (a pair of
+                                 active and shadow rules that decided apart); later ones are counted */
 
 /* struct sg_config.flags */
 #define SG_CFG_LISTEN_AT_BIND 1  /* cgroup backend: TCP listen rules judged at bind(), and at
                                     listen() for sockets that were never bound */
+#define SG_CFG_SHADOW        2  /* the tables of shadow_slot are decided beside the active ones */
 
 /* policy header flags */
 #define SG_EMIT_ALLOWED   1   /* *NETSCK: journal allowed decisions */
@@ -81,6 +90,8 @@ struct sg_policy {
 	__u32 group_miss;            /* no caller group is named by any rule */
 	__u32 group_wild;            /* rules without a group field */
 	__u32 group_neg;             /* rules with a negated group field */
+	__u32 fold_rate;             /* rejections journaled one by one per user and window; the rest
+	                                are counted in sg_folded (0: never fold) */
 	__u8  default_verdict[SG_EXITS];
 	__u8  zero;                  /* always 0; see OPAQUE in sockgate.bpf.c */
 };
@@ -132,6 +143,39 @@ struct sg_config {
 	__u32 ringbuf_wakeup_bytes;  /* wake the reader early once this much is pending */
 	__u32 flags;                 /* SG_CFG_* */
 	__u32 netns_ino;             /* the network namespace sk_lookup is attached to */
+	__u32 shadow_slot;           /* with SG_CFG_SHADOW: a candidate policy that decides every
+	                                call too, never enforced; where it differs is counted */
+};
+
+/* Shadow differences: calls where the active and the shadow policy gave different verdicts,
+ * counted per pair of deciding rules (and the two generations, so a reload starts anew). */
+struct sg_shadow_key {
+	__u32 generation;            /* of the active policy */
+	__u32 shadow_generation;
+	__s32 rule;                  /* active rule, -1 = the exit's default */
+	__s32 shadow_rule;
+	__u8  exit;
+	__u8  verdict;               /* enum sg_verdict: active */
+	__u8  shadow_verdict;
+	__u8  pad;
+};
+
+/* Rejection folding: a user's rejections in the current window (struct sg_rate, by uid);
+ * past sg_policy.fold_rate they are counted per sg_fold_key instead of sent one by one, so
+ * no user can fill the journal with them, and every one is still counted. */
+struct sg_rate {
+	__u64 window_ns;             /* boot time the window started */
+	__u64 events;                /* rejections in it */
+};
+
+struct sg_fold_key {
+	__u32 generation;
+	__u32 uid;                   /* effective: the caller, or for accept the listener's owner */
+	__s32 rule;
+	__u8  exit;
+	__u8  verdict;
+	__u8  udp;                   /* a UDP flow's first datagram (O/I entries) */
+	__u8  pad;
 };
 
 /* A listening socket, by where it listens (used by accept decisions to find it). The
@@ -218,6 +262,12 @@ struct sg_event {
 	char  comm[16];
 	char  exe_name[32];          /* file name of the executable: short-lived callers are gone
 	                                before user space could read /proc/PID/exe */
+	__u32 ngroups;               /* groups the decision saw: effective gid first, then up to */
+	__u32 groups[SG_MAX_GROUPS]; /* 31 supplementary (what a group rule tested; replay needs it) */
+	__s32 shadow_rule;           /* SG_EV_SHADOW: what the shadow policy decided */
+	__u32 shadow_generation;
+	__u8  shadow_verdict;
+	__u8  pad2[7];
 };
 
 /* Input of the differential-test program (BPF_PROG_TEST_RUN ctx): one decision. */

@@ -1,0 +1,1 @@
+"""The fleet: collector, shipper, central store, signed policy bundles."""
