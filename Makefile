@@ -6,7 +6,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 APT_PKGS := clang-16 llvm-16 libbpf-dev libbpf1 bpftool iproute2 nftables make \
             gcc python3-dev python3-venv libsqlite3-dev libssl-dev kmod \
-            postgresql-15
+            postgresql-15 chromium openssl
 PYTEST_ARGS ?=
 
 .PHONY: setup deps venv bpf ext run test test-lsm bench clean

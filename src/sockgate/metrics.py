@@ -15,16 +15,13 @@ loopback address or a unix socket only. The metrics and their meaning: docs/metr
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import queue
 import socket
 import socketserver
 import sqlite3
-import stat
 import threading
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
@@ -32,57 +29,25 @@ from prometheus_client import make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from sockgate.errors import MetricsError, StateError, UsageError
+from sockgate.errors import MetricsError, StateError
 from sockgate.kernel.events import EXIT_NAMES, VERDICT_NAMES
 from sockgate.kernel.loader import BACKENDS
+from sockgate.listen import Address, clear_stale_socket
+from sockgate.listen import parse_address as _parse_address
 
 if TYPE_CHECKING:
     from sockgate.journal import Journal
     from sockgate.kernel.loader import Gate
     from sockgate.policy.model import Policy
 
-UNIX_PREFIX = "unix:"
-_FORMS = "ADDRESS:PORT (127.0.0.1:9477, [::1]:9477) or unix:PATH"
-
-
-# -- where to listen --------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Address:
-    host: str = ""          # a loopback IP address (TCP) ...
-    port: int = 0
-    path: str = ""          # ... or a unix socket path
-
-    def __str__(self) -> str:
-        if self.path:
-            return UNIX_PREFIX + self.path
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+_WHY = ("The metrics endpoint has no authentication or TLS, so it listens only on 127.0.0.0/8, ::1 or a "
+        "unix socket (put a reverse proxy with TLS in front of it to scrape from elsewhere)")
 
 
 def parse_address(text: str) -> Address:
     """`--metrics`' value: a loopback ADDRESS:PORT or unix:PATH. Anything else is a usage
     error: nothing guards the endpoint but the address it listens on."""
-    if text.startswith(UNIX_PREFIX):
-        path = text[len(UNIX_PREFIX):]
-        if not os.path.isabs(path):
-            raise UsageError(f"--metrics {text}: the unix socket path must be absolute")
-        return Address(path=path)
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise UsageError(f"--metrics {text}: expected {_FORMS}")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if host == "localhost":
-        host = "127.0.0.1"
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        raise UsageError(f"--metrics {text}: {host!r} is not an IP address; expected {_FORMS}") from None
-    if not ip.is_loopback:
-        raise UsageError(f"--metrics {text}: {host} is not a loopback address. The metrics endpoint has no "
-                         "authentication or TLS, so it listens only on 127.0.0.0/8, ::1 or a unix socket "
-                         "(put a reverse proxy with TLS in front of it to scrape from elsewhere)")
-    return Address(host=str(ip), port=int(port))
+    return _parse_address(text, option="--metrics", why=_WHY)
 
 
 # -- the HTTP server ------------------------------------------------------------------------
@@ -122,25 +87,6 @@ class _UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         self.application = app
 
 
-def _clear_stale_socket(path: str) -> None:
-    """A socket file left by a daemon that died is replaced; a live one or another file is not."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(st.st_mode):
-        raise MetricsError(f"--metrics unix:{path}: the path exists and is not a socket; not replacing it")
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        try:
-            s.connect(path)
-        except ConnectionRefusedError:
-            os.unlink(path)
-            return
-        except OSError as e:
-            raise MetricsError(f"--metrics unix:{path}: {e.strerror}") from None
-    raise MetricsError(f"--metrics unix:{path}: another process is serving on this socket")
-
-
 class Endpoint:
     """The listening socket, bound early (a taken port stops the daemon before it changes
     anything), then served from a thread once there is something to report."""
@@ -156,7 +102,7 @@ class Endpoint:
         a = parse_address(text)
         try:
             if a.path:
-                _clear_stale_socket(a.path)
+                clear_stale_socket(a.path, option="--metrics", error=MetricsError)
                 server = _UnixServer(a.path)
                 os.chmod(a.path, 0o660)  # root and the socket's group: grant a scraper by group
             else:

@@ -58,14 +58,15 @@ def cli() -> None:
       sockgate run                       # enforce + journal (as root)
       sockgate status
       sockgate journal show --since 1h --outcome rejected
+      sockgate console --policy /etc/sockgate/policy.toml   # http://127.0.0.1:8477/
     """
 
 
 def _register() -> None:
-    from sockgate.cli import daemon, fleet, fleet_policy, ibmi, journal, monitor, policy
+    from sockgate.cli import console, daemon, fleet, fleet_policy, ibmi, journal, monitor, policy
 
     # fleet_policy after fleet: it hangs `policy` under the `fleet` group
-    for module in (daemon, policy, journal, ibmi, monitor, fleet, fleet_policy):
+    for module in (daemon, policy, journal, ibmi, monitor, console, fleet, fleet_policy):
         module.register(cli)
 
 

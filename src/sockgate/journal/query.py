@@ -252,3 +252,102 @@ def last_start(journal: Any, n: int, filter: Filter | None = None) -> int:
             return rows[0][0]
         n -= r.fetchall(f"SELECT count(*) FROM entry WHERE {where}", params)[0][0]
     return 0
+
+
+# Columns a histogram can split its counts by (bounded: outcomes, rules, entry types).
+SERIES_BY = ("outcome", "rule", "type")
+
+
+def histogram(journal: Any, filter: Filter, step_ns: int, by: str = "outcome") -> dict[int, dict[Any, int]]:
+    """Counts of matching entries per time bucket of step_ns (bucket start in ns -> {value of
+    `by` -> count}), merged over receivers: one GROUP BY in SQL per receiver, so the rows
+    never leave SQLite. The console's charts and the report draw from this."""
+    if by not in SERIES_BY:
+        raise UsageError(f"cannot split a histogram by {by!r} (one of: {', '.join(SERIES_BY)})")
+    if step_ns <= 0:
+        raise UsageError("a histogram's step must be positive")
+    where, params = filter.where()
+    out: dict[int, dict[Any, int]] = {}
+    for r in journal.receivers:
+        # bucket arithmetic in SQL; ts_ns is never negative for journaled entries
+        for b, v, c in r.fetchall(f"SELECT ts_ns / ?, {by}, count(*) FROM entry WHERE {where} "
+                                  f"GROUP BY 1, 2", [step_ns, *params]):
+            row = out.setdefault(b * step_ns, {})
+            row[v] = row.get(v, 0) + c
+    return out
+
+
+def rule_hits(journal: Any, filter: Filter) -> dict[str | None, tuple[int, int]]:
+    """rule name -> (matching entries it decided, ts_ns of the newest), merged over receivers."""
+    where, params = filter.where()
+    out: dict[str | None, tuple[int, int]] = {}
+    for r in journal.receivers:
+        for rule, c, last in r.fetchall(f"SELECT rule, count(*), max(ts_ns) FROM entry WHERE {where} "
+                                        "GROUP BY rule", params):
+            n, t = out.get(rule, (0, 0))
+            out[rule] = (n + c, max(t, last))
+    return out
+
+
+def top_extra(journal: Any, key: str, filter: Filter, n: int = 10) -> list[tuple[Any, int]]:
+    """Like Journal.top, over one key of the entries' `extra` (an IBM i job, a TLS version)."""
+    if not re.fullmatch(r"[a-z_]{1,32}", key):
+        raise UsageError(f"not an extra key: {quote(key)}")
+    where, params = filter.where()
+    counts: dict[Any, int] = {}
+    for r in journal.receivers:
+        for v, c in r.fetchall(f"SELECT json_extract(extra, '$.{key}') AS v, count(*) FROM entry WHERE {where} "
+                               "AND v IS NOT NULL GROUP BY v", params):
+            counts[v] = counts.get(v, 0) + c
+    return sorted(counts.items(), key=lambda kv: -kv[1])[:n]
+
+
+ROLLUP_NS = 60 * 1_000_000_000   # the rollup's grain: one minute
+
+
+class Rollup:
+    """Counts per minute by (outcome, rule) of every entry, per receiver, kept up to date
+    incrementally: receivers are append-only, so the entries after the highest seq already
+    counted are exactly the new ones (a receiver deleted by retention drops its counts).
+    It answers a time-window chart without touching the rows again; `covers` says when."""
+
+    def __init__(self) -> None:
+        self._per: dict[int, tuple[int, dict[tuple[int, Any, Any], int]]] = {}
+
+    def update(self, journal: Any) -> None:
+        present = set()
+        for r in journal.receivers:
+            present.add(r.number)
+            through, counts = self._per.get(r.number, (0, {}))
+            top = through
+            for m, o, rule, c, last in r.fetchall(
+                    "SELECT ts_ns / ?, outcome, rule, count(*), max(seq) FROM entry WHERE seq > ? GROUP BY 1, 2, 3",
+                    [ROLLUP_NS, through]):
+                counts[(m, o, rule)] = counts.get((m, o, rule), 0) + c
+                top = max(top, last)
+            self._per[r.number] = (top, counts)
+        for n in set(self._per) - present:
+            del self._per[n]
+
+    @staticmethod
+    def covers(filter: Filter, by: str, step_ns: int) -> bool:
+        """Whether histogram(filter, step, by) can come from the rollup: a time window,
+        outcomes and rules only, split by outcome or rule, in whole minutes."""
+        from dataclasses import replace
+
+        rest = replace(filter, outcomes=(), rules=(), since_ns=None, until_ns=None)
+        return rest == Filter() and by in ("outcome", "rule") and step_ns % ROLLUP_NS == 0
+
+    def histogram(self, lo_min: int, hi_min: int, step_ns: int, by: str, outcomes: tuple[str, ...],
+                  rules: tuple[str, ...]) -> dict[int, dict[Any, int]]:
+        """Like histogram() over the whole minutes [lo_min, hi_min) (minute numbers)."""
+        out: dict[int, dict[Any, int]] = {}
+        per = step_ns // ROLLUP_NS
+        for _, counts in self._per.values():
+            for (m, o, rule), c in counts.items():
+                if lo_min <= m < hi_min and (not outcomes or o in outcomes) and (not rules or rule in rules):
+                    b = m // per * step_ns
+                    row = out.setdefault(b, {})
+                    k = o if by == "outcome" else rule
+                    row[k] = row.get(k, 0) + c
+        return out

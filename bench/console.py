@@ -1,0 +1,132 @@
+"""Console bench: a big journal (bench/journal_query.py's generator), the real `sockgate
+console` over it, Debian's chromium as the browser.
+
+    .venv/bin/python bench/console.py                        # 10,000,000 entries (generates ~3 min)
+    .venv/bin/python bench/console.py --count 1000000 --dir /tmp/cb
+    .venv/bin/python bench/console.py --reuse                # the journal from a previous run
+
+Measured:
+  (1) first page: GET /live (the newest 100 entries) and /live?outcomes=rejected, server
+      round trip (best of --repeat), and the browser's load of /live       target < 1 s
+  (2) a 7-day chart: /api/chart over 7 days by outcome and rejections by rule, the server's
+      own time (server_ms, best of --repeat)                                 target < 500 ms
+  (3) live latency: --live entries appended by a journal writer at ~20/s, time from append()
+      returning (committed) to the row arriving in the browser's Live page, p50/p99/max
+                                                                             target p99 < 200 ms
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT / "tests" / "console"))
+
+from journal_query import DAY, T0, best, generate  # noqa: E402
+
+from consolekit import Console, decision, free_port  # noqa: E402
+from sockgate.journal import Journal  # noqa: E402
+from sockgate.record import Outcome, format_time  # noqa: E402
+
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--count", type=int, default=10_000_000)
+    ap.add_argument("--days", type=int, default=30)
+    ap.add_argument("--dir", type=Path, default=ROOT / "bench/out/console")
+    ap.add_argument("--reuse", action="store_true")
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--live", type=int, default=200, help="entries appended for the latency measurement")
+    a = ap.parse_args()
+
+    if not a.reuse:
+        shutil.rmtree(a.dir, ignore_errors=True)
+        generate(a.dir, a.count, a.days, 1)
+    with Journal.open(a.dir, readonly=True) as j:
+        n = j.last_seq
+    size = sum(f.stat().st_size for f in a.dir.iterdir())
+    print(f"journal: {n:,} entries, {size / 2**30:.2f} GiB")
+
+    port = free_port()
+    started = time.perf_counter()
+    c = Console("--journal", a.dir, "--listen", f"127.0.0.1:{port}", url=f"http://127.0.0.1:{port}")
+    try:
+        h = c.client
+        startup = time.perf_counter() - started
+        for path in ("/live", "/live?outcomes=rejected"):
+            t, r = best(lambda: h.get(path), a.repeat)
+            assert r.status_code == 200 and "<tr" in r.text
+            print(f"(1) GET {path}: {t * 1e3:.0f} ms  (target < 1000 ms)")
+        since = T0 + 10 * DAY
+        q = f"since={format_time(since)}&until={format_time(since + 7 * DAY)}"
+        charts = (("outcome", ""), ("rule", "&outcomes=rejected&outcomes=audit-rejected"))
+
+        def measure(want: str) -> None:
+            for by, extra in charts:
+                ms = []
+                for _ in range(a.repeat if want == "rollup" else 1):
+                    r = h.get(f"/api/chart?by={by}{extra}&{q}", timeout=120)
+                    assert r.status_code == 200, r.text[:300]
+                    ms.append(r.json()["server_ms"])
+                body = r.json()
+                print(f"(2) 7-day chart by {by} from the {body['source']}: server {min(ms):.0f} ms best, "
+                      f"{statistics.median(ms):.0f} ms median ({len(body['t'])} buckets of {body['step']} s, "
+                      f"{len(body['series'])} series)  (target < 500 ms)")
+
+        t0 = time.perf_counter()
+        measure("rows")      # while the rollup is still being built (if it is): straight from the rows
+        while h.get(f"/api/chart?by=outcome&{q}", timeout=120).json()["source"] != "rollup":
+            time.sleep(0.5)
+        print(f"    rollup ready {time.perf_counter() - t0 + startup:.1f} s after the console started")
+        measure("rollup")
+        latency(a, c)
+    finally:
+        c.stop()
+
+
+def latency(a, c) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p, tempfile.TemporaryDirectory() as profile:
+        ctx = p.chromium.launch_persistent_context(profile, executable_path="/usr/bin/chromium", args=ARGS,
+                                                   headless=True)
+        page = ctx.new_page()
+        loads = []
+        for _ in range(3):   # the first load also starts the browser's renderer
+            t = time.perf_counter()
+            page.goto(f"{c.url}/live", wait_until="load")
+            loads.append((time.perf_counter() - t) * 1e3)
+        print(f"(1) browser load of /live: first {loads[0]:.0f} ms, then {min(loads[1:]):.0f} ms  (target < 1000 ms)")
+        expect(page.locator("#status")).to_have_text("live", timeout=10_000)
+        appended: dict[int, float] = {}
+        rnd = random.Random(1)
+        with Journal.open(a.dir) as j:
+            for _ in range(a.live):
+                e = decision(time.time_ns(), outcome=Outcome.REJECTED, rule="no-mail", port=25)
+                seq = j.append([e])
+                appended[seq] = time.time() * 1000
+                time.sleep(rnd.uniform(0.02, 0.08))
+        time.sleep(1)
+        seen = page.evaluate("window.sgSeen")
+        ctx.close()
+    lat = sorted(seen[str(s)] - t for s, t in appended.items() if str(s) in seen)
+    missing = len(appended) - len(lat)
+    p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+    print(f"(3) live latency journal -> browser over {len(lat)} entries: p50 {statistics.median(lat):.0f} ms, "
+          f"p99 {p99:.0f} ms, max {lat[-1]:.0f} ms, missing {missing}  (target p99 < 200 ms)")
+
+
+if __name__ == "__main__":
+    main()
