@@ -5,7 +5,6 @@ shipping does not depend on the backend; tests/kernel runs the backends in the g
 
 from __future__ import annotations
 
-import importlib.util
 import signal
 import sys
 import time
@@ -16,14 +15,8 @@ import pytest
 
 from .conftest import run_cli
 
-# the kernel tests' scope (own cgroup + netns, cleanup also on failure), loaded under its own
-# name: both directories have a conftest.py
-_spec = importlib.util.spec_from_file_location(
-    "sg_kernel_conftest", Path(__file__).resolve().parents[1] / "kernel" / "conftest.py")
-kconf = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = kconf   # (dataclasses look their module up there)
-_spec.loader.exec_module(kconf)
-kernel_ok, scope, leaves_nothing_behind = kconf.kernel_ok, kconf.scope, kconf.leaves_nothing_behind
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from kernelscope import kconf, kernel_ok, leaves_nothing_behind, scope  # noqa: E402,F401  (fixtures)
 
 pytestmark = pytest.mark.kernel
 PORT = 7361
