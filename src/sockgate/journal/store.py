@@ -10,12 +10,13 @@ after retention deleted the receivers before it.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
 import sqlite3
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, NamedTuple
 
 from sockgate.errors import JournalBusyError, JournalError
 from sockgate.record import Code, Entry, EntryType, Outcome, Source
@@ -113,6 +114,80 @@ def row_to_entry(row: sqlite3.Row | tuple) -> Entry:
     return Entry(_CODE[code], _TYPE[etype], ts_ns, _SOURCE[source], host, _OUTCOME[outcome], rule, uid,
                  user, gid, pid, program, family, local_addr, local_port, remote_addr, remote_port,
                  _loads(extra) if extra != "{}" else {}, ident, seq)
+
+
+# ----------------------------------------------------------------------------- decision rows
+
+class DecisionRow(NamedTuple):
+    """A socket decision as `policy replay` and `policy learn` read it: exactly the columns
+    they use, the extra keys they use pulled out by SQLite (`Journal.decisions`), so the
+    journal's 10,000,000 rows need no Entry and no json.loads each. Enumerations stay their
+    stored text ("C", "kernel", "allowed"; the str enums of sockgate.record compare and hash
+    equal to it). extra.groups, extra.exe and extra.protocol, which replay interprets, are
+    their JSON text as stored ('"0,27"'; None when absent): a cache key as it is, decoded
+    (`extra_value`) only for a call not seen before, so the value is exactly the Entry's.
+    extra.owner and extra.flow, only ever compared, are their values. The column order is
+    the SELECT's (DECISION_SELECT); `decision_row` makes one from an Entry in hand."""
+
+    seq: int | None
+    ts_ns: int
+    host: str
+    outcome: str | None
+    rule: str | None
+    user: str | None
+    flow: Any                   # extra.flow ("first", "summary" for a UDP flow summary)
+    type: str
+    source: str
+    uid: int | None
+    gid: int | None
+    program: str | None
+    groups: str | None          # JSON text of extra.groups
+    exe: str | None             # JSON text of extra.exe
+    owner: Any                  # extra.owner ("unknown": the kernel did not know an accept's owner)
+    protocol: str | None        # JSON text of extra.protocol
+    local_addr: str | None
+    local_port: int | None
+    remote_addr: str | None
+    remote_port: int | None
+
+
+# Where the cache key of a decision starts in a DecisionRow: type .. protocol, then the sides.
+DECISION_KEY = tuple(range(DecisionRow._fields.index("type"), DecisionRow._fields.index("protocol") + 1))
+DECISION_SIDES = tuple(DecisionRow._fields.index(f) for f in ("local_addr", "local_port", "remote_addr", "remote_port"))
+_AS_JSON = frozenset({"groups", "exe", "protocol"})
+_EXTRA_KEYS = frozenset({"flow", "owner"}) | _AS_JSON
+# ->: the JSON text of a key (NULL when absent); ->>: its SQL value (SQLite >= 3.38)
+DECISION_SELECT = "SELECT " + ", ".join(
+    f"extra -> '$.{f}'" if f in _AS_JSON else f"extra ->> '$.{f}'" if f in _EXTRA_KEYS else f
+    for f in DecisionRow._fields) + " FROM entry"
+_JSON = json.JSONEncoder(ensure_ascii=False, default=str).encode
+
+
+def extra_value(text: str | None) -> Any:
+    """A JSON-text field of a DecisionRow as the value Entry.extra holds (None: absent)."""
+    return None if text is None else _loads(text)
+
+
+def decision_row(e: Entry) -> DecisionRow:
+    """An Entry as the DecisionRow the journal would read for it."""
+    x = e.extra
+    return DecisionRow(
+        e.seq, e.ts_ns, e.host, _value(e.outcome), e.rule, e.user, x.get("flow"), _value(e.type), _value(e.source),
+        e.uid, e.gid, e.program, *(_JSON(x[k]) if k in x else None for k in ("groups", "exe")), x.get("owner"),
+        _JSON(x["protocol"]) if "protocol" in x else None, e.local_addr, e.local_port, e.remote_addr, e.remote_port)
+
+
+def _value(x: Any) -> Any:
+    return getattr(x, "value", x)
+
+
+def decision_rows(items: Iterable[Any]) -> Iterator[tuple]:
+    """DecisionRows from Journal.decisions (passed through) or from Entries (converted)."""
+    it = iter(items)
+    for first in it:
+        rest = itertools.chain((first,), it)
+        return rest if isinstance(first, tuple) else map(decision_row, rest)
+    return iter(())
 
 
 def write_error(path: Path | str, what: str, e: sqlite3.Error) -> JournalError:
