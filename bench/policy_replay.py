@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from sockgate.journal import Journal  # noqa: E402
 from sockgate.policy.synth import decisions  # noqa: E402
+from sockgate.record import format_time  # noqa: E402
 
 CANDIDATE = """\
 [[rule]]
@@ -98,7 +99,8 @@ def main() -> None:
         count = j.count()
     learned, cand = work / "learned-new.toml", work / "candidate.toml"
     cand.write_text(CANDIDATE)
-    base = ("--journal", str(jdir), "--since", "30d")
+    # one absolute start for every run, so old and new outputs compare byte for byte
+    base = ("--journal", str(jdir), "--since", format_time(time.time_ns() - 30 * 86400 * 10**9))
     trees = [("new", ROOT / "src")] + ([("old", a.old)] if a.old else [])
     print(f"{count:,} entries in {jdir}")
     for what, args in (("learn", ("policy", "learn", *base, "-o")),

@@ -119,15 +119,12 @@ def row_to_entry(row: sqlite3.Row | tuple) -> Entry:
 # ----------------------------------------------------------------------------- decision rows
 
 class DecisionRow(NamedTuple):
-    """A socket decision as `policy replay` and `policy learn` read it: exactly the columns
-    they use, the extra keys they use pulled out by SQLite (`Journal.decisions`), so the
-    journal's 10,000,000 rows need no Entry and no json.loads each. Enumerations stay their
-    stored text ("C", "kernel", "allowed"; the str enums of sockgate.record compare and hash
-    equal to it). extra.groups, extra.exe and extra.protocol, which replay interprets, are
-    their JSON text as stored ('"0,27"'; None when absent): a cache key as it is, decoded
-    (`extra_value`) only for a call not seen before, so the value is exactly the Entry's.
-    extra.owner and extra.flow, only ever compared, are their values. The column order is
-    the SELECT's (DECISION_SELECT); `decision_row` makes one from an Entry in hand."""
+    """A socket decision as `policy replay` and `policy learn` read it (`Journal.decisions`):
+    exactly the columns they use, as stored, so the journal's 10,000,000 rows need no Entry
+    each. Enumerations stay their stored text ("C", "kernel", "allowed"; the str enums of
+    sockgate.record compare and hash equal to it). `extra` is the stored JSON text: rows
+    that share it (most do: the same program, user and protocol) share one decode of the
+    keys replay and learn use (`ExtraFacts`). `decision_row` makes one from an Entry."""
 
     seq: int | None
     ts_ns: int
@@ -135,46 +132,70 @@ class DecisionRow(NamedTuple):
     outcome: str | None
     rule: str | None
     user: str | None
-    flow: Any                   # extra.flow ("first", "summary" for a UDP flow summary)
     type: str
     source: str
     uid: int | None
     gid: int | None
     program: str | None
-    groups: str | None          # JSON text of extra.groups
-    exe: str | None             # JSON text of extra.exe
-    owner: Any                  # extra.owner ("unknown": the kernel did not know an accept's owner)
-    protocol: str | None        # JSON text of extra.protocol
+    extra: str                  # JSON text, as stored (dump_extra)
     local_addr: str | None
     local_port: int | None
     remote_addr: str | None
     remote_port: int | None
 
 
-# Where the cache key of a decision starts in a DecisionRow: type .. protocol, then the sides.
-DECISION_KEY = tuple(range(DecisionRow._fields.index("type"), DecisionRow._fields.index("protocol") + 1))
+# DecisionRow indexes of what a decision depends on besides extra: type .. program, the sides
+DECISION_KEY = tuple(range(DecisionRow._fields.index("type"), DecisionRow._fields.index("program") + 1))
 DECISION_SIDES = tuple(DecisionRow._fields.index(f) for f in ("local_addr", "local_port", "remote_addr", "remote_port"))
-_AS_JSON = frozenset({"groups", "exe", "protocol"})
-_EXTRA_KEYS = frozenset({"flow", "owner"}) | _AS_JSON
-# ->: the JSON text of a key (NULL when absent); ->>: its SQL value (SQLite >= 3.38)
-DECISION_SELECT = "SELECT " + ", ".join(
-    f"extra -> '$.{f}'" if f in _AS_JSON else f"extra ->> '$.{f}'" if f in _EXTRA_KEYS else f
-    for f in DecisionRow._fields) + " FROM entry"
-_JSON = json.JSONEncoder(ensure_ascii=False, default=str).encode
+DECISION_SELECT = "SELECT " + ", ".join(DecisionRow._fields) + " FROM entry"
 
 
-def extra_value(text: str | None) -> Any:
-    """A JSON-text field of a DecisionRow as the value Entry.extra holds (None: absent)."""
-    return None if text is None else _loads(text)
+class ExtraFacts(NamedTuple):
+    """The extra keys a decision's replay depends on, each None when absent, a string when
+    present (None and absent read alike, and any value as its str(): replay interprets
+    groups, exe and protocol through str() and compares flow and owner with strings; as a
+    cache key, True and 1 must not be one value)."""
+
+    flow: Any                   # "first"; "summary": a UDP flow summary (not replayed)
+    owner: Any                  # "unknown": the kernel did not know an accept's owner
+    groups: Any                 # "g1,g2,...", primary first, as the kernel saw them
+    exe: Any                    # "DEV:INODE" (the kernel's dev_t)
+    protocol: Any               # "tcp", "udp", ...
+
+
+def extra_facts(text: str) -> ExtraFacts:
+    """ExtraFacts of a stored extra (JSON text; a damaged one is a ValueError)."""
+    x = _loads(text) if text != "{}" else {}
+    if not isinstance(x, dict):
+        raise ValueError(f"extra is not an object: {text[:40]!r}")
+    return ExtraFacts(*(v if v is None or type(v) is str else str(v) for v in (x.get(k) for k in ExtraFacts._fields)))
+
+
+class FactsCache:
+    """extra text -> ExtraFacts, bounded (cleared when full: memory stays flat)."""
+
+    MAX = 1 << 16
+
+    def __init__(self) -> None:
+        self.known: dict[str, ExtraFacts] = {}
+
+    def miss(self, row: tuple) -> ExtraFacts:
+        text = row[11]
+        try:
+            f = extra_facts(text)
+        except (ValueError, TypeError) as e:
+            raise JournalError(f"damaged entry at seq {row[0]}: {e}") from None
+        if len(self.known) >= self.MAX:
+            self.known.clear()
+        self.known[text] = f
+        return f
 
 
 def decision_row(e: Entry) -> DecisionRow:
     """An Entry as the DecisionRow the journal would read for it."""
-    x = e.extra
-    return DecisionRow(
-        e.seq, e.ts_ns, e.host, _value(e.outcome), e.rule, e.user, x.get("flow"), _value(e.type), _value(e.source),
-        e.uid, e.gid, e.program, *(_JSON(x[k]) if k in x else None for k in ("groups", "exe")), x.get("owner"),
-        _JSON(x["protocol"]) if "protocol" in x else None, e.local_addr, e.local_port, e.remote_addr, e.remote_port)
+    return DecisionRow(e.seq, e.ts_ns, e.host, _value(e.outcome), e.rule, e.user, _value(e.type), _value(e.source),
+                       e.uid, e.gid, e.program, dump_extra(e.extra), e.local_addr, e.local_port, e.remote_addr,
+                       e.remote_port)
 
 
 def _value(x: Any) -> Any:

@@ -25,9 +25,9 @@ from typing import Iterable
 
 from sockgate.policy.model import Exit, Protocol
 from sockgate.policy.parse import _program_value, parse_policy
-from sockgate.journal.store import decision_rows
+from sockgate.journal.store import FactsCache, decision_rows
 from sockgate.policy.replay import (
-    EXIT_OF_TYPE, PASSING, PROTOCOL_NAME, SKIP_RULES, _OUTCOMES, as_row, damaged, protocol_of,
+    EXIT_OF_TYPE, PASSING, PROTOCOL_NAME, SKIP_RULES, _OUTCOMES, damaged, protocol_of,
 )
 from sockgate.record import format_time, oneline
 
@@ -90,19 +90,23 @@ def observe(entries: Iterable, *, generalize: bool = False) -> Learned:
     rules, not_learned = out.rules, out.not_learned
     programs: dict[str | None, bool] = {}   # path -> nameable in a policy on this host
     protocols: dict[tuple, Protocol] = {}   # (extra.protocol, type, source) -> protocol class
+    facts_cache = FactsCache()
+    known, facts_miss = facts_cache.known, facts_cache.miss
     exit_of = {t.value: ex for t, ex in EXIT_OF_TYPE.items()}
     outcomes, passing, skip_rules, listen, connect = _OUTCOMES, PASSING, SKIP_RULES, Exit.LISTEN, Exit.CONNECT
     decisions, first_ns, last_ns = 0, None, None
     for row in decision_rows(entries):
-        (seq, ts_ns, host, outcome, rule, user, flow, typ, source, uid, gid, program, groups, exe, owner, protocol,
-         la, lp, ra, rp) = row
+        seq, ts_ns, host, outcome, rule, user, typ, source, uid, gid, program, extra, la, lp, ra, rp = row
         ex = exit_of.get(typ)
         if ex is None:
             continue
         o = outcomes.get(outcome, outcomes)
         if o is outcomes:
             raise damaged(row, f"outcome {outcome!r}")
-        if o not in passing or rule in skip_rules or flow == "summary":
+        if o not in passing or rule in skip_rules:
+            continue
+        facts = known.get(extra) or facts_miss(row)
+        if facts.flow == "summary":
             continue
         ok = programs.get(program)
         if ok is None:
@@ -118,10 +122,10 @@ def observe(entries: Iterable, *, generalize: bool = False) -> Learned:
             first_ns = ts_ns
         if last_ns is None or ts_ns > last_ns:
             last_ns = ts_ns
-        pk = (protocol, typ, source)
+        pk = (facts.protocol, typ, source)
         proto = protocols.get(pk)
         if proto is None:
-            proto = protocols[pk] = protocol_of(as_row(row))[0]
+            proto = protocols[pk] = protocol_of(facts, typ, source)[0]
         key = (ex, None if generalize else uid, program, proto)
         seen = rules.get(key)
         if seen is None:

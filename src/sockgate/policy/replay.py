@@ -7,9 +7,9 @@ and compared with the journaled outcome (or with a second policy, evaluated the 
 way). Differences are aggregated into a bounded number of groups, so memory does not grow
 with the journal; evaluations are cached per distinct call.
 
-Replay reads `DecisionRow`s (sockgate.journal.store: the columns a decision needs, extra's
-keys extracted by SQLite, `Journal.decisions`), so a call seen before costs a tuple slice
-and a dict hit. Entries are accepted too (converted by `decision_row`): the results are the
+Replay reads `DecisionRow`s (sockgate.journal.store: the columns a decision needs, as
+stored, `Journal.decisions`) and decodes each distinct extra once (`FactsCache`), so a call
+seen before costs a few dict hits. Entries are accepted too (converted by `decision_row`): the results are the
 same, tests/replay/test_fast_path.py holds both paths to it.
 
 Exactness: a decision is *approximated* when a rule that could have decided it tests a
@@ -27,7 +27,7 @@ from typing import Any, Iterable
 
 from sockgate.errors import JournalError
 from sockgate.journal.store import (
-    DECISION_KEY, DECISION_SIDES, DecisionRow, decision_row, decision_rows, extra_value,
+    DECISION_KEY, DECISION_SIDES, DecisionRow, ExtraFacts, FactsCache, decision_row, decision_rows, extra_facts,
 )
 from sockgate.policy.compile import OUTCOME_OF, Compiled, addr_as_v6, compile_policy, program_identity
 from sockgate.policy.evaluate import decide
@@ -113,22 +113,22 @@ def as_row(e) -> DecisionRow:
     return DecisionRow._make(e) if isinstance(e, tuple) else decision_row(e)
 
 
-def protocol_of(r: DecisionRow) -> tuple[Protocol, bool]:
+def protocol_of(facts: ExtraFacts, type: str, source: str) -> tuple[Protocol, bool]:
     """(protocol class, known): extra.protocol, else IBM i's type (O/I are UDP, A/C TCP)."""
-    p = PROTOCOL_OF_NAME.get(str("" if r.protocol is None else extra_value(r.protocol)).lower())
+    p = PROTOCOL_OF_NAME.get(str("" if facts.protocol is None else facts.protocol).lower())
     if p is not None:
         return p, True
-    if r.type in UDP_TYPES:
+    if type in UDP_TYPES:
         return Protocol.UDP, True
-    return Protocol.TCP, r.source == Source.IBMI
+    return Protocol.TCP, source == Source.IBMI
 
 
-def skip_reason(r: DecisionRow) -> str | None:
+def skip_reason(rule: str | None, facts: ExtraFacts) -> str | None:
     """Why a decision-type entry is not replayed, or None. UDP flow summaries count the later
     datagrams of a flow whose decision is its first entry (extra.flow = "first")."""
-    if r.rule in SKIP_RULES:
-        return r.rule
-    if r.flow == "summary":
+    if rule in SKIP_RULES:
+        return rule
+    if facts.flow == "summary":
         return "udp-summary"
     return None
 
@@ -140,19 +140,20 @@ def call_of(e) -> Call:
     """The call a decision-type entry journals (see REASONS for what may be missing); `e` is
     a DecisionRow (or its tuple) or an Entry."""
     r = as_row(e)
+    x = extra_facts(r.extra)
     ex = EXIT_OF_TYPE[r.type]
     missing: set[str] = set()
     ibmi = r.source == Source.IBMI
     # the kernel decides an unknown accept owner as SG_UID_UNKNOWN with no groups or program:
     # replaying it that way is exact (extra.owner = "unknown")
-    owner_unknown = r.owner == "unknown"
+    owner_unknown = x.owner == "unknown"
     if r.uid is not None:
         uid = r.uid
     else:
         uid = UID_UNKNOWN
         if not owner_unknown:
             missing.add("ibmi-identity" if ibmi else "no-uid")
-    gids = _int_list(extra_value(r.groups)) if r.groups is not None else None
+    gids = _int_list(x.groups) if x.groups is not None else None
     if gids is None:
         if r.gid is not None:
             gids = (r.gid,)
@@ -161,11 +162,11 @@ def call_of(e) -> Call:
             gids = (UID_UNKNOWN,)
             if not owner_unknown and not ibmi:
                 missing.add("no-uid")
-    ident = _ident(extra_value(r.exe)) if r.exe is not None else None
+    ident = _ident(x.exe) if x.exe is not None else None
     program = r.program
     if ident is None and not owner_unknown and not ibmi:
         missing.add("program-path" if program and program.startswith("/") else "no-program")
-    proto, known = protocol_of(r)
+    proto, known = protocol_of(x, r.type, r.source)
     if not known:
         missing.add("protocol")
     local = remote = None
@@ -184,9 +185,9 @@ Sides = dict[Exit, tuple[bool, bool, bool, bool]]
 
 
 def key_getters(sides: Sides | None = None) -> dict[str, operator.itemgetter]:
-    """Per decision entry type (its stored letter): what builds a row's cache key, the
-    DecisionRow fields a decision depends on (type, source, identity, extra.groups/exe/
-    owner/protocol) and the sides it is decided on. A connect's local side and a listen's
+    """Per decision entry type (its stored letter): what builds a row's cache key with its
+    ExtraFacts: the DecisionRow fields a decision depends on (type, source, identity) and
+    the sides it is decided on. A connect's local side and a listen's
     remote side are not; `sides` (per exit: keep the local address, local port, remote
     address, remote port) leaves out what no rule tests, so an accept's ephemeral client
     port does not defeat the cache."""
@@ -205,7 +206,7 @@ _ALL_GETTERS = key_getters()
 def call_key(e) -> tuple:
     """What a decision depends on, as a hashable key (the evaluation cache's)."""
     r = as_row(e)
-    return _ALL_GETTERS[r.type](r)
+    return _ALL_GETTERS[r.type](r), extra_facts(r.extra)
 
 
 def cache_sides(*evaluators: "Evaluator") -> Sides:
@@ -437,10 +438,11 @@ def replay(entries: Iterable, candidate: Policy, against: Policy | None = None, 
     exit_of = {t.value: ex for t, ex in EXIT_OF_TYPE.items()}
     decisions = unchanged = same_effect = breaks = opens = approximated = approx_breaks = approx_opens = 0
     outcomes, passing, skip_rules, nverdict, ncache = _OUTCOMES, PASSING, SKIP_RULES, new.verdict, new._cache
+    facts_cache = FactsCache()
+    known, facts_miss = facts_cache.known, facts_cache.miss
     listen = Exit.LISTEN
-    for row in decision_rows(entries):   # the hot loop: a slice and a dict hit once a call has been seen
-        (seq, ts_ns, host, outcome, rule, user, flow, typ, source, uid, gid, program, groups_, exe, owner, protocol,
-         la, lp, ra, rp) = row
+    for row in decision_rows(entries):   # the hot loop: dict hits once a call has been seen
+        seq, ts_ns, host, outcome, rule, user, typ, source, uid, gid, program, extra, la, lp, ra, rp = row
         getter = getters.get(typ)
         if getter is None:
             continue
@@ -449,11 +451,12 @@ def replay(entries: Iterable, candidate: Policy, against: Policy | None = None, 
             continue
         if outcome is _DAMAGED:
             raise damaged(row, f"outcome {row[3]!r}")
-        if rule in skip_rules or flow == "summary":
-            why = skip_reason(as_row(row))
+        facts = known.get(extra) or facts_miss(row)
+        if rule in skip_rules or facts.flow == "summary":
+            why = skip_reason(rule, facts)
             skipped[why] = skipped.get(why, 0) + 1
             continue
-        key = getter(row)
+        key = getter(row), facts
         nv = ncache.get(key) or nverdict(row, key)
         approx = nv.approx
         if old is not None:
