@@ -171,6 +171,11 @@ def extra_facts(text: str) -> ExtraFacts:
     return ExtraFacts(*(v if v is None or type(v) is str else str(v) for v in (x.get(k) for k in ExtraFacts._fields)))
 
 
+def damaged_row(row: tuple, what: str) -> JournalError:
+    """The error for a stored row that does not read back (seq first in the row)."""
+    return JournalError(f"damaged entry at seq {row[0]}: {what}")
+
+
 class FactsCache:
     """extra text -> ExtraFacts, bounded (cleared when full: memory stays flat)."""
 
@@ -184,7 +189,7 @@ class FactsCache:
         try:
             f = extra_facts(text)
         except (ValueError, TypeError) as e:
-            raise JournalError(f"damaged entry at seq {row[0]}: {e}") from None
+            raise damaged_row(row, str(e)) from None
         if len(self.known) >= self.MAX:
             self.known.clear()
         self.known[text] = f

@@ -25,9 +25,9 @@ from typing import Iterable
 
 from sockgate.policy.model import Exit, Protocol
 from sockgate.policy.parse import _program_value, parse_policy
-from sockgate.journal.store import FactsCache, decision_rows
+from sockgate.journal.store import FactsCache, damaged_row, decision_rows
 from sockgate.policy.replay import (
-    EXIT_OF_TYPE, PASSING, PROTOCOL_NAME, SKIP_RULES, _OUTCOMES, damaged, protocol_of,
+    EXIT_OF_TYPE, PASSING, PROTOCOL_NAME, SKIP_RULES, _DAMAGED, _OUTCOMES, protocol_of,
 )
 from sockgate.record import format_time, oneline
 
@@ -100,9 +100,9 @@ def observe(entries: Iterable, *, generalize: bool = False) -> Learned:
         ex = exit_of.get(typ)
         if ex is None:
             continue
-        o = outcomes.get(outcome, outcomes)
-        if o is outcomes:
-            raise damaged(row, f"outcome {outcome!r}")
+        o = outcomes.get(outcome, _DAMAGED)
+        if o is _DAMAGED:
+            raise damaged_row(row, f"outcome {outcome!r}")
         if o not in passing or rule in skip_rules:
             continue
         facts = known.get(extra) or facts_miss(row)

@@ -25,9 +25,9 @@ import operator
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from sockgate.errors import JournalError
 from sockgate.journal.store import (
-    DECISION_KEY, DECISION_SIDES, DecisionRow, ExtraFacts, FactsCache, decision_row, decision_rows, extra_facts,
+    DECISION_KEY, DECISION_SIDES, DecisionRow, ExtraFacts, FactsCache, damaged_row, decision_row, decision_rows,
+    extra_facts,
 )
 from sockgate.policy.compile import OUTCOME_OF, Compiled, addr_as_v6, compile_policy, program_identity
 from sockgate.policy.evaluate import decide
@@ -136,11 +136,11 @@ def skip_reason(rule: str | None, facts: ExtraFacts) -> str | None:
 SKIP_WHY = {**SKIP_RULES, "udp-summary": "UDP flow summaries (their flow's decision is its first entry)"}
 
 
-def call_of(e) -> Call:
+def call_of(e, facts: ExtraFacts | None = None) -> Call:
     """The call a decision-type entry journals (see REASONS for what may be missing); `e` is
-    a DecisionRow (or its tuple) or an Entry."""
+    a DecisionRow (or its tuple) or an Entry, `facts` its extra's, if decoded already."""
     r = as_row(e)
-    x = extra_facts(r.extra)
+    x = extra_facts(r.extra) if facts is None else facts
     ex = EXIT_OF_TYPE[r.type]
     missing: set[str] = set()
     ibmi = r.source == Source.IBMI
@@ -254,7 +254,7 @@ class Evaluator:
         if v is None:
             if len(self._cache) >= self.CACHE_MAX:
                 self._cache.clear()
-            v = self._cache[key] = self.decide(call_of(e))
+            v = self._cache[key] = self.decide(call_of(e, key[1]))
         return v
 
     def decide(self, call: Call) -> Verdict:
@@ -276,6 +276,7 @@ class Evaluator:
         return Verdict(OUTCOME_OF[verdict], name, approx)
 
 
+@functools.lru_cache(maxsize=1 << 14)
 def _v6(addr: str) -> int:
     try:
         return addr_as_v6(addr)
@@ -421,10 +422,6 @@ _OUTCOMES: dict[str | None, Outcome | None] = {**{o.value: o for o in Outcome}, 
 _DAMAGED = object()
 
 
-def damaged(row: tuple, what: str) -> JournalError:
-    return JournalError(f"damaged entry at seq {row[0]}: {what}")
-
-
 def replay(entries: Iterable, candidate: Policy, against: Policy | None = None, *,
            since_ns: int | None = None, until_ns: int | None = None) -> Report:
     """Replay decision-type entries (any others are ignored) through `candidate`. The old
@@ -450,7 +447,7 @@ def replay(entries: Iterable, candidate: Policy, against: Policy | None = None, 
         if outcome is None:
             continue
         if outcome is _DAMAGED:
-            raise damaged(row, f"outcome {row[3]!r}")
+            raise damaged_row(row, f"outcome {row[3]!r}")
         facts = known.get(extra) or facts_miss(row)
         if rule in skip_rules or facts.flow == "summary":
             why = skip_reason(rule, facts)
