@@ -9,8 +9,8 @@ with the journal; evaluations are cached per distinct call.
 
 Replay reads `DecisionRow`s (sockgate.journal.store: the columns a decision needs, as
 stored, `Journal.decisions`) and decodes each distinct extra once (`FactsCache`), so a call
-seen before costs a few dict hits. Entries are accepted too (converted by `decision_row`): the results are the
-same, tests/replay/test_fast_path.py holds both paths to it.
+seen before costs a few dict hits. Entries are accepted too (converted by `decision_row`):
+the results are the same, tests/replay/test_fast_path.py holds both paths to it.
 
 Exactness: a decision is *approximated* when a rule that could have decided it tests a
 field the entry does not carry (supplementary groups, the executable's dev:inode, an IBM i
