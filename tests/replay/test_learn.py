@@ -141,3 +141,23 @@ def test_program_must_exist_to_be_named(tmp_path):
     es = [entry(program="/opt/gone/bin/agent"), entry(program=PROG)]
     out = learn(tmp_path, journal(tmp_path / "j", es))
     assert "NOT LEARNED: 1 decisions: the program is not an executable on this host" in out.read_text()
+
+
+def test_folded_summaries_are_neither_learned_nor_replayed(tmp_path):
+    """A user past fold_rejections in audit mode: the daemon writes counted summaries without
+    addresses. Learning from one would allow the user anything; replay cannot decide them."""
+    from replaykit import entry, journal
+
+    from sockgate.journal import Journal
+    from sockgate.policy.learn import observe
+    from sockgate.policy.parse import parse_policy
+    from sockgate.policy.replay import replay
+    from sockgate.record import Outcome
+
+    jdir = journal(tmp_path / "j", [entry(outcome=Outcome.AUDIT_REJECTED, local=None, remote=None,
+                                          folded="summary", count=500)])
+    with Journal.open(jdir, readonly=True) as j:
+        learned = observe(j.decisions())
+        rep = replay(j.decisions(), parse_policy("", "allow.toml"))
+    assert learned.decisions == 0 and learned.not_learned == {"folded": 1}
+    assert rep.decisions == 0 and rep.skipped == {"folded": 1}

@@ -366,7 +366,7 @@ def replay_cmd(candidate: str, current: str | None, journal_dir: str, filt: Filt
     against = _load(current) if current else None
     filt = _decisions(filt)
     with Journal.open(journal_dir, readonly=True) as j:
-        rep = replay(j.entries(filter=filt), cand, against, since_ns=filt.since_ns, until_ns=filt.until_ns)
+        rep = replay(j.decisions(filter=filt), cand, against, since_ns=filt.since_ns, until_ns=filt.until_ns)
     if not rep.decisions:
         raise SockgateError(f"{journal_dir}: no journaled decisions to replay in the range"
                             f" ({'since ' + format_time(filt.since_ns) if filt.since_ns else 'all time'})"
@@ -415,7 +415,7 @@ def learn_cmd(journal_dir: str, filt: Filter, min_count: int, generalize: bool, 
 
     filt = _decisions(filt)
     with Journal.open(journal_dir, readonly=True) as j:
-        learned = observe(j.entries(filter=filt), generalize=generalize)
+        learned = observe(j.decisions(filter=filt), generalize=generalize)
     if not learned.decisions:
         skipped = sum(learned.not_learned.values())
         raise SockgateError(f"{journal_dir}: no decisions that went through in the range to learn from"

@@ -11,12 +11,13 @@ after retention deleted the receivers before it.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import re
 import sqlite3
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, NamedTuple
 
 from sockgate.errors import JournalBusyError, JournalError
 from sockgate.record import Code, Entry, EntryType, Outcome, Source
@@ -120,6 +121,107 @@ def row_to_entry(row: sqlite3.Row | tuple) -> Entry:
     return Entry(_CODE[code], _TYPE[etype], ts_ns, _SOURCE[source], host, _OUTCOME[outcome], rule, uid,
                  user, gid, pid, program, family, local_addr, local_port, remote_addr, remote_port,
                  _loads(extra) if extra != "{}" else {}, ident, seq)
+
+
+# ----------------------------------------------------------------------------- decision rows
+
+class DecisionRow(NamedTuple):
+    """A socket decision as `policy replay` and `policy learn` read it (`Journal.decisions`):
+    exactly the columns they use, as stored, so the journal's 10,000,000 rows need no Entry
+    each. Enumerations stay their stored text ("C", "kernel", "allowed"; the str enums of
+    sockgate.record compare and hash equal to it). `extra` is the stored JSON text: rows
+    that share it (most do: the same program, user and protocol) share one decode of the
+    keys replay and learn use (`ExtraFacts`). `decision_row` makes one from an Entry."""
+
+    seq: int | None
+    ts_ns: int
+    host: str
+    outcome: str | None
+    rule: str | None
+    user: str | None
+    type: str
+    source: str
+    uid: int | None
+    gid: int | None
+    program: str | None
+    extra: str                  # JSON text, as stored (dump_extra)
+    local_addr: str | None
+    local_port: int | None
+    remote_addr: str | None
+    remote_port: int | None
+
+
+# DecisionRow indexes of what a decision depends on besides extra: type .. program, the sides
+DECISION_KEY = tuple(range(DecisionRow._fields.index("type"), DecisionRow._fields.index("program") + 1))
+DECISION_SIDES = tuple(DecisionRow._fields.index(f) for f in ("local_addr", "local_port", "remote_addr", "remote_port"))
+DECISION_SELECT = "SELECT " + ", ".join(DecisionRow._fields) + " FROM entry"
+
+
+class ExtraFacts(NamedTuple):
+    """The extra keys a decision's replay depends on, each None when absent, a string when
+    present (None and absent read alike, and any value as its str(): replay interprets
+    groups, exe and protocol through str() and compares flow and owner with strings; as a
+    cache key, True and 1 must not be one value)."""
+
+    flow: Any                   # "first"; "summary": a UDP flow summary (not replayed)
+    owner: Any                  # "unknown": the kernel did not know an accept's owner
+    groups: Any                 # "g1,g2,...", primary first, as the kernel saw them
+    exe: Any                    # "DEV:INODE" (the kernel's dev_t)
+    protocol: Any               # "tcp", "udp", ...
+    folded: Any                 # "summary": a user's rejections counted, not sent one by one (not replayed)
+
+
+def extra_facts(text: str) -> ExtraFacts:
+    """ExtraFacts of a stored extra (JSON text; a damaged one is a ValueError)."""
+    x = _loads(text) if text != "{}" else {}
+    if not isinstance(x, dict):
+        raise ValueError(f"extra is not an object: {text[:40]!r}")
+    return ExtraFacts(*(v if v is None or type(v) is str else str(v) for v in (x.get(k) for k in ExtraFacts._fields)))
+
+
+def damaged_row(row: tuple, what: str) -> JournalError:
+    """The error for a stored row that does not read back (seq first in the row)."""
+    return JournalError(f"damaged entry at seq {row[0]}: {what}")
+
+
+class FactsCache:
+    """extra text -> ExtraFacts, bounded (cleared when full: memory stays flat)."""
+
+    MAX = 1 << 16
+
+    def __init__(self) -> None:
+        self.known: dict[str, ExtraFacts] = {}
+
+    def miss(self, row: tuple) -> ExtraFacts:
+        text = row[11]
+        try:
+            f = extra_facts(text)
+        except (ValueError, TypeError) as e:
+            raise damaged_row(row, str(e)) from None
+        if len(self.known) >= self.MAX:
+            self.known.clear()
+        self.known[text] = f
+        return f
+
+
+def decision_row(e: Entry) -> DecisionRow:
+    """An Entry as the DecisionRow the journal would read for it."""
+    return DecisionRow(e.seq, e.ts_ns, e.host, _value(e.outcome), e.rule, e.user, _value(e.type), _value(e.source),
+                       e.uid, e.gid, e.program, dump_extra(e.extra), e.local_addr, e.local_port, e.remote_addr,
+                       e.remote_port)
+
+
+def _value(x: Any) -> Any:
+    return getattr(x, "value", x)
+
+
+def decision_rows(items: Iterable[Any]) -> Iterator[tuple]:
+    """DecisionRows from Journal.decisions (passed through) or from Entries (converted)."""
+    it = iter(items)
+    for first in it:
+        rest = itertools.chain((first,), it)
+        return rest if isinstance(first, tuple) else map(decision_row, rest)
+    return iter(())
 
 
 def write_error(path: Path | str, what: str, e: sqlite3.Error) -> JournalError:

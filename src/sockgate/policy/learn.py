@@ -25,7 +25,10 @@ from typing import Iterable
 
 from sockgate.policy.model import Exit, Protocol
 from sockgate.policy.parse import _program_value, parse_policy
-from sockgate.policy.replay import EXIT_OF_TYPE, PROTOCOL_NAME, passes, protocol_of, service_port, skip_reason
+from sockgate.journal.store import FactsCache, damaged_row, decision_rows
+from sockgate.policy.replay import (
+    EXIT_OF_TYPE, PASSING, PROTOCOL_NAME, SKIP_RULES, _DAMAGED, _OUTCOMES, protocol_of,
+)
 from sockgate.record import format_time, oneline
 
 MAX_HOSTS = 8
@@ -34,6 +37,7 @@ NOT_LEARNED_WHY = {
     "no-uid": "no Linux uid in the entry (IBM i user profiles; accepts whose owner the kernel did not know)",
     "no-program": "the program is not an executable on this host (no path, IBM i LIB/PGM, or gone)",
     "min-count": "rules seen fewer times than --min-count",
+    "folded": "summaries of a user's audit-rejections past fold_rejections per second (no addresses)",
 }
 
 
@@ -50,19 +54,22 @@ class Seen:
     addrs: set[str] = field(default_factory=set)     # remote addresses (connect, accept)
     ports: set[int] = field(default_factory=set)     # service ports
 
-    def add(self, e, port: int | None) -> None:
-        if not self.count or e.ts_ns < self.first_ns:
-            self.first_ns = e.ts_ns
-        self.last_ns = max(self.last_ns, e.ts_ns)
+    def add(self, ts_ns: int, seq: int | None, host: str | None, uid: int | None, user: str | None,
+            remote_addr: str | None, port: int | None) -> None:
+        """One decision; remote_addr None for a listen (its remote side is not decided on)."""
+        if not self.count or ts_ns < self.first_ns:
+            self.first_ns = ts_ns
+        if ts_ns > self.last_ns:
+            self.last_ns = ts_ns
         self.count += 1
         if self.first_seq is None:
-            self.first_seq = e.seq
+            self.first_seq = seq
         if len(self.hosts) < MAX_HOSTS:
-            self.hosts.add(e.host or "-")
-        if e.uid is not None and e.uid not in self.users and len(self.users) < MAX_HOSTS:
-            self.users[e.uid] = e.user
-        if e.remote_addr and EXIT_OF_TYPE[e.type] is not Exit.LISTEN:
-            self.addrs.add(e.remote_addr)
+            self.hosts.add(host or "-")
+        if uid is not None and uid not in self.users and len(self.users) < MAX_HOSTS:
+            self.users[uid] = user
+        if remote_addr:
+            self.addrs.add(remote_addr)
         if port is not None:
             self.ports.add(port)
 
@@ -77,43 +84,70 @@ class Learned:
 
 
 def observe(entries: Iterable, *, generalize: bool = False) -> Learned:
-    """One pass over decision entries: what went through, per rule key."""
+    """One pass over decisions (Journal.decisions rows, or Entries): what went through, per
+    rule key. The per-row work is a few dict hits: whether a program can be named and a
+    call's protocol are cached per distinct value."""
     out = Learned()
-    programs: dict[str, bool] = {}   # path -> nameable in a policy on this host
-
-    def nameable(path: str | None) -> bool:
-        if not path:
-            return False
-        ok = programs.get(path)
-        if ok is None:
-            try:
-                _program_value(path)
-                ok = True
-            except ValueError:
-                ok = False
-            programs[path] = ok
-        return ok
-
-    for e in entries:
-        ex = EXIT_OF_TYPE.get(e.type)
-        if ex is None or not passes(e.outcome) or skip_reason(e):
+    rules, not_learned = out.rules, out.not_learned
+    programs: dict[str | None, bool] = {}   # path -> nameable in a policy on this host
+    protocols: dict[tuple, Protocol] = {}   # (extra.protocol, type, source) -> protocol class
+    facts_cache = FactsCache()
+    known, facts_miss = facts_cache.known, facts_cache.miss
+    exit_of = {t.value: ex for t, ex in EXIT_OF_TYPE.items()}
+    outcomes, passing, skip_rules, listen, connect = _OUTCOMES, PASSING, SKIP_RULES, Exit.LISTEN, Exit.CONNECT
+    decisions, first_ns, last_ns = 0, None, None
+    for row in decision_rows(entries):
+        seq, ts_ns, host, outcome, rule, user, typ, source, uid, gid, program, extra, la, lp, ra, rp = row
+        ex = exit_of.get(typ)
+        if ex is None:
             continue
-        uid = e.uid
-        program = e.program if nameable(e.program) else None
+        o = outcomes.get(outcome, _DAMAGED)
+        if o is _DAMAGED:
+            raise damaged_row(row, f"outcome {outcome!r}")
+        if o not in passing or rule in skip_rules:
+            continue
+        facts = known.get(extra) or facts_miss(row)
+        if facts.flow == "summary":
+            continue
+        if facts.folded == "summary":  # audit-rejections counted without addresses: nothing to narrow by
+            not_learned["folded"] = not_learned.get("folded", 0) + 1
+            continue
+        ok = programs.get(program)
+        if ok is None:
+            ok = programs[program] = _nameable(program)
+        if not ok:
+            program = None
         if not generalize and (uid is None or program is None):
             why = "no-uid" if uid is None else "no-program"
-            out.not_learned[why] = out.not_learned.get(why, 0) + 1
+            not_learned[why] = not_learned.get(why, 0) + 1
             continue
-        out.decisions += 1
-        out.first_ns = e.ts_ns if out.first_ns is None else min(out.first_ns, e.ts_ns)
-        out.last_ns = e.ts_ns if out.last_ns is None else max(out.last_ns, e.ts_ns)
-        proto, _ = protocol_of(e)
+        decisions += 1
+        if first_ns is None or ts_ns < first_ns:
+            first_ns = ts_ns
+        if last_ns is None or ts_ns > last_ns:
+            last_ns = ts_ns
+        pk = (facts.protocol, typ, source)
+        proto = protocols.get(pk)
+        if proto is None:
+            proto = protocols[pk] = protocol_of(facts, typ, source)[0]
         key = (ex, None if generalize else uid, program, proto)
-        seen = out.rules.get(key)
+        seen = rules.get(key)
         if seen is None:
-            seen = out.rules[key] = Seen()
-        seen.add(e, service_port(ex, e))
+            seen = rules[key] = Seen()
+        seen.add(ts_ns, seq, host, uid, user, ra if ex is not listen else None, rp if ex is connect else lp)
+    out.decisions, out.first_ns, out.last_ns = decisions, first_ns, last_ns
     return out
+
+
+def _nameable(path: str | None) -> bool:
+    """Whether a policy can name this program on this host (an executable path)."""
+    if not path:
+        return False
+    try:
+        _program_value(path)
+        return True
+    except ValueError:
+        return False
 
 
 # ----------------------------------------------------------------------------- merging

@@ -7,6 +7,11 @@ and compared with the journaled outcome (or with a second policy, evaluated the 
 way). Differences are aggregated into a bounded number of groups, so memory does not grow
 with the journal; evaluations are cached per distinct call.
 
+Replay reads `DecisionRow`s (sockgate.journal.store: the columns a decision needs, as
+stored, `Journal.decisions`) and decodes each distinct extra once (`FactsCache`), so a call
+seen before costs a few dict hits. Entries are accepted too (converted by `decision_row`):
+the results are the same, tests/replay/test_fast_path.py holds both paths to it.
+
 Exactness: a decision is *approximated* when a rule that could have decided it tests a
 field the entry does not carry (supplementary groups, the executable's dev:inode, an IBM i
 entry's Linux identity). `REASONS` says why, per reason; every report format counts them.
@@ -16,9 +21,14 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import operator
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from sockgate.journal.store import (
+    DECISION_KEY, DECISION_SIDES, DecisionRow, ExtraFacts, FactsCache, damaged_row, decision_row, decision_rows,
+    extra_facts,
+)
 from sockgate.policy.compile import OUTCOME_OF, Compiled, addr_as_v6, compile_policy, program_identity
 from sockgate.policy.evaluate import decide
 from sockgate.policy.model import UID_UNKNOWN, Exit, Outcome, Policy, Protocol
@@ -96,24 +106,31 @@ def _ident(text: Any) -> tuple[int, int] | None:
         return None
 
 
-def protocol_of(e) -> tuple[Protocol, bool]:
+def as_row(e) -> DecisionRow:
+    """A DecisionRow (as Journal.decisions reads it), a plain tuple in its order, or an Entry."""
+    if isinstance(e, DecisionRow):
+        return e
+    return DecisionRow._make(e) if isinstance(e, tuple) else decision_row(e)
+
+
+def protocol_of(facts: ExtraFacts, type: str, source: str) -> tuple[Protocol, bool]:
     """(protocol class, known): extra.protocol, else IBM i's type (O/I are UDP, A/C TCP)."""
-    p = PROTOCOL_OF_NAME.get(str(e.extra.get("protocol", "")).lower())
+    p = PROTOCOL_OF_NAME.get(str("" if facts.protocol is None else facts.protocol).lower())
     if p is not None:
         return p, True
-    if e.type in UDP_TYPES:
+    if type in UDP_TYPES:
         return Protocol.UDP, True
-    return Protocol.TCP, e.source is Source.IBMI
+    return Protocol.TCP, source == Source.IBMI
 
 
-def skip_reason(e) -> str | None:
+def skip_reason(rule: str | None, facts: ExtraFacts) -> str | None:
     """Why a decision-type entry is not replayed, or None. UDP flow summaries count the later
     datagrams of a flow whose decision is its first entry (extra.flow = "first")."""
-    if e.rule in SKIP_RULES:
-        return e.rule
-    if e.extra.get("flow") == "summary":
+    if rule in SKIP_RULES:
+        return rule
+    if facts.flow == "summary":
         return "udp-summary"
-    if e.extra.get("folded") == "summary":
+    if facts.folded == "summary":
         return "folded"
     return None
 
@@ -122,69 +139,81 @@ SKIP_WHY = {**SKIP_RULES, "udp-summary": "UDP flow summaries (their flow's decis
             "folded": "rejection summaries (a user past fold_rejections per second: counted, no addresses)"}
 
 
-def call_of(e) -> Call:
-    """The call a decision-type entry journals (see REASONS for what may be missing)."""
-    ex = EXIT_OF_TYPE[e.type]
+def call_of(e, facts: ExtraFacts | None = None) -> Call:
+    """The call a decision-type entry journals (see REASONS for what may be missing); `e` is
+    a DecisionRow (or its tuple) or an Entry, `facts` its extra's, if decoded already."""
+    r = as_row(e)
+    x = extra_facts(r.extra) if facts is None else facts
+    ex = EXIT_OF_TYPE[r.type]
     missing: set[str] = set()
-    ibmi = e.source is Source.IBMI
-    extra = e.extra
+    ibmi = r.source == Source.IBMI
     # the kernel decides an unknown accept owner as SG_UID_UNKNOWN with no groups or program:
     # replaying it that way is exact (extra.owner = "unknown")
-    owner_unknown = extra.get("owner") == "unknown"
-    if e.uid is not None:
-        uid = e.uid
+    owner_unknown = x.owner == "unknown"
+    if r.uid is not None:
+        uid = r.uid
     else:
         uid = UID_UNKNOWN
         if not owner_unknown:
             missing.add("ibmi-identity" if ibmi else "no-uid")
-    gids = _int_list(extra[EXTRA_GROUPS]) if EXTRA_GROUPS in extra else None
+    gids = _int_list(x.groups) if x.groups is not None else None
     if gids is None:
-        if e.gid is not None:
-            gids = (e.gid,)
+        if r.gid is not None:
+            gids = (r.gid,)
             missing.add("groups")
         else:
             gids = (UID_UNKNOWN,)
             if not owner_unknown and not ibmi:
                 missing.add("no-uid")
-    ident = _ident(extra[EXTRA_EXE]) if EXTRA_EXE in extra else None
-    program = e.program
+    ident = _ident(x.exe) if x.exe is not None else None
+    program = r.program
     if ident is None and not owner_unknown and not ibmi:
         missing.add("program-path" if program and program.startswith("/") else "no-program")
-    proto, known = protocol_of(e)
+    proto, known = protocol_of(x, r.type, r.source)
     if not known:
         missing.add("protocol")
     local = remote = None
     if ex is not Exit.CONNECT:
-        if e.local_addr is None or e.local_port is None:
+        if r.local_addr is None or r.local_port is None:
             missing.add("no-local")
-        local = (e.local_addr or "::", e.local_port or 0)
+        local = (r.local_addr or "::", r.local_port or 0)
     if ex is not Exit.LISTEN:
-        if e.remote_addr is None or e.remote_port is None:
+        if r.remote_addr is None or r.remote_port is None:
             missing.add("no-remote")
-        remote = (e.remote_addr or "::", e.remote_port or 0)
+        remote = (r.remote_addr or "::", r.remote_port or 0)
     return Call(ex, uid, gids, program, ident, local, remote, proto, frozenset(missing))
 
 
-def call_key(e, sides: dict[Exit, tuple[bool, bool, bool, bool]] | None = None) -> tuple:
-    """What a decision depends on, as a hashable key (the evaluation cache's). A connect's
-    local side and a listen's remote side are not decided on; `sides` (per exit: keep the
-    local address, local port, remote address, remote port) leaves out what no rule tests,
-    so an accept's ephemeral client port does not defeat the cache."""
-    ex = EXIT_OF_TYPE[e.type]
-    la, lp, ra, rp = (sides or _ALL_SIDES)[ex]
-    x = e.extra
-    return (ex, e.uid, e.gid, e.program, x.get(EXTRA_GROUPS), x.get(EXTRA_EXE), x.get("owner"), x.get("protocol"),
-            e.source is Source.IBMI, e.type in UDP_TYPES,
-            e.local_addr if la else None, e.local_port if lp else None,
-            e.remote_addr if ra else None, e.remote_port if rp else None)
+Sides = dict[Exit, tuple[bool, bool, bool, bool]]
+
+
+def key_getters(sides: Sides | None = None) -> dict[str, operator.itemgetter]:
+    """Per decision entry type (its stored letter): what builds a row's cache key with its
+    ExtraFacts: the DecisionRow fields a decision depends on (type, source, identity) and
+    the sides it is decided on. A connect's local side and a listen's
+    remote side are not; `sides` (per exit: keep the local address, local port, remote
+    address, remote port) leaves out what no rule tests, so an accept's ephemeral client
+    port does not defeat the cache."""
+    out = {}
+    for t, ex in EXIT_OF_TYPE.items():
+        keep = (sides or _ALL_SIDES)[ex]
+        out[t.value] = operator.itemgetter(*DECISION_KEY, *(i for i, k in zip(DECISION_SIDES, keep) if k))
+    return out
 
 
 _ALL_SIDES = {Exit.CONNECT: (False, False, True, True), Exit.LISTEN: (True, True, False, False),
               Exit.ACCEPT: (True, True, True, True)}
+_ALL_GETTERS = key_getters()
 
 
-def cache_sides(*evaluators: "Evaluator") -> dict[Exit, tuple[bool, bool, bool, bool]]:
-    """call_key's `sides` for these policies: an address or port only where a rule tests it."""
+def call_key(e) -> tuple:
+    """What a decision depends on, as a hashable key (the evaluation cache's)."""
+    r = as_row(e)
+    return _ALL_GETTERS[r.type](r), extra_facts(r.extra)
+
+
+def cache_sides(*evaluators: "Evaluator") -> Sides:
+    """key_getters' `sides` for these policies: an address or port only where a rule tests it."""
     out = {}
     for ex, keep in _ALL_SIDES.items():
         tested = set().union(*(ev.tests[ex] for ev in evaluators))
@@ -222,12 +251,13 @@ class Evaluator:
         self._cache: dict[tuple, Verdict] = {}
 
     def verdict(self, e, key: tuple | None = None) -> Verdict:
+        """The verdict for a DecisionRow (or Entry); `key` its cache key, if built already."""
         key = call_key(e) if key is None else key
         v = self._cache.get(key)
         if v is None:
             if len(self._cache) >= self.CACHE_MAX:
                 self._cache.clear()
-            v = self._cache[key] = self.decide(call_of(e))
+            v = self._cache[key] = self.decide(call_of(e, key[1]))
         return v
 
     def decide(self, call: Call) -> Verdict:
@@ -249,6 +279,7 @@ class Evaluator:
         return Verdict(OUTCOME_OF[verdict], name, approx)
 
 
+@functools.lru_cache(maxsize=1 << 14)
 def _v6(addr: str) -> int:
     try:
         return addr_as_v6(addr)
@@ -279,10 +310,10 @@ def network_of(addr: str | None) -> str:
     return str(ipaddress.ip_network(f"{ip}/{24 if ip.version == 4 else 64}", strict=False))
 
 
-def service_port(exit: Exit, e) -> int | None:
+def service_port(exit: Exit, local_port: int | None, remote_port: int | None) -> int | None:
     """The port that says what the call was for: a connect's remote port, a listen's or an
     accept's local port (a client's ephemeral port says nothing)."""
-    return e.remote_port if exit is Exit.CONNECT else e.local_port
+    return remote_port if exit is Exit.CONNECT else local_port
 
 
 MAX_HOSTS = 8      # per group, shown; more are counted
@@ -309,21 +340,22 @@ class Group:
     samples: list[int] = field(default_factory=list)
     approximated: int = 0
 
-    def add(self, e, approximated: bool) -> None:
-        if not self.count or e.ts_ns < self.first_ns:
-            self.first_ns = e.ts_ns
-        self.last_ns = max(self.last_ns, e.ts_ns)
+    def add(self, ts_ns: int, host: str | None, seq: int | None, approximated: bool) -> None:
+        if not self.count or ts_ns < self.first_ns:
+            self.first_ns = ts_ns
+        if ts_ns > self.last_ns:
+            self.last_ns = ts_ns
         self.count += 1
         self.approximated += approximated
-        h = e.host or "-"
+        h = host or "-"
         if h in self.hosts:
             self.hosts[h] += 1
         elif len(self.hosts) < MAX_HOSTS:
             self.hosts[h] = 1
         else:
             self.more_hosts += 1
-        if len(self.samples) < MAX_SAMPLES and e.seq is not None:
-            self.samples.append(e.seq)
+        if len(self.samples) < MAX_SAMPLES and seq is not None:
+            self.samples.append(seq)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -388,65 +420,84 @@ class Report:
         }
 
 
+# stored outcome text -> Outcome (None: not a decision); anything else is a damaged entry
+_OUTCOMES: dict[str | None, Outcome | None] = {**{o.value: o for o in Outcome}, None: None}
+_DAMAGED = object()
+
+
 def replay(entries: Iterable, candidate: Policy, against: Policy | None = None, *,
            since_ns: int | None = None, until_ns: int | None = None, compiled: Compiled | None = None) -> Report:
     """Replay decision-type entries (any others are ignored) through `candidate` (`compiled`:
     its tables, if the caller has them). The old outcome is the journaled one, or
-    `against`'s. Streams: one pass, bounded state."""
+    `against`'s. `entries`: Journal.decisions rows (fast) or Entries. Streams: one pass,
+    bounded state."""
     new = Evaluator(candidate, compiled)
     old = Evaluator(against) if against is not None else None
     rep = Report(candidate.source, against.source if against is not None else None, since_ns, until_ns)
     groups, skipped, reasons = rep.groups, rep.skipped, rep.reasons
-    sides = cache_sides(new, *([old] if old is not None else []))
-    n = dict.fromkeys(("decisions", "unchanged", "same_effect", "breaks", "opens", "approximated",
-                       "approximated_breaks", "approximated_opens"), 0)
-    exit_of, passing, skip_rules, nverdict, ncache = EXIT_OF_TYPE, PASSING, SKIP_RULES, new.verdict, new._cache
-    ibmi, udp_types = Source.IBMI, UDP_TYPES
-    for e in entries:   # the hot loop: a dict lookup per entry once its call has been seen
-        ex = exit_of.get(e.type)
-        if ex is None or e.outcome is None:
+    getters = key_getters(cache_sides(new, *([old] if old is not None else [])))
+    exit_of = {t.value: ex for t, ex in EXIT_OF_TYPE.items()}
+    decisions = unchanged = same_effect = breaks = opens = approximated = approx_breaks = approx_opens = 0
+    outcomes, passing, skip_rules, nverdict, ncache = _OUTCOMES, PASSING, SKIP_RULES, new.verdict, new._cache
+    facts_cache = FactsCache()
+    known, facts_miss = facts_cache.known, facts_cache.miss
+    listen = Exit.LISTEN
+    for row in decision_rows(entries):   # the hot loop: dict hits once a call has been seen
+        seq, ts_ns, host, outcome, rule, user, typ, source, uid, gid, program, extra, la, lp, ra, rp = row
+        getter = getters.get(typ)
+        if getter is None:
             continue
-        if e.rule in skip_rules or e.extra.get("flow") == "summary":
-            why = skip_reason(e)
+        outcome = outcomes.get(outcome, _DAMAGED)
+        if outcome is None:
+            continue
+        if outcome is _DAMAGED:
+            raise damaged_row(row, f"outcome {row[3]!r}")
+        facts = known.get(extra) or facts_miss(row)
+        if rule in skip_rules or facts.flow == "summary" or facts.folded == "summary":
+            why = skip_reason(rule, facts)
             skipped[why] = skipped.get(why, 0) + 1
             continue
-        la, lp, ra, rp = sides[ex]
-        x = e.extra   # call_key, inlined: this line runs per entry
-        key = (ex, e.uid, e.gid, e.program, x.get(EXTRA_GROUPS), x.get(EXTRA_EXE), x.get("owner"), x.get("protocol"),
-               e.source is ibmi, e.type in udp_types, e.local_addr if la else None, e.local_port if lp else None,
-               e.remote_addr if ra else None, e.remote_port if rp else None)
-        nv = ncache.get(key) or nverdict(e, key)
+        key = getter(row), facts
+        nv = ncache.get(key) or nverdict(row, key)
         approx = nv.approx
         if old is not None:
-            ov = old.verdict(e, key)
+            ov = old.verdict(row, key)
             old_outcome, old_rule = ov.outcome, ov.rule
             approx = approx | ov.approx
         else:
-            old_outcome, old_rule = e.outcome, e.rule or "-"
-        n["decisions"] += 1
+            old_outcome, old_rule = outcome, rule or "-"
+        decisions += 1
         if approx:
-            n["approximated"] += 1
+            approximated += 1
             for r in approx:
                 reasons[r] = reasons.get(r, 0) + 1
         was = old_outcome in passing
         if was == (nv.outcome in passing):
-            n["unchanged" if old_outcome == nv.outcome and old_rule == nv.rule else "same_effect"] += 1
+            if old_outcome is nv.outcome and old_rule == nv.rule:
+                unchanged += 1
+            else:
+                same_effect += 1
             continue
         kind = "break" if was else "open"
-        n["breaks" if was else "opens"] += 1
-        if approx:
-            n["approximated_breaks" if was else "approximated_opens"] += 1
-        user = e.user or (str(e.uid) if e.uid is not None else "-")
-        gkey = (kind, ex, e.program, user, network_of(e.remote_addr if ex is not Exit.LISTEN else None),
-                service_port(ex, e), old_rule, nv.rule, old_outcome)
+        if was:
+            breaks += 1
+            approx_breaks += bool(approx)
+        else:
+            opens += 1
+            approx_opens += bool(approx)
+        ex = exit_of[typ]
+        user = user or (str(uid) if uid is not None else "-")
+        gkey = (kind, ex, program, user, network_of(ra if ex is not listen else None),
+                service_port(ex, lp, rp), old_rule, nv.rule, old_outcome)
         g = groups.get(gkey)
         if g is None:
             if len(groups) >= rep.MAX_GROUPS:   # bounded: the rest are counted, not grouped
                 rep.other[kind] = rep.other.get(kind, 0) + 1
                 continue
-            g = groups[gkey] = Group(kind, ex.label, e.program or "-", user, gkey[4], gkey[5], old_rule, nv.rule,
+            g = groups[gkey] = Group(kind, ex.label, program or "-", user, gkey[4], gkey[5], old_rule, nv.rule,
                                      old_outcome.value, nv.outcome.value)
-        g.add(e, bool(approx))
-    for k, v in n.items():
-        setattr(rep, k, v)
+        g.add(ts_ns, host, seq, bool(approx))
+    rep.decisions, rep.unchanged, rep.same_effect, rep.breaks, rep.opens = (
+        decisions, unchanged, same_effect, breaks, opens)
+    rep.approximated, rep.approximated_breaks, rep.approximated_opens = approximated, approx_breaks, approx_opens
     return rep
