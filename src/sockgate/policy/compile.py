@@ -52,59 +52,12 @@ def kernel_dev(st_dev: int) -> int:
     return (os.major(st_dev) << 20) | os.minor(st_dev)
 
 
-OVERLAYFS_MAGIC = 0x794C7630
-
-
 def program_identity(path: str) -> tuple[int, int] | None:
-    """(kernel dev_t, inode) of the file the kernel sees when `path` runs. On a stacked
-    filesystem (overlayfs: container images, live systems) stat() reports the overlay's
-    device while the kernel's executable is the file underneath: the device and inode of
-    that file are read from a mapping of it (/proc/self/maps shows the real file)."""
     try:
         st = os.stat(path)
     except OSError:
         return None
-    if _fs_magic(path) == OVERLAYFS_MAGIC:
-        real = _mapped_identity(path)
-        if real is not None:
-            return real
     return kernel_dev(st.st_dev), st.st_ino
-
-
-def _fs_magic(path: str) -> int | None:
-    import ctypes
-
-    class StatFs(ctypes.Structure):  # struct statfs: f_type first (os.statvfs has no f_type)
-        _fields_ = [("f_type", ctypes.c_long), ("rest", ctypes.c_byte * 112)]
-
-    buf = StatFs()
-    libc = ctypes.CDLL(None, use_errno=True)
-    return buf.f_type & 0xFFFFFFFF if libc.statfs(os.fsencode(path), ctypes.byref(buf)) == 0 else None
-
-
-def _mapped_identity(path: str) -> tuple[int, int] | None:
-    import ctypes
-    import mmap
-
-    try:
-        # a private (copy-on-write) mapping: still backed by the file, and writable, so ctypes
-        # can tell its address; the line of /proc/self/maps holding that address names the file
-        with open(path, "rb") as f, mmap.mmap(f.fileno(), 1, access=mmap.ACCESS_COPY) as m:
-            c = ctypes.c_char.from_buffer(m)
-            addr = ctypes.addressof(c)
-            try:
-                with open("/proc/self/maps") as maps:
-                    for line in maps:
-                        parts = line.split()
-                        lo, hi = (int(x, 16) for x in parts[0].split("-"))
-                        if lo <= addr < hi:
-                            major, minor = (int(x, 16) for x in parts[3].split(":"))
-                            return (major << 20) | minor, int(parts[4])
-            finally:
-                del c  # the buffer must be released before the mapping closes
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
 
 
 def outcome_for(action: Action, mode: Mode) -> Outcome:
