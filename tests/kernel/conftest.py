@@ -148,12 +148,12 @@ class Scope:
             raise AssertionError(f"client failed: {r.stderr}")
         return json.loads(r.stdout.strip().splitlines()[-1])
 
-    def start(self, op: str, *, uid: int | None = None, **args) -> subprocess.Popen:
+    def start(self, op: str, *, uid: int | None = None, exe: str | None = None, **args) -> subprocess.Popen:
         """Start a long-running client (e.g. a server); returns after its first line."""
         a = {"cgroup": self.cgroup, "netns": self.netns, "op": op, **args}
         if uid is not None:
             a.update(uid=uid, gid=uid, groups=[])
-        p = subprocess.Popen([sys.executable, str(CLIENT), json.dumps(a)], stdin=subprocess.PIPE,
+        p = subprocess.Popen([exe or sys.executable, str(CLIENT), json.dumps(a)], stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.procs.append(p)
         return p
@@ -234,6 +234,21 @@ def _empty_cgroup(cg: str) -> None:
 
 
 @pytest.fixture
+def tmpfs_python(scope):
+    """This Python copied onto /run (tmpfs here and in the test guest), for tests whose program
+    rules name the caller: on overlayfs (the guest's root) stat() reports the overlay's device
+    while the kernel sees the file underneath (the limit README states)."""
+    d = Path(f"/run/sockgate-test-{os.getpid()}-{scope.netns_name}-py")
+    d.mkdir(mode=0o755)
+    copy = d / "python3"
+    shutil.copy2(os.path.realpath(sys.executable), copy)
+    try:
+        yield str(copy)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
 def gate(scope):
     """Programs loaded and attached in the test scope, without a daemon."""
     from sockgate.kernel.loader import Gate
@@ -262,7 +277,7 @@ OTHER_UID = 4343       # a second unprivileged test user (its primary group is O
 
 
 def run_script(scope: Scope, calls: list[dict], *, uid: int | None = None, on_sync=None,
-               timeout: float = 120) -> list[dict]:
+               timeout: float = 120, exe: str | None = None) -> list[dict]:
     """Run sockclient.py's "script" op in the scope (as root unless uid) and return one result
     per call. A {"do": "sync", "tag": T} call stops the client until on_sync(T) returned."""
     a = {"cgroup": scope.cgroup, "netns": scope.netns, "op": "script", "calls": calls}
@@ -274,7 +289,7 @@ def run_script(scope: Scope, calls: list[dict], *, uid: int | None = None, on_sy
         f.write_text(arg)
         f.chmod(0o644)
         arg = f"@{f}"
-    p = subprocess.Popen([sys.executable, str(CLIENT), arg], stdin=subprocess.PIPE,
+    p = subprocess.Popen([exe or sys.executable, str(CLIENT), arg], stdin=subprocess.PIPE,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     scope.procs.append(p)
     deadline = time.monotonic() + timeout

@@ -32,23 +32,24 @@ def _ok(*args: str) -> subprocess.CompletedProcess:
     return r
 
 
-def _connect(scope, port: int) -> str:
+def _connect(scope, port: int, exe: str) -> str:
     calls = [{"do": "socket", "proto": "tcp", "family": 4},
              {"do": "connect", "addr": "127.0.0.1", "port": port, "timeout": 5}]
-    r = run_script(scope, calls, uid=TEST_UID)[1]
+    r = run_script(scope, calls, uid=TEST_UID, exe=exe)[1]
     return "ok" if r["ok"] else r["error"]
 
 
-def test_audit_learn_replay_shadow_promote(scope, tmp_path):
+def test_audit_learn_replay_shadow_promote(scope, tmp_path, tmpfs_python):
+    py = tmpfs_python  # the learned rules name the program: one whose identity stat() tells right
     journal, pin = tmp_path / "journal", ["--pin-dir", scope.pin_dir]
     policy_file = scope.write_policy(AUDIT)
     d = scope.daemon(policy_file, journal=journal)
     wait_loaded(d)
 
     # 1. audit: normal work (a root server on SEEN, a user connecting to it) goes through
-    server = scope.start("serve", addr="127.0.0.1", port=SEEN)
+    server = scope.start("serve", addr="127.0.0.1", port=SEEN, exe=py)
     assert json.loads(server.stdout.readline())["listening"] == SEEN
-    assert [_connect(scope, SEEN) for _ in range(3)] == ["ok"] * 3
+    assert [_connect(scope, SEEN, py) for _ in range(3)] == ["ok"] * 3
     journal_entries(journal, lambda es: sum(e.type == EntryType.ACCEPT for e in es) >= 3)
 
     # 2. learn, check
@@ -64,8 +65,8 @@ def test_audit_learn_replay_shadow_promote(scope, tmp_path):
 
     # 4. shadow: the same work shows no difference; something new (UNSEEN) does, and still goes through
     _ok("policy", "shadow", str(learned), *pin)
-    assert _connect(scope, SEEN) == "ok"
-    assert _connect(scope, UNSEEN) == "ECONNREFUSED"   # allowed (nothing listens): the learned policy would refuse
+    assert _connect(scope, SEEN, py) == "ok"
+    assert _connect(scope, UNSEEN, py) == "ECONNREFUSED"   # allowed (nothing listens): the learned policy would refuse
     s = json.loads(_ok("status", "--json", *pin).stdout)["shadow"]
     # the connect, and its accept (nobody listens on UNSEEN: the kernel decides it with an
     # unknown owner before it resets the connection), would both be refused
@@ -81,9 +82,9 @@ def test_audit_learn_replay_shadow_promote(scope, tmp_path):
     # 6. promote: enforced now, and it is the daemon's policy file (a reload keeps it)
     out = json.loads(_ok("policy", "promote", "--force", *pin, "--json").stdout)
     assert out["file_written"] and policy_file.read_text() == text
-    assert _connect(scope, SEEN) == "ok"
-    assert _connect(scope, UNSEEN) == "EPERM"
+    assert _connect(scope, SEEN, py) == "ok"
+    assert _connect(scope, UNSEEN, py) == "EPERM"
     _ok("reload", "--force", *pin)
     wait_loaded(d, generation=out["generation"] + 1)
-    assert _connect(scope, SEEN) == "ok" and _connect(scope, UNSEEN) == "EPERM"
+    assert _connect(scope, SEEN, py) == "ok" and _connect(scope, UNSEEN, py) == "EPERM"
     assert len(served(server)) >= 5
