@@ -198,18 +198,20 @@ class Data:
         deciding rule (name, line, action, mode), the outcome, what the entry lacks for an
         exact answer, and whether it agrees with what was journaled. None: not a decision,
         or no policy."""
+        from sockgate.journal.store import decision_row, extra_facts
         from sockgate.policy.replay import EXIT_OF_TYPE, REASONS, Evaluator, skip_reason
 
         policy = self.policy()
         if policy is None or e.type not in EXIT_OF_TYPE or e.outcome is None:
             return None
-        why = skip_reason(e)
+        row = decision_row(e)   # what replay reads from the journal for it
+        why = skip_reason(row.rule, extra_facts(row.extra))
         if why:
             return {"skipped": why}
         with self.lock:
             if self._evaluator is None:
                 self._evaluator = Evaluator(policy)
-            v = self._evaluator.verdict(e)
+            v = self._evaluator.verdict(row)
         rule = next((r for r in policy.rules if r.name == v.rule), None)
         exit_ = EXIT_OF_TYPE[e.type]
         return {
