@@ -889,6 +889,28 @@ static __always_inline void identify(struct sg_scratch *sc, bool is_current, con
 	}
 }
 
+/* One more under `key` in a (key -> u64 count) hash: 1 if this call made the key (its first),
+ * 0 if it was there (or another CPU made it first), -1 if the map is full (counted in stat
+ * `full` instead: nothing uncounted). */
+static __always_inline int count_key(void *map, const void *key, __u32 full)
+{
+	__u64 *n = bpf_map_lookup_elem(map, key);
+	if (n) {
+		__sync_fetch_and_add(n, 1);
+		return 0;
+	}
+	__u64 one = 1;
+	if (!bpf_map_update_elem(map, key, &one, BPF_NOEXIST))
+		return 1;
+	n = bpf_map_lookup_elem(map, key);
+	if (n) {
+		__sync_fetch_and_add(n, 1);
+		return 0;
+	}
+	stat_add(full);
+	return -1;
+}
+
 /* Rejection folding: 1 if this rejection (`what`: EMIT_WHAT, bit 18 a UDP flow's first
  * datagram) is counted in sg_folded instead of sent, because its user (sc->who.uid) already
  * had `rate` rejections journaled in this window. Users past SG_RATES_MAX (thousands of
@@ -917,19 +939,7 @@ __attribute__((noinline)) int fold(struct sg_scratch *sc, __u32 what, __s32 rule
 	}
 	struct sg_fold_key k = { .generation = gen, .uid = uid, .rule = rule, .exit = what & 0xff,
 				 .verdict = (what >> 8) & 0xff, .udp = (what & EMIT_UDP_FLOW) ? 1 : 0 };
-	__u64 *n = bpf_map_lookup_elem(&sg_folded, &k);
-	if (n) {
-		__sync_fetch_and_add(n, 1);
-		return 1;
-	}
-	__u64 one = 1;
-	if (bpf_map_update_elem(&sg_folded, &k, &one, BPF_NOEXIST)) {
-		n = bpf_map_lookup_elem(&sg_folded, &k);
-		if (n)
-			__sync_fetch_and_add(n, 1);
-		else
-			stat_add(SG_STAT_FOLDED_UNKEYED);
-	}
+	count_key(&sg_folded, &k, SG_STAT_FOLDED_UNKEYED);
 	return 1;
 }
 
@@ -945,21 +955,8 @@ __attribute__((noinline)) int shadow_differs(struct sg_scratch *sc, __u32 what, 
 	struct sg_shadow_key k = { .generation = gen, .shadow_generation = sc->shadow_generation, .rule = rule,
 				   .shadow_rule = sc->shadow_rule, .exit = what & 0xff, .verdict = (what >> 8) & 0xff,
 				   .shadow_verdict = sc->shadow_verdict };
-	__u64 *n = bpf_map_lookup_elem(&sg_shadow, &k);
-	if (n) {
-		__sync_fetch_and_add(n, 1);
-		return 0;
-	}
-	__u64 one = 1;
-	if (bpf_map_update_elem(&sg_shadow, &k, &one, BPF_NOEXIST)) {
-		n = bpf_map_lookup_elem(&sg_shadow, &k);  /* another CPU made it first, or full */
-		if (n)
-			__sync_fetch_and_add(n, 1);
-		else
-			stat_add(SG_STAT_SHADOW_UNKEYED);
-		return 0;
-	}
-	emit(sc, (what & 0x1ffff) | EMIT_SHADOW, rule, gen);
+	if (count_key(&sg_shadow, &k, SG_STAT_SHADOW_UNKEYED) == 1)  /* the pair's first call: a sample */
+		emit(sc, (what & 0x1ffff) | EMIT_SHADOW, rule, gen);
 	return 0;
 }
 
