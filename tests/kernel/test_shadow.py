@@ -72,7 +72,7 @@ def test_shadow_counts_what_replay_predicts_then_promote_enforces(scope, tmp_pat
     shadow_gen = json.loads(out.stdout)["generation"]
     assert shadow_gen == 2
 
-    server = scope.start("serve", addr="127.0.0.1", port=P_ACCEPT)
+    server = scope.start("serve", addr="127.0.0.1", port=P_ACCEPT, seconds=1200)
     assert json.loads(server.stdout.readline())["listening"]
     # the enforcing policy lets all of it through; the candidate would reject 5 + 2 of it
     assert all(r["ok"] for r in _connects(scope, P_ACCEPT, 2, uid=0))       # accept: 2 differ

@@ -47,7 +47,7 @@ def test_audit_learn_replay_shadow_promote(scope, tmp_path, tmpfs_python):
     wait_loaded(d)
 
     # 1. audit: normal work (a root server on SEEN, a user connecting to it) goes through
-    server = scope.start("serve", addr="127.0.0.1", port=SEEN, exe=py)
+    server = scope.start("serve", addr="127.0.0.1", port=SEEN, exe=py, seconds=1200)  # slow TCG guests
     assert json.loads(server.stdout.readline())["listening"] == SEEN
     assert [_connect(scope, SEEN, py) for _ in range(3)] == ["ok"] * 3
     journal_entries(journal, lambda es: sum(e.type == EntryType.ACCEPT for e in es) >= 3)
