@@ -37,7 +37,6 @@ RECEIVER_RE = re.compile(r"^r(\d{6})\.sgj$")
 # SQLite side files of a receiver, and our own temporary files: tolerated in the directory.
 _SIDE_RE = re.compile(r"^r\d{6}\.sgj-(wal|shm|journal)$|^\.tmp-")
 _KNOWN = {META_FILE, KEY_FILE, LOCK_FILE, VERIFY_KEY_FILE}
-SQLITE_MAGIC = b"SQLite format 3\x00"
 ZERO_HASH = bytes(32)
 BUSY_TIMEOUT_MS = 10_000   # how long a writer waits for SQLite's lock before "busy"
 _SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
@@ -274,6 +273,9 @@ def scan_directory(directory: Path) -> list[tuple[int, Path]]:
     return receivers
 
 
+SQLITE_NOTADB = 26   # "file is not a database"
+
+
 class Receiver:
     """One receiver file. The journal holds one per file; all SQL lives here."""
 
@@ -320,12 +322,17 @@ class Receiver:
     @classmethod
     def open(cls, path: Path, number: int, journal_id: str, *, readonly: bool,
              sync: str = "FULL") -> "Receiver":
+        # The file is only ever opened through SQLite: closing any other descriptor of it would
+        # drop every POSIX lock this process holds on it (its other connections' too), and a
+        # writer elsewhere would then take itself for the last user and reset the WAL under
+        # them (seen as "database disk image is malformed" by a long-lived reader).
         try:
-            with open(path, "rb") as f:
-                magic = f.read(len(SQLITE_MAGIC))
+            size = os.stat(path).st_size
         except OSError as e:
             raise JournalError(f"{path}: cannot read receiver: {e.strerror}") from None
-        if magic != SQLITE_MAGIC:
+        if not os.access(path, os.R_OK):
+            raise JournalError(f"{path}: cannot read receiver: permission denied")
+        if size < 100:  # shorter than SQLite's header (an empty file SQLite would take for a new database)
             raise JournalError(f"{path}: not a journal receiver (not an SQLite file: corrupt or foreign)")
         conn = _connect(path, readonly=readonly, sync=sync)
         try:
@@ -334,6 +341,8 @@ class Receiver:
             conn.execute("SELECT epoch FROM seal LIMIT 1").fetchall()
         except DB_ERRORS as e:
             conn.close()
+            if getattr(e, "sqlite_errorcode", 0) & 0xFF == SQLITE_NOTADB:
+                raise JournalError(f"{path}: not a journal receiver (not an SQLite file: corrupt or foreign)") from None
             raise JournalError(f"{path}: not a journal receiver ({e})") from None
         problem = None
         if meta.get("format") != FORMAT:
@@ -482,6 +491,8 @@ def _connect(path: Path, *, readonly: bool, sync: str, new: bool = False) -> sql
         conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         return conn
     except sqlite3.DatabaseError as e:
+        if getattr(e, "sqlite_errorcode", 0) & 0xFF == SQLITE_NOTADB:
+            raise JournalError(f"{path}: not a journal receiver (not an SQLite file: corrupt or foreign)") from None
         raise JournalError(f"{path}: cannot open receiver: {e}") from None
 
 
