@@ -26,6 +26,7 @@ from sockgate import lockout, safedir
 from sockgate.errors import KernelError, SockgateError, UsageError
 from sockgate.journal import Journal
 from sockgate.kernel import events as kevents
+from sockgate.kernel import counts as kcounts
 from sockgate.kernel import flows as kflows
 from sockgate.kernel import folds as kfolds
 from sockgate.kernel import shadow as kshadow
@@ -281,7 +282,7 @@ def flow_summaries(enricher: "Enricher", counts: list[kflows.FlowCount], now_ns:
     return out
 
 
-def fold_summaries(enricher: "Enricher", swept: list[kfolds.FoldCount], now_ns: int) -> list[Entry]:
+def fold_summaries(enricher: "Enricher", swept: list[kcounts.Count], now_ns: int) -> list[Entry]:
     """Summary entries for the rejections counted, not sent, since the last sweep (a user past
     the policy's fold_rejections per second): one per (user, exit, rule, verdict), extra count."""
     out = []
@@ -302,7 +303,7 @@ def fold_summaries(enricher: "Enricher", swept: list[kfolds.FoldCount], now_ns: 
     return out
 
 
-def shadow_summaries(enricher: "Enricher", swept: list[kshadow.ShadowCount], now_ns: int) -> list[Entry]:
+def shadow_summaries(enricher: "Enricher", swept: list[kcounts.Count], now_ns: int) -> list[Entry]:
     """Summary entries (type shadow, extra count) for the calls where the shadow policy
     decided otherwise since the last sweep, one per pair of deciding rules."""
     out = []
@@ -668,9 +669,9 @@ class Daemon:
         def write():
             if entries:
                 journal.append(entries)
-            kflows.mark_journaled(m["sg_flows"], m["sg_flows_seen"], counts)
-            kflows.mark_journaled(m["sg_shadow"], m["sg_shadow_seen"], differs)
-            kflows.mark_journaled(m["sg_folded"], m["sg_folded_seen"], folded)
+            kcounts.mark_journaled(m["sg_flows"], m["sg_flows_seen"], counts)
+            kcounts.mark_journaled(m["sg_shadow"], m["sg_shadow_seen"], differs)
+            kcounts.mark_journaled(m["sg_folded"], m["sg_folded_seen"], folded)
 
         self._writes.put(write)
 
@@ -778,7 +779,7 @@ def _shadow_status(gate: Gate) -> dict | None:
     def name(rule: int, names: list[str], exit: str) -> str:
         return names[rule] if 0 <= rule < len(names) else _SPECIAL_RULES.get(rule) or f"default:{exit}"
 
-    live = [(k, n) for k, n in kshadow.counts(gate.maps["sg_shadow"])
+    live = [(k, n) for k, n in kshadow.pairs(gate.maps["sg_shadow"])
             if (k.generation, k.shadow_generation) == (st.generation, sh.generation)]
     diffs = sorted(({"exit": _EXITS[k.exit], "rule": name(k.rule, st.rule_names, _EXITS[k.exit]),
                      "outcome": _OUTCOMES[k.verdict].value,

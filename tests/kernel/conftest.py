@@ -235,9 +235,10 @@ def _empty_cgroup(cg: str) -> None:
 
 @pytest.fixture
 def tmpfs_python(scope):
-    """This Python copied onto /run (tmpfs here and in the test guest), for tests whose program
-    rules name the caller: on overlayfs (the guest's root) stat() reports the overlay's device
-    while the kernel sees the file underneath (the limit README states)."""
+    """This Python copied onto /run (tmpfs here and in the test guest): another inode for a
+    program rule to name, and one whose identity stat() tells right: on overlayfs (the guest's
+    root) stat() reports the overlay's device while the kernel sees the file underneath (the
+    limit README states)."""
     d = Path(f"/run/sockgate-test-{os.getpid()}-{scope.netns_name}-py")
     d.mkdir(mode=0o755)
     copy = d / "python3"

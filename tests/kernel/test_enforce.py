@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 import time
-from pathlib import Path
 
 from conftest import OTHER_GID, TEST_UID, install_text, served
 
@@ -66,30 +64,22 @@ action = "reject"
     assert scope.client("connect", uid=None, addr="127.0.0.1", port=5302)["error"] == "ECONNREFUSED"
 
 
-def test_program_rule_matches_by_inode(scope, gate):
-    # The copy goes on /run (tmpfs here and in the test guest): on overlayfs, stat() reports
-    # the overlay's device and inode while the kernel sees the file underneath (README).
-    real = os.path.realpath(sys.executable)
-    d = Path(f"/run/sockgate-test-{os.getpid()}-{scope.netns_name}")
-    d.mkdir(mode=0o700)
-    copy = d / "python-copy"
-    try:
-        shutil.copy2(real, copy)
-        install_text(gate, f"""
+def test_program_rule_matches_by_inode(scope, gate, tmpfs_python):
+    # a copy of this Python, on tmpfs (see the fixture): another inode, the same program
+    copy = tmpfs_python
+    install_text(gate, f"""
 [[rule]]
 name = "copied-python-may-not-connect"
 exit = "connect"
 program = ["{copy}"]
 action = "reject"
 """)
-        os.environ["PYTHONHOME"] = sys.base_prefix  # the copy must find its standard library
-        try:
-            assert scope.client("connect", exe=str(copy), addr="127.0.0.1", port=5401)["error"] == "EPERM"
-        finally:
-            del os.environ["PYTHONHOME"]
-        assert scope.client("connect", addr="127.0.0.1", port=5401)["error"] == "ECONNREFUSED"
+    os.environ["PYTHONHOME"] = sys.base_prefix  # the copy must find its standard library
+    try:
+        assert scope.client("connect", exe=copy, addr="127.0.0.1", port=5401)["error"] == "EPERM"
     finally:
-        shutil.rmtree(d, ignore_errors=True)
+        del os.environ["PYTHONHOME"]
+    assert scope.client("connect", addr="127.0.0.1", port=5401)["error"] == "ECONNREFUSED"
 
 
 def test_ipv4_ipv6_and_v4_mapped(scope, gate):

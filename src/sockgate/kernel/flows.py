@@ -43,14 +43,3 @@ def sweep(flows_fd: int, seen_fd: int, generation: int, released: set[int]) -> l
         if flow.packets > before or final:
             out.append(FlowCount(key, flow, flow.packets - before, final))
     return out
-
-
-def mark_journaled(counts_fd: int, seen_fd: int, counts: list) -> None:
-    """After the summaries are in the journal: remember how much of each count is journaled
-    (`total`), forget final ones. For UDP flows and shadow differences alike."""
-    for c in counts:
-        if c.final:
-            libbpf.map_delete(counts_fd, c.key)
-            libbpf.map_delete(seen_fd, c.key)
-        else:
-            libbpf.map_update(seen_fd, c.key, ctypes.c_uint64(c.total))

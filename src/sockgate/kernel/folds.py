@@ -3,7 +3,7 @@
 Past a policy's `fold_rejections` per user and second, the kernel stops sending a user's
 rejections one by one and counts them per (generation, user, exit, rule, verdict) in
 sg_folded (no user can fill the journal with rejections; every one is still counted). A
-sweep reads each key's growth since the last sweep, as for UDP flows (flows.mark_journaled
+sweep reads each key's growth since the last sweep, as for UDP flows (counts.py
 keeps the seen-marks); a key of a generation no longer active is final. The per-user
 windows (sg_rates) of users quiet for a while are pruned, so the table holds active users.
 """
@@ -12,33 +12,16 @@ from __future__ import annotations
 
 import ctypes
 import time
-from dataclasses import dataclass
 
+from sockgate.kernel import counts
 from sockgate.kernel import layout as L
 from sockgate.kernel import libbpf
 
 PRUNE_AFTER_NS = 10 * L.FOLD_WINDOW_NS
 
 
-@dataclass(frozen=True)
-class FoldCount:
-    key: L.FoldKey
-    total: int        # rejections folded so far
-    new: int          # not journaled yet
-    final: bool       # its generation is no longer active: remove once journaled
-
-
-def sweep(folded_fd: int, seen_fd: int, generation: int) -> list[FoldCount]:
-    out = []
-    n, seen = ctypes.c_uint64(), ctypes.c_uint64()
-    for key in libbpf.map_keys(folded_fd, L.FoldKey):
-        if not libbpf.map_lookup(folded_fd, key, n):
-            continue
-        before = seen.value if libbpf.map_lookup(seen_fd, key, seen) else 0
-        final = key.generation != generation
-        if n.value > before or final:
-            out.append(FoldCount(key, n.value, n.value - before, final))
-    return out
+def sweep(folded_fd: int, seen_fd: int, generation: int) -> list[counts.Count]:
+    return counts.sweep(folded_fd, seen_fd, L.FoldKey, lambda k: k.generation != generation)
 
 
 def prune_rates(rates_fd: int, now_boot_ns: int | None = None) -> int:
