@@ -117,6 +117,8 @@ def result_path(pin_dir: str) -> Path:
 def request(pin_dir: str, action: str, timeout: float = 60, **args) -> dict:
     """Ask the running daemon to act (a request file in the root-only run directory, then
     SIGUSR2) and wait for its answer. Raises the daemon's refusal as a SockgateError."""
+    if os.geteuid() != 0:  # the request file and the daemon's signal are root's alone
+        raise KernelError("asking the daemon to load, drop or promote a policy needs root")
     req_id = os.urandom(8).hex()
     safedir.private_dir(STATE_DIR, error=KernelError, what="run state directory")
     safedir.write_atomic(control_path(pin_dir), json.dumps({"id": req_id, "action": action, **args}), 0o600)

@@ -57,11 +57,13 @@ def private_dir(path: str | os.PathLike, *, error: type[SockgateError], what: st
         raise error(f"{what} {path} is not safe to use: {reason}; fix its owner and mode (chown root, "
                     f"chmod {mode:04o}) or remove it")
     if not path.is_dir():
-        path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
         try:
+            path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
             os.mkdir(path, mode)
         except FileExistsError:  # created meanwhile by someone else: check what it is now
             return private_dir(path, error=error, what=what, mode=mode)
+        except OSError as e:
+            raise error(f"cannot create {what} {path}: {e.strerror}") from None
         os.chmod(path, mode)  # mkdir's mode passes through the umask; chmod does not
     return path
 

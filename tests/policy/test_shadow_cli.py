@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -47,3 +48,32 @@ def test_without_a_daemon_shadow_and_promote_say_so_and_leave_nothing(tmp_path, 
         assert not control_path(pin_dir).exists()
     r = _run("policy", "promote", "--pin-dir", pin_dir, "--json")
     assert r.exit_code == 1 and '"ok": false' in r.output
+
+
+def test_an_unprivileged_user_is_refused_clearly(tmp_path, pin_dir):
+    """The request file and the daemon's signal are root's: as another user, a clear error
+    (not a traceback from creating /run/sockgate), and nothing is written."""
+    from sockgate import safedir
+    from sockgate.errors import KernelError
+
+    import shutil
+    import tempfile
+
+    shared = Path(tempfile.mkdtemp(prefix="sg-shadow-cli-", dir="/tmp"))  # readable by that user
+    shared.chmod(0o755)
+    good = shared / "good.toml"
+    good.write_text('[[rule]]\nname = "x"\nexit = "connect"\nremote_port = 25\naction = "reject"\n')
+    good.chmod(0o644)
+    os.seteuid(65534)
+    try:
+        for args in (("policy", "shadow", str(good)), ("policy", "promote"), ("policy", "shadow", "--off")):
+            r = _run(*args, "--pin-dir", pin_dir)
+            assert r.exit_code == 1 and "needs root" in r.output and "Traceback" not in r.output, r.output
+        with pytest.raises(KernelError, match="cannot create run state directory"):
+            safedir.private_dir(shared / "not-mine", error=KernelError, what="run state directory")
+    finally:
+        os.seteuid(0)
+    try:
+        assert not control_path(pin_dir).exists() and not (shared / "not-mine").exists()
+    finally:
+        shutil.rmtree(shared)
