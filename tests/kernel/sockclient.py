@@ -114,12 +114,17 @@ def do_serve(a):
 
 
 def do_loop(a):
-    """Connect to each (port) in turn until `seconds` pass; count outcomes per port."""
+    """Connect to each (port) in turn until `seconds` pass; count outcomes per port. With
+    `rate`, at most that many connects per second (paced, so other processes get CPU)."""
     counts = {}
-    deadline = time.monotonic() + a["seconds"]
-    ports = a["ports"]
+    start = time.monotonic()
+    deadline = start + a["seconds"]
+    ports, rate = a["ports"], a.get("rate")
     i = 0
-    while time.monotonic() < deadline:
+    while (now := time.monotonic()) < deadline:
+        if rate and i > (now - start) * rate:
+            time.sleep(min(i / rate - (now - start), deadline - now))
+            continue
         port = ports[i % len(ports)]
         i += 1
         s = socket.socket()
@@ -132,7 +137,6 @@ def do_loop(a):
             s.close()
         counts[key] = counts.get(key, 0) + 1
     return result(True, counts=counts)
-
 
 
 # ---- scripted calls (tests/kernel/test_bypass*.py) -------------------------------------

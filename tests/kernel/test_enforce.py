@@ -351,10 +351,12 @@ action = "reject"
 
 
 def test_a_reader_that_keeps_up_loses_nothing(scope, gate):
-    """Two connect loops (both CPUs) against a reader draining all the time: every selected
-    decision arrives and none is dropped. (The consumer position was once written through
-    struct.pack_into, which zeroes the 8 bytes before filling them: producers that read the
-    0 saw a full ring and dropped ~1 event in 100k.)"""
+    """Two connect loops (one per CPU) against a reader draining all the time: every
+    selected decision arrives and none is dropped. (The consumer position was once written
+    through struct.pack_into, which zeroes the 8 bytes before filling them: producers that
+    read the 0 saw a full ring and dropped ~1 event in 100k.) The loops are paced so the
+    ring wraps several times while a reader that merely shares the CPUs keeps up: unpaced,
+    a CI machine under load starved the reader for the ~0.4 s the 4 MiB ring lasts."""
     import threading
 
     install_text(gate, """
@@ -371,7 +373,8 @@ audit_levels = ["*NETCMN"]
     try:
         before = gate.stats()
         t.start()
-        loops = [scope.start("loop", uid=TEST_UID, addr="127.0.0.1", ports=[5811 + i], seconds=3.0) for i in range(2)]
+        loops = [scope.start("loop", uid=TEST_UID, addr="127.0.0.1", ports=[5811 + i], seconds=6.0, rate=4000)
+                 for i in range(2)]
         attempts = sum(sum(json.loads(p.communicate(timeout=60)[0].splitlines()[-1])["counts"].values())
                        for p in loops)
         time.sleep(0.3)
