@@ -48,6 +48,23 @@ def test_check_errors(policy_cli, write_policy):
     assert lines[2] == f"{f}: 2 errors"
 
 
+def test_check_refuses_a_policy_that_does_not_fit_the_kernel_tables(policy_cli, write_policy):
+    """Issue 11 item 8: `policy check` compiles, so tables past the kernel maps fail here
+    (16,500 user keys: 5,500 uids x 3 exits; the maps hold 16,384), not at the next load.
+    (It once compiled only when the lock-out guard had a session to check.)"""
+    users = ", ".join(f'"{u}"' for u in range(100000, 105500))
+    f = write_policy(f'[[rule]]\nname = "many"\nexit = ["connect", "listen", "accept"]\n'
+                     f'user = [{users}]\naction = "allow"\n')
+    r = policy_cli("policy", "check", str(f))
+    assert r.exit_code == 1 and r.stdout == ""
+    assert r.stderr.splitlines() == [
+        f"{f}: the compiled policy does not fit the kernel tables: user entries (uids x exit points): "
+        "16,500 (the kernel holds 16,384); split lists across fewer rules or merge addresses into wider prefixes",
+        f"{f}: 1 error"]
+    d = json.loads(policy_cli("policy", "check", "--json", str(f)).stdout)
+    assert d["ok"] is False and d["rules"] == 0 and "16,500" in d["errors"][0]["message"]
+
+
 def test_check_json_ok(policy_cli):
     r = policy_cli("policy", "check", str(EXAMPLE), "--json")
     assert r.exit_code == 0

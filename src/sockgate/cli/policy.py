@@ -96,14 +96,22 @@ def check(file: str, alerts: str | None, force: bool, as_json: bool) -> None:
 
     from sockgate import lockout
 
+    from sockgate.errors import PolicyError
+    from sockgate.policy.compile import compile_policy
+
     try:
         policy = _load(file)
+        # the tables the kernel would get: a policy that does not fit its maps (or names a
+        # program gone since parsing) fails here, not at the next load
+        compiled = compile_policy(policy)
+    except PolicyError as e:
+        raise PolicyErrors([e], {"rules": 0, "digest": _digest_of(file)}) from None
     except PolicyErrors as errs:  # rendered by the entry point (text or JSON)
         errs.details.update(rules=0, digest=_digest_of(file))
         raise
     if not force:
         lockout.guard(policy, alerts or (DEFAULT_ALERTS if os.path.exists(DEFAULT_ALERTS) else None),
-                      log=lambda note: click.echo(f"note: {note}", err=True))
+                      compiled=compiled, log=lambda note: click.echo(f"note: {note}", err=True))
     counts = rules_per_exit(policy)
     if as_json:
         click.echo(json.dumps({
