@@ -217,7 +217,8 @@ def compile_policy(policy: Policy) -> Compiled:
         mem = sum(1 << ri for ri, m in cons if proto in m.values)
         proto_bits.append(wild | (mem ^ neg))
     for side, attr in ((LOCAL, "local_port"), (REMOTE, "remote_port")):
-        c.ports[side] = [_compile_ports(rules, attr, intern, proto_bits[p]) for p in Protocol]
+        sweep = _port_sweep(rules, attr)
+        c.ports[side] = [_compile_ports(sweep, intern, proto_bits[p]) for p in Protocol]
     _check_fits(c, policy.source)
     return c
 
@@ -267,8 +268,9 @@ def _compile_addrs(rules: list[Rule], attr: str, intern: _Interner) -> dict[tupl
     return out
 
 
-def _compile_ports(rules: list[Rule], attr: str, intern: _Interner, also: int = -1) -> list[tuple[int, int]]:
-    """Port segments of one side; every bitmap is ANDed with `also` (the protocol's)."""
+def _port_sweep(rules: list[Rule], attr: str) -> list[tuple[int, int]]:
+    """(first port, rules matching) for each run of ports where the matching set is the
+    same, from port 0: one sweep over the range ends, shared by every protocol class."""
     wild, neg, cons = _split(rules, attr)
     events: dict[int, list[tuple[int, int]]] = {}
     for ri, m in cons:
@@ -278,7 +280,7 @@ def _compile_ports(rules: list[Rule], attr: str, intern: _Interner, also: int = 
     events.setdefault(0, [])
     counts: dict[int, int] = {}
     membership = 0
-    segments: list[tuple[int, int]] = []
+    runs: list[tuple[int, int]] = []
     for port in sorted(events):
         if port > 65535:
             break
@@ -289,7 +291,17 @@ def _compile_ports(rules: list[Rule], attr: str, intern: _Interner, also: int = 
                 membership &= ~(1 << ri)
             elif n == 1 and delta == 1:
                 membership |= 1 << ri
-        idx = intern((wild | (membership ^ neg)) & also)
+        bits = wild | (membership ^ neg)
+        if not runs or runs[-1][1] != bits:
+            runs.append((port, bits))
+    return runs
+
+
+def _compile_ports(sweep: list[tuple[int, int]], intern: _Interner, also: int = -1) -> list[tuple[int, int]]:
+    """Port segments of one side; every bitmap is ANDed with `also` (the protocol's)."""
+    segments: list[tuple[int, int]] = []
+    for port, bits in sweep:
+        idx = intern(bits & also)
         if not segments or segments[-1][1] != idx:
             segments.append((port, idx))
     return segments
