@@ -339,6 +339,8 @@ def _call(c, socks):
         t0 = time.monotonic()
         try:
             s.connect((c["addr"], c["port"]))
+        except socket.timeout:   # no answer at all (a dropped SYN or SCTP INIT)
+            return result(False, errno.ETIMEDOUT, timeout=True, seconds=time.monotonic() - t0)
         except OSError as e:
             return result(False, e.errno, seconds=time.monotonic() - t0)
         finally:

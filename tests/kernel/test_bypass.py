@@ -441,6 +441,43 @@ def test_sctp_listen(scope, gate):
             assert "EPERM" in got[n] and got[n] != ("ok", "ok"), (n, got[n])
 
 
+def test_sctp_accept(scope):
+    """accept exit, SCTP (sk_lookup never sees SCTP: the INIT is judged at the receiving
+    socket, cgroup_skb ingress): an association to a listener owned by the test user on a
+    refused port, from 127.0.0.1 and ::1, never comes up (the INIT is dropped: the client
+    times out, the listener accepts nothing) and is journaled as `A` rejected with the
+    listener's owner, protocol sctp and the peer; the allowed port associates and is
+    accepted. On a kernel without SCTP (this host) socket() fails with EPROTONOSUPPORT or
+    ESOCKTNOSUPPORT: the path does not exist there."""
+    d, journal = _daemon(scope, 'audit_levels = ["*NETFAIL"]\n'
+                         + rule("no-sctp-accept-5905", "accept", protocol="sctp", user=TEST_UID, local_port=5905))
+    if not _sctp_supported(scope):
+        _stop(d)
+        return
+    calls = [as_(TEST_UID)]
+    for port in (5905, 5906):
+        calls += [sock(f"l{port}", "sctp", 6, reuse=True), call("bind", f"l{port}", addr="::", port=port),
+                  call("listen", f"l{port}")]
+    calls.append(ROOT)
+    want = {}
+    for addr in ("127.0.0.1", "::1"):
+        for port in (5905, 5906):
+            n = f"{addr} {port}"
+            calls += [sock(n, "sctp", fam(addr)), call("connect", n, addr=addr, port=port, timeout=1.5, id=f"connect {n}"),
+                      call("accept", f"l{port}", timeout=0.5, id=f"accept {n}"), call("close", n)]
+            want[f"connect {n}"] = "ETIMEDOUT" if port == 5905 else "ok"
+            want[f"accept {n}"] = "ETIMEDOUT" if port == 5905 else "ok"
+    res = run(scope, calls)
+    assert {k: outcome(res[k]) for k in want} == want
+    base = {"outcome": _outcome("rejected"), "uid": TEST_UID, "local_port": 5905, "rule": "no-sctp-accept-5905",
+            "protocol": "sctp"}
+    specs = [("A", {**base, "remote_addr": "127.0.0.1"}), ("A", {**base, "remote_addr": "::1"})]
+    entries = journal_entries(journal, lambda es: _want(es, specs), timeout=JOURNAL_WAIT)
+    missing = _missing(entries, specs)
+    assert not missing, "\n".join(map(str, missing))
+    _stop(d)
+
+
 # ---- listen exit ---------------------------------------------------------------------------
 
 def test_listen_tcp_mptcp_and_udp_bind(scope, gate):

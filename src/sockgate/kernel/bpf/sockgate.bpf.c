@@ -1431,10 +1431,12 @@ struct sg_udp_hdr {
 	__u16 check;
 };
 
-/* The peer and local end of a datagram from its headers (the data starts at the IP header
- * here): the source is the peer of an inbound datagram, the destination of an outbound one.
- * IPv6 extension headers are followed a few deep; 0: not parseable. */
-static __always_inline int datagram_peer(struct __sk_buff *skb, struct sg_site *at, bool inbound)
+/* The peer and local end of a packet from its headers (the data starts at the IP header
+ * here): the source is the peer of an inbound packet, the destination of an outbound one.
+ * IPv6 extension headers are followed a few deep. `sctp`: an SCTP packet (else UDP or
+ * UDP-Lite), whose common header starts with the same two ports. Returns the transport
+ * header's offset + 1; 0: not parseable. */
+static __always_inline __u32 packet_peer(struct __sk_buff *skb, struct sg_site *at, bool inbound, bool sctp)
 {
 	__u8 *peer = inbound ? at->raddr : at->laddr, *self = inbound ? at->laddr : at->raddr;
 	__u8 first;
@@ -1471,14 +1473,52 @@ static __always_inline int datagram_peer(struct __sk_buff *skb, struct sg_site *
 	} else {
 		return 0;
 	}
-	if (next != IPPROTO_UDP && next != IPPROTO_UDPLITE)
+	if (sctp ? next != IPPROTO_SCTP : next != IPPROTO_UDP && next != IPPROTO_UDPLITE)
 		return 0;
 	struct sg_udp_hdr uh;
 	if (bpf_skb_load_bytes(skb, off & 0xffff, &uh, sizeof(uh)))
 		return 0;
 	at->rport = bpf_ntohs(inbound ? uh.source : uh.dest);
 	at->lport = bpf_ntohs(inbound ? uh.dest : uh.source);
-	return 1;
+	return (off & 0xffff) + 1;
+}
+
+static __always_inline int datagram_peer(struct __sk_buff *skb, struct sg_site *at, bool inbound)
+{
+	return packet_peer(skb, at, inbound, false) != 0;
+}
+
+#define SCTP_CHUNK_INIT 1
+
+/* accept for SCTP (both backends; sk_lookup never sees SCTP): an INIT chunk reaching a
+ * socket in scope asks for a new association, so it is an accept decision on the receiving
+ * socket's owner, by its source address and ports. A refused INIT is dropped (the peer
+ * retries, each INIT judged, then gives up: the client sees a timeout, never a
+ * connection). Other chunks belong to associations an INIT began. A packet that cannot be
+ * parsed is refused and journaled. (The addresses a multi-homed peer lists inside its INIT
+ * are not judged: docs/policy.md.) */
+static __always_inline int sctp_ingress(struct __sk_buff *skb, struct bpf_sock *sk)
+{
+	struct sg_scratch *sc = scratch_of(SG_SCRATCH_SOFTIRQ);
+	if (!sc)
+		return 0;
+	struct sg_site *at = new_site(sc, sk->family, IPPROTO_SCTP);
+	__u32 off = packet_peer(skb, at, true, true);
+	__u8 chunk = 0;
+	/* the first chunk's type follows the 12-byte common header */
+	if (!off || bpf_skb_load_bytes(skb, (off - 1 + 12) & 0xffff, &chunk, 1)) {
+		at->flags = SG_EV_UNPARSED;
+		__builtin_memset(at->laddr, 0, 16);
+		__builtin_memset(at->raddr, 0, 16);
+	} else if (chunk != SCTP_CHUNK_INIT) {
+		return 1;
+	}
+	at->cookie = bpf_get_socket_cookie(skb);
+	struct sg_owner *owner = bpf_map_lookup_elem(&sg_owners, &at->cookie);
+	__s32 err;
+	__u32 gen;
+	__s32 rule;
+	return judge(SG_EXIT_ACCEPT, sc, false, owner, false, at, &err, &gen, &rule) == SG_REJECTED ? 0 : 1;
 }
 
 /* cgroup_skb/ingress runs for every packet a socket in scope receives; only datagrams of
@@ -1489,6 +1529,8 @@ SEC("cgroup_skb/ingress")
 int sg_ingress(struct __sk_buff *skb)
 {
 	struct bpf_sock *sk = skb_sock(skb);
+	if (sk && sk->protocol == IPPROTO_SCTP)
+		return sctp_ingress(skb, sk);
 	if (!sk || (sk->protocol != IPPROTO_UDP && sk->protocol != IPPROTO_UDPLITE) || sk->dst_port)
 		return 1;
 	struct sg_scratch *sc = scratch_of(SG_SCRATCH_SOFTIRQ);
@@ -1744,6 +1786,10 @@ int BPF_PROG(sg_lsm_listen, struct socket *sock, int backlog, int ret)
 	__u32 gen;
 	__s32 rule;
 	int verdict = judge(SG_EXIT_LISTEN, sc, true, NULL, false, at, &err, &gen, &rule);
+	/* an SCTP listener's owner, for the accept decisions on its INITs (sctp_ingress): no
+	 * bind or sockops hook sees SCTP, TCP's owners are recorded at listen by sockops */
+	if (verdict != SG_REJECTED && protocol == IPPROTO_SCTP)
+		record_owner(sc, at->cookie, 0, false);
 	return lsm_verdict(verdict, err);
 }
 
