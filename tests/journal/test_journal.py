@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 import stat
 
 import pytest
@@ -107,6 +108,55 @@ def test_permissions(jdir):
     for name in os.listdir(jdir):
         mode = stat.S_IMODE(os.stat(jdir / name).st_mode)
         assert mode & 0o077 == 0, (name, oct(mode))
+
+
+def test_a_group_readable_directory_makes_group_readable_receivers(tmp_path):
+    """The console's read-only group (docs/console.md): with the journal directory chgrp'd
+    and 0750, every receiver made later (rotation) and journal.json are 0640 in that group,
+    their -wal/-shm too (SQLite copies the database's mode and owner), the keys stay root's
+    alone; a member of the group (uid and gid 65534 here) reads every entry, before and
+    after a rotation. Without the group bit nothing changes (test_permissions)."""
+    import shutil
+    import tempfile
+
+    top = Path(tempfile.mkdtemp(prefix="sg-group-", dir="/tmp"))
+    try:
+        top.chmod(0o755)
+        d = top / "journal"
+        d.mkdir(mode=0o750)
+        os.chown(d, 0, 65534)
+        d.chmod(0o750)
+        with Journal.open(d) as j:
+            j.append([decision(i) for i in range(3)])
+            j.rotate()
+            j.append([decision(i) for i in range(3, 5)])
+            modes = {p.name: (stat.S_IMODE(p.stat().st_mode), p.stat().st_gid) for p in d.iterdir()
+                     if p.name.startswith("r0") or p.name == "journal.json"}
+            assert len([n for n in modes if n.endswith(".sgj")]) == 2
+            assert all(m == (0o640, 65534) for m in modes.values()), modes
+            for key in ("seal.key", "verification.key"):
+                if (d / key).exists():
+                    st = (d / key).stat()
+                    assert st.st_mode & 0o077 == 0 and st.st_gid == 0, key
+            r, w = os.pipe()
+            pid = os.fork()
+            if pid == 0:   # the group member reads the journal
+                try:
+                    os.close(r)
+                    os.setgroups([])
+                    os.setgid(65534)
+                    os.setuid(65534)
+                    with Journal.open(d, readonly=True) as rj:
+                        os.write(w, str(len(list(rj.entries()))).encode())
+                finally:
+                    os._exit(0)
+            os.close(w)
+            got = os.read(r, 100).decode()
+            os.close(r)
+            os.waitpid(pid, 0)
+            assert got == str(j.last_seq), got
+    finally:
+        shutil.rmtree(top)
 
 
 def test_receivers_are_created_with_large_pages(jdir):

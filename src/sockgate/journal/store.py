@@ -16,6 +16,7 @@ import json
 import os
 import re
 import sqlite3
+import stat
 from pathlib import Path
 from typing import Any, Iterable, Iterator, NamedTuple
 
@@ -232,9 +233,18 @@ def write_error(path: Path | str, what: str, e: sqlite3.Error) -> JournalError:
     return JournalError(f"{path}: {what}: {e}")
 
 
-def create_private_file(path: Path, data: bytes = b"", mode: int = 0o600) -> None:
+def create_private_file(path: Path, data: bytes = b"", mode: int = 0o600, *, group_read: bool = False) -> None:
+    """A new file of `mode`. `group_read` (journal data: receivers, journal.json): when the
+    directory grants its group read access (`chgrp GROUP DIR; chmod 0750 DIR`, the read-only
+    group of docs/console.md), the file gets that group and 0640, so receivers made by later
+    rotations are readable by the group too. Keys never ask for it."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
+        if group_read:
+            d = os.stat(path.parent)
+            if d.st_mode & stat.S_IRGRP and not d.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+                os.fchown(fd, -1, d.st_gid)
+                os.fchmod(fd, 0o640)
         os.write(fd, data)
         os.fsync(fd)
     finally:
@@ -302,7 +312,7 @@ class Receiver:
     @classmethod
     def create(cls, path: Path, number: int, journal_id: str, first_seq: int, prev_hash: bytes,
                sync: str = "FULL") -> "Receiver":
-        create_private_file(path)
+        create_private_file(path, group_read=True)   # SQLite gives its -wal and -shm this mode and group
         conn = _connect(path, readonly=False, sync=sync, new=True)
         try:
             conn.executescript(SCHEMA)
@@ -503,7 +513,7 @@ def write_journal_meta(directory: Path, meta: dict[str, Any]) -> None:
         tmp.unlink()   # left by a crash
     except FileNotFoundError:
         pass
-    create_private_file(tmp, json.dumps(meta, indent=1).encode())
+    create_private_file(tmp, json.dumps(meta, indent=1).encode(), group_read=True)
     os.replace(tmp, directory / META_FILE)
     fsync_dir(directory)
 
