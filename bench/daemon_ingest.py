@@ -25,6 +25,8 @@ entries, journal bytes on disk, and bytes per million datagrams.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import json
 import shutil
 import signal
@@ -60,6 +62,43 @@ def sockgate(*args: str, **kw) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, **kw)
 
 
+@contextlib.contextmanager
+def bench_daemon(name: str, policy_text: str, journaled: bool = True):
+    """`sockgate run` with policy_text in the bench's own cgroup + netns, loaded; yields
+    (config, pin dir, journal dir, daemon). Afterwards everything it made is removed."""
+    eb.build_loadgen()
+    eb.remove_stale()
+    c = eb.Config(name, "daemon journals decisions", "none")
+    tag = str(os.getpid())
+    out = eb.OUT / f"{name}-{tag}"
+    out.mkdir(parents=True, exist_ok=True)
+    policy = out / "policy.toml"
+    policy.write_text(policy_text)
+    journal = out / "journal"
+    daemon = None
+    found = eb.system_state()
+    try:
+        eb.setup(c, tag)
+        pin = c.pin = f"/sys/fs/bpf/{c.ns}"
+        daemon = subprocess.Popen(
+            [sys.executable, "-c", "from sockgate.cli import main; main()", "run", "--policy", str(policy),
+             *(["--journal", str(journal)] if journaled else ["--no-journal"]), "--scope-cgroup", c.cg,
+             "--netns", f"/run/netns/{c.ns}", "--pin-dir", pin],
+            stderr=subprocess.PIPE, text=True)
+        while "generation 1," not in (line := daemon.stderr.readline()):
+            if not line and daemon.poll() is not None:
+                raise RuntimeError("daemon did not start")
+        yield c, pin, journal, daemon
+    finally:
+        if daemon and daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+        sockgate("unload", "--pin-dir", f"/sys/fs/bpf/{c.ns}")
+        eb.teardown(c)
+        eb.leave_as_found(found)
+        shutil.rmtree(out, ignore_errors=True)  # the journal (~2 GB per minute); results are printed
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=60.0)
@@ -71,28 +110,7 @@ def main() -> int:
     a = ap.parse_args()
     if a.udp:
         return udp(a)
-    eb.build_loadgen()
-    eb.remove_stale()
-    c = eb.Config("ingest", "daemon journals every decision", "none")
-    tag = str(__import__("os").getpid())
-    out = eb.OUT / f"ingest-{tag}"
-    out.mkdir(parents=True, exist_ok=True)
-    policy = out / "policy.toml"
-    policy.write_text(POLICY)
-    journal = out / "journal"
-    daemon = None
-    found = eb.system_state()
-    try:
-        eb.setup(c, tag)
-        pin = f"/sys/fs/bpf/{c.ns}"
-        c.pin = pin
-        daemon = subprocess.Popen(
-            [sys.executable, "-c", "from sockgate.cli import main; main()", "run", "--policy", str(policy),
-             *(["--no-journal"] if a.no_journal else ["--journal", str(journal)]), "--scope-cgroup", c.cg, "--netns", f"/run/netns/{c.ns}", "--pin-dir", pin],
-            stderr=subprocess.PIPE, text=True)
-        while "generation 1," not in (line := daemon.stderr.readline()):
-            if not line and daemon.poll() is not None:
-                raise RuntimeError("daemon did not start")
+    with bench_daemon("ingest", POLICY, journaled=not a.no_journal) as (c, pin, journal, daemon):
         before = json.loads(sockgate("status", "--json", "--pin-dir", pin).stdout)["counters"]
         t0, t0_ns = time.monotonic(), time.time_ns()
         lg = eb.loadgen(c, a.seconds)
@@ -140,39 +158,11 @@ def main() -> int:
         if a.json:
             (eb.OUT / "daemon_ingest.json").write_text(json.dumps(res, indent=1))
         return 0
-    finally:
-        if daemon and daemon.poll() is None:
-            daemon.kill()
-            daemon.wait()
-        sockgate("unload", "--pin-dir", f"/sys/fs/bpf/{c.ns}")
-        eb.teardown(c)
-        eb.leave_as_found(found)
-        shutil.rmtree(out, ignore_errors=True)  # the journal (~2 GB per minute); results are printed
 
 
 def udp(a) -> int:
     eb.UDP = True
-    eb.build_loadgen()
-    eb.remove_stale()
-    c = eb.Config("ingest-udp", "daemon journals UDP flows (*NETUDP)", "none")
-    tag = str(__import__("os").getpid())
-    out = eb.OUT / f"ingest-udp-{tag}"
-    out.mkdir(parents=True, exist_ok=True)
-    policy = out / "policy.toml"
-    policy.write_text(UDP_POLICY)
-    journal = out / "journal"
-    daemon = None
-    found = eb.system_state()
-    try:
-        eb.setup(c, tag)
-        pin = c.pin = f"/sys/fs/bpf/{c.ns}"
-        daemon = subprocess.Popen(
-            [sys.executable, "-c", "from sockgate.cli import main; main()", "run", "--policy", str(policy),
-             "--journal", str(journal), "--scope-cgroup", c.cg, "--netns", f"/run/netns/{c.ns}", "--pin-dir", pin],
-            stderr=subprocess.PIPE, text=True)
-        while "generation 1," not in (line := daemon.stderr.readline()):
-            if not line and daemon.poll() is not None:
-                raise RuntimeError("daemon did not start")
+    with bench_daemon("ingest-udp", UDP_POLICY) as (c, pin, journal, daemon):
         before = json.loads(sockgate("status", "--json", "--pin-dir", pin).stdout)["counters"]
         t0 = time.monotonic()
         lg = eb.loadgen(c, a.seconds, n=10**10)   # stops on --seconds, not on a count
@@ -215,14 +205,6 @@ def udp(a) -> int:
         if a.json:
             (eb.OUT / "daemon_ingest_udp.json").write_text(json.dumps(res, indent=1))
         return 0
-    finally:
-        if daemon and daemon.poll() is None:
-            daemon.kill()
-            daemon.wait()
-        sockgate("unload", "--pin-dir", f"/sys/fs/bpf/{c.ns}")
-        eb.teardown(c)
-        eb.leave_as_found(found)
-        shutil.rmtree(out, ignore_errors=True)
 
 
 if __name__ == "__main__":
