@@ -5,6 +5,7 @@ rows, forged or missing seals, replays; and what the ingest role may not do."""
 from __future__ import annotations
 
 import copy
+import json
 import datetime as dt
 import ssl
 
@@ -20,6 +21,8 @@ from sockgate.errors import FleetError, FleetRefused
 from sockgate.fleet import pki
 from sockgate.fleet.ship import enroll, read_segment
 from sockgate.journal import Journal
+
+from .conftest import run_cli
 
 
 def stored(db: str) -> tuple[int, int]:
@@ -219,3 +222,37 @@ def test_sealed_but_mistyped_values_refused(db, collector, enrolled):
         assert r.status_code == 400 and "wrong" in r.json()["error"], (column, r.text)
     assert stored(db) == (0, 0)
     assert enrolled.shipper().ship_once() == 300      # the real segment is still accepted
+
+
+def test_a_revoked_host_is_refused_everywhere_and_its_history_kept(db, collector, enrolled):
+    """`fleet revoke HOST --reason R`: the host's certificate is refused on every endpoint
+    from then on (state, segment), with the reason; what it shipped stays and verifies; the
+    ingest role (the collector's) cannot take the revocation back; an unknown host and a
+    missing reason are clear errors; `fleet status` shows it."""
+    s = enrolled.shipper()
+    first = s.ship_once()
+    assert first > 0 and stored(db)[0] == first
+    code, out, err = run_cli("fleet", "revoke", "web1", "--reason", "key exposed\x1b[2J", "--db", db, "--json")
+    assert code == 0, err
+    assert json.loads(out)["reason"] == "key exposed\\x1b[2J"    # control bytes never stored raw
+    enrolled.write(50)
+    before = stored(db)
+    with client(enrolled) as c:
+        for method, path, body in (("GET", "/v1/state", None), ("POST", "/v1/segment", segment(enrolled, first))):
+            r = c.request(method, f"{collector.url}{path}", json=body)
+            assert r.status_code == 403 and "was revoked (key exposed" in r.json()["error"], (path, r.text)
+    with pytest.raises(FleetRefused, match="revoked"):
+        s.ship_once()
+    assert stored(db) == before
+    with psycopg.connect(db) as c:
+        c.execute("SET ROLE sockgate_ingest")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            c.execute("UPDATE sockgate.host SET revoked_ns = NULL WHERE name = 'web1'")
+    code, out, err = run_cli("fleet", "status", "--db", db)
+    assert code == 0 and "REVOKED" in out and "key exposed" in out and "\x1b" not in out
+    code, out, err = run_cli("fleet", "verify", "--db", db, "--state", str(collector.state))
+    assert code == 0, out + err
+    code, out, err = run_cli("fleet", "revoke", "nosuch", "--reason", "x", "--db", db)
+    assert code == 1 and "no enrolled host 'nosuch' (enrolled: web1)" in err and "Traceback" not in err
+    code, out, err = run_cli("fleet", "revoke", "web1", "--reason", "  ", "--db", db)
+    assert code == 2 and "--reason" in err

@@ -160,8 +160,37 @@ def status_cmd(db: str, as_json: bool) -> None:
         lag = "-" if r["lag_s"] is None else f"{r['lag_s']:.0f}s"
         seen = format_time(r["last_seen_ns"])[:19] if r["last_seen_ns"] else "never"
         verify = "FLAGGED: " + r["flag"] if r["flag"] else (r["last_verify"] or "never verified")
+        if r["revoked_ns"]:
+            verify = f"REVOKED {format_time(r['revoked_ns'])[:19]}: {r['revoked_why']}; {verify}"
         click.echo(oneline(f"{r['host']:<20} {r['shipped_seq']:>10} {lag:>8} {seen:<20} "
                            f"{(r['policy_digest'] or '-')[:14]:<14} {verify}"))
+
+
+@group.command("revoke")
+@click.argument("host")
+@click.option("--reason", required=True, help="Why (kept with the host, shown by `fleet status`, sent to the host).")
+@db_option
+@json_option
+def revoke_cmd(host: str, reason: str, db: str, as_json: bool) -> None:
+    """Revoke HOST's client certificate: the collector refuses it on every endpoint from
+    now on (a stolen key or a retired host). What it shipped stays in the store and is
+    still verified. There is no un-revoke: enroll the machine again under a new name.
+
+    \b
+    Example:
+      sockgate fleet revoke web1 --reason "key exposed in ticket 4711" --db postgresql://..."""
+    from sockgate.fleet import store
+
+    reason = oneline(reason.strip())[:200]
+    if not reason:
+        raise UsageError("--reason: say why (it is kept with the host)")
+    with _conn(db) as conn:
+        h = store.revoke(conn, host, reason)
+    out = {"host": h["name"], "revoked": format_time(h["revoked_ns"]), "reason": h["revoked_why"]}
+    if as_json:
+        click.echo(json.dumps(out, indent=1))
+    else:
+        click.echo(oneline(f"{out['host']}: revoked at {out['revoked']} ({out['reason']})"))
 
 
 class _FleetTable(_TableWriter):

@@ -149,7 +149,8 @@ def status(conn: Any, now_ns: int | None = None) -> list[dict[str, Any]]:
                     "last_seen_ns": h["last_seen_ns"], "shipped_seq": h["shipped_seq"],
                     "lag_s": None if newest is None else max(0.0, (now - newest) / 1e9),
                     "policy_digest": h["policy_digest"], "policy_version": h["policy_version"],
-                    "flag": h["flag"], "last_verify_ns": h["last_verify_ns"], "last_verify": h["last_verify"]})
+                    "flag": h["flag"], "last_verify_ns": h["last_verify_ns"], "last_verify": h["last_verify"],
+                    "revoked_ns": h["revoked_ns"], "revoked_why": h["revoked_why"]})
     conn.commit()
     return out
 

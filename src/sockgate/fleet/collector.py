@@ -227,7 +227,11 @@ class Ingest:
             raise Refused(503, f"database: {str(e).strip()}") from None
         if row is None:
             raise Refused(403, "this client certificate is not enrolled with the collector")
-        return dict(zip([c.name for c in cur.description], row))
+        host = dict(zip([c.name for c in cur.description], row))
+        if host["revoked_ns"] is not None:
+            raise Refused(403, f"host {host['name']!r} was revoked ({host['revoked_why']}): "
+                               "enroll it again under a new name with a new token")
+        return host
 
     def state(self, host: dict) -> dict:
         return {"host": host["name"], "shipped_seq": host["shipped_seq"], "head_hash": bytes(host["head_hash"]).hex(),

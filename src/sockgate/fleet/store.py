@@ -25,6 +25,7 @@ import functools
 import ipaddress
 import socket
 import threading
+import time
 from typing import Any
 
 from sockgate.errors import FleetError
@@ -61,6 +62,9 @@ CREATE TABLE IF NOT EXISTS host (
     last_verify_ns bigint,
     last_verify text
 );
+-- revocation (the schema owner's `fleet revoke`; the ingest role has no UPDATE on these)
+ALTER TABLE host ADD COLUMN IF NOT EXISTS revoked_ns bigint;
+ALTER TABLE host ADD COLUMN IF NOT EXISTS revoked_why text;
 CREATE TABLE IF NOT EXISTS entry (
     host_id int NOT NULL,
     seq bigint NOT NULL, ts_ns bigint NOT NULL,
@@ -212,6 +216,21 @@ def partitions(conn: "psycopg.Connection") -> list[tuple[str, int, int]]:
         start = int(day.timestamp()) * 10**9
         out.append((name, start, start + DAY_NS))
     return out
+
+
+def revoke(conn: "psycopg.Connection", name: str, why: str) -> dict[str, Any]:
+    """Revoke a host's certificate: the collector refuses it from now on, on every endpoint.
+    Its entries and seals stay (its history is still verified). FleetError for an unknown
+    host; revoking again keeps the first time and reason."""
+    with conn.transaction():
+        h = host_row(conn, name)
+        if h is None:
+            known = [r["name"] for r in hosts(conn)]
+            raise FleetError(f"no enrolled host {name!r}" + (f" (enrolled: {', '.join(known[:20])})" if known else ""))
+        if h["revoked_ns"] is None:
+            conn.execute("UPDATE host SET revoked_ns = %s, revoked_why = %s WHERE id = %s",
+                         (time.time_ns(), why, h["id"]))
+        return host_row(conn, name)
 
 
 def host_row(conn: "psycopg.Connection", name: str) -> dict[str, Any] | None:
