@@ -116,3 +116,63 @@ def test_host_rewrites_history_after_shipping(db, collector, hosts):
     assert code == 0 and "FLAGGED" in out and "rewritten after shipping" in out
     code, out, err = run_cli("fleet", "verify", "--db", db, "--state", str(collector.state))
     assert code == 1 and "web1" in err and "rewritten" in err
+
+
+def _count(db: str, name: str) -> int:
+    with psycopg.connect(db) as c:
+        return c.execute("SELECT count(*) FROM sockgate.entry e JOIN sockgate.host h ON h.id = e.host_id "
+                         "WHERE h.name = %s", (name,)).fetchone()[0]
+
+
+def test_fleet_retain_drops_old_days_with_a_cut_per_host_and_verify_holds(db, collector, hosts):
+    """`fleet retain --max-age 2d`: the day partitions older than two days go, each host with
+    rows there gets a cut at the first seal at or past its last seq in them (web1's segment
+    runs from 10 days ago into today: its rows up to that seal in today's partition go too),
+    a host with only recent rows keeps everything, `fleet verify` (seal MACs too) holds, and
+    the host goes on shipping after its cut. --dry-run changes nothing; a second run finds
+    nothing to drop."""
+    import time
+
+    now = time.time_ns()
+    web1, web2 = hosts("web1"), hosts("web2")
+    web1.write(100, seal=False, ts_ns=now - 10 * 86400 * 10**9)
+    web1.write(50, ts_ns=now - 9 * 86400 * 10**9)           # sealed: the seal's segment ends today
+    web1.write(30)
+    web2.write(40)
+    for h in (web1, web2):
+        h.enroll(collector)
+        h.shipper().ship_once()
+    before = (_count(db, "web1"), _count(db, "web2"))
+    code, out, err = run_cli("fleet", "retain", "--max-age", "2d", "--dry-run", "--db", db, "--json")
+    assert code == 0, err
+    dry = json.loads(out)
+    assert dry["dry_run"] and len(dry["partitions"]) == 2 and [c["host"] for c in dry["cuts"]] == ["web1"]
+    assert (_count(db, "web1"), _count(db, "web2")) == before
+    code, out, err = run_cli("fleet", "retain", "--max-age", "2d", "--db", db, "--json")
+    assert code == 0, err
+    done = json.loads(out)
+    assert done["partitions"] == dry["partitions"] and done["cuts"] == dry["cuts"]
+    cut = done["cuts"][0]["through_seq"]
+    with psycopg.connect(db) as c:
+        left = c.execute("SELECT min(seq) FROM sockgate.entry e JOIN sockgate.host h ON h.id = e.host_id "
+                         "WHERE h.name = 'web1'").fetchone()[0]
+        assert c.execute("SELECT count(*) FROM sockgate.entry WHERE ts_ns < %s",
+                         (now - 2 * 86400 * 10**9,)).fetchone()[0] == 0
+    assert left == cut + 1 and _count(db, "web2") == before[1]
+    code, out, err = run_cli("fleet", "verify", "--db", db, "--state", str(collector.state))
+    assert code == 0, out + err
+    web1.write(20)
+    assert web1.shipper().ship_once() == _last(web1)
+    code, out, err = run_cli("fleet", "verify", "--db", db, "--state", str(collector.state), "--json")
+    assert code == 0, out + err
+    code, out, err = run_cli("fleet", "retain", "--max-age", "2d", "--db", db)
+    assert code == 0 and "dropped 0 day partition(s)" in out
+    code, out, err = run_cli("fleet", "retain", "--max-age", "soon", "--db", db)
+    assert code == 2 and "--max-age" in err and "Traceback" not in err
+
+
+def _last(h) -> int:
+    from sockgate.journal import Journal
+
+    with Journal.open(h.journal_dir, readonly=True) as j:
+        return j.last_seq

@@ -76,7 +76,7 @@ def group() -> None:
 def token_cmd(db: str, state_dir: str, ttl: str) -> None:
     """Print a one-time enrolment token (it carries the collector's CA fingerprint)."""
     from sockgate.fleet.collector import new_token
-    from sockgate.record import NS, parse_duration
+    from sockgate.record import parse_duration
 
     try:
         seconds = parse_duration(ttl) // NS
@@ -191,6 +191,39 @@ def revoke_cmd(host: str, reason: str, db: str, as_json: bool) -> None:
         click.echo(json.dumps(out, indent=1))
     else:
         click.echo(oneline(f"{out['host']}: revoked at {out['revoked']} ({out['reason']})"))
+
+
+@group.command("retain")
+@click.option("--max-age", required=True, help="Drop the day partitions older than this (e.g. 90d).")
+@click.option("--dry-run", is_flag=True, help="Say what would be cut and dropped; change nothing.")
+@db_option
+@json_option
+def retain_cmd(max_age: str, dry_run: bool, db: str, as_json: bool) -> None:
+    """Drop whole day partitions older than --max-age, declaring per host the cut that keeps
+    its chain verifiable (at the first seal at or past its last seq in those days; its rows
+    up to that seal in newer partitions go too). `fleet verify` then starts each host at its
+    cut. Needs the schema owner (the collector's ingest role may not drop anything)."""
+    import time
+
+    from sockgate.fleet.central import retain
+    from sockgate.record import parse_duration
+
+    try:
+        age = parse_duration(max_age)
+    except ValueError as e:
+        raise UsageError(f"--max-age: {e}") from None
+    with _conn(db) as conn:
+        r = retain(conn, time.time_ns() - age, dry_run=dry_run)
+    if as_json:
+        click.echo(json.dumps(r, indent=1))
+        return
+    verb = "would drop" if dry_run else "dropped"
+    click.echo(f"{verb} {len(r['partitions'])} day partition(s) before {format_time(r['before_ns'])[:19]}"
+               + (": " + ", ".join(r["partitions"]) if r["partitions"] else ""))
+    for c in r["cuts"]:
+        click.echo(oneline(f"  {c['host']}: cut through seq {c['through_seq']}"
+                           + (f" ({c['deleted_from_kept']} newer row(s) up to that seal deleted too)"
+                              if c["deleted_from_kept"] else "")))
 
 
 class _FleetTable(_TableWriter):

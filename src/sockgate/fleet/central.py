@@ -309,3 +309,68 @@ def _verify_host(conn: Any, h: dict, ca: Any, rep: HostVerify) -> None:
         raise _Bad(min(rep.last_seq, h["shipped_seq"]) + 1,
                    f"the rows end at seq {rep.last_seq}, but the collector acknowledged seq {h['shipped_seq']} "
                    "with another chain head: entries were deleted or the host row edited")
+
+
+# -- retention ------------------------------------------------------------------------------
+
+def retain(conn: Any, before_ns: int, *, dry_run: bool = False) -> dict[str, Any]:
+    """Drop the day partitions that end at or before `before_ns`, declaring a cut per host
+    first (docs/fleet.md, Retention), all in one transaction of the schema owner:
+
+    - per host with rows in those days: the cut is at the first seal at or past its highest
+      seq there (segments end at seals, so one exists), with that seal's chain hash;
+    - the host's rows up to the cut that lie in kept partitions (a segment across midnight,
+      imported entries with older times) are deleted, so what stays starts right after it;
+    - host.first_seq/base_hash move to the cut: the collector then refuses a segment from
+      before it plainly (nothing there to compare with) instead of flagging the host.
+
+    A cut only moves forward. `fleet verify` starts each host at its cut, where a stored
+    seal vouches for the hash. Returns what was (or, dry_run, would be) done."""
+    days = [p for p in store.partitions(conn) if p[2] <= before_ns]
+    out: dict[str, Any] = {"before_ns": before_ns, "partitions": [p[0] for p in days], "cuts": [],
+                           "deleted_from_kept": 0, "dry_run": dry_run}
+    if not days:
+        conn.rollback()
+        return out
+    names = ", ".join(f"{store.SCHEMA}.{p[0]}" for p in days)
+    try:
+        _retain(conn, days, names, before_ns, dry_run, out)
+    except _DryRun:   # rolled back: nothing done
+        pass
+    return out
+
+
+def _retain(conn: Any, days: list, names: str, before_ns: int, dry_run: bool, out: dict[str, Any]) -> None:
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(471503)")   # one retain at a time
+        highest = conn.execute(
+            f"SELECT host_id, max(seq) FROM ({' UNION ALL '.join(f'SELECT host_id, seq FROM {store.SCHEMA}.{p[0]}' for p in days)}) d "
+            "GROUP BY host_id").fetchall()
+        for hid, top in highest:
+            h = conn.execute("SELECT name FROM host WHERE id = %s FOR UPDATE", (hid,)).fetchone()
+            old = conn.execute("SELECT max(through_seq) FROM cut WHERE host_id = %s", (hid,)).fetchone()[0]
+            seal = conn.execute("SELECT seq, hash FROM seal WHERE host_id = %s AND seq >= %s ORDER BY seq LIMIT 1",
+                                (hid, top)).fetchone()
+            if seal is None:
+                raise FleetError(f"{h[0]}: no seal at or past seq {top} (the collector stores only sealed segments: "
+                                 "the store was edited)")
+            through, chash = seal[0], bytes(seal[1])
+            if old is not None and through <= old:
+                continue
+            kept = conn.execute("SELECT count(*) FROM entry WHERE host_id = %s AND seq <= %s AND ts_ns >= %s",
+                                (hid, through, before_ns)).fetchone()[0]
+            out["cuts"].append({"host": h[0], "through_seq": through, "deleted_from_kept": kept})
+            out["deleted_from_kept"] += kept
+            if dry_run:
+                continue
+            conn.execute("INSERT INTO cut (host_id, through_seq, hash, declared_ns, reason) VALUES (%s, %s, %s, %s, %s)",
+                         (hid, through, chash, time.time_ns(), f"fleet retain: partitions before {before_ns}"))
+            conn.execute("DELETE FROM entry WHERE host_id = %s AND seq <= %s AND ts_ns >= %s", (hid, through, before_ns))
+            conn.execute("UPDATE host SET first_seq = %s, base_hash = %s WHERE id = %s", (through + 1, chash, hid))
+        if dry_run:
+            raise _DryRun
+        conn.execute(f"DROP TABLE {names}")
+
+
+class _DryRun(Exception):
+    pass
