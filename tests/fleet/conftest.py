@@ -72,20 +72,20 @@ def run_cli(*args: str, timeout: float = 120) -> tuple[int, str, str]:
 class Collector:
     """`sockgate collector` in a subprocess; kill() is kill -9."""
 
-    def __init__(self, db: str, state: Path, port: int | None = None):
-        self.db, self.state = db, state
+    def __init__(self, db: str, state: Path, port: int | None = None, addr: str = "127.0.0.1"):
+        self.db, self.state, self.addr = db, state, addr
         self.port = port or free_port()
         self.proc: subprocess.Popen | None = None
         self.log = state.parent / f"collector-{self.port}.log"
 
     @property
     def url(self) -> str:
-        return f"https://127.0.0.1:{self.port}"
+        return f"https://{self.addr}:{self.port}"
 
     def start(self) -> "Collector":
         f = open(self.log, "ab")
         self.proc = subprocess.Popen([sys.executable, "-c", CLI, "collector", "--db", self.db, "--listen",
-                                      f"127.0.0.1:{self.port}", "--state", str(self.state)],
+                                      f"{self.addr}:{self.port}", "--state", str(self.state)],
                                      stdout=f, stderr=f, env=cli_env())
         f.close()
         end = time.monotonic() + 30
@@ -93,7 +93,7 @@ class Collector:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"collector exited {self.proc.returncode}: {self.log.read_text()[-2000:]}")
             try:
-                socket.create_connection(("127.0.0.1", self.port), 0.5).close()
+                socket.create_connection((self.addr, self.port), 0.5).close()
                 return self
             except OSError:
                 time.sleep(0.05)

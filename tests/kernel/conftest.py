@@ -158,10 +158,13 @@ class Scope:
         self.procs.append(p)
         return p
 
-    def daemon(self, policy: Path, *extra: str, journal: Path | None = None, drop_caps: str = "") -> subprocess.Popen:
+    def daemon(self, policy: Path, *extra: str, journal: Path | None = None, drop_caps: str = "",
+               wrap: tuple[str, ...] = ()) -> subprocess.Popen:
         """`sockgate run` in this scope; drop_caps ("cap_sys_admin,..."): without those
-        capabilities (capsh drops them from the bounding set before exec)."""
-        args = ["capsh", f"--drop={drop_caps}", "--", "-c", 'exec "$0" "$@"'] if drop_caps else []
+        capabilities (capsh drops them from the bounding set before exec); wrap: a command
+        it runs under (e.g. nsenter into another network namespace for its own sockets)."""
+        args = list(wrap)
+        args += ["capsh", f"--drop={drop_caps}", "--", "-c", 'exec "$0" "$@"'] if drop_caps else []
         args += [sys.executable, "-c", "from sockgate.cli import main; main()", "run", "--policy", str(policy),
                 "--scope-cgroup", self.cgroup, "--netns", self.netns, "--pin-dir", self.pin_dir]
         args += ["--journal", str(journal)] if journal else ["--no-journal"]
