@@ -152,3 +152,6 @@ def test_an_unreachable_fleet_db_is_a_clear_error(tmp_path):
     p = cli("console", "--journal", jdir, "--listen", f"127.0.0.1:{free_port()}",
             "--fleet-db", "postgresql://nobody@127.0.0.1:1/x")
     assert p.returncode == 1 and "cannot connect to the fleet database" in p.stderr and "Traceback" not in p.stderr
+    p = cli("console", "--journal", jdir, "--listen", f"127.0.0.1:{free_port()}", "--fleet-db", "not a url=")
+    assert p.returncode == 1 and p.stderr.startswith("sockgate: cannot connect to the fleet database: ")
+    assert "Traceback" not in p.stderr and len(p.stderr.splitlines()) == 1, p.stderr
