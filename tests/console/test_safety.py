@@ -313,3 +313,33 @@ def test_kernel_counters_from_the_daemons_metrics_endpoint(jdir, files):
         assert all(r.kernel_hits is None for r in rows) and "kernel counters unavailable" in where
     finally:
         d.close()
+
+
+def test_console_connections_have_nagle_off():
+    """The socket server.bind makes is one asyncio turns Nagle off on (TCP_NODELAY on each
+    accepted connection): with it on, every small write after another waited for the
+    client's delayed ACK (40 ms a response, 40 ms a Live event)."""
+    import asyncio
+    import socket
+
+    from sockgate.console.server import bind
+
+    s = bind(plan(f"127.0.0.1:{free_port()}", None, None, None, None))
+    nodelay = []
+
+    async def main() -> None:
+        async def accepted(reader, writer) -> None:
+            nodelay.append(writer.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            writer.close()
+
+        server = await asyncio.start_server(accepted, sock=s)
+        async with server:
+            r, w = await asyncio.open_connection(*s.getsockname())
+            await r.read()
+            w.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        s.close()
+    assert nodelay and nodelay[0] != 0

@@ -20,6 +20,9 @@ from sockgate.journal.query import Filter
               help="The daemon's metrics (e.g. http://127.0.0.1:9477/metrics): kernel hit counters per rule.")
 @click.option("--candidate", "candidate_file", type=click.Path(dir_okay=False),
               help="A candidate policy to review as `policy replay` would (the Replay view).")
+@click.option("--fleet-db", metavar="URL",
+              help="The fleet's PostgreSQL (as `fleet status --db`), read-only: adds the Fleet view, per "
+                   "enrolled host what `fleet status` shows and its rejections in the last hour.")
 @click.option("--key", "key_file", type=click.Path(dir_okay=False),
               help="The verification key kept off the host, for Integrity's verify.")
 @click.option("--tls-cert", type=click.Path(dir_okay=False), help="TLS certificate (PEM).")
@@ -29,13 +32,15 @@ from sockgate.journal.query import Filter
                    "(HTTP Basic password, any user name, or Authorization: Bearer).")
 def console_cmd(journal_dir: str, listen: str | None, socket_path: str | None, policy_file: str | None,
                 metrics_url: str | None, candidate_file: str | None, key_file: str | None,
-                tls_cert: str | None, tls_key: str | None, token_file: str | None) -> None:
-    """A read-only web console over the journal: Live, Rules, Top, Charts, Integrity.
+                tls_cert: str | None, tls_key: str | None, token_file: str | None, fleet_db: str | None) -> None:
+    """A read-only web console over the journal: Live, Rules, Top, Charts, Integrity; Replay
+    with --candidate, Fleet with --fleet-db.
 
     \b
     Examples:
       sockgate console --policy /etc/sockgate/policy.toml     # http://127.0.0.1:8477/
       sockgate console --socket /run/sockgate/console.sock
+      sockgate console --fleet-db postgresql://reader@db/sockgate   # adds Fleet
       ssh -L 8477:127.0.0.1:8477 host                          # reach it from your desk
 
     It reads the journal read-only (it never takes a write lock), serves GET only, and
@@ -44,7 +49,7 @@ def console_cmd(journal_dir: str, listen: str | None, socket_path: str | None, p
 
     serve(journal_dir, listen=listen, socket_path=socket_path, policy_file=policy_file, metrics_url=metrics_url,
           candidate_file=candidate_file, key_file=key_file, tls_cert=tls_cert, tls_key=tls_key,
-          token_file=token_file, announce=lambda line: click.echo(line, err=True))
+          token_file=token_file, fleet_db=fleet_db, announce=lambda line: click.echo(line, err=True))
 
 
 @click.command("report")

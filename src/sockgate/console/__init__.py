@@ -14,7 +14,7 @@ from typing import Callable
 def serve(journal_dir: str, *, listen: str | None = None, socket_path: str | None = None,
           policy_file: str | None = None, metrics_url: str | None = None, candidate_file: str | None = None,
           key_file: str | None = None, tls_cert: str | None = None, tls_key: str | None = None,
-          token_file: str | None = None, announce: Callable[[str], None] = print) -> None:
+          token_file: str | None = None, fleet_db: str | None = None, announce: Callable[[str], None] = print) -> None:
     """Check where to listen (refusing what is not safe), open the journal read-only, bind,
     and serve until SIGINT/SIGTERM."""
     from sockgate.console import server
@@ -23,10 +23,12 @@ def serve(journal_dir: str, *, listen: str | None = None, socket_path: str | Non
 
     b = server.plan(listen, socket_path, tls_cert, tls_key, token_file)
     data = Data(journal_dir, policy_file=policy_file, metrics_url=metrics_url, candidate_file=candidate_file,
-                key_file=key_file)
+                key_file=key_file, fleet_db=fleet_db)
     try:
         if policy_file:
             data.policy()   # a broken policy file stops the start, with its errors
+        if fleet_db:
+            data.fleet()    # so does a fleet database that cannot be read
         sock = server.bind(b)
         data.start_rollup()
         announce(f"sockgate console: journal {journal_dir} on {b.url}" + (" (token required)" if b.token else ""))

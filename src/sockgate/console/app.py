@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hmac
 import json
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from starlette.applications import Starlette
@@ -34,7 +35,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sockgate.console.data import FILTER_PARAMS, TOP_FIELDS, Data, filter_from, row
-from sockgate.errors import SockgateError
+from sockgate.errors import FleetError, SockgateError
 from sockgate.journal.query import Filter
 from sockgate.record import NS, format_duration, format_time, oneline
 
@@ -47,7 +48,10 @@ SECURITY_HEADERS = [
     (b"x-frame-options", b"DENY"),
     (b"cache-control", b"no-store"),
 ]
-POLL_S = 0.025         # how often the Live stream looks for new entries
+POLL_S = 0.025         # without inotify: how often Live looks for new entries
+IDLE_S = 1.0           # with inotify: look anyway this often (a missed event costs at most this)
+SETTLE_S = 0.25        # after an inotify event, look every SETTLE_POLL_S for this long: the event
+SETTLE_POLL_S = 0.005  # comes with the WAL write, the commit is visible after the writer's fsync
 HEARTBEAT_S = 15.0     # an SSE comment so proxies keep the stream open
 LIVE_PAGE = 100        # rows on the first Live page
 LIVE_MAX = 500         # rows a stream message carries at most
@@ -114,14 +118,84 @@ def _authorized(scope: Scope, token: str) -> bool:
     return False
 
 
+class Head:
+    """The journal's newest seq, watched once for every open Live stream: woken by inotify on
+    the journal directory (journal/watch.py), looking again every SETTLE_POLL_S for a moment
+    after each event (the commit is published after the event) and every IDLE_S anyway;
+    polling every POLL_S where inotify is unavailable. Streams wait for the seq to pass
+    their cursor, then read their own (filtered) rows. Runs only while a stream is open."""
+
+    def __init__(self, data: Data, stopping: Callable[[], bool]) -> None:
+        self.data, self.stopping = data, stopping
+        self.seq = 0
+        self.streams = 0
+        self.mode = ""          # "inotify" or "poll", once running
+        self.changed = asyncio.Condition()
+        self.task: asyncio.Task | None = None
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self):
+        self.streams += 1
+        if self.task is None or self.task.done():   # (no await in between: one task at a time)
+            self.task = asyncio.create_task(self._run())
+        try:
+            yield self
+        finally:
+            self.streams -= 1
+
+    async def wait(self, after: int, timeout: float) -> int:
+        """The newest seq, once it is past `after` or after timeout seconds."""
+        async with self.changed:
+            try:
+                await asyncio.wait_for(self.changed.wait_for(lambda: self.seq > after), timeout)
+            except TimeoutError:
+                pass
+            return self.seq
+
+    async def _run(self) -> None:
+        from sockgate.journal.watch import watch
+
+        loop = asyncio.get_running_loop()
+        woke = asyncio.Event()
+        w = watch(self.data.journal_dir)
+        if w is not None:
+            loop.add_reader(w.fileno(), lambda: (w.drain(), woke.set()))
+        self.mode = "inotify" if w is not None else "poll"
+        settle_until = 0.0
+        try:
+            while self.streams > 0 and not self.stopping():
+                seq = await run_in_threadpool(lambda: self.data.last_seq)
+                if seq != self.seq:
+                    self.seq = seq
+                    async with self.changed:
+                        self.changed.notify_all()
+                if w is None:
+                    timeout = POLL_S
+                else:
+                    timeout = SETTLE_POLL_S if time.monotonic() < settle_until else IDLE_S
+                try:
+                    await asyncio.wait_for(woke.wait(), timeout)
+                except TimeoutError:
+                    pass
+                if woke.is_set():
+                    woke.clear()
+                    settle_until = time.monotonic() + SETTLE_S
+        finally:
+            if w is not None:
+                loop.remove_reader(w.fileno())
+                w.close()
+
+
 def create_app(data: Data, *, token: str | None = None, hosts: frozenset[str] | None = None) -> Starlette:
     """The console over `data`. token: required on every request when set; hosts: the Host
     names it answers to (None: any, as behind a unix socket)."""
     env = templates()
+    head = Head(data, lambda: app.state.stopping)
 
     def page(request: Request, template: str, status: int = 200, **ctx: Any) -> HTMLResponse:
         ctx.setdefault("view", template.split(".")[0])
         ctx.setdefault("replay", bool(data.candidate_file))
+        ctx.setdefault("fleet", bool(data.fleet_db))
         return HTMLResponse(env.get_template(template).render(request=request, journal=data.journal_dir, **ctx),
                             status_code=status)
 
@@ -165,22 +239,23 @@ def create_app(data: Data, *, token: str | None = None, hosts: frozenset[str] | 
             nonlocal cursor
             beat = time.monotonic()
             yield "retry: 1000\n\n"
-            while not app.state.stopping:
-                last = await run_in_threadpool(lambda: data.last_seq)
-                if last > cursor:
-                    entries = await run_in_threadpool(data.after, cursor, f, LIVE_MAX)
-                    # the cursor moves past what did not match, too: a filtered stream stays cheap
-                    cursor = max(last if len(entries) < LIVE_MAX else 0, entries[-1].seq if entries else 0)
-                    if entries:
-                        payload = json.dumps({"rows": [row(e) for e in entries], "at": time.time_ns()})
-                        yield f"id: {cursor}\nevent: rows\ndata: {payload}\n\n"
+            async with head.subscribe():
+                while not app.state.stopping:
+                    last = await head.wait(cursor, IDLE_S)
+                    if last > cursor:
+                        entries = await run_in_threadpool(data.after, cursor, f, LIVE_MAX)
+                        # the cursor moves past what did not match, too: a filtered stream stays cheap
+                        cursor = max(last if len(entries) < LIVE_MAX else 0, entries[-1].seq if entries else 0)
+                        if entries:
+                            # one message per wake-up, sent at once (each yield is written to the socket)
+                            payload = json.dumps({"rows": [row(e) for e in entries], "at": time.time_ns()})
+                            yield f"id: {cursor}\nevent: rows\ndata: {payload}\n\n"
+                            beat = time.monotonic()
+                    if time.monotonic() - beat > HEARTBEAT_S:
+                        yield ": keep-alive\n\n"
                         beat = time.monotonic()
-                if time.monotonic() - beat > HEARTBEAT_S:
-                    yield ": keep-alive\n\n"
-                    beat = time.monotonic()
-                if await request.is_disconnected():
-                    return
-                await asyncio.sleep(POLL_S)
+                    if await request.is_disconnected():
+                        return
 
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={"X-Accel-Buffering": "no"})
@@ -263,6 +338,19 @@ def create_app(data: Data, *, token: str | None = None, hosts: frozenset[str] | 
         return page(request, "replay.html", rep=rep, groups=groups, form=form_of(request),
                     candidate=data.candidate_file)
 
+    async def fleet(request: Request) -> Response:
+        if not data.fleet_db:
+            return page(request, "error.html", status=404, view="fleet",
+                        message="no fleet database: start the console with --fleet-db URL")
+        try:
+            hosts, problem = await run_in_threadpool(data.fleet), None
+        except FleetError as e:
+            hosts, problem = [], str(e)
+        if request.query_params.get("format") == "json":   # `fleet status --json`, plus rejected_1h
+            return JSONResponse({"error": problem} if problem else hosts, status_code=503 if problem else 200)
+        return page(request, "fleet.html", status=503 if problem else 200, hosts=hosts, problem=problem,
+                    now=time.time_ns())
+
     async def error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, SockgateError)
         return page(request, "error.html", status=400, message=str(exc), view="")
@@ -271,7 +359,7 @@ def create_app(data: Data, *, token: str | None = None, hosts: frozenset[str] | 
         Route("/", index), Route("/live", live), Route("/live/stream", stream),
         Route("/entry/{seq}", entry), Route("/rules", rules), Route("/rule", rule), Route("/top", top),
         Route("/charts", charts), Route("/api/chart", chart_api), Route("/api/entries", entries_api),
-        Route("/integrity", integrity), Route("/replay", replay),
+        Route("/integrity", integrity), Route("/replay", replay), Route("/fleet", fleet),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
     middleware = [Middleware(_Headers, token=token, hosts=hosts)]

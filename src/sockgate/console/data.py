@@ -124,16 +124,26 @@ class Data:
     """The read side of one journal, one policy file and (optionally) the daemon's metrics."""
 
     def __init__(self, journal_dir: str, *, policy_file: str | None = None, metrics_url: str | None = None,
-                 candidate_file: str | None = None, key_file: str | None = None) -> None:
+                 candidate_file: str | None = None, key_file: str | None = None,
+                 fleet_db: str | None = None) -> None:
         from sockgate.journal import Journal
 
         self.journal_dir = journal_dir
+        self.fleet_db = fleet_db
         self.policy_file = policy_file
         self.metrics_url = metrics_url
         self.candidate_file = candidate_file
         self.key_file = key_file
         self.lock = threading.RLock()
         self.journal = Journal.open(journal_dir, readonly=True)
+        # Live's own connections: its few small reads never wait behind another view's long
+        # query (Top, a chart from the rows, Integrity's scan) on the shared ones
+        self._live_lock = threading.Lock()
+        try:
+            self._live = Journal.open(journal_dir, readonly=True)
+        except BaseException:
+            self.journal.close()
+            raise
         self._policy: tuple[float, Any] | None = None
         self._evaluator: Any = None
         self._integrity: Integrity | None = None
@@ -144,6 +154,8 @@ class Data:
     def close(self) -> None:
         with self.lock:
             self.journal.close()
+        with self._live_lock:
+            self._live.close()
         with self._rollup_lock:
             if self._rollup is not None:
                 self._rollup[0].close()
@@ -152,8 +164,8 @@ class Data:
 
     @property
     def last_seq(self) -> int:
-        with self.lock:
-            return self.journal.last_seq
+        with self._live_lock:
+            return self._live.last_seq
 
     def page(self, filt: Filter, n: int = 100) -> list[Entry]:
         """The newest n matching entries, newest first."""
@@ -162,9 +174,9 @@ class Data:
 
     def after(self, seq: int, filt: Filter, n: int = 500) -> list[Entry]:
         """Up to n matching entries after seq, oldest first."""
-        with self.lock:
+        with self._live_lock:
             out = []
-            for e in self.journal.entries(seq, filter=filt, page=n):
+            for e in self._live.entries(seq, filter=filt, page=n):
                 out.append(e)
                 if len(out) >= n:
                     break
@@ -443,6 +455,31 @@ class Data:
             rep["warnings"].append(f"{local} is not readable by this user: seal MACs not checked "
                                    "(give --key with a copy of the verification key to check them)")
         return rep
+
+    # -- the fleet ---------------------------------------------------------------------
+
+    def fleet(self) -> list[dict[str, Any]] | None:
+        """Per enrolled host, `fleet status`'s row (central.status: last seen, shipped seq, lag,
+        policy digest and version, flag, last verify) and `rejected_1h`, its rejections in the
+        last hour (central.top by host). None without --fleet-db. The session is read-only
+        (PostgreSQL refuses any write); a database that cannot be read is a FleetError."""
+        if not self.fleet_db:
+            return None
+        import psycopg
+
+        from sockgate.errors import FleetError
+        from sockgate.fleet import central, store
+
+        try:
+            with store.connect(self.fleet_db, readonly=True) as conn:
+                rows = central.status(conn)
+                hour = Filter.build(outcomes=["rejected"], since="1h")
+                rejected = dict(central.top(conn, "host", hour, n=max(1, len(rows))))
+        except psycopg.Error as e:
+            raise FleetError(f"the fleet database: {str(e).strip()}") from None
+        for r in rows:
+            r["rejected_1h"] = rejected.get(r["host"], 0)
+        return rows
 
     # -- replay review -----------------------------------------------------------------
 

@@ -118,7 +118,12 @@ def bind(b: Bind) -> socket.socket:
             finally:
                 os.umask(old)
         else:
-            s = socket.socket(socket.AF_INET6 if ":" in a.host else socket.AF_INET, socket.SOCK_STREAM)
+            # IPPROTO_TCP, not 0: asyncio turns Nagle off (TCP_NODELAY) only on sockets whose proto
+            # says TCP, and with Nagle on every small write that follows another (a response's
+            # body after its headers, a Live event after the last) waited for the browser's
+            # delayed ACK, 40 ms and more
+            s = socket.socket(socket.AF_INET6 if ":" in a.host else socket.AF_INET, socket.SOCK_STREAM,
+                              socket.IPPROTO_TCP)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind((a.host, a.port))
         s.listen(128)

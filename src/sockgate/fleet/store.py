@@ -139,8 +139,9 @@ def inet(addr: Any) -> str | None:
     return str(ip)
 
 
-def connect(url: str, *, autocommit: bool = False) -> "psycopg.Connection":
-    """A connection with search_path set; a bad URL or an unreachable server is a FleetError."""
+def connect(url: str, *, autocommit: bool = False, readonly: bool = False) -> "psycopg.Connection":
+    """A connection with search_path set; a bad URL or an unreachable server is a FleetError.
+    readonly: every transaction of the session is READ ONLY (PostgreSQL refuses any write)."""
     if psycopg is None:
         raise FleetError("the fleet needs psycopg (pip install 'psycopg[binary]')")
     try:
@@ -150,6 +151,8 @@ def connect(url: str, *, autocommit: bool = False) -> "psycopg.Connection":
     except ValueError as e:   # a malformed conninfo string
         raise FleetError(f"bad --db {url!r}: {e}") from None
     conn.execute(f"SET search_path = {SCHEMA}")
+    if readonly:
+        conn.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
     if not autocommit:
         conn.commit()
     return conn

@@ -69,10 +69,11 @@
       } else {
         show(msg.rows);
       }
-      // when each entry reached the page (bench/console.py reads it to measure journal-to-browser latency)
+      // when each entry reached the page, and when the server sent it (bench/console.py reads
+      // both to split journal-to-browser latency into server and browser parts)
       const now = Date.now();
       if (Object.keys(seen).length > 10000) for (const k in seen) delete seen[k];   // bounded
-      for (const r of msg.rows) seen[r.seq] = now;
+      for (const r of msg.rows) seen[r.seq] = [now, msg.at / 1e6];
     });
   }
 
