@@ -9,7 +9,9 @@ from __future__ import annotations
 import base64
 import json
 import os
+import sys
 import time
+from pathlib import Path
 
 import httpx
 import psycopg
@@ -25,14 +27,10 @@ from sockgate.fleet.deliver import DELIVERY_FILE, PolicyFetcher
 from sockgate.fleet.ship import enroll
 from sockgate.journal import Outcome
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "replay"))
+from replaykit import NO_MAIL  # noqa: E402   (the replay tests' policy that rejects port 25)
+
 CURRENT = b'mode = "enforce"\n# installed by hand: allows everything\n'
-NO_MAIL = """\
-[[rule]]
-name = "no-mail"
-exit = ["connect"]
-remote_port = [25]
-action = "reject"
-"""
 NO_TELNET = NO_MAIL.replace("no-mail", "no-telnet").replace("[25]", "[23]")
 
 

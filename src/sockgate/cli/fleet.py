@@ -119,9 +119,6 @@ def ship_cmd(fleet_dir: str, journal_dir: str, once: bool) -> None:
     --fleet-dir` does in a thread): for a host that only imports IBM i exports, or a
     catch-up. Only sealed entries are shipped; the daemon seals every 60 s (and sooner
     when it ships)."""
-    import signal
-    import threading
-
     from sockgate.fleet.ship import Shipper
 
     s = Shipper(fleet_dir, journal_dir, log=lambda m: click.echo(oneline(m), err=True))
@@ -131,10 +128,18 @@ def ship_cmd(fleet_dir: str, journal_dir: str, once: bool) -> None:
         finally:
             s.close()
         return
+    run_until_stopped(s.run)
+
+
+def run_until_stopped(run) -> None:
+    """run(stop) until SIGTERM or Ctrl-C sets stop (the shipper's and the policy fetcher's loops)."""
+    import signal
+    import threading
+
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        s.run(stop)
+        run(stop)
     except KeyboardInterrupt:
         pass
 

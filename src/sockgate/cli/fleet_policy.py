@@ -336,9 +336,7 @@ def fetch_cmd(fleet_dir: str, journal_dir: str, policy_file: str, trust: tuple[s
     reported once and not retried (sign a new version); FLEET_DIR/policy-delivery.json
     remembers which.
     """
-    import signal
-    import threading
-
+    from sockgate.cli.fleet import run_until_stopped
     from sockgate.fleet.deliver import PolicyFetcher
     from sockgate.record import NS, oneline, parse_duration
 
@@ -352,13 +350,7 @@ def fetch_cmd(fleet_dir: str, journal_dir: str, policy_file: str, trust: tuple[s
                       trust=trust, reload_timeout=reload_timeout, interval=every,
                       log=lambda m: click.echo(oneline(m), err=True))
     if not once:
-        stop = threading.Event()
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        try:
-            f.run(stop)
-        except KeyboardInterrupt:
-            pass
-        return
+        return run_until_stopped(f.run)
     try:
         report = f.once()
     finally:
