@@ -359,3 +359,38 @@ def test_enroll_group_cli_and_conflicts(db, collector, hosts, tmp_path):
     with pytest.raises(FleetError, match="says this host is in group db"):
         enroll(collector.url, collector.token(), "web8", g.fleet_dir, g.journal_dir, group="web")
     assert not (g.fleet_dir / "fleet.json").exists()
+
+
+def test_the_polling_thread_applies_a_push(db, collector, nodes, admin):
+    """start_fetcher, the thread `sockgate run --fleet-dir` starts (here without a daemon,
+    polling every 0.2 s): a push is applied and reported without anyone calling it."""
+    import threading
+
+    from sockgate.fleet.deliver import start_fetcher
+
+    web1 = nodes("web1")
+    stop, logged = threading.Event(), []
+    t = start_fetcher(web1.h.fleet_dir, web1.h.journal_dir, stop, logged.append, policy_path=web1.policy,
+                      pin_dir=str(web1.h.fleet_dir.parent / "pins"), interval=0.2)
+    try:
+        assert t is not None and any("asking" in m and "group web" in m for m in logged), logged
+        time.sleep(0.5)
+        assert web1.policy.read_bytes() == CURRENT and reports(db, "web1") == []
+        t0 = time.monotonic()
+        with store.connect(db) as c:
+            P.push(c, signed(admin, NO_MAIL, 1), [B.public_of(admin["private"])])
+        while not reports(db, "web1") and time.monotonic() - t0 < 20:
+            time.sleep(0.02)
+        print(f"push -> report stored through the 0.2 s polling thread: {time.monotonic() - t0:.3f} s")
+        assert [x[0] for x in reports(db, "web1")] == ["installed"] and web1.policy.read_text() == NO_MAIL
+        time.sleep(0.6)     # three more rounds: nothing applied or reported again
+        assert len(reports(db, "web1")) == 1
+    finally:
+        stop.set()
+        t.join(10)
+    assert not t.is_alive()
+    # no trusted key: no thread, and it says why
+    (web1.h.fleet_dir / "policy-keys" / "admin.pub").unlink()
+    logged.clear()
+    assert start_fetcher(web1.h.fleet_dir, web1.h.journal_dir, stop, logged.append) is None
+    assert any("policy delivery off" in m for m in logged), logged
