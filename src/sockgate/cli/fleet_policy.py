@@ -184,9 +184,9 @@ def apply_cmd(bundle_file: str, trust: tuple[str, ...], group_name: str | None, 
 
 @group.command("status")
 @fleet_dir_option
-@click.option("--db", envvar="SOCKGATE_FLEET_DB", metavar="URL",
+@click.option("--db", metavar="URL",
               help="The fleet's PostgreSQL: show the bundles pushed and every host's delivery results instead "
-                   "of this host's state.")
+                   "of this host's state (given explicitly: $SOCKGATE_FLEET_DB does not switch the view).")
 @json_option
 def status_cmd(fleet_dir: str, db: str | None, as_json: bool) -> None:
     """What this host applied: per group the last version, its digest, signer and time,
