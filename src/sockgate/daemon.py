@@ -338,6 +338,7 @@ class Daemon:
         self.control_requested = False
         self.monitor_thread: threading.Thread | None = None
         self.shipper_thread: threading.Thread | None = None
+        self.policy_thread: threading.Thread | None = None   # fleet policy delivery (sockgate.fleet.deliver)
         self.monitor = None                 # the built-in Monitor, when alert rules exist
         self.metrics = None                 # the metrics endpoint (sockgate.metrics.Endpoint)
         self._last_dropped = 0
@@ -411,6 +412,11 @@ class Daemon:
         self._start_monitor()
         if self.metrics:
             self._serve_metrics()
+        if o.fleet_dir and o.journal_dir:   # last: applying a bundle signals us and reads our run state
+            from sockgate.fleet.deliver import start_fetcher
+            self.policy_thread = start_fetcher(o.fleet_dir, o.journal_dir, self.stop_event, self.log,
+                                               policy_path=o.policy or POLICY_FILE, pin_dir=o.pin_dir,
+                                               alerts_file=self._alerts_file())
 
     def _serve_metrics(self) -> None:
         from sockgate.metrics import DaemonCollector
@@ -607,6 +613,8 @@ class Daemon:
             step(lambda: self.monitor_thread.join(timeout=10))
         if self.shipper_thread:   # what it did not ship stays in the journal for the next run
             step(lambda: self.shipper_thread.join(timeout=10))
+        if self.policy_thread:    # an apply in progress finishes (its steps are atomic)
+            step(lambda: self.policy_thread.join(timeout=10))
         if self.reader:
             step(lambda: self._drain(self.reader.poll_raw(0), sweep=True))
             step(self.reader.close)

@@ -93,14 +93,19 @@ def token_cmd(db: str, state_dir: str, ttl: str) -> None:
 @journal_option
 @click.option("--key", "key_file", type=click.Path(dir_okay=False),
               help="The journal's verification key, if it is not in the journal directory.")
-def enroll_cmd(server: str, token: str, name: str, fleet_dir: str, journal_dir: str, key_file: str | None) -> None:
+@click.option("--group", "group_name", metavar="G",
+              help="This host's policy group: written to FLEET_DIR/group and recorded by the collector, which "
+                   "then delivers the group's signed bundles (default: FLEET_DIR/group, if it exists).")
+def enroll_cmd(server: str, token: str, name: str, fleet_dir: str, journal_dir: str, key_file: str | None,
+               group_name: str | None) -> None:
     """Enrol this host with a collector: get a client certificate, hand over the journal's
-    verification key (the collector checks every seal with it)."""
+    verification key (the collector checks every seal with it), and name its policy group."""
     from sockgate.fleet.ship import enroll
 
-    info = enroll(server, token, name, fleet_dir, journal_dir, key_file)
-    click.echo(f"enrolled as {info['name']} with {info['server']} (journal {info['journal']}); "
-               f"certificate in {fleet_dir}")
+    info = enroll(server, token, name, fleet_dir, journal_dir, key_file, group=group_name)
+    click.echo(oneline(f"enrolled as {info['name']} with {info['server']} (journal {info['journal']}"
+                       + (f", policy group {info['group']}" if info["group"] else ", no policy group") + "); "
+                       f"certificate in {fleet_dir}"))
     if key_file is None:
         click.echo(f"the collector now holds the verification key: move {journal_dir}/verification.key off this host")
 
@@ -114,9 +119,6 @@ def ship_cmd(fleet_dir: str, journal_dir: str, once: bool) -> None:
     --fleet-dir` does in a thread): for a host that only imports IBM i exports, or a
     catch-up. Only sealed entries are shipped; the daemon seals every 60 s (and sooner
     when it ships)."""
-    import signal
-    import threading
-
     from sockgate.fleet.ship import Shipper
 
     s = Shipper(fleet_dir, journal_dir, log=lambda m: click.echo(oneline(m), err=True))
@@ -126,10 +128,18 @@ def ship_cmd(fleet_dir: str, journal_dir: str, once: bool) -> None:
         finally:
             s.close()
         return
+    run_until_stopped(s.run)
+
+
+def run_until_stopped(run) -> None:
+    """run(stop) until SIGTERM or Ctrl-C sets stop (the shipper's and the policy fetcher's loops)."""
+    import signal
+    import threading
+
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        s.run(stop)
+        run(stop)
     except KeyboardInterrupt:
         pass
 
@@ -144,7 +154,9 @@ def _conn(db: str):
 @db_option
 @json_option
 def status_cmd(db: str, as_json: bool) -> None:
-    """Per host: last seen, shipped seq, lag, policy digest and version, last verify."""
+    """Per host: group, last seen, shipped seq, lag, the policy it runs (version and
+    digest it reported; else the digest its journal shipped), the last policy push's
+    result (a refusal with its reason), last verify."""
     from sockgate.fleet.central import status
 
     with _conn(db) as conn:
@@ -155,15 +167,57 @@ def status_cmd(db: str, as_json: bool) -> None:
     if not rows:
         click.echo("no enrolled hosts")
         return
-    click.echo(f"{'HOST':<20} {'SHIPPED':>10} {'LAG':>8} {'LAST SEEN (UTC)':<20} {'POLICY':<14} VERIFY")
+    click.echo(f"{'HOST':<20} {'GROUP':<12} {'SHIPPED':>10} {'LAG':>8} {'LAST SEEN (UTC)':<20} {'POLICY':<20} "
+               f"{'LAST PUSH':<28} VERIFY")
     for r in rows:
         lag = "-" if r["lag_s"] is None else f"{r['lag_s']:.0f}s"
         seen = format_time(r["last_seen_ns"])[:19] if r["last_seen_ns"] else "never"
         verify = "FLAGGED: " + r["flag"] if r["flag"] else (r["last_verify"] or "never verified")
         if r["revoked_ns"]:
             verify = f"REVOKED {format_time(r['revoked_ns'])[:19]}: {r['revoked_why']}; {verify}"
-        click.echo(oneline(f"{r['host']:<20} {r['shipped_seq']:>10} {lag:>8} {seen:<20} "
-                           f"{(r['policy_digest'] or '-')[:14]:<14} {verify}"))
+        click.echo(oneline(f"{r['host']:<20} {r['group'] or '-':<12} {r['shipped_seq']:>10} {lag:>8} {seen:<20} "
+                           f"{policy_cell(r):<20} {push_cell(r['last_push']):<28} {verify}"))
+
+
+def policy_cell(r: dict) -> str:
+    """The policy a host runs: v7 and the digest it reported, else the shipped digest."""
+    ran = r.get("policy_applied") or {}
+    digest = (ran.get("digest") or r.get("policy_digest") or "-")[:12]
+    return f"v{ran['version']} {digest}" if ran.get("version") is not None else digest
+
+
+def push_cell(last: dict | None) -> str:
+    """A host's last push result: `applied v7`, `refused v8 replay-gate`."""
+    if not last:
+        return "-"
+    v = f" v{last['version']}" if last.get("version") is not None else ""
+    return f"{last['result']}{v}" + (f" {last['reason']}" if last.get("reason") else "")
+
+
+@group.group("group")
+def group_grp() -> None:
+    """Policy groups: which signed bundles (`fleet policy push`) the collector delivers to
+    which host. A host also names its group in FLEET_DIR/group; if the two disagree, the
+    host refuses the bundles (reason `group`, reported)."""
+
+
+@group_grp.command("set")
+@click.argument("host")
+@click.argument("group_name", metavar="GROUP")
+@db_option
+@json_option
+def group_set_cmd(host: str, group_name: str, db: str, as_json: bool) -> None:
+    """Put enrolled HOST in GROUP (the administrator's word, over what it said at enrolment)."""
+    from sockgate.fleet import store
+    from sockgate.fleet.push import set_group
+
+    with _conn(db) as conn:
+        store.ensure_schema(conn)
+        before = set_group(conn, host, group_name)
+    if as_json:
+        click.echo(json.dumps({"host": host, "group": group_name, "previous": before}))
+    else:
+        click.echo(oneline(f"{host}: group {group_name}" + (f" (was {before})" if before else "")))
 
 
 @group.command("revoke")

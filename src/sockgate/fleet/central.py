@@ -136,9 +136,14 @@ def top(conn: Any, by: str, filt: Filter, n: int = 10) -> list[tuple[Any, int]]:
 # -- status ---------------------------------------------------------------------------------
 
 def status(conn: Any, now_ns: int | None = None) -> list[dict[str, Any]]:
-    """Per host: last seen, shipped seq, lag (age of the newest entry held), policy, verify."""
+    """Per host: last seen, shipped seq, lag (age of the newest entry held), policy, verify;
+    its group, the policy version it reports running and its last push result
+    (sockgate.fleet.push.policy_status)."""
+    from sockgate.fleet.push import policy_status
+
     now = now_ns or time.time_ns()
     out = []
+    pushed = policy_status(conn)
     for h in store.hosts(conn):
         newest = None
         if h["shipped_seq"]:
@@ -150,7 +155,8 @@ def status(conn: Any, now_ns: int | None = None) -> list[dict[str, Any]]:
                     "lag_s": None if newest is None else max(0.0, (now - newest) / 1e9),
                     "policy_digest": h["policy_digest"], "policy_version": h["policy_version"],
                     "flag": h["flag"], "last_verify_ns": h["last_verify_ns"], "last_verify": h["last_verify"],
-                    "revoked_ns": h["revoked_ns"], "revoked_why": h["revoked_why"]})
+                    "revoked_ns": h["revoked_ns"], "revoked_why": h["revoked_why"],
+                    **pushed.get(h["name"], {"group": None, "policy_applied": None, "last_push": None})})
     conn.commit()
     return out
 

@@ -6,6 +6,8 @@ Endpoints (JSON bodies):
                      takes a token instead of a certificate; answers {cert}
   GET  /v1/state     what the collector holds of the caller's chain
   POST /v1/segment   a sealed segment (below); answers {shipped_seq, stored}
+  GET  /v1/policy[?have=SHA256]   the newest signed policy bundle of the caller's group
+  POST /v1/policy/report          what the host did with it (sockgate.fleet.push)
 
 The host is the client certificate (its SHA-256 fingerprint names one enrolled host),
 never anything in a body. A segment is
@@ -183,6 +185,7 @@ class Ingest:
             raise Refused(400, str(e)) from None
         if kid != journal_id:
             raise Refused(400, "the verification key is not of the journal named")
+        group = self._enroll_group(body)
         if fp != self.ca.fingerprint:
             raise Refused(403, "the token is for another collector (CA fingerprint differs)")
         now = time.time_ns()
@@ -207,12 +210,51 @@ class Ingest:
                              (now, name, pki.token_hash(secret)))
                 conn.execute("INSERT INTO host (name, cert_fp, journal_id, enrolled_ns) VALUES (%s, %s, %s, %s)",
                              (name, cert_fp, journal_id, now))
+                if group is not None:
+                    conn.execute("INSERT INTO host_group (host_id, grp, set_ns, set_by) SELECT id, %s, %s, 'enroll' "
+                                 "FROM host WHERE name = %s", (group, now, name))
                 # the key before the commit: a host the collector cannot verify is never enrolled
                 safedir.write_atomic(self.ca.key_path(name), sealing.format_verification_key(kid, k0) + "\n", 0o600)
         except psycopg.Error as e:
             self.drop_conn()
             raise Refused(503, f"database: {str(e).strip()}") from None
         return {"cert": cert_pem.decode(), "host": name}
+
+    @staticmethod
+    def _enroll_group(body: dict) -> str | None:
+        """The group a host asks to be in at enrolment (optional; the administrator can move
+        it: `fleet group set`)."""
+        from sockgate.fleet.bundle import check_group
+
+        group = body.get("group")
+        if group is None:
+            return None
+        try:
+            return check_group(group)
+        except ValueError as e:
+            raise Refused(400, str(e)) from None
+
+    # -- policy delivery (sockgate.fleet.push) ------------------------------------------
+
+    def policy(self, host: dict, have: str | None) -> dict:
+        from sockgate.fleet import push
+
+        try:
+            return {"host": host["name"], **push.newest_for(self.conn(), host["id"], have)}
+        except psycopg.Error as e:
+            self.drop_conn()
+            raise Refused(503, f"database: {str(e).strip()}") from None
+
+    def policy_report(self, host: dict, body: Any) -> dict:
+        from sockgate.fleet import push
+
+        try:
+            return {"host": host["name"], **push.record_report(self.conn(), host["id"], body)}
+        except ValueError as e:
+            raise Refused(400, f"report: {e}") from None
+        except psycopg.Error as e:
+            self.drop_conn()
+            raise Refused(503, f"database: {str(e).strip()}") from None
 
     # -- segments -----------------------------------------------------------------------
 
@@ -453,6 +495,11 @@ class _Handler(BaseHTTPRequestHandler):
                 r = ingest.segment(host, body, plain=plain)
                 self._send(200, {"host": host["name"], "shipped_seq": r.shipped_seq, "stored": r.stored,
                                  "duplicate": r.duplicate})
+            elif method == "GET" and self.path.split("?", 1)[0] == "/v1/policy":
+                self._send(200, ingest.policy(self._host(), _have(self.path)))
+            elif method == "POST" and self.path == "/v1/policy/report":
+                host = self._host()
+                self._send(200, ingest.policy_report(host, self._body()))
             else:
                 raise Refused(404, f"no such endpoint: {method} {self.path[:100]}")
         except Refused as r:
@@ -466,6 +513,15 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         self._dispatch("POST")
+
+
+def _have(path: str) -> str | None:
+    """GET /v1/policy?have=SHA256: the bundle the host already handled (its bytes are then
+    not sent again)."""
+    from urllib.parse import parse_qs, urlsplit
+
+    got = parse_qs(urlsplit(path).query).get("have")
+    return got[0][:64] if got else None
 
 
 class _Dropped(Exception):

@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from sockgate import safedir
-from sockgate.errors import FleetError, FleetRefused, JournalError
+from sockgate.errors import FleetError, FleetRefused, JournalError, UsageError
 from sockgate.fleet import pki
 from sockgate.journal import seal as sealing
 from sockgate.journal.store import FIELDS, META_FILE, VERIFY_KEY_FILE, read_journal_meta
@@ -66,16 +66,30 @@ def _check_server(url: str) -> str:
 
 
 def enroll(server: str, token: str, name: str, fleet_dir: str | os.PathLike = FLEET_DIR,
-           journal_dir: str | os.PathLike | None = None, key_file: str | os.PathLike | None = None) -> dict:
+           journal_dir: str | os.PathLike | None = None, key_file: str | os.PathLike | None = None,
+           group: str | None = None) -> dict:
     """Enrol this host: pin the collector's CA by the token's fingerprint, send a CSR, the
-    host name and the journal's verification key (the collector checks seals with it), and
-    keep the certificate. Returns fleet.json's contents."""
+    host name, its policy group (`group`, else FLEET_DIR/group if there is one) and the
+    journal's verification key (the collector checks seals with it), and keep the
+    certificate; `group` is written to FLEET_DIR/group. Returns fleet.json's contents."""
+    from sockgate.fleet.apply import GROUP_FILE, host_group
+    from sockgate.fleet.bundle import check_group
+
     server = _check_server(server)
     secret, fp = pki.parse_token(token)
     pki.check_host_name(name)
     fleet = safedir.private_dir(Path(fleet_dir), error=FleetError, what="fleet directory")
     if (fleet / FLEET_FILE).exists():
         raise FleetError(f"{fleet}: this host is already enrolled (remove {fleet / FLEET_FILE} to enrol again)")
+    local_group = host_group(fleet)
+    if group is not None and local_group is not None and group != local_group:
+        raise FleetError(f"--group {group}: {fleet / GROUP_FILE} says this host is in group {local_group}")
+    group = group or local_group
+    if group is not None:
+        try:
+            check_group(group)
+        except ValueError as e:
+            raise UsageError(f"--group: {e}") from None
     if key_file is None:
         if journal_dir is None or not (Path(journal_dir) / META_FILE).exists():
             raise FleetError(f"{journal_dir}: no journal here; create it first (sockgate journal init) "
@@ -100,6 +114,8 @@ def enroll(server: str, token: str, name: str, fleet_dir: str | os.PathLike = FL
     key_pem, csr_pem = pki.new_client_key()
     body = {"token": token, "name": name, "csr": csr_pem.decode(), "journal_id": journal_id,
             "verification_key": sealing.format_verification_key(journal_id, k0)}
+    if group is not None:
+        body["group"] = group
     try:
         with httpx.Client(verify=_context(fleet, client=False), timeout=30) as c:
             resp = c.post(f"{server}/v1/enroll", json=body)
@@ -109,9 +125,11 @@ def enroll(server: str, token: str, name: str, fleet_dir: str | os.PathLike = FL
         raise FleetRefused(f"{server}: enrolment refused: {_error(resp)}")
     _write_private(fleet / "client.key", key_pem.decode())
     _write_private(fleet / "client.pem", resp.json()["cert"])
+    if group is not None and local_group is None:
+        safedir.write_atomic(fleet / GROUP_FILE, group + "\n", 0o644)
     info = {"server": server, "name": name, "journal": journal_id, "ca_fingerprint": fp}
     _write_private(fleet / FLEET_FILE, json.dumps(info, indent=1) + "\n")
-    return info
+    return {**info, "group": group}
 
 
 def read_fleet(fleet_dir: str | os.PathLike) -> dict:
@@ -185,6 +203,50 @@ def read_segment(journal: Any, after: int, max_rows: int = SEGMENT_ROWS) -> dict
             "seals": [[s.epoch, s.seq, s.hash.hex(), s.ts_ns, s.mac.hex()] for s in take]}
 
 
+# -- talking to the collector ---------------------------------------------------------------
+
+class Client:
+    """HTTPS to the collector this host enrolled with, as this host (its client
+    certificate); one connection, reopened after a network error. Used by the shipper and
+    by policy delivery (sockgate.fleet.deliver)."""
+
+    def __init__(self, fleet: Path, server: str):
+        self.fleet, self.server = fleet, server
+        self._client: httpx.Client | None = None
+
+    def _http(self) -> httpx.Client:
+        if self._client is None:
+            self._client = httpx.Client(verify=_context(self.fleet), timeout=httpx.Timeout(30, connect=5))
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def call(self, method: str, path: str, body: dict | None = None) -> dict:
+        """The answer's JSON; FleetError when the collector is unreachable or unavailable
+        (retry later), FleetRefused when it refused (with its reason)."""
+        try:
+            resp = self._http().request(method, f"{self.server}{path}",
+                                        content=None if body is None else json.dumps(body).encode(),
+                                        headers={"Content-Type": "application/json"})
+        except ssl.SSLError as e:
+            raise FleetError(f"TLS with the collector failed: {e}") from None
+        except httpx.HTTPError as e:
+            self.close()
+            raise FleetError(f"collector unreachable: {e!r:.200}") from None
+        if resp.status_code == 200:
+            try:
+                return resp.json()
+            except ValueError:
+                raise FleetError("the collector's answer is not JSON") from None
+        reason = _error(resp)
+        if resp.status_code >= 500:
+            raise FleetError(f"collector unavailable ({resp.status_code}): {reason}")
+        raise FleetRefused(f"collector refused ({resp.status_code}): {reason}")
+
+
 # -- the shipper ----------------------------------------------------------------------------
 
 class Shipper:
@@ -201,37 +263,14 @@ class Shipper:
         self.journal_dir = Path(journal_dir)
         self.request_seal, self.seal_after, self.poll = request_seal, seal_after, poll
         self.log = log or (lambda m: None)
-        self._client: httpx.Client | None = None
+        self.client = Client(self.fleet, self.info["server"])
+        self._call = self.client.call
         self._acked: int | None = None
         self._last_seal_req = 0.0
         self.last_error: str | None = None
 
-    def _http(self) -> httpx.Client:
-        if self._client is None:
-            self._client = httpx.Client(verify=_context(self.fleet), timeout=httpx.Timeout(30, connect=5))
-        return self._client
-
     def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
-
-    def _call(self, method: str, path: str, body: dict | None = None) -> dict:
-        try:
-            resp = self._http().request(method, f"{self.info['server']}{path}",
-                                        content=None if body is None else json.dumps(body).encode(),
-                                        headers={"Content-Type": "application/json"})
-        except ssl.SSLError as e:
-            raise FleetError(f"TLS with the collector failed: {e}") from None
-        except httpx.HTTPError as e:
-            self.close()
-            raise FleetError(f"collector unreachable: {e!r:.200}") from None
-        if resp.status_code == 200:
-            return resp.json()
-        reason = _error(resp)
-        if resp.status_code >= 500:
-            raise FleetError(f"collector unavailable ({resp.status_code}): {reason}")
-        raise FleetRefused(f"collector refused ({resp.status_code}): {reason}")
+        self.client.close()
 
     def _save(self, seq: int) -> None:
         if seq != self._acked:

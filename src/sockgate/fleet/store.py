@@ -10,7 +10,8 @@ Tables (schema `sockgate`):
   index scan of the days asked for;
 - seal: each host's seals (epoch, seq, chain hash, time, MAC), never dropped;
 - token: one-time enrolment tokens, stored as sha256 of the secret, expiring;
-- cut: retention cuts declared per host (entries up to through_seq were dropped).
+- cut: retention cuts declared per host (entries up to through_seq were dropped);
+- host_group, policy_bundle, policy_report: policy delivery (POLICY_DDL below).
 
 Roles: the schema owner (whoever `--db` connects as: creates the schema, partitions,
 tokens, drops partitions) and `sockgate_ingest`, which the collector takes (SET ROLE) for
@@ -111,6 +112,56 @@ GRANT SELECT ON {SCHEMA}.token, {SCHEMA}.cut TO {INGEST_ROLE};
 GRANT UPDATE (used_ns, used_by) ON {SCHEMA}.token TO {INGEST_ROLE};
 """
 
+# Policy delivery (docs/fleet-policy.md, "Delivery through the collector"): which group a
+# host is in, the signed bundles the administrator pushed (stored as the exact bytes
+# signed offline: the collector cannot forge one, hosts verify them against their own
+# trusted keys), and what each host reported back. The ingest role (the collector) may
+# read groups and bundles, record a group at enrolment, and insert reports; it may not
+# insert, change or delete a bundle, nor change a group once set (the owner does:
+# `fleet policy push`, `fleet group set`).
+POLICY_DDL = f"""
+SET search_path = {SCHEMA};
+CREATE TABLE IF NOT EXISTS host_group (
+    host_id int PRIMARY KEY REFERENCES host(id),
+    grp text NOT NULL,
+    set_ns bigint NOT NULL,
+    set_by text NOT NULL                   -- 'enroll' or 'admin'
+);
+CREATE TABLE IF NOT EXISTS policy_bundle (
+    id serial PRIMARY KEY,
+    grp text NOT NULL,
+    version bigint NOT NULL,
+    digest text NOT NULL,                  -- sha256 of the policy bytes
+    key_id text NOT NULL,
+    max_breaks bigint NOT NULL,
+    replay_window_ns bigint NOT NULL,
+    created_ns bigint NOT NULL,            -- when it was signed
+    pushed_ns bigint NOT NULL,
+    sha256 text NOT NULL,                  -- of the bundle file's bytes: the host's idempotence key
+    raw bytea NOT NULL,                    -- the bundle file's exact bytes
+    UNIQUE (grp, version)
+);
+CREATE TABLE IF NOT EXISTS policy_report (
+    id bigserial PRIMARY KEY,
+    host_id int NOT NULL REFERENCES host(id),
+    bundle_sha256 text,                    -- the bundle the host was given (NULL: unknown)
+    grp text, version bigint, digest text, -- as the host reports them
+    result text NOT NULL,                  -- applied | installed | refused
+    reason text, message text,
+    detail text NOT NULL,                  -- the host's whole result record, ASCII JSON
+    reported_ns bigint NOT NULL
+);
+CREATE INDEX IF NOT EXISTS policy_report_host ON policy_report (host_id, id);
+"""
+
+POLICY_GRANTS = f"""
+GRANT SELECT, INSERT ON {SCHEMA}.host_group TO {INGEST_ROLE};
+GRANT SELECT ON {SCHEMA}.policy_bundle TO {INGEST_ROLE};
+GRANT SELECT, INSERT ON {SCHEMA}.policy_report TO {INGEST_ROLE};
+GRANT USAGE ON SEQUENCE {SCHEMA}.policy_report_id_seq TO {INGEST_ROLE};
+GRANT UPDATE (policy_version) ON {SCHEMA}.host TO {INGEST_ROLE};
+"""
+
 # Entry columns in COPY order (the journal's FIELDS, then derived, then collector's).
 ENTRY_COLUMNS = ("host_id", "seq", "ts_ns", "code", "type", "source", "host", "outcome", "rule", "uid",
                  "user", "gid", "pid", "program", "family", "local_addr", "local_port", "remote_addr",
@@ -167,6 +218,8 @@ def ensure_schema(conn: "psycopg.Connection") -> None:
                 conn.execute(f"CREATE ROLE {INGEST_ROLE} NOLOGIN")
             conn.execute(DDL)
             conn.execute(GRANTS)
+            conn.execute(POLICY_DDL)
+            conn.execute(POLICY_GRANTS)
             me = conn.execute("SELECT current_user").fetchone()[0]
             if me != INGEST_ROLE:
                 conn.execute(f'GRANT {INGEST_ROLE} TO "{me}"')
