@@ -76,7 +76,7 @@ def group() -> None:
 def token_cmd(db: str, state_dir: str, ttl: str) -> None:
     """Print a one-time enrolment token (it carries the collector's CA fingerprint)."""
     from sockgate.fleet.collector import new_token
-    from sockgate.record import parse_duration
+    from sockgate.record import NS, parse_duration
 
     try:
         seconds = parse_duration(ttl) // NS
