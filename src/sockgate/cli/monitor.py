@@ -120,7 +120,7 @@ def monitor(ctx: click.Context, rules_file: str, journal_dir: str, state_dir: st
         raise UsageError("--json applies to --check and --test only")
     if store_url is not None:
         given = [f"--{n}" for n in ("journal", "state")
-                 if ctx.get_parameter_source(f"{n}_dir") not in (click.core.ParameterSource.DEFAULT, None)]
+                 if ctx.get_parameter_source(f"{n}_dir") == click.core.ParameterSource.COMMANDLINE]
         if given:
             raise UsageError(f"--store and {' and '.join(given)} are exclusive (the fleet monitor reads every "
                              "host's entries and keeps its state in the store)")
