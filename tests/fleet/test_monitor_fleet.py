@@ -200,3 +200,41 @@ def test_bad_store_and_usage(db, receiver, tmp_path):
     # --once over an empty fleet: runs, raises nothing
     code, out, err = run_cli("monitor", "--store", db, "--rules", str(f), "--once")
     assert code == 0 and "0 alerts raised" in err, err
+
+
+FIRST_SEEN = """
+[[alert]]
+name = "new-program"
+kind = "first_seen"
+match = { type = "connect" }
+key = ["program"]
+message = "{program} connects for the first time (on {extra.fleet_host})"
+"""
+
+
+def test_start_end_learns_the_fleet_and_resumes(db, collector, hosts, receiver, tmp_path):
+    """start = "end": what the fleet holds is the baseline (learned from every host up to its
+    shipped seq), not news; a program new to the whole fleet alerts once; a reopened monitor
+    (the state and the first_seen baseline from PostgreSQL) does not alert it again."""
+    from sockgate.fleet.monitor import open_fleet_monitor
+
+    f = rules(tmp_path, receiver.url, FIRST_SEEN)
+    f.write_text(f.read_text().replace('start = "beginning"', 'start = "end"'))
+    a, b = hosts("a"), hosts("b")
+    for h in (a, b):
+        h.enroll(collector)
+        h.write(20)
+        h.shipper().ship_once()
+    with open_fleet_monitor(str(f), db) as m:
+        assert m.step() == 0                       # the baseline: /usr/sbin/nginx on both
+        b.write(1, program="/usr/bin/nc")
+        b.write(1)
+        b.shipper().ship_once()
+        assert m.step() == 1
+        assert receiver.ids() == [f"new-program/b:{b.n - 1}"]   # b's entry seqs are 1..b.n
+    a.write(1, program="/usr/bin/nc")                # known to the fleet now: no alert
+    a.shipper().ship_once()
+    with open_fleet_monitor(str(f), db) as m:
+        assert m.step() == 0
+    assert len(receiver.bodies) == 1
+    assert receiver.bodies[0]["message"] == "/usr/bin/nc connects for the first time (on b)"

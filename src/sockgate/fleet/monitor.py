@@ -37,7 +37,7 @@ from sockgate.errors import FleetError, JournalError, StateError
 from sockgate.fleet import store
 from sockgate.fleet.central import row_entry
 from sockgate.journal.store import FIELDS
-from sockgate.monitor.state import StateBase
+from sockgate.monitor.state import SCHEMA as SQLITE_SCHEMA, StateBase
 from sockgate.record import Entry
 
 log = logging.getLogger("sockgate.monitor")
@@ -46,24 +46,13 @@ MONITOR_SCHEMA = "sockgate_monitor"
 LOCK_KEY = 471503                      # pg_advisory_lock key: one fleet monitor per database
 _COLS = ", ".join(f'e."{c}"' for c in FIELDS)
 
-# The SQLite state's tables (monitor/state.py), in PostgreSQL types.
+# The SQLite state's tables (monitor/state.py SCHEMA, the one list of them), in PostgreSQL's
+# types: the same columns, so StateBase's SQL runs on both.
 MONITOR_DDL = f"""
 CREATE SCHEMA IF NOT EXISTS {MONITOR_SCHEMA};
 SET search_path = {MONITOR_SCHEMA};
-CREATE TABLE IF NOT EXISTS meta (key text PRIMARY KEY, value text NOT NULL);
-CREATE TABLE IF NOT EXISTS rules (name text PRIMARY KEY, fingerprint text NOT NULL, baseline int NOT NULL DEFAULT 0);
-CREATE TABLE IF NOT EXISTS windows (rule text NOT NULL, grp text NOT NULL, ts text NOT NULL, PRIMARY KEY (rule, grp));
-CREATE TABLE IF NOT EXISTS seen (rule text NOT NULL, k text NOT NULL, ts bigint NOT NULL, PRIMARY KEY (rule, k));
-CREATE TABLE IF NOT EXISTS "open" (rule text NOT NULL, k text NOT NULL, data text NOT NULL, PRIMARY KEY (rule, k));
-CREATE TABLE IF NOT EXISTS storm (rule text PRIMARY KEY, data text NOT NULL);
-CREATE TABLE IF NOT EXISTS outbox (
-    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, channel text NOT NULL, alert_id text NOT NULL,
-    payload text NOT NULL, attempts int NOT NULL DEFAULT 0, next_try bigint NOT NULL DEFAULT 0,
-    last_error text, created bigint NOT NULL, UNIQUE (channel, alert_id));
-CREATE TABLE IF NOT EXISTS dead (
-    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, channel text NOT NULL, alert_id text NOT NULL,
-    payload text NOT NULL, attempts int NOT NULL, error text, created bigint NOT NULL, died bigint NOT NULL);
-"""
+""" + (SQLITE_SCHEMA.replace("INTEGER PRIMARY KEY AUTOINCREMENT", "bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY")
+       .replace("INTEGER", "bigint").replace("TEXT", "text"))
 
 
 def _pg():
