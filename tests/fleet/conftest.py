@@ -69,7 +69,26 @@ def run_cli(*args: str, timeout: float = 120) -> tuple[int, str, str]:
     return p.returncode, p.stdout, p.stderr
 
 
-class Collector:
+class Proc:
+    """A subprocess of the tests (self.proc); kill() is kill -9, stop() SIGTERM then kill."""
+
+    proc: subprocess.Popen | None = None
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+class Collector(Proc):
     """`sockgate collector` in a subprocess; kill() is kill -9."""
 
     def __init__(self, db: str, state: Path, port: int | None = None, addr: str = "127.0.0.1"):
@@ -98,19 +117,6 @@ class Collector:
             except OSError:
                 time.sleep(0.05)
         raise RuntimeError("collector did not start")
-
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill()
 
     def token(self, cli: bool = False) -> str:
         """A token: through the CLI, or the same call in this process (faster)."""

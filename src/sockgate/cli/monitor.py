@@ -83,6 +83,10 @@ def _test(file: str, journal_dir: str, since: str | None, as_json: bool) -> None
 @journal_option
 @click.option("--state", "state_dir", default=MONITOR_STATE_DIR, show_default=True,
               type=click.Path(file_okay=False), help="Monitor state directory (cursor, windows, outboxes).")
+@click.option("--store", "store_url", metavar="postgresql://...", envvar="SOCKGATE_STORE",
+              help="Run over the whole fleet: every host's entries in the collector's PostgreSQL store, "
+                   "the state (cursor, windows, outboxes) in its schema sockgate_monitor; woken by the "
+                   "collector's NOTIFY. Exclusive with --journal and --state.")
 @click.option("--check", "check_file", metavar="FILE", type=click.Path(dir_okay=False),
               help="Validate a rules file and exit (1 when it has errors).")
 @click.option("--test", "test_file", metavar="FILE", type=click.Path(dir_okay=False),
@@ -90,19 +94,23 @@ def _test(file: str, journal_dir: str, since: str | None, as_json: bool) -> None
 @click.option("--since", metavar="WHEN", help="With --test: replay from this time (\"1h\" ago, today, or ISO time; no zone = local); "
               "earlier entries only teach first_seen baselines.")
 @click.option("--once", is_flag=True, help="Process what is new, deliver what can be delivered, exit.")
-@click.option("--poll", "poll_interval", default=0.5, show_default=True, type=click.FloatRange(0.01, 3600),
-              help="Seconds between journal polls.")
+@click.option("--poll", "poll_interval", default=None, type=click.FloatRange(0.01, 3600),
+              help="Seconds between journal polls (default 0.5); with --store, the longest sleep between "
+                   "NOTIFY wake-ups, for timers and retries (default 5).")
 @json_flag("With --check: the result as a JSON object {ok, errors: [{file, line, message}]}; "
            "with --test: one JSON alert per line.")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
-def monitor(rules_file: str, journal_dir: str, state_dir: str, check_file: str | None, test_file: str | None,
-            since: str | None, once: bool, poll_interval: float, as_json: bool, verbose: int) -> None:
+@click.pass_context
+def monitor(ctx: click.Context, rules_file: str, journal_dir: str, state_dir: str, store_url: str | None,
+            check_file: str | None, test_file: str | None, since: str | None, once: bool,
+            poll_interval: float | None, as_json: bool, verbose: int) -> None:
     """Watch the journal and raise alerts (syslog, email, webhook, command).
 
     \b
       sockgate monitor                          # follow the journal (as a service)
       sockgate monitor --check alerts.toml      # validate: FILE:LINE: message, exit 1
       sockgate monitor --test alerts.toml --since 1h   # what would have fired
+      sockgate monitor --store postgresql://sockgate@db/sockgate   # over every host of the fleet
     """
     if check_file and test_file:
         raise UsageError("--check and --test are exclusive")
@@ -110,6 +118,16 @@ def monitor(rules_file: str, journal_dir: str, state_dir: str, check_file: str |
         raise UsageError("--since applies to --test only")
     if as_json and not (test_file or check_file):
         raise UsageError("--json applies to --check and --test only")
+    if store_url is not None:
+        given = [f"--{n}" for n in ("journal", "state")
+                 if ctx.get_parameter_source(f"{n}_dir") == click.core.ParameterSource.COMMANDLINE]
+        if given:
+            raise UsageError(f"--store and {' and '.join(given)} are exclusive (the fleet monitor reads every "
+                             "host's entries and keeps its state in the store)")
+        if test_file:
+            raise UsageError("--test replays a local journal; it does not take --store")
+        if not store_url.startswith(("postgresql://", "postgres://")):
+            raise UsageError(f"--store {store_url!r}: expected a postgresql://... URL")
     if check_file:
         _check(check_file, as_json)
         return
@@ -121,7 +139,13 @@ def monitor(rules_file: str, journal_dir: str, state_dir: str, check_file: str |
 
     logging.basicConfig(level=logging.DEBUG if verbose > 1 else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
-    m = Monitor.open(rules_file, journal_dir, state_dir)
+    if store_url is not None:
+        from sockgate.fleet.monitor import open_fleet_monitor
+        m = open_fleet_monitor(rules_file, store_url)
+        where, poll = "the fleet store", 5.0 if poll_interval is None else poll_interval
+    else:
+        m = Monitor.open(rules_file, journal_dir, state_dir)
+        where, poll = journal_dir, 0.5 if poll_interval is None else poll_interval
     with m:
         if once:
             n = m.step()
@@ -131,6 +155,6 @@ def monitor(rules_file: str, journal_dir: str, state_dir: str, check_file: str |
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, lambda *_: stop.set())
         logging.getLogger("sockgate.monitor").info(
-            "monitor: following %s with %d rules from %s (state %s)", journal_dir, len(m.ruleset.rules),
-            rules_file, state_dir)
-        m.run(stop, poll_interval=poll_interval)
+            "monitor: following %s with %d rules from %s (state %s)", where, len(m.ruleset.rules),
+            rules_file, m.state.describe())
+        m.run(stop, poll_interval=poll)

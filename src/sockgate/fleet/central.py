@@ -97,6 +97,9 @@ def _entry(row: tuple) -> Entry:
     return row_to_entry(vals)
 
 
+row_entry = _entry   # (FIELDS..., raw) as stored -> Entry; the fleet monitor reads rows with it
+
+
 def entries(conn: Any, filt: Filter, *, last: int | None = None) -> Iterator[tuple[str, Entry]]:
     """(enrolled host name, Entry) in time order; streamed with a server-side cursor."""
     cond, params = where(filt)

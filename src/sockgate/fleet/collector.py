@@ -423,6 +423,7 @@ class Ingest:
             "first_seq = coalesce(first_seq, %s), base_hash = coalesce(base_hash, %s), "
             "policy_digest = coalesce(%s, policy_digest) WHERE id = %s",
             (last, rows[-1][_NF], new_seals[-1].epoch + 1, now, new[0][0], prev_h, digest, h["id"]))
+        store.notify_stored(conn, h["id"], last)   # delivered at commit: wakes `monitor --store`
         return Result(last, len(new), duplicate=len(rows) - len(new))
 
 

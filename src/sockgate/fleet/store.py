@@ -299,3 +299,15 @@ def hosts(conn: "psycopg.Connection") -> list[dict[str, Any]]:
     cur = conn.execute("SELECT * FROM host ORDER BY name")
     names = [c.name for c in cur.description]
     return [dict(zip(names, r)) for r in cur.fetchall()]
+
+
+# --------------------------------------------------------------------------- fleet monitor
+# The collector NOTIFYs this channel inside each segment's transaction (PostgreSQL delivers
+# a NOTIFY at commit, never for a rolled-back transaction); `monitor --store` LISTENs on it.
+NOTIFY_CHANNEL = "sockgate_entry"
+
+
+def notify_stored(conn: "psycopg.Connection", host_id: int, last_seq: int) -> None:
+    """Tell listening fleet monitors that host_id's entries through last_seq are stored
+    (payload "HOST_ID:SEQ"; a monitor reads the store, the payload is only a hint)."""
+    conn.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, f"{host_id}:{last_seq}"))

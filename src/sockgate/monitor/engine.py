@@ -20,7 +20,7 @@ import itertools
 import json
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from sockgate.record import EntryType, Entry, Outcome, Source
 from sockgate.record import format_duration
@@ -130,6 +130,9 @@ class Engine:
         self.rules = list(ruleset.rules)
         self.by_name = {r.name: r for r in self.rules}
         self.monitor_host = monitor_host
+        # what names an entry in alert ids (default: its journal seq); the fleet monitor's
+        # entries come from many journals, so it names them "HOST:SEQ" (fleet.monitor)
+        self.ref_of: Callable[[Entry], str] | None = None
         self.learning = False
         self.windows: dict[str, dict[tuple, deque]] = {r.name: {} for r in self.rules if r.kind == "threshold"}
         self.seen: dict[str, dict[tuple, int]] = {r.name: {} for r in self.rules if r.kind == "first_seen"}
@@ -253,7 +256,7 @@ class Engine:
                 return
         if r.storm and self._storm(r, e, ts, count, out):
             return
-        aid = f"{r.name}/{e.seq if e.seq is not None else e.ts_ns}"
+        aid = f"{r.name}/{self.ref_of(e) if self.ref_of else e.seq if e.seq is not None else e.ts_ns}"
         payload = {
             "id": aid, "alert": r.name, "kind": r.kind, "severity": r.severity, "message": message,
             "repeat": False, "count": count,
@@ -295,7 +298,7 @@ class Engine:
         if not st.count or r is None:
             return
         le = entry_dict(st.last_entry) if isinstance(st.last_entry, Entry) else st.last_entry
-        first = st.seqs[0][0] if st.seqs else st.first_ts
+        first = st.seqs[0][0] if st.seqs and not self.ref_of else st.first_ts
         aid = f"{r.name}/storm/{first}"
         seqs = seq_ranges(st.seqs)
         which = (f"journal seq {seqs}" if st.complete and len(st.seqs) <= 10 else

@@ -3,6 +3,11 @@
     m = Monitor.open(rules_file, journal_dir, state_dir)
     m.run(stop_event)            # follow the journal until stop is set
     m.step()                     # process what is new, deliver what can be delivered
+
+The entries come from a source: `JournalSource` (this host's journal; the cursor is the last
+seq) or `sockgate.fleet.monitor.FleetSource` (every host's entries in PostgreSQL; the cursor
+is the last seq per host). The state is a `StateBase`: SQLite here, PostgreSQL for the fleet.
+One Monitor runs both.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import threading
 import time
 from itertools import islice
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from sockgate.errors import ChannelError, JournalError, RulesError, RulesErrors
 from sockgate.record import MONITOR_STATE_DIR, Entry
@@ -24,19 +29,91 @@ from sockgate.monitor.channels import Channel, PermanentChannelError, make_chann
 from sockgate.monitor.engine import Alert, Engine
 from sockgate.monitor.model import RuleSet
 from sockgate.monitor.parse import load_rules
-from sockgate.monitor.state import State
+from sockgate.monitor.state import State, StateBase
 
 log = logging.getLogger("sockgate.monitor")
 
 DEFAULT_STATE = MONITOR_STATE_DIR
 
 
+class JournalSource:
+    """This host's journal as the monitor's entries. The cursor is the last seq processed
+    (its text in the state); the journal may not exist yet (the monitor waits for it)."""
+
+    checkpoints = True   # the journal's seals can be sent off the host (monitor.checkpoint)
+    beginning = "0"      # the cursor before the first entry
+
+    def __init__(self, journal_dir: str | os.PathLike):
+        self.journal_dir = Path(journal_dir)
+        self._journal: Any = None
+        self._warned = False
+
+    def __str__(self) -> str:
+        return str(self.journal_dir)
+
+    def open(self, state: StateBase) -> bool:
+        """Ready to read? Refuses a journal that is not the one the state follows."""
+        if self._journal is None:
+            from sockgate.journal import Journal
+            try:
+                self._journal = Journal.open(self.journal_dir, create=False, readonly=True)
+            except JournalError as e:
+                if not self._warned:
+                    log.warning("monitor: waiting for the journal: %s", e)
+                    self._warned = True
+                return False
+            self._warned = False
+            jid = state.get("journal_id")
+            if jid is not None and jid != self._journal.id:
+                self.close()
+                raise JournalError(f"{self.journal_dir}: this is another journal than the one the monitor state "
+                                   f"follows ({jid}); use another --state directory")
+        return True
+
+    def meta(self) -> dict[str, str]:
+        return {"journal_id": self._journal.id}
+
+    def head(self) -> str:
+        return str(self._journal.last_seq)
+
+    def upto(self, cursor: str) -> Iterator[Entry]:
+        """Every entry up to the cursor (to learn first_seen baselines)."""
+        upto = int(cursor)
+        for e in self._journal.entries(0):
+            if e.seq > upto:
+                break
+            yield e
+
+    def batches(self, cursor: str | None, n: int) -> Iterator[tuple[list[Entry], str]]:
+        """Batches of at most n new entries after the cursor, each with the cursor after it."""
+        it = self._journal.entries(int(cursor or 0))
+        while True:
+            batch = list(islice(it, n))
+            if not batch:
+                return
+            yield batch, str(batch[-1].seq)
+
+    def wait(self, stop: threading.Event, timeout: float) -> None:
+        stop.wait(timeout)
+
+    def reset(self) -> None:
+        """After a read error: reopen on the next step."""
+        self.close()
+
+    def close(self) -> None:
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
+
+
 class Monitor:
-    def __init__(self, ruleset: RuleSet, journal_dir: str | os.PathLike, state: State,
+    def __init__(self, ruleset: RuleSet, journal_dir: "str | os.PathLike | Any", state: StateBase,
                  channels: dict[str, Channel], *, clock: Callable[[], int] = time.time_ns,
                  batch: int = 2000, max_per_step: int = 100_000, monitor_host: str | None = None):
         self.ruleset = ruleset
-        self.journal_dir = Path(journal_dir)
+        # a journal directory (this host) or an entry source (the fleet's FleetSource)
+        self.source = journal_dir if hasattr(journal_dir, "batches") else JournalSource(journal_dir)
+        self.journal_dir = getattr(self.source, "journal_dir", None)
         self.state = state
         self.channels = channels
         self.clock = clock
@@ -45,18 +122,24 @@ class Monitor:
         self.engine = Engine(ruleset, monitor_host or socket.gethostname())
         self._checkpoint_retry = 0   # wall clock ns: no checkpoint to take before then
         self._relearn = state.load(self.engine)
-        self._journal: Any = None
         self._warned: set[str] = set()
         self.raised = 0          # alerts raised since open
         self.delivered = 0       # outbox rows delivered since open
+        self.more = False        # the last step stopped at max_per_step: step again at once
 
     @classmethod
-    def open(cls, rules_file: str | os.PathLike, journal_dir: str | os.PathLike,
-             state_dir: str | os.PathLike = DEFAULT_STATE, **kw: Any) -> "Monitor":
-        """Load and validate the rules (RulesErrors on a bad file), open the state."""
+    def open(cls, rules_file: str | os.PathLike, journal_dir: "str | os.PathLike | Any",
+             state_dir: "str | os.PathLike | StateBase" = DEFAULT_STATE, **kw: Any) -> "Monitor":
+        """Load and validate the rules (RulesErrors on a bad file), open the state (a state
+        directory, or an opened StateBase: the fleet's PgState)."""
         ruleset = load_rules(str(rules_file))
         channels = build_channels(ruleset)
-        state = State.open(state_dir)
+        try:
+            state = state_dir if isinstance(state_dir, StateBase) else State.open(state_dir)
+        except BaseException:
+            for ch in channels.values():
+                ch.close()
+            raise
         try:
             return cls(ruleset, journal_dir, state, channels, **kw)
         except BaseException:
@@ -66,9 +149,7 @@ class Monitor:
     def close(self) -> None:
         for ch in self.channels.values():
             ch.close()
-        if self._journal is not None:
-            self._journal.close()
-            self._journal = None
+        self.source.close()
         self.state.close()
 
     def __enter__(self) -> "Monitor":
@@ -77,56 +158,36 @@ class Monitor:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    # ------------------------------------------------------------------ journal
+    # ------------------------------------------------------------------ entries
 
-    def _open_journal(self) -> Any:
-        if self._journal is None:
-            from sockgate.journal import Journal
-            try:
-                self._journal = Journal.open(self.journal_dir, create=False, readonly=True)
-            except JournalError as e:
-                if "journal" not in self._warned:
-                    log.warning("monitor: waiting for the journal: %s", e)
-                    self._warned.add("journal")
-                return None
-            self._warned.discard("journal")
-            jid = self.state.get("journal_id")
-            if jid is not None and jid != self._journal.id:
-                self._journal.close()
-                self._journal = None
-                raise JournalError(f"{self.journal_dir}: this is another journal than the one the monitor state "
-                                   f"follows ({jid}); use another --state directory")
-        return self._journal
-
-    def _learn(self, j: Any, upto: int, names: list[str]) -> None:
-        """Learn first_seen baselines from the journal up to seq `upto`, silently."""
+    def _learn(self, upto: str, names: list[str]) -> None:
+        """Learn first_seen baselines from the entries up to the cursor `upto`, silently."""
         if not names:
             return
-        log.info("monitor: learning first_seen baseline for %s from journal seq 1..%d", ", ".join(names), upto)
+        log.info("monitor: learning first_seen baseline for %s from %s up to cursor %s", ", ".join(names),
+                 self.source, upto)
         eng = self.engine
         eng.learning = True
         try:
-            for e in j.entries(0):
-                if e.seq > upto:
-                    break
+            for e in self.source.upto(upto):
                 eng.process(e, [])
         finally:
             eng.learning = False
 
-    def _start(self, j: Any) -> None:
-        cursor = self.state.cursor
+    def _start(self) -> None:
+        cursor = self.state.get("cursor")
         fresh = cursor is None
         if fresh:
-            cursor = j.last_seq if self.ruleset.start == "end" else 0
+            cursor = self.source.head() if self.ruleset.start == "end" else self.source.beginning
             # start = "end": what is journaled already is the baseline, not news.
             relearn = [r.name for r in self.engine.rules if r.kind == "first_seen"]
         else:
             relearn = self._relearn
-        self._learn(j, cursor, relearn)
-        self.state.commit(self.engine, [], cursor=cursor, baselined=relearn, meta={"journal_id": j.id})
+        self._learn(cursor, relearn)
+        self.state.commit(self.engine, [], cursor=cursor, baselined=relearn, meta=self.source.meta())
         self._relearn = []
         if fresh:
-            log.info("monitor: new state, starting after journal seq %d (start = %s)", cursor, self.ruleset.start)
+            log.info("monitor: new state, starting after %s (start = %s)", _brief(cursor), self.ruleset.start)
 
     # ------------------------------------------------------------------ the loop
 
@@ -134,11 +195,10 @@ class Monitor:
         """Process the journal entries that are new, close suppression windows that ended,
         deliver what can be delivered. Returns the number of alerts raised."""
         raised = 0
-        j = self._open_journal()
-        if j is not None:
-            if self.state.cursor is None or self._relearn:
-                self._start(j)
-            raised += self._process(j)
+        if self.source.open(self.state):
+            if self.state.get("cursor") is None or self._relearn:
+                self._start()
+            raised += self._process()
         out: list[Alert] = []
         now = self.clock()
         self.engine.tick(now, out)
@@ -147,7 +207,7 @@ class Monitor:
             self.state.commit(self.engine, out, now_ns=now)
             raised += len(out)
         self.raised += raised
-        if self.ruleset.checkpoint is not None:
+        if self.ruleset.checkpoint is not None and self.source.checkpoints:
             self._checkpoint(now)
         self.deliver()
         return raised
@@ -176,24 +236,21 @@ class Monitor:
         self.state.commit(self.engine, [a], now_ns=now, meta={ckpt.META_SLOT: str(slot)})
         log.info("checkpoint %s: seal %d at seq %d -> %s", a.id, cp["epoch"], cp["seq"], ", ".join(a.channels))
 
-    def _process(self, j: Any) -> int:
+    def _process(self) -> int:
         raised = 0
-        cursor = self.state.cursor or 0
         done = 0
-        it = j.entries(cursor)
-        while done < self.max_per_step:
-            batch = list(islice(it, self.batch))
-            if not batch:
-                break
+        for batch, cursor in self.source.batches(self.state.get("cursor"), self.batch):
             out: list[Alert] = []
             for e in batch:
                 self.engine.process(e, out)
-            cursor = batch[-1].seq
             self.state.commit(self.engine, out, cursor=cursor, now_ns=self.clock())
             raised += len(out)
             done += len(batch)
             for a in out:
                 log.info("alert %s [%s] %s", a.id, a.payload["severity"], a.payload["message"])
+            if done >= self.max_per_step:
+                break
+        self.more = done >= self.max_per_step
         return raised
 
     def deliver(self) -> int:
@@ -212,7 +269,7 @@ class Monitor:
         return total
 
     def _queued_channels(self) -> list[str]:
-        return [r[0] for r in self.state.db.execute("SELECT DISTINCT channel FROM outbox")]
+        return self.state.channels()
 
     def _drain(self, name: str, ch: Channel) -> int:
         n = 0
@@ -250,16 +307,21 @@ class Monitor:
                     log.info("monitor: channel %s is back: delivered %s after %d failed attempts", name, alert_id, attempts)
 
     def run(self, stop: threading.Event, poll_interval: float = 0.5) -> None:
-        """Follow the journal until stop is set."""
+        """Follow the entries until stop is set: step, then wait for new entries (the
+        fleet source wakes on NOTIFY) or poll_interval (timers: windows, retries)."""
         while not stop.is_set():
+            self.more = False
             try:
                 self.step()
             except JournalError as e:
                 log.error("monitor: %s", e)
-                if self._journal is not None:
-                    self._journal.close()
-                    self._journal = None
-            stop.wait(poll_interval)
+                self.source.reset()
+            if not self.more:
+                self.source.wait(stop, poll_interval)
+
+
+def _brief(cursor: str) -> str:
+    return f"journal seq {cursor}" if cursor.isdigit() else f"cursor {cursor[:200]}"
 
 
 def build_channels(ruleset: RuleSet) -> dict[str, Channel]:

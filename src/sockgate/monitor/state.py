@@ -12,6 +12,11 @@
 commit() writes the cursor, every changed piece of engine state and the new alerts' outbox
 rows in ONE transaction: after a crash the state is either before or after a batch, never
 between, so a batch is neither re-alerted nor lost.
+
+`StateBase` holds the logic once, over portable SQL (`?` parameters, `ON CONFLICT` upserts,
+which SQLite and PostgreSQL both speak); `State` is the SQLite implementation, and
+`sockgate.fleet.monitor.PgState` the PostgreSQL one (`monitor --store`). An implementation
+supplies the connection, `_x(sql, params)` and `_tx()` (one transaction).
 """
 
 from __future__ import annotations
@@ -19,8 +24,9 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from sockgate.errors import StateError
 from sockgate.locking import lock_exclusive
@@ -32,7 +38,7 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS rules (name TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, baseline INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS windows (rule TEXT NOT NULL, grp TEXT NOT NULL, ts TEXT NOT NULL, PRIMARY KEY (rule, grp));
 CREATE TABLE IF NOT EXISTS seen (rule TEXT NOT NULL, k TEXT NOT NULL, ts INTEGER NOT NULL, PRIMARY KEY (rule, k));
-CREATE TABLE IF NOT EXISTS open (rule TEXT NOT NULL, k TEXT NOT NULL, data TEXT NOT NULL, PRIMARY KEY (rule, k));
+CREATE TABLE IF NOT EXISTS "open" (rule TEXT NOT NULL, k TEXT NOT NULL, data TEXT NOT NULL, PRIMARY KEY (rule, k));
 CREATE TABLE IF NOT EXISTS storm (rule TEXT PRIMARY KEY, data TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT, channel TEXT NOT NULL, alert_id TEXT NOT NULL,
@@ -48,7 +54,168 @@ def _k(t: tuple) -> str:
     return json.dumps(list(t), separators=(",", ":"))
 
 
-class State:
+class StateBase:
+    """The monitor state's logic over one SQL connection (see the module docstring)."""
+
+    db: Any
+
+    def _x(self, sql: str, params: tuple = ()) -> Any:
+        """Execute one statement (`?` parameters); returns a cursor."""
+        raise NotImplementedError
+
+    @contextmanager
+    def _tx(self) -> Iterator[None]:
+        """One write transaction: committed on leaving, rolled back on any exception."""
+        raise NotImplementedError
+        yield
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """Where the state is, for log lines."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ meta
+
+    def get(self, key: str) -> str | None:
+        row = self._x("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def _put(self, key: str, value: str) -> None:
+        self._x("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (key, value))
+
+    # ------------------------------------------------------------------ engine state
+
+    def load(self, engine: Engine) -> list[str]:
+        """Load engine state; drop the state of rules whose definition changed or that are
+        gone. Returns the names of first_seen rules whose baseline must be (re)learned."""
+        known = {n: (fp, b) for n, fp, b in self._x("SELECT name, fingerprint, baseline FROM rules").fetchall()}
+        relearn = []
+        with self._tx():
+            for name, _ in known.items():
+                r = engine.by_name.get(name)
+                if r is None or r.fingerprint != known[name][0]:
+                    for t in ("windows", "seen", '"open"', "storm"):
+                        self._x(f"DELETE FROM {t} WHERE rule = ?", (name,))
+                    self._x("DELETE FROM rules WHERE name = ?", (name,))
+            for r in engine.rules:
+                prev = known.get(r.name)
+                if prev is None or prev[0] != r.fingerprint:
+                    self._x("INSERT INTO rules (name, fingerprint, baseline) VALUES (?, ?, 0) ON CONFLICT (name) "
+                            "DO UPDATE SET fingerprint = excluded.fingerprint, baseline = 0", (r.name, r.fingerprint))
+                    if r.kind == "first_seen":
+                        relearn.append(r.name)
+                elif r.kind == "first_seen" and not prev[1]:
+                    relearn.append(r.name)
+        from collections import deque
+        for rule, grp, ts in self._x("SELECT rule, grp, ts FROM windows").fetchall():
+            r = engine.by_name[rule]
+            engine.windows[rule][tuple(json.loads(grp))] = deque(json.loads(ts), maxlen=r.count)
+        for rule, k, ts in self._x("SELECT rule, k, ts FROM seen").fetchall():
+            engine.seen[rule][tuple(json.loads(k))] = ts
+        for rule, k, data in self._x('SELECT rule, k, data FROM "open"').fetchall():
+            engine.open[(rule, tuple(json.loads(k)))] = OpenAlert.from_json(data)
+        for rule, data in self._x("SELECT rule, data FROM storm").fetchall():
+            engine.storms[rule] = Storm.from_json(data)
+        engine.recompute_expiry()
+        return relearn
+
+    def commit(self, engine: Engine, alerts: Iterable[Alert], *, cursor: int | str | None = None,
+               now_ns: int = 0, baselined: Iterable[str] = (), meta: dict[str, str] | None = None) -> int:
+        """One transaction: cursor, dirty engine state, outbox rows. Returns rows enqueued.
+        The cursor is the entry source's (a seq for the local journal, a text for the fleet)."""
+        x = self._x
+        n = 0
+        with self._tx():
+            if cursor is not None:
+                self._put("cursor", str(cursor))
+            for k, v in (meta or {}).items():
+                self._put(k, v)
+            for rule, g in engine.dirty_windows:
+                dq = engine.windows.get(rule, {}).get(g)
+                if dq:
+                    x("INSERT INTO windows (rule, grp, ts) VALUES (?, ?, ?) ON CONFLICT (rule, grp) "
+                      "DO UPDATE SET ts = excluded.ts", (rule, _k(g), json.dumps(list(dq))))
+                else:
+                    x("DELETE FROM windows WHERE rule = ? AND grp = ?", (rule, _k(g)))
+            for rule, k in engine.dirty_seen:
+                ts = engine.seen.get(rule, {}).get(k)
+                if ts is not None:
+                    x("INSERT INTO seen (rule, k, ts) VALUES (?, ?, ?) ON CONFLICT (rule, k) DO UPDATE SET ts = excluded.ts",
+                      (rule, _k(k), ts))
+            for rule, k in engine.dirty_open:
+                oa = engine.open.get((rule, k))
+                if oa is not None:
+                    x('INSERT INTO "open" (rule, k, data) VALUES (?, ?, ?) ON CONFLICT (rule, k) '
+                      "DO UPDATE SET data = excluded.data", (rule, _k(k), oa.to_json()))
+                else:
+                    x('DELETE FROM "open" WHERE rule = ? AND k = ?', (rule, _k(k)))
+            for rule in engine.dirty_storms:
+                st = engine.storms.get(rule)
+                if st is not None:
+                    x("INSERT INTO storm (rule, data) VALUES (?, ?) ON CONFLICT (rule) DO UPDATE SET data = excluded.data",
+                      (rule, st.to_json()))
+                else:
+                    x("DELETE FROM storm WHERE rule = ?", (rule,))
+            for name in baselined:
+                x("UPDATE rules SET baseline = 1 WHERE name = ?", (name,))
+            for a in alerts:
+                payload = json.dumps(a.payload, separators=(",", ":"))
+                for ch in a.channels:
+                    cur = x("INSERT INTO outbox (channel, alert_id, payload, created) VALUES (?, ?, ?, ?) "
+                            "ON CONFLICT (channel, alert_id) DO NOTHING", (ch, a.id, payload, now_ns))
+                    n += cur.rowcount
+        engine.reset_dirty()
+        return n
+
+    # ------------------------------------------------------------------ outbox
+
+    def channels(self) -> list[str]:
+        """The channels with queued alerts."""
+        return [r[0] for r in self._x("SELECT DISTINCT channel FROM outbox").fetchall()]
+
+    def due(self, channel: str, now_ns: int, limit: int = 100) -> list[tuple[int, str, dict[str, Any], int]]:
+        rows = self._x("SELECT id, alert_id, payload, attempts FROM outbox WHERE channel = ? AND next_try <= ? "
+                       "ORDER BY id LIMIT ?", (channel, now_ns, limit)).fetchall()
+        return [(i, aid, json.loads(p), att) for i, aid, p, att in rows]
+
+    def head_blocked(self, channel: str, now_ns: int) -> bool:
+        """True while the oldest queued alert of a channel waits for its retry time."""
+        row = self._x("SELECT next_try FROM outbox WHERE channel = ? ORDER BY id LIMIT 1", (channel,)).fetchone()
+        return row is not None and row[0] > now_ns
+
+    def delivered(self, row_id: int) -> None:
+        self._x("DELETE FROM outbox WHERE id = ?", (row_id,))
+
+    def failed(self, row_id: int, attempts: int, next_try: int, error: str) -> None:
+        self._x("UPDATE outbox SET attempts = ?, next_try = ?, last_error = ? WHERE id = ?",
+                (attempts, next_try, error[:500], row_id))
+
+    def kill(self, row_id: int, error: str, now_ns: int) -> None:
+        with self._tx():
+            self._x("INSERT INTO dead (channel, alert_id, payload, attempts, error, created, died) "
+                    "SELECT channel, alert_id, payload, attempts + 1, ?, created, ? FROM outbox WHERE id = ?",
+                    (error[:500], now_ns, row_id))
+            self._x("DELETE FROM outbox WHERE id = ?", (row_id,))
+
+    def queue_sizes(self) -> dict[str, tuple[int, int, str | None]]:
+        """channel -> (queued, max attempts, last error)."""
+        out = {}
+        for ch, n, att in self._x("SELECT channel, count(*), max(attempts) FROM outbox GROUP BY channel").fetchall():
+            err = self._x("SELECT last_error FROM outbox WHERE channel = ? AND last_error IS NOT NULL "
+                          "ORDER BY id LIMIT 1", (ch,)).fetchone()
+            out[ch] = (n, att, err[0] if err else None)
+        return out
+
+    def dead_count(self) -> int:
+        return self._x("SELECT count(*) FROM dead").fetchone()[0]
+
+
+class State(StateBase):
+    """The SQLite state (STATE/state.db), one monitor per directory (a lock file)."""
+
     def __init__(self, db: sqlite3.Connection, directory: Path, lock_fd: int | None):
         self.db = db
         self.directory = directory
@@ -94,147 +261,24 @@ class State:
             os.close(self._lock_fd)
             self._lock_fd = None
 
-    # ------------------------------------------------------------------ meta
+    def describe(self) -> str:
+        return str(self.directory)
 
-    def get(self, key: str) -> str | None:
-        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return row[0] if row else None
+    def _x(self, sql: str, params: tuple = ()) -> Any:
+        return self.db.execute(sql, params)
+
+    @contextmanager
+    def _tx(self) -> Iterator[None]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
 
     @property
     def cursor(self) -> int | None:
         v = self.get("cursor")
         return int(v) if v is not None else None
 
-    # ------------------------------------------------------------------ engine state
-
-    def load(self, engine: Engine) -> list[str]:
-        """Load engine state; drop the state of rules whose definition changed or that are
-        gone. Returns the names of first_seen rules whose baseline must be (re)learned."""
-        known = {n: (fp, b) for n, fp, b in self.db.execute("SELECT name, fingerprint, baseline FROM rules")}
-        relearn = []
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            for name, _ in known.items():
-                r = engine.by_name.get(name)
-                if r is None or r.fingerprint != known[name][0]:
-                    for t in ("windows", "seen", "open", "storm"):
-                        self.db.execute(f"DELETE FROM {t} WHERE rule = ?", (name,))
-                    self.db.execute("DELETE FROM rules WHERE name = ?", (name,))
-            for r in engine.rules:
-                prev = known.get(r.name)
-                if prev is None or prev[0] != r.fingerprint:
-                    self.db.execute("INSERT OR REPLACE INTO rules (name, fingerprint, baseline) VALUES (?, ?, 0)",
-                                    (r.name, r.fingerprint))
-                    if r.kind == "first_seen":
-                        relearn.append(r.name)
-                elif r.kind == "first_seen" and not prev[1]:
-                    relearn.append(r.name)
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        from collections import deque
-        for rule, grp, ts in self.db.execute("SELECT rule, grp, ts FROM windows"):
-            r = engine.by_name[rule]
-            engine.windows[rule][tuple(json.loads(grp))] = deque(json.loads(ts), maxlen=r.count)
-        for rule, k, ts in self.db.execute("SELECT rule, k, ts FROM seen"):
-            engine.seen[rule][tuple(json.loads(k))] = ts
-        for rule, k, data in self.db.execute("SELECT rule, k, data FROM open"):
-            engine.open[(rule, tuple(json.loads(k)))] = OpenAlert.from_json(data)
-        for rule, data in self.db.execute("SELECT rule, data FROM storm"):
-            engine.storms[rule] = Storm.from_json(data)
-        engine.recompute_expiry()
-        return relearn
-
-    def commit(self, engine: Engine, alerts: Iterable[Alert], *, cursor: int | None = None,
-               now_ns: int = 0, baselined: Iterable[str] = (), meta: dict[str, str] | None = None) -> int:
-        """One transaction: cursor, dirty engine state, outbox rows. Returns rows enqueued."""
-        db = self.db
-        n = 0
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            if cursor is not None:
-                db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('cursor', ?)", (str(cursor),))
-            for k, v in (meta or {}).items():
-                db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (k, v))
-            for rule, g in engine.dirty_windows:
-                dq = engine.windows.get(rule, {}).get(g)
-                if dq:
-                    db.execute("INSERT OR REPLACE INTO windows (rule, grp, ts) VALUES (?, ?, ?)",
-                               (rule, _k(g), json.dumps(list(dq))))
-                else:
-                    db.execute("DELETE FROM windows WHERE rule = ? AND grp = ?", (rule, _k(g)))
-            for rule, k in engine.dirty_seen:
-                ts = engine.seen.get(rule, {}).get(k)
-                if ts is not None:
-                    db.execute("INSERT OR REPLACE INTO seen (rule, k, ts) VALUES (?, ?, ?)", (rule, _k(k), ts))
-            for rule, k in engine.dirty_open:
-                oa = engine.open.get((rule, k))
-                if oa is not None:
-                    db.execute("INSERT OR REPLACE INTO open (rule, k, data) VALUES (?, ?, ?)", (rule, _k(k), oa.to_json()))
-                else:
-                    db.execute("DELETE FROM open WHERE rule = ? AND k = ?", (rule, _k(k)))
-            for rule in engine.dirty_storms:
-                st = engine.storms.get(rule)
-                if st is not None:
-                    db.execute("INSERT OR REPLACE INTO storm (rule, data) VALUES (?, ?)", (rule, st.to_json()))
-                else:
-                    db.execute("DELETE FROM storm WHERE rule = ?", (rule,))
-            for name in baselined:
-                db.execute("UPDATE rules SET baseline = 1 WHERE name = ?", (name,))
-            for a in alerts:
-                payload = json.dumps(a.payload, separators=(",", ":"))
-                for ch in a.channels:
-                    cur = db.execute("INSERT OR IGNORE INTO outbox (channel, alert_id, payload, created) "
-                                     "VALUES (?, ?, ?, ?)", (ch, a.id, payload, now_ns))
-                    n += cur.rowcount
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        engine.reset_dirty()
-        return n
-
-    # ------------------------------------------------------------------ outbox
-
-    def due(self, channel: str, now_ns: int, limit: int = 100) -> list[tuple[int, str, dict[str, Any], int]]:
-        rows = self.db.execute("SELECT id, alert_id, payload, attempts FROM outbox WHERE channel = ? AND next_try <= ? "
-                               "ORDER BY id LIMIT ?", (channel, now_ns, limit)).fetchall()
-        return [(i, aid, json.loads(p), att) for i, aid, p, att in rows]
-
-    def head_blocked(self, channel: str, now_ns: int) -> bool:
-        """True while the oldest queued alert of a channel waits for its retry time."""
-        row = self.db.execute("SELECT next_try FROM outbox WHERE channel = ? ORDER BY id LIMIT 1", (channel,)).fetchone()
-        return row is not None and row[0] > now_ns
-
-    def delivered(self, row_id: int) -> None:
-        self.db.execute("DELETE FROM outbox WHERE id = ?", (row_id,))
-
-    def failed(self, row_id: int, attempts: int, next_try: int, error: str) -> None:
-        self.db.execute("UPDATE outbox SET attempts = ?, next_try = ?, last_error = ? WHERE id = ?",
-                        (attempts, next_try, error[:500], row_id))
-
-    def kill(self, row_id: int, error: str, now_ns: int) -> None:
-        db = self.db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            db.execute("INSERT INTO dead (channel, alert_id, payload, attempts, error, created, died) "
-                       "SELECT channel, alert_id, payload, attempts + 1, ?, created, ? FROM outbox WHERE id = ?",
-                       (error[:500], now_ns, row_id))
-            db.execute("DELETE FROM outbox WHERE id = ?", (row_id,))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-
-    def queue_sizes(self) -> dict[str, tuple[int, int, str | None]]:
-        """channel -> (queued, max attempts, last error)."""
-        out = {}
-        for ch, n, att in self.db.execute("SELECT channel, count(*), max(attempts) FROM outbox GROUP BY channel"):
-            err = self.db.execute("SELECT last_error FROM outbox WHERE channel = ? AND last_error IS NOT NULL "
-                                  "ORDER BY id LIMIT 1", (ch,)).fetchone()
-            out[ch] = (n, att, err[0] if err else None)
-        return out
-
-    def dead_count(self) -> int:
-        return self.db.execute("SELECT count(*) FROM dead").fetchone()[0]
