@@ -139,6 +139,31 @@ def test_threshold_across_hosts_woken_by_notify(db, collector, hosts, receiver, 
     assert json.loads(cur) == held and len(held) == 6
 
 
+def test_threshold_over_distinct_hosts(db, collector, hosts, receiver, monitors, tmp_path):
+    """`distinct = "extra.fleet_host"` (the enrolled, authenticated name): one host refusing
+    the remote 5 times does not fire; 3 distinct hosts do, once, listing the hosts."""
+    rule = THRESHOLD.replace("count = 6", 'count = 3\ndistinct = "extra.fleet_host"')
+    fleet = []
+    for i in range(3):
+        h = hosts(f"db{i}")
+        h.enroll(collector)
+        fleet.append((h, h.shipper()))
+    monitors(db, rules(tmp_path, receiver.url, rule), tmp_path / "monitor.log", poll="1").start()
+    h, s = fleet[0]
+    h.write(5, remote=REMOTE)
+    s.ship_once()
+    time.sleep(2.0)
+    assert receiver.ids() == []              # 5 refusals, one host
+    for h, s in fleet[1:]:
+        h.write(1, remote=REMOTE)
+        s.ship_once()
+    assert wait_for(lambda: receiver.ids(), 10), (tmp_path / "monitor.log").read_text()[-2000:]
+    time.sleep(1.0)
+    assert len(receiver.bodies) == 1, receiver.ids()
+    a = receiver.bodies[0]
+    assert a["count"] == 3 and a["distinct"] == {"field": "extra.fleet_host", "values": ["db0", "db1", "db2"]}
+
+
 def test_exactly_once_across_kill9(db, collector, hosts, receiver, monitors, tmp_path):
     """Three hosts' 1,200 rejections; the monitor is killed (-9) as it starts its first batch
     and five times while it delivers; after the last restart every alert has arrived, each id at most once more

@@ -237,3 +237,61 @@ def test_dedup_by_fields():
 def test_suppress_zero_means_every_entry():
     es = seqd([entry("C", ts=0, user="svc-a", remote_addr="1.1.1.1") for _ in range(3)])
     assert len(run(EVERY.replace('"5m"', "0"), es)) == 3
+
+
+DISTINCT = """
+[[alert]]
+name = "spread"
+kind = "threshold"
+count = 3
+window = "60s"
+group_by = ["remote_addr"]
+distinct = "host"
+suppress = 0
+match = { outcome = "rejected" }
+"""
+
+
+def test_threshold_distinct_counts_values_not_matches(tmp_path):
+    """`distinct = "host"` (issue 15: one remote refused on N hosts in a minute): repeats
+    from one host do not add up; 3 distinct hosts within the window fire, listing them;
+    a host seen again moves to the newest; the window holds across a save and reload."""
+    from sockgate.monitor.state import State
+
+    eng = engine(DISTINCT)
+    r = "203.0.113.9"
+    es = seqd([entry("A", ts=0, host="web1", remote_addr=r)] * 1 + [entry("A", ts=i, host="web1", remote_addr=r)
+                                                                    for i in range(1, 6)])
+    assert fired(eng, es) == []                                     # six refusals, one host
+    out = eng.process_all([entry("A", ts=10, seq=7, host="web2", remote_addr=r),
+                           entry("A", ts=11, seq=8, host="web2", remote_addr="198.51.100.1")])   # other group
+    assert out == []
+    st = State.open(tmp_path / "state")
+    st.commit(eng, [], cursor=8)
+    st.close()
+    eng2 = engine(DISTINCT)
+    st = State.open(tmp_path / "state")
+    st.load(eng2)
+    st.close()
+    out = eng2.process_all([entry("A", ts=20, seq=9, host="web3", remote_addr=r)])
+    assert [a.id for a in out] == ["spread/9"]
+    p = out[0].payload
+    assert p["count"] == 3 and p["distinct"] == {"field": "host", "values": ["web1", "web2", "web3"]}
+    assert p["first_ts_ns"] == T0 + 5 * S                           # web1's newest
+    # outside the window: web1 at 100, web2 at 170, web3 at 175 -> 170-100 >= 60: no
+    eng = engine(DISTINCT)
+    assert fired(eng, seqd([entry("A", ts=t, host=h, remote_addr=r)
+                            for t, h in ((100, "web1"), (170, "web2"), (175, "web3"))])) == []
+
+
+def test_threshold_distinct_rule_errors():
+    from sockgate.errors import RulesErrors
+
+    for bad, msg in (('distinct = ["host", "user"]', "expected one field name"),
+                     ('distinct = "nosuch"', "unknown field 'nosuch'"),
+                     ('distinct = "remote_addr"', "also in group_by")):
+        with pytest.raises(RulesErrors, match=msg):
+            engine(DISTINCT.replace('distinct = "host"', bad))
+    with pytest.raises(RulesErrors, match="distinct"):
+        engine(DISTINCT.replace('kind = "threshold"', 'kind = "first_seen"\nkey = ["host"]')
+               .replace("count = 3\n", "").replace('window = "60s"\n', "").replace('group_by = ["remote_addr"]\n', ""))

@@ -208,15 +208,28 @@ class Engine:
         dq = groups.get(g)
         if dq is None:
             dq = groups[g] = deque(maxlen=r.count)
-        ts = max(e.ts_ns, dq[-1]) if dq else e.ts_ns   # clamp: out-of-order imports count "now"
-        dq.append(ts)
+        last = (dq[-1][1] if r.distinct else dq[-1]) if dq else None
+        ts = max(e.ts_ns, last) if last is not None else e.ts_ns   # clamp: out-of-order imports count "now"
+        if r.distinct:
+            # [value, ts] of the `count` most recently seen distinct values, oldest first: N
+            # distinct values within the window iff the oldest of these is less than `window` before
+            v = entry_field(e, r.distinct)
+            for i, (seen, _) in enumerate(dq):
+                if seen == v:
+                    del dq[i]
+                    break
+            dq.append([v, ts])
+            first = dq[0][1]
+        else:
+            dq.append(ts)
+            first = dq[0]
         self.dirty_windows.add((r.name, g))
         # N matches within the window: the first of the last N is less than `window` before.
-        if len(dq) == r.count and ts - dq[0] < r.window_ns:
-            first = dq[0]
+        if len(dq) == r.count and ts - first < r.window_ns:
+            values = [x[0] for x in dq] if r.distinct else None
             dq.clear()
             del groups[g]
-            self._hit(r, e, ts, r.count, g, out, first_ts=first, dkey=dk)
+            self._hit(r, e, ts, r.count, g, out, first_ts=first, dkey=dk, distinct=values)
 
     def _first_seen(self, r: AlertRule, e: Entry, out: list[Alert]) -> None:
         k = _key_values(e, r.key)
@@ -234,7 +247,7 @@ class Engine:
         return dict(zip(names, g)) if g is not None else {}
 
     def _hit(self, r: AlertRule, e: Entry, ts: int, count: int, g: tuple | None, out: list[Alert],
-             first_ts: int | None = None, dkey: tuple | None = None) -> None:
+             first_ts: int | None = None, dkey: tuple | None = None, distinct: list | None = None) -> None:
         group = self._group_dict(r, g)
         extra = {"alert": r.name, "severity": r.severity, "kind": r.kind, "count": count,
                  "window": format_duration(r.window_ns) if r.window_ns else "-", "group": group_text(group)}
@@ -264,6 +277,8 @@ class Engine:
             "first_ts_ns": first_ts if first_ts is not None else ts, "last_ts_ns": ts,
             "group": group, "entry": entry_dict(e), "monitor_host": self.monitor_host,
         }
+        if distinct is not None:   # the N distinct values that made it fire (e.g. the hosts)
+            payload["distinct"] = {"field": r.distinct, "values": distinct}
         out.append(Alert(aid, r.name, r.channels, payload))
         if r.suppress_ns > 0:
             until = ts + r.suppress_ns
@@ -378,7 +393,8 @@ class Engine:
             if r.kind != "threshold":
                 continue
             groups = self.windows[r.name]
-            stale = [g for g, dq in groups.items() if not dq or now_ns - dq[-1] >= r.window_ns]
+            stale = [g for g, dq in groups.items()
+                     if not dq or now_ns - (dq[-1][1] if r.distinct else dq[-1]) >= r.window_ns]
             for g in stale:
                 del groups[g]
                 self.dirty_windows.add((r.name, g))

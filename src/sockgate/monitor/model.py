@@ -36,6 +36,7 @@ class AlertRule:
     count: int = 1
     window_ns: int = 0
     group_by: tuple[str, ...] = ()
+    distinct: str | None = None  # threshold: count distinct values of this field, not matches
     key: tuple[str, ...] = ()
     forget_ns: int = 0
     storm: int = 0              # new alerts sent per storm window; the rest fold (0: off)

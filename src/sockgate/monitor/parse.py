@@ -42,9 +42,10 @@ _MONITOR_KEYS = {"start", "suppress", "channels", "severity", "storm", "storm_wi
 _CHECKPOINT_KEYS = {"every", "channels", "severity"}
 MIN_CHECKPOINT_EVERY = "1m"   # tests use a fake clock (Monitor.open(clock=...)), not a shorter interval
 _ALERT_KEYS = {"name", "kind", "severity", "message", "channels", "suppress", "dedup_by", "match",
-               "count", "window", "group_by", "key", "forget", "enabled", "description", "storm", "storm_window"}
+               "count", "window", "group_by", "distinct", "key", "forget", "enabled", "description", "storm",
+               "storm_window"}
 DEFAULT_STORM, DEFAULT_STORM_WINDOW = 20, "1m"
-_KIND_ONLY = {"count": "threshold", "window": "threshold", "group_by": "threshold",
+_KIND_ONLY = {"count": "threshold", "window": "threshold", "group_by": "threshold", "distinct": "threshold",
               "key": "first_seen", "forget": "first_seen"}
 MAX_COUNT = 100_000
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
@@ -227,7 +228,7 @@ def _parse_alert(ctx: _Ctx, i: int, spec: Any, lists: config.Lists, mon: dict, c
     dedup_by = None
     if "dedup_by" in spec:
         dedup_by = _names(ctx, spec["dedup_by"], "dedup_by", KEY_FIELDS, *where, "dedup_by")
-    count, window, group_by, key, forget = 1, 0, (), (), 0
+    count, window, group_by, key, forget, distinct = 1, 0, (), (), 0, None
     if kind == "threshold":
         count = spec.get("count")
         if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_COUNT:
@@ -241,6 +242,15 @@ def _parse_alert(ctx: _Ctx, i: int, spec: Any, lists: config.Lists, mon: dict, c
         group_by = _names(ctx, spec.get("group_by", []), "group_by", KEY_FIELDS, *where, "group_by") \
             if spec.get("group_by", []) != [] else ()
         group_by = group_by or ()
+        if "distinct" in spec:   # count distinct values of one field, e.g. hosts across a fleet
+            d = spec["distinct"]
+            names = _names(ctx, d, "distinct", KEY_FIELDS, *where, "distinct") if isinstance(d, str) else None
+            if isinstance(d, str) and names and d in group_by:
+                ctx.err((*where, "distinct"), f"{label}: distinct: {d!r} is also in group_by (each group has one)")
+            elif not isinstance(d, str):
+                ctx.err((*where, "distinct"), f"{label}: distinct: expected one field name (e.g. distinct = \"host\")")
+            elif names:
+                distinct = d
     elif kind == "first_seen":
         if "key" not in spec:
             ctx.err(where, f"{label}: key is required for first_seen (e.g. key = [\"program\", \"local_port\"])")
@@ -251,12 +261,14 @@ def _parse_alert(ctx: _Ctx, i: int, spec: Any, lists: config.Lists, mon: dict, c
     if len(ctx.errors) != before or tmpl is None or match is None or kind is None or enabled is False:
         return None
     fp_src = {k: spec.get(k) for k in ("kind", "match", "count", "window", "group_by", "key", "forget", "dedup_by")}
+    if distinct is not None:   # (kept out of the hash when unset: existing rules keep their state)
+        fp_src["distinct"] = distinct
     fp_src["lists"] = lists.values  # a list a rule names may have changed
     fp = hashlib.sha256(json.dumps(fp_src, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return AlertRule(
         name=name, kind=kind, severity=sev or "warning", message=tmpl, channels=chans,
         suppress_ns=suppress or 0, match=match, dedup_by=dedup_by, count=count, window_ns=window,
-        group_by=group_by, key=key, forget_ns=forget, storm=storm, storm_window_ns=storm_window,
+        group_by=group_by, distinct=distinct, key=key, forget_ns=forget, storm=storm, storm_window_ns=storm_window,
         line=ctx.loc.line(*where), fingerprint=fp, index=i,
     )
 
