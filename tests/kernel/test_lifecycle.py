@@ -33,3 +33,32 @@ def test_loading_twice_mounts_bpffs_once(scope):
         assert bpffs_mounted() and _bpffs_mounts() == 1
     finally:
         g.unload()
+
+
+def test_unload_unmounts_a_bpffs_sockgate_mounted_once_it_is_empty(tmp_path):
+    """A bpffs sockgate had to mount is unmounted by the unload that leaves it holding only
+    the kernel's own entries (maps.debug, progs.debug); another program's pins there keep it
+    mounted; a bpffs sockgate did not mount is never unmounted. (Found: `make run` then
+    `sockgate unload` left a bpffs mounted at /sys/fs/bpf.)"""
+    import os
+
+    from sockgate.kernel.loader import _mounted_marker, claim_pin_dir, ensure_bpffs, release_bpffs, remove_pins
+
+    base = str(tmp_path / "bpf")
+    pin = f"{base}/sockgate-x"
+    try:
+        assert ensure_bpffs(pin) and bpffs_mounted(base) and _mounted_marker(base).exists()
+        claim_pin_dir(pin)
+        os.mkdir(f"{base}/someone-else")          # another program's pin directory
+        remove_pins(pin)
+        assert bpffs_mounted(base) and _mounted_marker(base).exists()
+        os.rmdir(f"{base}/someone-else")
+        claim_pin_dir(pin)
+        remove_pins(pin)                            # the last of it: unmounted
+        assert not bpffs_mounted(base) and not _mounted_marker(base).exists()
+        subprocess.run(["mount", "-t", "bpf", "bpf", base], check=True)   # not ours
+        assert not release_bpffs(base) and bpffs_mounted(base)
+    finally:
+        while bpffs_mounted(base):
+            subprocess.run(["umount", base], check=False)
+        _mounted_marker(base).unlink(missing_ok=True)

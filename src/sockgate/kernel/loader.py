@@ -123,8 +123,18 @@ def bpffs_mounted(path: str = "/sys/fs/bpf") -> bool:
     return False
 
 
+def _mounted_marker(base: str) -> Path:
+    """Where sockgate notes that it mounted the bpffs at `base` (bpffs holds no plain files)."""
+    return STATE_DIR / (base.strip("/").replace("/", "_") + ".bpffs")
+
+
+# what the kernel itself puts in every bpffs (bpf_preload's iterators): not anyone's pins
+KERNEL_BPFFS_ENTRIES = frozenset({"maps.debug", "progs.debug"})
+
+
 def ensure_bpffs(pin_dir: str) -> bool:
-    """Mount bpffs at pin_dir's parent unless one is there; True if we mounted it.
+    """Mount bpffs at pin_dir's parent unless one is there; True if we mounted it (noted,
+    so `unload` unmounts it again once it holds nothing but the kernel's own entries).
     (Mounting again would hide the pins of the mount below: they could never be removed.)"""
     base = str(Path(pin_dir).parent)
     if bpffs_mounted(base):
@@ -134,6 +144,24 @@ def ensure_bpffs(pin_dir: str) -> bool:
     r = subprocess.run(["mount", "-t", "bpf", "-o", "mode=0700", "bpf", base], capture_output=True, text=True)
     if r.returncode != 0:
         raise KernelError(f"cannot mount bpffs at {base}: {r.stderr.strip()}")
+    safedir.private_dir(STATE_DIR, error=KernelError, what="run state directory")
+    _mounted_marker(base).write_text("sockgate mounted this bpffs\n")
+    return True
+
+
+def release_bpffs(base: str) -> bool:
+    """Unmount the bpffs at `base` if sockgate mounted it and nothing but the kernel's own
+    entries is left in it (another program's pins keep it mounted). True if unmounted."""
+    marker = _mounted_marker(base)
+    if not marker.exists():
+        return False
+    if bpffs_mounted(base):
+        if any(p.name not in KERNEL_BPFFS_ENTRIES for p in Path(base).iterdir()):
+            return False
+        r = subprocess.run(["umount", base], capture_output=True, text=True)
+        if r.returncode != 0:
+            return False
+    marker.unlink()
     return True
 
 
@@ -444,4 +472,5 @@ def remove_pins(pin_dir: str) -> list[str]:
             p.unlink()
         removed.append(str(p))
     base.rmdir()
+    release_bpffs(str(base.parent))
     return removed
