@@ -78,6 +78,11 @@ def leaves_nothing_behind():
     from sockgate.kernel.loader import bpffs_mounted, cgroup2_root
 
     had_bpffs = bpffs_mounted()
+    if not had_bpffs:
+        # As systemd does, before anything runs: the tests expect a bpffs the host already has
+        # (a daemon that mounts one itself unmounts it at unload, under the next test's feet).
+        # 1777, as some distributions mount it, so the pin-directory squatting tests have teeth.
+        subprocess.run(["mount", "-t", "bpf", "-o", "mode=1777", "bpf", "/sys/fs/bpf"], check=True)
     new_dirs = [d for d in (Path("/run/sockgate"), Path("/run/netns")) if not d.exists()]
     before = _sockgate_links()
     yield
