@@ -66,6 +66,12 @@ def wait_for(p: subprocess.Popen, needle: str, timeout: float = 120) -> float:
     raise RuntimeError(f"daemon never said {needle!r}:\n{''.join(seen)}")
 
 
+def alive(p: subprocess.Popen) -> subprocess.Popen:
+    if p.poll() is not None:
+        raise SystemExit(f"the daemon exited ({p.returncode}):\n{p.stderr.read()}")
+    return p
+
+
 def rss_kib(pid: int) -> dict[str, int]:
     st = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
     return {k: int(st[k].split()[0]) for k in ("VmRSS", "VmHWM")}
@@ -114,13 +120,13 @@ def main() -> int:
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         res["daemon_start_to_loaded_s"] = round(wait_for(d, "generation 1,"), 3)
         time.sleep(2)
-        res["daemon_rss_idle_kib"] = rss_kib(d.pid)["VmRSS"]
+        res["daemon_rss_idle_kib"] = rss_kib(alive(d).pid)["VmRSS"]
         t0 = time.perf_counter()
         d.send_signal(signal.SIGHUP)
         wait_for(d, "generation 2,")
         res["sighup_to_loaded_s"] = round(time.perf_counter() - t0, 3)
         time.sleep(2)
-        mem = rss_kib(d.pid)
+        mem = rss_kib(alive(d).pid)
         res["daemon_rss_after_reload_kib"], res["daemon_rss_peak_kib"] = mem["VmRSS"], mem["VmHWM"]
     finally:
         if d and d.poll() is None:

@@ -75,7 +75,7 @@ def leaves_nothing_behind():
     if os.geteuid() != 0:
         yield
         return
-    from sockgate.kernel.loader import bpffs_mounted, cgroup2_root
+    from sockgate.kernel.loader import KERNEL_BPFFS_ENTRIES, bpffs_mounted, cgroup2_root
 
     had_bpffs = bpffs_mounted()
     if not had_bpffs:
@@ -93,7 +93,9 @@ def leaves_nothing_behind():
         left += [str(p) for p in Path(cgroup2_root()).glob("sockgate-test-*")]
     except SockgateError:
         pass
-    if not had_bpffs and bpffs_mounted():
+    # ours to unmount only while it holds nobody's pins (a daemon started beside the tests
+    # would lose its programs with it)
+    if not had_bpffs and bpffs_mounted() and {p.name for p in Path("/sys/fs/bpf").iterdir()} <= KERNEL_BPFFS_ENTRIES:
         subprocess.run(["umount", "/sys/fs/bpf"], check=False)
     for d in new_dirs:  # made by this session (pin state, `ip netns add`): gone if empty
         while _mounted_at(str(d)):  # iproute2 bind-mounts /run/netns onto itself

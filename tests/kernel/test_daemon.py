@@ -206,6 +206,12 @@ def test_one_daemon_per_pin_dir_and_unload_never_signals_a_recycled_pid(scope, t
     assert r.returncode == 0, r.stderr
     assert bystander.poll() is None, "unload signalled a process that is not the daemon"
     assert not Path(scope.pin_dir).exists()
+    assert not lock_file(scope.pin_dir).exists(), "unload left the killed daemon's lock file"
+    d2 = scope.daemon(policy)   # a clean stop removes its lock file too
+    wait_loaded(d2)
+    d2.send_signal(signal.SIGTERM)
+    assert d2.wait(timeout=30) == 0
+    assert not lock_file(scope.pin_dir).exists(), "a stopped daemon left its lock file"
 
 
 def test_someone_else_detaching_a_program_is_journaled(scope, tmp_path):

@@ -131,3 +131,30 @@ def test_kernel_decisions_equal_reference(kernel_ok, monkeypatch):
     finally:
         gate.close()
         remove_pins(pin)
+
+
+def test_bitmap_bytes_match_a_word_by_word_reading():
+    """tables' byte tricks (summary of non-zero words, the packed value array) against the
+    obvious word-by-word reading, on sparse, dense, edge-word and empty bitmaps."""
+    import ctypes
+    from sockgate.kernel import layout as L
+    from sockgate.kernel.tables import _bitmap_values, word_summary
+
+    rnd = random.Random(7)
+    nsum = 3
+    words = nsum * 64
+    cases = [0, 1, 1 << (64 * words - 1), (1 << (64 * words)) - 1, 0xFF << 56, 1 << 64]
+    cases += [sum(1 << rnd.randrange(64 * words) for _ in range(rnd.choice([1, 3, 40, 900])))
+              for _ in range(300)]
+    for bits in cases:
+        raw = bits.to_bytes(words * 8, "little")
+        expect = sum(1 << w for w in range(words) if (bits >> (64 * w)) & (2**64 - 1))
+        assert word_summary(raw) == expect, hex(bits)
+    vals = _bitmap_values(cases, nsum)
+    for bits, v in zip(cases, vals):
+        assert [v.words[w] for w in range(words)] == [(bits >> (64 * w)) & (2**64 - 1) for w in range(words)]
+        assert all(v.words[w] == 0 for w in range(words, len(v.words)))
+        expect = sum(1 << w for w in range(words) if (bits >> (64 * w)) & (2**64 - 1))
+        assert [v.summary[s] for s in range(len(v.summary))] == [(expect >> (64 * s)) & (2**64 - 1)
+                                                                 for s in range(len(v.summary))]
+    assert ctypes.sizeof(vals) == len(cases) * ctypes.sizeof(L.Bitmap)

@@ -197,6 +197,21 @@ def map_keys(fd: int, key_type) -> list:
     return keys
 
 
+def map_delete_batch(fd: int, keys, count: int) -> None:
+    """Bulk delete of keys that exist (a ctypes array, deleted in its order); one call per
+    element where the map type has no batch delete."""
+    if count == 0:
+        return
+    opts = BatchOpts(sz=ctypes.sizeof(BatchOpts))
+    n = c_uint32(count)
+    rc = lib().bpf_map_delete_batch(fd, keys, byref(n), byref(opts))
+    if rc < 0 and -rc in (errno_mod.EINVAL, 524):  # ENOTSUPP (kernel-internal 524)
+        for k in keys:
+            map_delete(fd, k)
+        return
+    check_rc(rc, "map batch delete")
+
+
 def map_update_batch(fd: int, keys, values, count: int) -> None:
     """Bulk update (arrays and hashes); falls back to one call per element if unsupported."""
     if count == 0:
@@ -204,7 +219,7 @@ def map_update_batch(fd: int, keys, values, count: int) -> None:
     opts = BatchOpts(sz=ctypes.sizeof(BatchOpts))
     n = c_uint32(count)
     rc = lib().bpf_map_update_batch(fd, keys, values, byref(n), byref(opts))
-    if rc < 0 and -rc in (errno_mod.EINVAL, errno_mod.ENOTSUPP if hasattr(errno_mod, "ENOTSUPP") else 524, 524):
+    if rc < 0 and -rc in (errno_mod.EINVAL, 524):  # ENOTSUPP (kernel-internal 524)
         ksz = ctypes.sizeof(keys) // count
         vsz = ctypes.sizeof(values) // count
         kb = ctypes.addressof(keys)

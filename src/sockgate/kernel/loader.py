@@ -453,7 +453,8 @@ def remove_pins(pin_dir: str) -> list[str]:
         sp.unlink()
         removed.append(str(sp))
     base = Path(pin_dir)
-    if not os.path.lexists(base):
+    if not os.path.lexists(base):  # never pinned (attach=False), or removed already
+        release_bpffs(str(base.parent))
         return removed
     reason = safedir.problem(base)
     if reason:  # another user's directory (or a symlink planted in it) must not steer what root deletes
