@@ -12,7 +12,13 @@ Per alert: total = webhook receipt - entry ts; shipping = the collector's receiv
 (journal append + seal + HTTPS + the segment's checks, up to the COPY); monitor = receipt -
 received_ns (commit, NOTIFY, the monitor's read, engine, its state transaction, the POST).
 
-    .venv/bin/python bench/fleet_alert.py [--hosts 10] [--rounds 40] [--interval 0.5]
+With --as-daemon each host ships as `sockgate run --fleet-dir` does instead: entries go
+through a writer thread that owns the journal (its own seal policy, seals only on the
+writer thread), and the daemon's shipper thread (`fleet.ship.start_shipper`: poll, seal
+requests rate-limited, sooner while a rejection waits) decides when to seal and ship. Only
+the kernel part is left out (event to journal: bench/daemon_ingest.py).
+
+    .venv/bin/python bench/fleet_alert.py [--hosts 10] [--rounds 40] [--interval 0.5] [--as-daemon]
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import queue
 import socket
 import statistics
 import subprocess
@@ -101,7 +108,26 @@ def pct(xs: list[float], p: float) -> float:
     return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
 
 
-def run(pg: pgserver.PgServer, tmp: Path, hosts: int, rounds: int, interval: float) -> dict:
+def as_daemon(jdir: Path, fleet: Path, stop: threading.Event) -> tuple[queue.Queue, list[threading.Thread]]:
+    """A host as the daemon runs it: a writer thread owning the journal (callables through a
+    queue, None ends it) and the shipper thread asking that writer for seals."""
+    from sockgate.fleet.ship import start_shipper
+
+    writes: queue.Queue = queue.Queue()
+    j = Journal.open(jdir)
+
+    def writer() -> None:
+        while (job := writes.get()) is not None:
+            job(j)
+        j.close()
+
+    w = threading.Thread(target=writer, name=f"writer {jdir}")
+    w.start()
+    sh = start_shipper(fleet, jdir, stop, lambda m: None, request_seal=lambda: writes.put(lambda jj: jj.seal()))
+    return writes, [w, sh]
+
+
+def run(pg: pgserver.PgServer, tmp: Path, hosts: int, rounds: int, interval: float, daemon: bool = False) -> dict:
     from sockgate.fleet.collector import new_token
     from sockgate.fleet.ship import Shipper, enroll
 
@@ -136,19 +162,38 @@ def run(pg: pgserver.PgServer, tmp: Path, hosts: int, rounds: int, interval: flo
             raise SystemExit(f"monitor exited: {mlog.read_text()[-2000:]}")
         time.sleep(1.0)
 
+        def rejected(i: int, r: int) -> Entry:
+            return Entry(Code.SOCKET, EntryType.CONNECT, time.time_ns(), Source.KERNEL, f"host{i}",
+                         Outcome.REJECTED, "web-no-mail", 33, "www-data", 33, 1000 + r, "/usr/sbin/nginx",
+                         "ipv4", "192.0.2.10", 40000 + r, f"10.9.{i}.{r % 250}", 25)
+
         def host(i: int, jdir: Path, sh: Shipper) -> None:
             with Journal.open(jdir) as j:
                 nxt = time.monotonic() + interval * i / hosts   # spread the hosts over the interval
                 for r in range(rounds):
                     time.sleep(max(0.0, nxt - time.monotonic()))
                     nxt += interval
-                    j.append([Entry(Code.SOCKET, EntryType.CONNECT, time.time_ns(), Source.KERNEL, f"host{i}",
-                                    Outcome.REJECTED, "web-no-mail", 33, "www-data", 33, 1000 + r, "/usr/sbin/nginx",
-                                    "ipv4", "192.0.2.10", 40000 + r, f"10.9.{i}.{r % 250}", 25)])
+                    j.append([rejected(i, r)])
                     j.seal()
                     sh.ship_once()
 
-        ts = [threading.Thread(target=host, args=(i, jd, sh)) for i, (jd, sh) in enumerate(shippers)]
+        def daemon_host(i: int, writes: queue.Queue) -> None:
+            nxt = time.monotonic() + interval * i / hosts
+            for r in range(rounds):
+                time.sleep(max(0.0, nxt - time.monotonic()))
+                nxt += interval
+                writes.put(lambda j, e=rejected(i, r): j.append([e]))   # stamped when the call is refused
+
+        stop = threading.Event()
+        threads = []
+        if daemon:
+            for _, sh in shippers:
+                sh.close()
+            hosts_io = [as_daemon(tmp / f"host{a}" / "journal", tmp / f"host{a}" / "fleet", stop) for a in range(hosts)]
+            ts = [threading.Thread(target=daemon_host, args=(i, w)) for i, (w, _) in enumerate(hosts_io)]
+            threads = [t for _, tt in hosts_io for t in tt]
+        else:
+            ts = [threading.Thread(target=host, args=(i, jd, sh)) for i, (jd, sh) in enumerate(shippers)]
         t0 = time.monotonic()
         for t in ts:
             t.start()
@@ -159,8 +204,15 @@ def run(pg: pgserver.PgServer, tmp: Path, hosts: int, rounds: int, interval: flo
         while len(rec.got) < want and time.monotonic() < end:
             time.sleep(0.1)
         wall = time.monotonic() - t0
-        for _, sh in shippers:
-            sh.close()
+        stop.set()
+        if daemon:
+            for w, _ in hosts_io:
+                w.put(None)
+            for t in threads:
+                t.join(30)
+        else:
+            for _, sh in shippers:
+                sh.close()
     finally:
         for p in reversed(procs):
             p.terminate()
@@ -190,12 +242,15 @@ def main() -> None:
     ap.add_argument("--hosts", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=40, help="rejections per host")
     ap.add_argument("--interval", type=float, default=0.5, help="seconds between a host's rejections")
+    ap.add_argument("--as-daemon", action="store_true",
+                    help="ship as the daemon does (writer thread, shipper thread and its seal requests)")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="sockgate-bench-fleetalert-") as tmp:
         os.chmod(tmp, 0o700)
         with pgserver.PgServer(fsync=True) as pg:
-            r = run(pg, Path(tmp), a.hosts, a.rounds, a.interval)
-    print(f"fleet alert latency: {r['alerts']} of {r['want']} alerts from {r['hosts']} hosts "
+            r = run(pg, Path(tmp), a.hosts, a.rounds, a.interval, daemon=a.as_daemon)
+    print(f"fleet alert latency{' (hosts ship as the daemon does)' if a.as_daemon else ''}: "
+          f"{r['alerts']} of {r['want']} alerts from {r['hosts']} hosts "
           f"({a.interval}s between a host's rejections) in {r['wall_s']:.1f}s")
     for k in ("total", "ship", "monitor"):
         xs = r[k]

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import fcntl
 import functools
 import gc
@@ -727,21 +726,13 @@ class Daemon:
                          programs=",".join(sorted(gone)))
 
 
-@functools.cache
-def _libc():
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    except OSError:
-        return None
-
-
 def give_back_memory() -> None:
     """After a load: a compile's tables (~80 MB for 10k rules, mostly big ints that glibc
     keeps in its heap once freed) go back to the system, not into the daemon's idle RSS."""
     gc.collect()
-    libc = _libc()
-    if libc is not None and hasattr(libc, "malloc_trim"):  # glibc; elsewhere the heap keeps it
-        libc.malloc_trim(0)
+    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)  # glibc's; elsewhere the heap keeps it
+    if trim is not None:
+        trim(0)
 
 
 def run(opts: RunOptions) -> None:

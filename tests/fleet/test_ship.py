@@ -69,3 +69,43 @@ def test_daemon_shipper_thread_asks_for_seals(db, collector, hosts, tmp_path):
     assert any("shipping" in m for m in logs)
     code, out, err = run_cli("fleet", "ship", "--once", "--fleet-dir", str(h.fleet_dir), "--journal", str(h.journal_dir))
     assert code == 0 and "through seq" in out, err
+
+
+def test_a_waiting_rejection_is_sealed_and_shipped_at_once(db, collector, hosts):
+    """Seal requests are rate-limited (seal_after, here 60 s), except while a rejection waits:
+    then one every urgent_seal_after. An allowed entry alone waits; a rejection arrives in
+    well under a second, the allowed entries before it with it."""
+    import threading
+    import time
+
+    from .conftest import decision
+    from sockgate.fleet.ship import start_shipper
+    from sockgate.journal import Journal, Outcome
+
+    h = hosts("web2")
+    h.enroll(collector)
+    j = Journal.open(h.journal_dir)
+    j.seal_every, j.seal_interval = 10**9, 10**9     # only the shipper's requests seal
+    stop = threading.Event()
+    t = start_shipper(h.fleet_dir, h.journal_dir, stop, lambda m: None, request_seal=j.seal, seal_after=60)
+    try:
+        j.append([decision(0, outcome=Outcome.ALLOWED)])  # the first request is at once; then the limit runs
+        end = time.monotonic() + 10
+        while count(db, "web2") < j.last_seq and time.monotonic() < end:
+            time.sleep(0.05)
+        shipped = count(db, "web2")
+        assert shipped == j.last_seq
+        j.append([decision(i, outcome=Outcome.ALLOWED) for i in range(5)])
+        time.sleep(1.5)
+        assert count(db, "web2") == shipped, "allowed entries alone were sealed before seal_after"
+        t0 = time.monotonic()
+        j.append([decision(10, outcome=Outcome.REJECTED)])
+        while count(db, "web2") < j.last_seq and time.monotonic() - t0 < 10:
+            time.sleep(0.02)
+        took = time.monotonic() - t0
+        assert count(db, "web2") == j.last_seq == shipped + 6
+        assert took < 5, f"a rejection took {took:.1f} s to ship"   # typically ~0.3-0.6 s; bench/fleet_alert.py measures
+    finally:
+        stop.set()
+        t.join(15)
+        j.close()
