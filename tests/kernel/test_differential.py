@@ -143,7 +143,10 @@ def test_bitmap_bytes_match_a_word_by_word_reading():
     rnd = random.Random(7)
     nsum = 3
     words = nsum * 64
-    cases = [0, 1, 1 << (64 * words - 1), (1 << (64 * words)) - 1, 0xFF << 56, 1 << 64]
+    cases = [0, 1, 1 << (64 * words - 1), (1 << (64 * words)) - 1, 0xFF << 56, 1 << 64,
+             1 | (1 << 128),                                    # a zero word between two that are not
+             0xFFFFFFFF | (0xFFFFFFFF00000000 << 64),           # 8 zero bytes across a word boundary
+             (1 << (64 * 100)) - 1]                             # dense up to a word, zero above
     cases += [sum(1 << rnd.randrange(64 * words) for _ in range(rnd.choice([1, 3, 40, 900])))
               for _ in range(300)]
     for bits in cases:
