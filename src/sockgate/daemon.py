@@ -759,7 +759,9 @@ def unload(pin_dir: str = DEFAULT_PIN_DIR, journal_dir: str | None = None, timeo
             time.sleep(0.05)
     if lock_file(pin_dir).exists():  # left by a daemon that was killed: ours now, then gone
         try:
-            release_and_remove(hold_daemon_lock(pin_dir), lock_file(pin_dir))
+            # taken without writing our pid: nobody may take unload for the daemon and signal it
+            fd = lock_exclusive(lock_file(pin_dir), error=KernelError, busy="still held")
+            release_and_remove(fd, lock_file(pin_dir))
         except KernelError:
             pass  # still held (a daemon slow to stop): its own stop removes it
     removed = remove_pins(pin_dir)
