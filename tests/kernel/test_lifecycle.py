@@ -58,6 +58,18 @@ def test_unload_unmounts_a_bpffs_sockgate_mounted_once_it_is_empty(tmp_path):
         assert not bpffs_mounted(base) and not _mounted_marker(base).exists()
         subprocess.run(["mount", "-t", "bpf", "bpf", base], check=True)   # not ours
         assert not release_bpffs(base) and bpffs_mounted(base)
+        subprocess.run(["umount", base], check=True)
+        assert ensure_bpffs(pin)                    # ours, then unmounted by someone and mounted again
+        subprocess.run(["umount", base], check=True)
+        other = tmp_path / "other"
+        other.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "none", str(other)], check=True)  # takes the freed mount ID
+        try:
+            subprocess.run(["mount", "-t", "bpf", "bpf", base], check=True)
+            assert not release_bpffs(base) and bpffs_mounted(base), "unmounted a bpffs someone else mounted"
+            assert not _mounted_marker(base).exists()   # the stale note is dropped
+        finally:
+            subprocess.run(["umount", str(other)], check=False)
     finally:
         while bpffs_mounted(base):
             subprocess.run(["umount", base], check=False)

@@ -90,6 +90,7 @@ class PinState:
     mode: str = "enforce"
     audit_levels: list[str] = field(default_factory=list)
     shadow: ShadowState | None = None   # a candidate decided beside the active policy, never enforced
+    clock_offset_ns: int = 0            # wall clock - boot clock the ring's events are stamped with
 
     def __post_init__(self):
         if isinstance(self.shadow, dict):  # as read back from the state file
@@ -112,15 +113,21 @@ def cgroup2_root() -> str:
     raise KernelError("no cgroup v2 hierarchy is mounted (mount -t cgroup2 none /sys/fs/cgroup)")
 
 
-def bpffs_mounted(path: str = "/sys/fs/bpf") -> bool:
-    """Is a bpffs mounted exactly at `path`? (mountinfo: mount point is field 5, the
-    filesystem type is the first field after " - ")."""
+def bpffs_mount_id(path: str = "/sys/fs/bpf") -> int | None:
+    """The mount ID of the bpffs mounted exactly at `path` (the topmost), or None. (mountinfo:
+    the ID is field 1, the mount point field 5, the filesystem type the first after " - ".)"""
+    found = None
     with open("/proc/self/mountinfo") as f:
         for line in f:
             fields, _, fs = line.partition(" - ")
-            if fields.split()[4] == path and fs.split()[0] == "bpf":
-                return True
-    return False
+            parts = fields.split()
+            if parts[4] == path:
+                found = int(parts[0]) if fs.split()[0] == "bpf" else None  # a later mount hides earlier ones
+    return found
+
+
+def bpffs_mounted(path: str = "/sys/fs/bpf") -> bool:
+    return bpffs_mount_id(path) is not None
 
 
 def _mounted_marker(base: str) -> Path:
@@ -133,9 +140,10 @@ KERNEL_BPFFS_ENTRIES = frozenset({"maps.debug", "progs.debug"})
 
 
 def ensure_bpffs(pin_dir: str) -> bool:
-    """Mount bpffs at pin_dir's parent unless one is there; True if we mounted it (noted,
-    so `unload` unmounts it again once it holds nothing but the kernel's own entries).
-    (Mounting again would hide the pins of the mount below: they could never be removed.)"""
+    """Mount bpffs at pin_dir's parent unless one is there; True if we mounted it (noted
+    with its mount ID, so `unload` unmounts that mount, and no other, once it holds nothing
+    but the kernel's own entries). (Mounting again would hide the pins of the mount below:
+    they could never be removed.)"""
     base = str(Path(pin_dir).parent)
     if bpffs_mounted(base):
         return False
@@ -145,22 +153,27 @@ def ensure_bpffs(pin_dir: str) -> bool:
     if r.returncode != 0:
         raise KernelError(f"cannot mount bpffs at {base}: {r.stderr.strip()}")
     safedir.private_dir(STATE_DIR, error=KernelError, what="run state directory")
-    _mounted_marker(base).write_text("sockgate mounted this bpffs\n")
+    _mounted_marker(base).write_text(f"{bpffs_mount_id(base)}\n")
     return True
 
 
 def release_bpffs(base: str) -> bool:
-    """Unmount the bpffs at `base` if sockgate mounted it and nothing but the kernel's own
-    entries is left in it (another program's pins keep it mounted). True if unmounted."""
+    """Unmount the bpffs at `base` if it is the one sockgate mounted (same mount ID: not one
+    someone mounted there since; the kernel reuses freed IDs, so an empty bpffs mounted there
+    since may still pass, which costs nothing: it holds no pins) and nothing but the kernel's
+    own entries is left in it (another program's pins keep it mounted). True if unmounted."""
     marker = _mounted_marker(base)
-    if not marker.exists():
+    try:
+        ours = int(marker.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
         return False
-    if bpffs_mounted(base):
-        if any(p.name not in KERNEL_BPFFS_ENTRIES for p in Path(base).iterdir()):
-            return False
-        r = subprocess.run(["umount", base], capture_output=True, text=True)
-        if r.returncode != 0:
-            return False
+    if bpffs_mount_id(base) != ours:  # gone, or someone else's now: the note is stale
+        marker.unlink()
+        return False
+    if any(p.name not in KERNEL_BPFFS_ENTRIES for p in Path(base).iterdir()):
+        return False
+    if subprocess.run(["umount", base], capture_output=True, text=True).returncode != 0:
+        return False
     marker.unlink()
     return True
 
