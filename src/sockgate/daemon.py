@@ -27,6 +27,7 @@ from pathlib import Path
 from sockgate import lockout, safedir
 from sockgate.errors import KernelError, SockgateError, UsageError
 from sockgate.journal import Journal
+from sockgate.journal.query import Filter
 from sockgate.kernel import events as kevents
 from sockgate.kernel import counts as kcounts
 from sockgate.kernel import flows as kflows
@@ -53,6 +54,7 @@ _UDP = (17, 136)
 _SPECIAL_RULES = {L.RULE_LISTEN_REFUSED: "listen-refused", L.RULE_UNPARSED: "unparsed-address"}
 DEFAULT_ALERTS = ALERTS_FILE
 DEFAULT_MONITOR_STATE = MONITOR_STATE_DIR
+CLOCK_KEEP_NS = 10_000_000  # a pinned ring's clock offset is kept while within 10 ms of the clock
 MERGE_MAX = 50_000  # entries per journal transaction when the writer catches up
 FLOW_SWEEP_S = 1.0  # how often UDP flow counts become summary entries
 DETACH_CHECK_S = 1.0  # how often the daemon checks its programs are still attached
@@ -357,6 +359,7 @@ class Daemon:
         self.writer_error: BaseException | None = None
         self._lock_fd: int | None = None
         self._detached: set[str] = set()  # programs already journaled as detached
+        self._journaled_tail: list[Entry] | None = None  # on a reopen, until the first batch
         self.log = lambda msg: print(f"sockgate: {msg}", file=sys.stderr, flush=True)
 
     # -- start / stop ---------------------------------------------------------------------
@@ -382,6 +385,8 @@ class Daemon:
                 self.shipper_thread = start_shipper(o.fleet_dir, o.journal_dir, self.stop_event, self.log,
                                                     request_seal=lambda: self._writes.put(journal.seal))
         if Gate.is_pinned(o.pin_dir):
+            if self.journal:  # what a killed daemon journaled but had not given back is read again
+                self._journaled_tail = self.journal.tail(MERGE_MAX, filter=Filter(sources=(Source.KERNEL.value,)))
             self.gate = Gate.open(o.pin_dir)
             self.log(f"reopened pinned programs at {o.pin_dir} (enforcement never stopped)")
             # events still buffered from the running generation need its rule names
@@ -410,7 +415,7 @@ class Daemon:
             self.log(f"indexed {n} of {total} existing listening sockets"
                      + (f"; {total - n} could not be reached (their owners count as unknown for accept rules)"
                         if n < total else ""))
-        self.reader = kevents.EventReader(self.gate.maps["sg_events"])
+        self.reader = kevents.EventReader(self.gate.maps["sg_events"], offset_ns=self._clock_offset())
         self._start_monitor()
         if self.metrics:
             self._serve_metrics()
@@ -419,6 +424,16 @@ class Daemon:
             self.policy_thread = start_fetcher(o.fleet_dir, o.journal_dir, self.stop_event, self.log,
                                                policy_path=o.policy or POLICY_FILE, pin_dir=o.pin_dir,
                                                alerts_file=self._alerts_file())
+
+    def _clock_offset(self) -> int:
+        """The wall-clock offset events are stamped with: the pinned ring's own, so an event
+        read twice (see already_journaled) has one timestamp, unless the clock has moved
+        off it by more than CLOCK_KEEP_NS since (slewed or stepped): then today's."""
+        st, now = self.gate.state, kevents.boot_to_realtime_offset()
+        if not st.clock_offset_ns or abs(now - st.clock_offset_ns) > CLOCK_KEEP_NS:
+            st.clock_offset_ns = now
+            self.gate.save_state()
+        return st.clock_offset_ns
 
     def _serve_metrics(self) -> None:
         from sockgate.metrics import DaemonCollector
@@ -617,9 +632,8 @@ class Daemon:
             step(lambda: self.shipper_thread.join(timeout=10))
         if self.policy_thread:    # an apply in progress finishes (its steps are atomic)
             step(lambda: self.policy_thread.join(timeout=10))
-        if self.reader:
-            step(lambda: self._drain(self.reader.poll_raw(0), sweep=True))
-            step(self.reader.close)
+        if self.reader:  # closed after the writer: its last job gives the ring's space back
+            step(lambda: self._drain(self.reader.poll_raw(0, hold=self.journal is not None), sweep=True))
         if self.journal:
             if self._writer and self._writer.is_alive():
                 self._record(EntryType.DAEMON_STOP, pid=os.getpid(), programs="stay attached until `sockgate unload`")
@@ -627,6 +641,8 @@ class Daemon:
                 step(self._writer.join)
             step(self.journal.close)
             self.journal = None
+        if self.reader:
+            step(self.reader.close)
         if self.gate:
             step(self.gate.close)
         if self._lock_fd is not None:  # last: until here, we are the daemon of this pin dir
@@ -643,7 +659,15 @@ class Daemon:
         if batch:
             offset = self.reader.offset_ns
             if self.journal:
-                self._writes.put(self.enricher.entries(batch, offset, self._released))
+                entries = self.enricher.entries(batch, offset, self._released)
+                if self._journaled_tail is not None:
+                    again = already_journaled(self._journaled_tail, entries)
+                    if again:
+                        self.log(f"{again} events the previous daemon journaled were read again: not journaled twice")
+                    entries, self._journaled_tail = entries[again:], None
+                self._writes.put(entries)
+                # the ring's records are given back once the writer has committed them
+                self._writes.put(functools.partial(self.reader.release, self.reader.read_pos))
             if self.opts.print_events:
                 out = sys.stdout
                 for ev in kevents.decode_tuples(batch, offset):
@@ -710,7 +734,8 @@ class Daemon:
                 self.log("programs were detached (unpinned) under us; stopping")
                 self._record(EntryType.DETACHED, by="unpinned while running")
                 break
-            self._drain(self.reader.poll_raw(100))
+            # held records (journaled, not yet committed) silence the kernel's wakeup: look sooner
+            self._drain(self.reader.poll_raw(10 if self.reader.holding else 100, hold=self.journal is not None))
             if time.monotonic() >= self._next_detach_check:
                 self._next_detach_check = time.monotonic() + DETACH_CHECK_S
                 self._check_attached()
@@ -724,6 +749,29 @@ class Daemon:
             self.log(f"programs detached by someone else: {', '.join(sorted(gone))}")
             self._record(EntryType.DETACHED, by="detached by someone else while running",
                          programs=",".join(sorted(gone)))
+
+
+def _same_event(a: Entry, b: Entry) -> bool:
+    """One kernel event journaled by two readers of the ring (stamped with the ring's one
+    clock offset: the same nanosecond), not a look-alike from a tight loop."""
+    return (a.ts_ns, a.type, a.outcome, a.pid, a.uid, a.rule, a.local_addr, a.local_port, a.remote_addr,
+            a.remote_port) == (b.ts_ns, b.type, b.outcome, b.pid, b.uid, b.rule, b.local_addr, b.local_port,
+                               b.remote_addr, b.remote_port)
+
+
+def already_journaled(tail: list[Entry], batch: list[Entry]) -> int:
+    """How many entries at the start of `batch` (the first read after a reopen) end `tail`
+    (the journal's last kernel entries), in order. The ring gives records back only after
+    the journal commits them, so a daemon killed between its commit and that release left
+    them to be read again: exactly a suffix of the journal, as a prefix of this batch."""
+    if not tail or not batch:
+        return 0
+    start = max(0, len(tail) - len(batch))
+    for i in range(start, len(tail)):
+        k = len(tail) - i
+        if _same_event(tail[i], batch[0]) and all(_same_event(tail[i + j], batch[j]) for j in range(k)):
+            return k
+    return 0
 
 
 def give_back_memory() -> None:

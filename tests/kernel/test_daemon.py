@@ -75,7 +75,7 @@ def test_kill9_keeps_enforcing_restart_picks_up_unload_leaves_nothing(scope, tmp
     assert types[-1] is EntryType.DETACHED
     rejected = [e for e in entries if e.type is EntryType.CONNECT]
     # before the kill, while no daemon ran (kept in the pinned ring buffer), after the restart
-    assert len(rejected) == 3
+    assert len(rejected) == 3, [(e.seq, e.ts_ns, e.extra.get("generation"), e.pid) for e in rejected]
     assert all(e.rule == "no-7001" and e.uid == TEST_UID and e.remote_port == 7001 for e in rejected)
     # the full path while the caller lives, else the file name the kernel recorded
     exe = os.path.basename(os.path.realpath(sys.executable))

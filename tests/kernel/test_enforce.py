@@ -391,3 +391,45 @@ audit_levels = ["*NETCMN"]
         if t.is_alive():
             t.join()
         reader.close()
+
+
+def test_held_events_are_read_again_by_the_next_reader(scope, gate):
+    """The daemon reads with hold=True and gives the ring's space back only once the
+    journal has committed: a reader that dies in between (kill -9 before the commit) leaves
+    the records to the next one, which reads them again; released records are not."""
+    install_text(gate, f"""
+audit_levels = ["*NETFAIL"]
+[[rule]]
+name = "no-5611"
+exit = "connect"
+user = ["{TEST_UID}"]
+remote_port = 5611
+action = "reject"
+""")
+    EventReader(gate.maps["sg_events"]).close()
+    first = EventReader(gate.maps["sg_events"])
+    first.poll(0)
+    first.close()
+    for _ in range(3):
+        assert scope.client("connect", addr="127.0.0.1", port=5611)["error"] == "EPERM"
+    a = EventReader(gate.maps["sg_events"])
+    try:
+        got, deadline = [], time.monotonic() + 5
+        while len(got) < 3 and time.monotonic() < deadline:
+            got += [t for t in a.poll_raw(20, hold=True)]
+        assert len(got) == 3 and a.holding
+    finally:
+        a.close()                                   # died before "the commit": nothing released
+    b = EventReader(gate.maps["sg_events"])
+    try:
+        again = b.poll_raw(0, hold=True)
+        assert again == got, "held records were lost with their reader"
+        b.release(b.read_pos)
+        assert not b.holding
+    finally:
+        b.close()
+    c = EventReader(gate.maps["sg_events"])
+    try:
+        assert c.poll_raw(0) == [], "released records came back"
+    finally:
+        c.close()

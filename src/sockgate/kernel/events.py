@@ -118,11 +118,17 @@ class EventReader:
     The kernel's ring buffer is mmap-able: a consumer page (we write consumer_pos), then
     the producer page and the data area mapped twice in a row, so a record never wraps.
     Reading records here instead of through a per-record callback is what lets Python
-    keep up (kernel-notes: decode in batches). poll() returns the decoded batch."""
+    keep up (kernel-notes: decode in batches). poll() returns the decoded batch.
+
+    hold=True reads without giving the space back: the kernel keeps the records until
+    release(read_pos) says they are safe elsewhere (the daemon: journaled), so a reader
+    killed in between leaves them for the next one (read twice at worst, never lost).
+    While records are held the kernel's adaptive wakeup does not fire (it wakes a reader
+    that has caught up): `holding` tells the caller to poll with a short timeout."""
 
     BUSY, DISCARD = 1 << 31, 1 << 30
 
-    def __init__(self, ringbuf_fd: int, data_size: int = L.C["SG_RINGBUF_BYTES"]):
+    def __init__(self, ringbuf_fd: int, data_size: int = L.C["SG_RINGBUF_BYTES"], offset_ns: int | None = None):
         page = mmap.PAGESIZE
         self._page = page
         self._mask = data_size - 1
@@ -131,14 +137,15 @@ class EventReader:
         # consumer_pos is stored with one 8-byte write. (struct.pack_into zeroes its target
         # before packing: a producer reading that 0 saw a full ring and dropped its event.)
         self._cons_pos = memoryview(self._cons).cast("Q")
+        self._read = self._cons_pos[0]   # where reading goes on (ahead of consumer_pos while holding)
         self._epoll = select.epoll()
         self._epoll.register(ringbuf_fd, select.EPOLLIN)
-        self._offset = boot_to_realtime_offset()
+        self._offset = boot_to_realtime_offset() if offset_ns is None else offset_ns
 
-    def read_raw(self) -> list[tuple]:
+    def read_raw(self, *, hold: bool = False) -> list[tuple]:
         """Everything committed now, in order, as struct sg_event field tuples (boot_ns
         first; add `offset_ns` for UTC). The daemon builds journal entries from these."""
-        cons = self._cons_pos[0]
+        cons = self._read
         prod = _U64.unpack_from(self._prod, 0)[0]
         buf, page, mask = self._prod, self._page, self._mask
         out = []
@@ -151,22 +158,36 @@ class EventReader:
             if not hdr & self.DISCARD and size >= _EVENT.size:
                 out.append(_EVENT.unpack_from(buf, at + 8))
             cons += (size + 8 + 7) & ~7
-        self._cons_pos[0] = cons
+        self._read = cons
+        if not hold:
+            self._cons_pos[0] = cons
         return out
+
+    @property
+    def read_pos(self) -> int:
+        return self._read
+
+    @property
+    def holding(self) -> bool:
+        return self._cons_pos[0] != self._read
+
+    def release(self, pos: int) -> None:
+        """Give the kernel the ring's space back up to `pos` (a read_pos seen earlier)."""
+        self._cons_pos[0] = pos
 
     @property
     def offset_ns(self) -> int:
         return self._offset
 
-    def poll_raw(self, timeout_ms: int = 100) -> list[tuple]:
-        batch = self.read_raw()
+    def poll_raw(self, timeout_ms: int = 100, *, hold: bool = False) -> list[tuple]:
+        batch = self.read_raw(hold=hold)
         if batch or timeout_ms == 0:
             return batch
         try:
             self._epoll.poll(timeout_ms / 1000)
         except InterruptedError:
             pass
-        return self.read_raw()
+        return self.read_raw(hold=hold)
 
     def poll(self, timeout_ms: int = 100) -> list[Event]:
         return [_event(t, self._offset) for t in self.poll_raw(timeout_ms)]
