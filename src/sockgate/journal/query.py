@@ -342,10 +342,9 @@ class Rollup:
         receivers = []
         for r in journal.receivers:
             through, counts = self._per.get(r.number, (0, {}))
-            got = r.fetchall("SELECT hash FROM entry WHERE seq = ?", [through])
-            if got:
-                receivers.append({"number": r.number, "first_seq": r.first_seq, "through": through,
-                                  "hash": bytes(got[0][0]).hex(),
+            h = r.hash_at(through)
+            if h is not None:
+                receivers.append({"number": r.number, "first_seq": r.first_seq, "through": through, "hash": h.hex(),
                                   "counts": [[m, o, rule, c] for (m, o, rule), c in counts.items()]})
         doc = {"format": ROLLUP_FORMAT, "journal": journal.id, "grain_ns": ROLLUP_NS, "receivers": receivers}
         safedir.write_atomic(path, json.dumps(doc, separators=(",", ":")), mode=0o600)
@@ -367,8 +366,8 @@ class Rollup:
                 if r is None or r.first_seq != saved["first_seq"]:
                     continue   # deleted by retention, or not the receiver counted
                 through = saved["through"]
-                got = r.fetchall("SELECT hash FROM entry WHERE seq = ?", [through])
-                if not got or bytes(got[0][0]).hex() != saved["hash"]:
+                h = r.hash_at(through) if type(through) is int else None
+                if h is None or h.hex() != saved["hash"]:
                     continue
                 counts = {}
                 for m, o, rule, c in saved["counts"]:
