@@ -237,15 +237,8 @@ def test_histogram_and_rule_hits_equal_a_count_in_python(jdir):
 def test_the_rollup_answers_what_the_rows_answer(jdir):
     """Charts come from the per-minute rollup once it is built; window edges inside a minute,
     new entries after it was built, outcome and rule filters: the same counts as the rows."""
-    from sockgate.console.data import Data
-
-    d = Data(str(jdir))
+    d = _rollup_of(jdir, None)
     try:
-        d.start_rollup()
-        deadline = time.monotonic() + 10
-        while d._rollup is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert d._rollup is not None
         with Journal.open(jdir) as j:   # after the build: found by the incremental update
             j.append([decision(time.time_ns() - 30 * NS, outcome=Outcome.REJECTED, rule="no-mail", port=25)])
         now = time.time_ns()
@@ -264,6 +257,7 @@ def test_the_rollup_answers_what_the_rows_answer(jdir):
 
 
 def _rollup_of(jdir: Path, cache: Path | None):
+    """A console's Data over jdir (keeping its rollup in cache, if given), its rollup built."""
     from sockgate.console.data import Data
 
     d = Data(str(jdir), cache_dir=str(cache) if cache else None)
