@@ -5,11 +5,14 @@ Not a conftest.py (tests/journal imports its conftest by name; see tests/replay/
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -102,8 +105,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# the consoles' chart cache (--cache-dir's default is under it): the tests' own, not the host's
+CACHE_HOME = tempfile.mkdtemp(prefix="sockgate-test-cache-")
+atexit.register(shutil.rmtree, CACHE_HOME, True)
+
+
 def env() -> dict[str, str]:
-    return {"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin", "COLUMNS": "200", "HOME": os.environ.get("HOME", "/root")}
+    return {"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin", "COLUMNS": "200", "HOME": os.environ.get("HOME", "/root"),
+            "XDG_CACHE_HOME": CACHE_HOME}
 
 
 def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:

@@ -237,15 +237,8 @@ def test_histogram_and_rule_hits_equal_a_count_in_python(jdir):
 def test_the_rollup_answers_what_the_rows_answer(jdir):
     """Charts come from the per-minute rollup once it is built; window edges inside a minute,
     new entries after it was built, outcome and rule filters: the same counts as the rows."""
-    from sockgate.console.data import Data
-
-    d = Data(str(jdir))
+    d = _rollup_of(jdir, None)
     try:
-        d.start_rollup()
-        deadline = time.monotonic() + 10
-        while d._rollup is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert d._rollup is not None
         with Journal.open(jdir) as j:   # after the build: found by the incremental update
             j.append([decision(time.time_ns() - 30 * NS, outcome=Outcome.REJECTED, rule="no-mail", port=25)])
         now = time.time_ns()
@@ -261,6 +254,84 @@ def test_the_rollup_answers_what_the_rows_answer(jdir):
                 sum(sum(v.values()) for v in want.values()))
     finally:
         d.close()
+
+
+def _rollup_of(jdir: Path, cache: Path | None):
+    """A console's Data over jdir (keeping its rollup in cache, if given), its rollup built."""
+    from sockgate.console.data import Data
+
+    d = Data(str(jdir), cache_dir=str(cache) if cache else None)
+    d.start_rollup()
+    deadline = time.monotonic() + 10
+    while d._rollup is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert d._rollup is not None
+    return d
+
+
+def test_the_rollup_kept_between_runs_counts_only_what_came_after(tmp_path):
+    """The console keeps its per-minute counts in --cache-dir (never in the journal): the next
+    start takes them back and reads only the entries after them, with the same counts as the
+    rows; counts whose rows are no longer there (another chain at that seq) are not taken."""
+    from sockgate.journal.query import Rollup
+
+    jdir, cache = tmp_path / "journal", tmp_path / "cache"
+    cache.mkdir(mode=0o700)
+    now = time.time_ns()
+    write(jdir, mixed(now - 600 * NS, n=200))
+    journal_files = _files(jdir)
+    d = _rollup_of(jdir, cache)
+    d.close()                                      # saves again at exit
+    assert _files(jdir) == journal_files
+    (saved,) = cache.iterdir()
+    assert saved.name.startswith("rollup-") and stat.S_IMODE(saved.stat().st_mode) == 0o600
+    write(jdir, mixed(now, n=60, span_s=300))     # while no console ran
+    with Journal.open(jdir, readonly=True) as j:
+        kept = Rollup.load(j, saved)
+        assert sum(sum(c.values()) for _, c in kept._per.values()) == 200   # what was counted, no more
+        fresh = Rollup()
+        fresh.update(j)
+        kept.update(j)                             # reads only the 60 after
+        assert kept._per == fresh._per
+    d = _rollup_of(jdir, cache)
+    try:
+        f = Filter(since_ns=now - 3600 * NS, until_ns=now + 3600 * NS)
+        with Journal.open(jdir, readonly=True) as j:
+            assert d._from_rollup(f, "outcome", 60 * NS) == histogram(j, f, 60 * NS, "outcome")
+    finally:
+        d.close()
+    # another journal's rows at the saved seq: the saved counts are not this journal's
+    other = tmp_path / "other"
+    write(other, mixed(now, n=300))
+    with Journal.open(other, readonly=True) as j:
+        doc = json.loads(saved.read_text())
+        doc["journal"] = j.id
+        saved.write_text(json.dumps(doc))
+        assert Rollup.load(j, saved)._per == {}
+    saved.write_text("{not json")
+    with Journal.open(jdir, readonly=True) as j:
+        assert Rollup.load(j, saved)._per == {}
+
+
+def test_a_cache_dir_inside_the_journal_is_not_used(tmp_path):
+    jdir = tmp_path / "journal"
+    write(jdir, mixed(time.time_ns(), n=20))
+    before = _files(jdir)
+    port = free_port()
+    c = Console("--journal", jdir, "--listen", f"127.0.0.1:{port}", "--cache-dir", jdir / "cache",
+                url=f"http://127.0.0.1:{port}")
+    try:
+        assert c.client.get("/api/chart").status_code == 200
+    finally:
+        err = c.stop()
+    assert "is inside the journal" in err and "Traceback" not in err
+    assert _files(jdir) == before
+
+
+def _files(jdir: Path) -> dict[str, tuple[int, int]]:
+    """The journal's files with their sizes and times (a reader's empty -wal and -shm aside)."""
+    return {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in jdir.iterdir()
+            if not p.name.endswith(("-wal", "-shm"))}
 
 
 def test_a_reconnecting_stream_resumes_after_its_last_event_id(jdir, console):

@@ -125,7 +125,9 @@ def test_roundtrip_verify_and_filter_agree(tmp_path_factory, batch, flt):
         j.append(batch)
         back = list(j.entries())
         by_sql = [e.seq for e in j.entries(filter=flt)]
+        newest = [e.seq for e in j.tail(5, filter=flt)]
     assert verify(d).ok
+    assert newest == by_sql[-5:]
     for a, b in zip(batch, back):
         assert b.to_dict() == a.to_dict() | {"host": a.host or "h", "family": b.family}
     assert by_sql == [e.seq for e in back if flt.matches(e)]

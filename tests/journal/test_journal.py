@@ -184,3 +184,22 @@ def test_missing_directory_readonly(tmp_path):
         Journal.open(tmp_path / "nope", readonly=True)
     with pytest.raises(JournalError, match="no journal"):
         Journal.open(tmp_path / "nope", create=False)
+
+
+@pytest.mark.parametrize("rare", [1, 10_000])
+def test_tail_finds_the_newest_matches_whether_an_outcome_is_rare_or_common(jdir, monkeypatch, rare):
+    """tail() walks back from the newest entry, or (an outcome with fewer than RARE entries)
+    reads that outcome's index and sorts: the same newest n either way, over receivers."""
+    from sockgate.journal import journal
+
+    monkeypatch.setattr(journal, "RARE", rare)
+    with Journal.open(jdir) as j:
+        for part in range(3):
+            j.append([decision(part * 100 + i, outcome=Outcome.FAILED if i % 40 == 7 else Outcome.ALLOWED)
+                      for i in range(100)])
+            j.rotate()
+        for outcomes in (["failed"], ["failed", "allowed"], ["rejected"]):
+            f = Filter.build(outcomes=outcomes)
+            want = [e.seq for e in j.entries(filter=f)]
+            assert [e.seq for e in j.tail(4, filter=f)] == want[-4:]
+            assert [e.seq for e in j.tail(1000, filter=f)] == want

@@ -25,6 +25,10 @@ from sockgate.journal.query import Filter
                    "enrolled host what `fleet status` shows and its rejections in the last hour.")
 @click.option("--key", "key_file", type=click.Path(dir_okay=False),
               help="The verification key kept off the host, for Integrity's verify.")
+@click.option("--cache-dir", type=click.Path(file_okay=False),
+              help="Where the charts' per-minute counts are kept between runs, so a restart reads only "
+                   "the new entries (default $XDG_CACHE_HOME/sockgate, /var/cache/sockgate for root, "
+                   "~/.cache/sockgate). Never inside the journal.")
 @click.option("--tls-cert", type=click.Path(dir_okay=False), help="TLS certificate (PEM).")
 @click.option("--tls-key", type=click.Path(dir_okay=False), help="TLS private key (PEM).")
 @click.option("--token-file", type=click.Path(dir_okay=False),
@@ -32,7 +36,8 @@ from sockgate.journal.query import Filter
                    "(HTTP Basic password, any user name, or Authorization: Bearer).")
 def console_cmd(journal_dir: str, listen: str | None, socket_path: str | None, policy_file: str | None,
                 metrics_url: str | None, candidate_file: str | None, key_file: str | None,
-                tls_cert: str | None, tls_key: str | None, token_file: str | None, fleet_db: str | None) -> None:
+                tls_cert: str | None, tls_key: str | None, token_file: str | None, fleet_db: str | None,
+                cache_dir: str | None) -> None:
     """A read-only web console over the journal: Live, Rules, Top, Charts, Integrity; Replay
     with --candidate, Fleet with --fleet-db.
 
@@ -49,7 +54,7 @@ def console_cmd(journal_dir: str, listen: str | None, socket_path: str | None, p
 
     serve(journal_dir, listen=listen, socket_path=socket_path, policy_file=policy_file, metrics_url=metrics_url,
           candidate_file=candidate_file, key_file=key_file, tls_cert=tls_cert, tls_key=tls_key,
-          token_file=token_file, fleet_db=fleet_db, announce=lambda line: click.echo(line, err=True))
+          token_file=token_file, fleet_db=fleet_db, cache_dir=cache_dir, announce=lambda line: click.echo(line, err=True))
 
 
 @click.command("report")

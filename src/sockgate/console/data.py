@@ -125,7 +125,7 @@ class Data:
 
     def __init__(self, journal_dir: str, *, policy_file: str | None = None, metrics_url: str | None = None,
                  candidate_file: str | None = None, key_file: str | None = None,
-                 fleet_db: str | None = None) -> None:
+                 fleet_db: str | None = None, cache_dir: str | None = None) -> None:
         from sockgate.journal import Journal
 
         self.journal_dir = journal_dir
@@ -134,6 +134,7 @@ class Data:
         self.metrics_url = metrics_url
         self.candidate_file = candidate_file
         self.key_file = key_file
+        self.cache_dir = cache_dir     # where the chart rollup is kept between runs (None: not kept)
         self.lock = threading.RLock()
         self.journal = Journal.open(journal_dir, readonly=True)
         # Live's own connections: its few small reads never wait behind another view's long
@@ -158,7 +159,11 @@ class Data:
             self._live.close()
         with self._rollup_lock:
             if self._rollup is not None:
-                self._rollup[0].close()
+                j, r = self._rollup
+                try:
+                    self._save_rollup(j, r)   # so the next start counts only what comes after
+                finally:
+                    j.close()
 
     # -- entries -----------------------------------------------------------------------
 
@@ -355,21 +360,36 @@ class Data:
                 "step": step // NS, "by": by, "source": source}
 
     def start_rollup(self) -> None:
-        """Build the per-minute rollup (one pass over the journal) on a thread of its own,
-        with its own read-only connections; charts use it once it is ready."""
+        """Build the per-minute rollup on a thread of its own, with its own read-only
+        connections; charts use it once it is ready. With a cache_dir it starts from the counts
+        the last run kept (Rollup.load: only while the journal still holds the rows they
+        counted) and reads only the entries after them; otherwise one pass over the journal."""
         from sockgate.journal import Journal
 
         def build() -> None:
             try:
                 j = Journal.open(self.journal_dir, readonly=True)
-                r = Rollup()
+                path = self._rollup_file(j)
+                r = Rollup.load(j, path) if path else Rollup()
                 with self._rollup_lock:
                     r.update(j)
                     self._rollup = (j, r)
+                    self._save_rollup(j, r)
             except SockgateError:
                 pass   # charts keep querying the rows
 
         threading.Thread(target=build, name="rollup", daemon=True).start()
+
+    def _rollup_file(self, j: Any) -> str | None:
+        return os.path.join(self.cache_dir, f"rollup-{j.id}.json") if self.cache_dir else None
+
+    def _save_rollup(self, j: Any, r: Rollup) -> None:
+        path = self._rollup_file(j)
+        if path:
+            try:
+                r.save(j, path)
+            except SockgateError:
+                pass   # a cache: the next start counts again
 
     def _from_rollup(self, f: Filter, by: str, step: int) -> dict[int, dict[Any, int]] | None:
         """The histogram from the rollup (whole minutes) plus SQL for the partial minutes at

@@ -49,6 +49,7 @@ if _append.SQLITE_VERSION != sqlite3.sqlite_version:
     raise ImportError(f"Python's sqlite3 uses SQLite {sqlite3.sqlite_version}, the journal's C write "
                       f"path {_append.SQLITE_VERSION}: build Python against the system libsqlite3")
 _SELECT = "SELECT " + ",".join(FIELDS) + " FROM entry"
+RARE = 20_000    # tail(): an outcome with fewer entries is read through its index
 
 
 def _private_dir(d: Path) -> None:
@@ -483,10 +484,19 @@ class Journal:
 
     def tail(self, n: int, *, filter: Filter | None = None) -> list[Entry]:
         """The last n matching entries, ascending (newest receivers read first)."""
-        where, params = (filter or Filter()).where()
+        f = filter or Filter()
+        where, params = f.where()
         out: list[Entry] = []
         for r in reversed(self.receivers):
-            rows = r.fetchall(f"{_SELECT} WHERE {where} ORDER BY seq DESC LIMIT ?", [*params, n - len(out)])
+            # Walking back from the newest entry finds the matches at once when they are
+            # common, and reads the whole receiver when there are none (outcome "failed":
+            # 1.4 s over 10M entries). Outcomes few enough (a count through their index,
+            # stopped at RARE) are found through that index and sorted instead.
+            select = _SELECT
+            if f.outcomes and r.fetchall(f"SELECT count(*) FROM (SELECT 1 FROM entry WHERE outcome IN "
+                                         f"({','.join('?' * len(f.outcomes))}) LIMIT {RARE})", f.outcomes)[0][0] < RARE:
+                select = _SELECT + " INDEXED BY entry_outcome_remote"
+            rows = r.fetchall(f"{select} WHERE {where} ORDER BY seq DESC LIMIT ?", [*params, n - len(out)])
             out.extend(_to_entry(row, r) for row in rows)
             if len(out) >= n:
                 break

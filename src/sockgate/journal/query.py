@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import fnmatch
 import ipaddress
+import json
+import os
 import re
+import stat
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -303,6 +306,7 @@ def top_extra(journal: Any, key: str, filter: Filter, n: int = 10) -> list[tuple
 
 
 ROLLUP_NS = 60 * 1_000_000_000   # the rollup's grain: one minute
+ROLLUP_FORMAT = "sockgate-rollup-1"
 
 
 class Rollup:
@@ -329,6 +333,54 @@ class Rollup:
         for n in set(self._per) - present:
             del self._per[n]
 
+    def save(self, journal: Any, path: str | os.PathLike) -> None:
+        """Write the counts to `path` (JSON, whole or not at all, 0600), each receiver's with
+        the chain hash at its last counted seq: load() takes them back only while that hash is
+        still there. A cache beside the journal, never in it (the journal stays read-only)."""
+        from sockgate import safedir
+
+        receivers = []
+        for r in journal.receivers:
+            through, counts = self._per.get(r.number, (0, {}))
+            h = r.hash_at(through)
+            if h is not None:
+                receivers.append({"number": r.number, "first_seq": r.first_seq, "through": through, "hash": h.hex(),
+                                  "counts": [[m, o, rule, c] for (m, o, rule), c in counts.items()]})
+        doc = {"format": ROLLUP_FORMAT, "journal": journal.id, "grain_ns": ROLLUP_NS, "receivers": receivers}
+        safedir.write_atomic(path, json.dumps(doc, separators=(",", ":")), mode=0o600)
+
+    @classmethod
+    def load(cls, journal: Any, path: str | os.PathLike) -> "Rollup":
+        """The counts save() wrote, for each receiver whose chain hash at the saved seq is the
+        one saved (so the rows counted are the rows there: the hash chains every entry before
+        it); none for the others, and none at all when the file is missing, damaged, another
+        user's or another journal's. update() then counts only what is after."""
+        out = cls()
+        try:
+            doc = json.loads(_read_own(path))
+            if (doc.get("format"), doc.get("journal"), doc.get("grain_ns")) != (ROLLUP_FORMAT, journal.id, ROLLUP_NS):
+                return out
+            present = {r.number: r for r in journal.receivers}
+            for saved in doc["receivers"]:
+                r = present.get(saved["number"])
+                if r is None or r.first_seq != saved["first_seq"]:
+                    continue   # deleted by retention, or not the receiver counted
+                through = saved["through"]
+                h = r.hash_at(through) if type(through) is int else None
+                if h is None or h.hex() != saved["hash"]:
+                    continue
+                counts = {}
+                for m, o, rule, c in saved["counts"]:
+                    if not (type(m) is int and type(c) is int and all(v is None or type(v) is str for v in (o, rule))):
+                        return cls()
+                    counts[(m, o, rule)] = c
+                out._per[r.number] = (through, counts)
+        except FileNotFoundError:
+            return out
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return cls()
+        return out
+
     @staticmethod
     def covers(filter: Filter, by: str, step_ns: int) -> bool:
         """Whether histogram(filter, step, by) can come from the rollup: a time window,
@@ -351,3 +403,17 @@ class Rollup:
                     k = o if by == "outcome" else rule
                     row[k] = row.get(k, 0) + c
         return out
+
+
+def _read_own(path: str | os.PathLike) -> bytes:
+    """A file of this user's (or root's) that no one else may write, read whole; OSError or
+    ValueError otherwise."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid not in (0, os.geteuid()) or st.st_mode & 0o022:
+            raise ValueError(f"{path}: not a private file of this user's")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            return f.read()
+    finally:
+        os.close(fd)

@@ -386,6 +386,11 @@ class Receiver:
             return self.first_seq - 1, self.prev_hash
         return row[0], bytes(row[1])
 
+    def hash_at(self, seq: int) -> bytes | None:
+        """The chain hash stored with entry seq, or None when this receiver has no such entry."""
+        rows = self.fetchall("SELECT hash FROM entry WHERE seq = ?", [seq])
+        return bytes(rows[0][0]) if rows else None
+
     def last_seal(self) -> tuple | None:
         """(epoch, seq, hash, ts_ns, mac) of the newest seal in this receiver, as stored."""
         rows = self.fetchall("SELECT epoch, seq, hash, ts_ns, mac FROM seal ORDER BY epoch DESC LIMIT 1")
