@@ -576,6 +576,7 @@ class Daemon:
                 return
             try:
                 if isinstance(job, list):
+                    release = getattr(job, "release", None)
                     while len(job) < MERGE_MAX:
                         try:
                             nxt = self._writes.get_nowait()
@@ -585,7 +586,11 @@ class Daemon:
                             pending = nxt
                             break
                         job += nxt
-                    self.journal.append(job)
+                        release = getattr(nxt, "release", release)
+                    if job:
+                        self.journal.append(job)
+                    if release is not None:  # committed: the ring may reuse their space
+                        self.reader.release(release)
                 else:
                     job()
             except BaseException as e:  # the main loop stops on it; nothing is dropped silently
@@ -665,9 +670,7 @@ class Daemon:
                     if again:
                         self.log(f"{again} events the previous daemon journaled were read again: not journaled twice")
                     entries, self._journaled_tail = entries[again:], None
-                self._writes.put(entries)
-                # the ring's records are given back once the writer has committed them
-                self._writes.put(functools.partial(self.reader.release, self.reader.read_pos))
+                self._writes.put(RingBatch(entries, self.reader.read_pos))
             if self.opts.print_events:
                 out = sys.stdout
                 for ev in kevents.decode_tuples(batch, offset):
@@ -749,6 +752,14 @@ class Daemon:
             self.log(f"programs detached by someone else: {', '.join(sorted(gone))}")
             self._record(EntryType.DETACHED, by="detached by someone else while running",
                          programs=",".join(sorted(gone)))
+
+
+class RingBatch(list):
+    """Entries from the ring, and the ring position to give back once they are committed."""
+
+    def __init__(self, entries: list[Entry], release: int):
+        super().__init__(entries)
+        self.release = release
 
 
 def _same_event(a: Entry, b: Entry) -> bool:

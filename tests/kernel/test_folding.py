@@ -47,7 +47,8 @@ def test_a_flood_of_rejections_folds_into_exact_summaries(scope, tmp_path):
     def complete(es):
         single, folded = mine(es, TEST_UID)
         return len(single) + sum(e.extra["count"] for e in folded) == N
-    entries = journal_entries(journal, complete, timeout=20)
+    # both users' entries: the other's 3 may be committed just after the first's last summary
+    entries = journal_entries(journal, lambda es: complete(es) and len(mine(es, OTHER_UID)[0]) >= 3, timeout=20)
     single, folded = mine(entries, TEST_UID)
     assert complete(entries), (len(single), [e.extra for e in folded])
     assert 5 <= len(single) < N and folded  # the first 5 of each second one by one, the rest counted
