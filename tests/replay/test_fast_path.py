@@ -1,4 +1,4 @@
-"""The fast read path (Journal.decisions: DecisionRows, extra's keys extracted by SQLite)
+"""The fast read path (Journal.decisions: DecisionRows as stored, read by the C Reader)
 gives replay and learn exactly what the Entry path (Journal.entries) gives, on a journal of
 hard cases: IBM i entries, unknown owners, vanished programs, UDP summaries with counts,
 extra.groups / extra.exe / extra.protocol present, absent, malformed and of odd JSON types."""
