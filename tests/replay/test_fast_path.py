@@ -134,6 +134,27 @@ def test_rows_read_back_as_entries_convert(hard):
         assert call_of(row) == call_of(e)
 
 
+@pytest.mark.parametrize("name", sorted(POLICIES))
+def test_cached_parts_decide_as_decide(hard, name, monkeypatch):
+    """The Evaluator decides a call it has not seen from cached parts (identity, side bits,
+    verdicts): row by row what evaluate.decide says of call_of(row), also with caches small
+    enough to be cleared over and over."""
+    from sockgate.policy import replay as rp
+    from sockgate.journal.store import extra_facts
+
+    jdir, _ = hard
+    with Journal.open(jdir, readonly=True) as j:
+        rows = [rp.as_row(r) for r in j.decisions(filter=Filter(types=DECISION_TYPES))]
+    for cache_max in (rp.Evaluator.CACHE_MAX, 7):
+        monkeypatch.setattr(rp.Evaluator, "CACHE_MAX", cache_max)
+        ev = rp.Evaluator(_policy(name))
+        for r in rows:
+            facts = extra_facts(r.extra)
+            assert ev._decide_row(r, facts) == ev.decide(call_of(r, facts)), r
+            assert ev.verdict(r) == ev.decide(call_of(r)), r
+        assert max(map(len, (ev._who, ev._addr_bits, ev._port_bits, ev._verdicts, ev._cache))) <= cache_max
+
+
 def test_damaged_outcome_is_a_journal_error(tmp_path):
     """A row whose outcome is no outcome (a damaged receiver) stops replay with a clear error
     on both paths, not a traceback."""
