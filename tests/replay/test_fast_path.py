@@ -150,9 +150,9 @@ def test_cached_parts_decide_as_decide(hard, name, monkeypatch):
         ev = rp.Evaluator(_policy(name))
         for r in rows:
             facts = extra_facts(r.extra)
-            assert ev._decide_row(r, facts) == ev.decide(call_of(r, facts)), r
+            assert ev.decide_row(r, facts) == ev.decide(call_of(r, facts)), r
             assert ev.verdict(r) == ev.decide(call_of(r)), r
-        assert max(map(len, (ev._who, ev._addr_bits, ev._port_bits, ev._verdicts, ev._cache))) <= cache_max
+        assert max(map(len, (ev._who, *ev._addr_bits, ev._port_bits, ev._verdicts, ev._cache))) <= cache_max
 
 
 def test_damaged_outcome_is_a_journal_error(tmp_path):

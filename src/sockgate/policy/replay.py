@@ -32,7 +32,7 @@ from sockgate.journal.store import (
 from sockgate.policy.compile import LOCAL, OUTCOME_OF, REMOTE, Compiled, addr_as_v6, compile_policy, program_identity
 from sockgate.policy.evaluate import decide, first_rule, lookup_addr, lookup_port, who_bits
 from sockgate.policy.model import UID_UNKNOWN, Exit, Outcome, Policy, Protocol
-from sockgate.record import EntryType, Source, format_time
+from sockgate.record import EntryType, Source, format_time, ipv4_packed
 
 # Journaled types that are socket decisions, and the exit point that made them.
 EXIT_OF_TYPE: dict[EntryType, Exit] = {
@@ -264,7 +264,7 @@ class Evaluator:
                         self.tests[ex][f] = self.tests[ex].get(f, 0) | (1 << r.index)
         self._cache: dict[tuple, Verdict] = {}
         self._who: dict[tuple, tuple[Exit, Protocol, int, frozenset[str]]] = {}
-        self._addr_bits: dict[tuple[int, str], int] = {}
+        self._addr_bits: tuple[dict[str, int], dict[str, int]] = ({}, {})   # per side (LOCAL, REMOTE)
         self._port_bits: dict[tuple[int, int, int], int] = {}
         self._verdicts: dict[tuple, Verdict] = {}
 
@@ -275,11 +275,11 @@ class Evaluator:
         if v is None:
             if len(self._cache) >= self.CACHE_MAX:
                 self._cache.clear()
-            v = self._cache[key] = self._decide_row(as_row(e), key[1])
+            v = self._cache[key] = self.decide_row(as_row(e), key[1])
         return v
 
-    def _decide_row(self, r: DecisionRow, facts: ExtraFacts) -> Verdict:
-        """decide(call_of(r, facts)), from the cached parts."""
+    def decide_row(self, r: DecisionRow, facts: ExtraFacts) -> Verdict:
+        """decide(call_of(r, facts)), from the cached parts (not cached itself: `verdict` is)."""
         c = self.c
         wkey = _IDENTITY(r), facts
         who = self._who.get(wkey)
@@ -305,9 +305,9 @@ class Evaluator:
         return v
 
     def _side(self, side: int, addr: str, port: int, proto: Protocol) -> int:
-        a = self._addr_bits.get((side, addr))
+        a = self._addr_bits[side].get(addr)
         if a is None:
-            a = _put(self._addr_bits, (side, addr), self.c.bitmaps[lookup_addr(self.c, side, _v6(addr))])
+            a = _put(self._addr_bits[side], addr, self.c.bitmaps[lookup_addr(self.c, side, _v6.__wrapped__(addr))])
         p = self._port_bits.get((side, proto, port))
         if p is None:
             p = _put(self._port_bits, (side, proto, port), self.c.bitmaps[lookup_port(self.c, side, port, proto)])
@@ -364,11 +364,14 @@ def passes(outcome: Outcome | None) -> bool:
 
 # ----------------------------------------------------------------------------- aggregation
 
-@functools.lru_cache(maxsize=1 << 14)
+@functools.lru_cache(maxsize=1 << 16)   # every break or open asks: a journal's remote addresses recur
 def network_of(addr: str | None) -> str:
     """The /24 (IPv4) or /64 (IPv6) an address is in: how replay groups remote peers."""
     if not addr:
         return "-"
+    v4 = ipv4_packed(addr)   # the common case, without ipaddress
+    if v4 is not None:
+        return f"{v4[0]}.{v4[1]}.{v4[2]}.0/24"
     try:
         ip = ipaddress.ip_address(addr)
     except ValueError:
@@ -508,10 +511,9 @@ def replay(entries: Iterable, candidate: Policy, against: Policy | None = None, 
     rep = Report(candidate.source, against.source if against is not None else None, since_ns, until_ns)
     groups = rep.groups
     sides = cache_sides(new, *([old] if old is not None else []))
-    getters = key_getters(sides)
     row_keys = key_getters(sides, also=_ROW_ALSO)
     exit_of = {t.value: ex for t, ex in EXIT_OF_TYPE.items()}
-    outcomes, passing, skip_rules, nverdict, ncache = _OUTCOMES, PASSING, SKIP_RULES, new.verdict, new._cache
+    outcomes, passing, skip_rules = _OUTCOMES, PASSING, SKIP_RULES
     facts_cache = FactsCache()
     known, facts_miss = facts_cache.known, facts_cache.miss
     listen = Exit.LISTEN
@@ -528,11 +530,12 @@ def replay(entries: Iterable, candidate: Policy, against: Policy | None = None, 
         facts = known.get(row[11]) or facts_miss(row)
         if rule in skip_rules or facts.flow == "summary" or facts.folded == "summary":
             return _Kind(_SKIP, why=skip_reason(rule, facts))
-        key = getters[row[6]](row), facts
-        nv = ncache.get(key) or nverdict(row, key)
+        # no Evaluator.verdict cache here: the row kinds are that cache, on a finer key
+        r = DecisionRow._make(row)
+        nv = new.decide_row(r, facts)
         approx = nv.approx
         if old is not None:
-            ov = old.verdict(row, key)
+            ov = old.decide_row(r, facts)
             old_outcome, old_rule = ov.outcome, ov.rule
             approx = approx | ov.approx
         else:
@@ -542,7 +545,8 @@ def replay(entries: Iterable, candidate: Policy, against: Policy | None = None, 
             kind = _UNCHANGED if old_outcome is nv.outcome and old_rule == nv.rule else _SAME
         else:
             kind = _BREAK if was else _OPEN
-        return _Kind(kind, approx=approx, old_outcome=old_outcome, old_rule=old_rule, new=nv)
+        return _Kind(kind, approx=approx, old_outcome=old_outcome, old_rule=old_rule, new=nv,
+                     exit=exit_of[row[6]], approximated=bool(approx))
 
     for row in decision_rows(entries):   # the hot loop: one dict hit once a row's kind has been seen
         rk = row_keys.get(row[6])
@@ -559,20 +563,20 @@ def replay(entries: Iterable, candidate: Policy, against: Policy | None = None, 
         kind.count += 1
         if kind.kind < _BREAK:
             continue
-        seq, ts_ns, host, _, _, user, typ, _, uid, _, program, _, _, lp, ra, rp = row
-        ex, nv = exit_of[typ], kind.new
+        seq, ts_ns, host, _, _, user, _, _, uid, _, program, _, _, lp, ra, rp = row
+        ex = kind.exit
         user = user or (str(uid) if uid is not None else "-")
         gkey = (kind.kind, ex, program, user, network_of(ra if ex is not listen else None),
-                service_port(ex, lp, rp), kind.old_rule, nv.rule, kind.old_outcome)
+                service_port(ex, lp, rp), kind.old_rule, kind.new.rule, kind.old_outcome)
         g = groups.get(gkey)
         if g is None:
             label = "break" if kind.kind == _BREAK else "open"
             if len(groups) >= rep.MAX_GROUPS:   # bounded: the rest are counted, not grouped
                 rep.other[label] = rep.other.get(label, 0) + 1
                 continue
-            g = groups[gkey] = Group(label, ex.label, program or "-", user, gkey[4], gkey[5], kind.old_rule, nv.rule,
-                                     kind.old_outcome.value, nv.outcome.value)
-        g.add(ts_ns, host, seq, bool(kind.approx))
+            g = groups[gkey] = Group(label, ex.label, program or "-", user, gkey[4], gkey[5], kind.old_rule,
+                                     kind.new.rule, kind.old_outcome.value, kind.new.outcome.value)
+        g.add(ts_ns, host, seq, kind.approximated)
     _tally(rep, kinds.values())
     return rep
 
@@ -592,6 +596,8 @@ class _Kind:
     old_outcome: Outcome | None = None
     old_rule: str | None = None
     new: Verdict | None = None
+    exit: Exit | None = None
+    approximated: bool = False           # bool(approx)
     count: int = 0                       # rows of this kind not yet in the report
 
 
