@@ -809,6 +809,14 @@ static void Reader_clear_slots(Reader *self) {
             Py_CLEAR(self->slots[k].s);
 }
 
+static void Reader_drop_buffers(Reader *self) {
+    free(self->cells);
+    self->cells = NULL;
+    self->cap = 0;
+    free(self->arena.p);
+    self->arena = (buf_t){0};
+}
+
 static PyObject *Reader_close(Reader *self, PyObject *unused) {
     if (self->st)
         sqlite3_finalize(self->st);
@@ -819,11 +827,7 @@ static PyObject *Reader_close(Reader *self, PyObject *unused) {
         sqlite3_close_v2(self->db);
     self->db = NULL;
     Reader_clear_slots(self);
-    free(self->cells);
-    self->cells = NULL;
-    self->cap = 0;
-    free(self->arena.p);
-    self->arena = (buf_t){0};
+    Reader_drop_buffers(self);
     Py_RETURN_NONE;
 }
 
@@ -1036,13 +1040,8 @@ fail:
 done:
     sqlite3_reset(st);   /* ends the statement's read transaction */
     sqlite3_clear_bindings(st);
-    if (self->cap > KEEP_CELLS) {   /* one huge fetch does not pin its buffers */
-        free(self->cells);
-        self->cells = NULL;
-        self->cap = 0;
-        free(self->arena.p);
-        self->arena = (buf_t){0};
-    }
+    if (self->cap > KEEP_CELLS)   /* one huge fetch does not pin its buffers */
+        Reader_drop_buffers(self);
     Py_DECREF(params);
     return out;
 }
