@@ -100,3 +100,18 @@ def test_damaged_text_is_a_journal_error(jdir):
     c.close()
     with Journal.open(jdir, readonly=True) as j, pytest.raises(JournalError, match="r000001.sgj"):
         list(j.decisions())
+
+
+def test_a_page_larger_than_the_kept_buffers(tmp_path):
+    """A fetch of more values than the Reader keeps between pages (1 << 20) reads whole, and
+    the next fetch after it too (its buffers were dropped, not reused freed)."""
+    path = tmp_path / "t.db"
+    with sqlite3.connect(path) as c:
+        c.execute("CREATE TABLE t (a, b, c, d)")
+        c.executemany("INSERT INTO t VALUES (?, ?, ?, ?)", ((i, f"t{i % 7}", b"x", None) for i in range(300_000)))
+    c.close()
+    r = _append.Reader(str(path))
+    for _ in range(2):
+        rows = r.fetch("SELECT a, b, c, d FROM t ORDER BY a")
+        assert len(rows) == 300_000 and rows[-1] == (299_999, "t0", b"x", None)
+    assert r.fetch("SELECT b FROM t WHERE a < ?", (2,)) == [("t0",), ("t1",)]
