@@ -200,12 +200,26 @@ def key_getters(sides: Sides | None = None, also: tuple[int, ...] = ()) -> dict[
     the sides it is decided on. A connect's local side and a listen's
     remote side are not; `sides` (per exit: keep the local address, local port, remote
     address, remote port) leaves out what no rule tests, so an accept's ephemeral client
-    port does not defeat the cache. `also`: more DecisionRow indexes, first in the key."""
+    port does not defeat the cache. `also`: more DecisionRow indexes, first in the key.
+
+    A side's field left out still counts by whether it is there at all: an entry without
+    it is missing "no-local"/"no-remote", which approximates a decision when a rule tests
+    the side's other field; then the key ends with `field is None`."""
     out = {}
     for t, ex in EXIT_OF_TYPE.items():
         keep = (sides or _ALL_SIDES)[ex]
-        out[t.value] = operator.itemgetter(*also, *DECISION_KEY, *(i for i, k in zip(DECISION_SIDES, keep) if k))
+        get = operator.itemgetter(*also, *DECISION_KEY, *(i for i, k in zip(DECISION_SIDES, keep) if k))
+        absent = tuple(DECISION_SIDES[j] for a, p in ((0, 1), (2, 3)) if keep[a] != keep[p]
+                       for j in (a, p) if not keep[j])
+        out[t.value] = _with_absent(get, absent) if absent else get
     return out
+
+
+def _with_absent(get: operator.itemgetter, absent: tuple[int, ...]):
+    if len(absent) == 1:
+        i = absent[0]
+        return lambda row: (get(row), row[i] is None)
+    return lambda row: (get(row), *(row[i] is None for i in absent))
 
 
 _ALL_SIDES = {Exit.CONNECT: (False, False, True, True), Exit.LISTEN: (True, True, False, False),
