@@ -13,7 +13,7 @@ from sockgate.policy.synth, once per --dir and reused. Then, each in a child pro
 peak RSS is its own: `policy learn` over it, `policy replay` of the learned policy (breaks
 nothing: exit 0) and of a candidate that rejects one port. Reported: entries/s (wall) and
 the child's CPU time (user + system, from wait4: steadier than wall time on a loaded
-machine) and entries per CPU second, its peak RSS (ru_maxrss) and anonymous memory at exit.
+machine) and entries per CPU second, its peak RSS (VmHWM) and anonymous memory at exit.
 Memory must not grow with the journal: compare two counts.
 """
 
@@ -32,7 +32,8 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from sockgate.journal import Journal  # noqa: E402
 from sockgate.policy.synth import decisions  # noqa: E402
-from sockgate.record import format_time  # noqa: E402
+from sockgate.journal import Filter  # noqa: E402
+from sockgate.record import format_time, parse_time  # noqa: E402
 
 CANDIDATE = """\
 [[rule]]
@@ -59,13 +60,15 @@ def generate(jdir: Path, count: int, days: float = 7) -> float:
     return time.monotonic() - t
 
 
-# The child prints its anonymous memory at exit: the receiver is read through mmap, so its
-# pages count in RSS (file-backed, the kernel's to drop) though the process holds no more.
+# The child prints its peak RSS (VmHWM) and its anonymous memory at exit: reads through
+# mmap count file pages in RSS (the kernel's to drop) though the process holds no more.
+# Not wait4's ru_maxrss: Linux starts a child's at its parent's peak, carried over fork
+# and exec (this bench's own count() of a 10M journal made every child "peak" at 188 MiB).
 _CHILD = """import atexit, sys
 def anon():
     for line in open("/proc/self/status"):
-        if line.startswith("RssAnon"):
-            print("ANON", line.split()[1], file=sys.stderr)
+        if line.startswith(("RssAnon", "VmHWM")):
+            print(line.split(":")[0], line.split()[1], file=sys.stderr)
 atexit.register(anon)
 from sockgate.cli import main
 main(sys.argv[1:])"""
@@ -81,9 +84,9 @@ def child(src: Path, out: Path, *args: str) -> tuple[int, float, float, int, int
                              stderr=subprocess.PIPE, text=True)
     err = p.stderr.read()
     _, status, usage = os.wait4(p.pid, 0)
-    anon = next((int(x.split()[1]) for x in err.splitlines() if x.startswith("ANON ")), 0)
+    mem = {k: int(v) for k, _, v in (x.partition(" ") for x in err.splitlines()) if k in ("RssAnon", "VmHWM")}
     return (os.waitstatus_to_exitcode(status), time.monotonic() - t, usage.ru_utime + usage.ru_stime,
-            usage.ru_maxrss, anon)
+            mem.get("VmHWM", 0), mem.get("RssAnon", 0))
 
 
 def main() -> None:
@@ -91,6 +94,9 @@ def main() -> None:
     ap.add_argument("--count", type=int, default=300_000)
     ap.add_argument("--dir", type=Path, help="journal directory (generated once, reused)")
     ap.add_argument("--old", type=Path, help="also run each command from this source tree (old vs new)")
+    ap.add_argument("--since", help="replay and learn from this time (default: 30 days ago; a journal "
+                                    "made elsewhere, e.g. the console bench's, may be older)")
+    ap.add_argument("--until", help="and up to this time (a journal still written to: old and new read the same)")
     a = ap.parse_args()
     tmp = tempfile.TemporaryDirectory()
     jdir = a.dir or Path(tmp.name) / "journal"
@@ -98,11 +104,13 @@ def main() -> None:
         print(f"generating {a.count:,} entries: {generate(jdir, a.count):.1f}s")
     work = Path(tmp.name)
     with Journal.open(jdir, readonly=True) as j:
-        count = j.count()
+        count = j.count(Filter(since_ns=parse_time(a.since) if a.since else None,
+                               until_ns=parse_time(a.until) if a.until else None))
     learned, cand = work / "learned-new.toml", work / "candidate.toml"
     cand.write_text(CANDIDATE)
     # one absolute start for every run, so old and new outputs compare byte for byte
-    base = ("--journal", str(jdir), "--since", format_time(time.time_ns() - 30 * 86400 * 10**9))
+    base = ("--journal", str(jdir), "--since", a.since or format_time(time.time_ns() - 30 * 86400 * 10**9),
+            *(("--until", a.until) if a.until else ()))
     trees = [("new", ROOT / "src")] + ([("old", a.old)] if a.old else [])
     print(f"{count:,} entries in {jdir}")
     for what, args in (("learn", ("policy", "learn", *base, "-o")),

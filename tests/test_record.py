@@ -11,12 +11,14 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from sockgate.record import (  # noqa: E402
-    NS, Code, Entry, EntryType, Outcome, Source, addr_key, endpoint, format_time, parse_duration,
+    NS, Code, Entry, EntryType, Outcome, Source, addr_key, endpoint, format_time, ipv4_packed, parse_duration,
     parse_range, parse_time,
 )
 
@@ -138,3 +140,38 @@ def test_monitor_ibmi_and_check_import_without_the_c_writer():
     assert p.returncode == 0 and p.stdout.strip() == "no C writer", p.stderr
     p = sockgate("monitor", "--check", str(ROOT / "examples" / "alerts.toml"), pre=NO_C_WRITER)
     assert p.returncode == 0 and "ok (7 alert rules" in p.stdout, p.stderr
+
+
+ADDRESS_TEXT = st.one_of(
+    st.tuples(*[st.integers(0, 300) | st.sampled_from(["00", "01", "0x1", " 1", "1 ", "+1", "١"])] * 4).map(
+        lambda t: ".".join(map(str, t))),
+    st.sampled_from(["1.2.3", "1.2.3.4.5", "1..2.3", "::ffff:1.2.3.4", "fe80::1%eth0", "::1", "1.2.3.4\x00",
+                     "1.2.3.4/32", "", "x"]),
+    st.text(alphabet="0123456789.:abcdef%x ", max_size=20),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(ADDRESS_TEXT)
+def test_ipv4_fast_path_reads_as_ipaddress(text):
+    """ipv4_packed is only a shortcut: addr_as_v6 and network_of say what ipaddress says."""
+    import ipaddress
+
+    from sockgate.policy.compile import addr_as_v6
+    from sockgate.policy.replay import network_of
+
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        ip = None
+    packed = ipv4_packed(text)
+    assert packed is None or (ip is not None and ip.version == 4 and ip.packed == packed)
+    if ip is None:
+        with pytest.raises(ValueError):
+            addr_as_v6(text)
+        assert network_of.__wrapped__(text) == (text or "-")
+        return
+    assert addr_as_v6(text) == ((0xFFFF << 32) | int(ip) if ip.version == 4 else int(ip))
+    v4 = ip if ip.version == 4 else ip.ipv4_mapped
+    want = str(ipaddress.ip_network(f"{v4 or ip}/{24 if v4 else 64}", strict=False))
+    assert network_of.__wrapped__(text) == want

@@ -214,6 +214,17 @@ def unmap_network(net: Network) -> Network:
     return net
 
 
+def ipv4_packed(addr: str) -> bytes | None:
+    """The 4 bytes of an IPv4 address written in its one canonical spelling (dotted
+    decimal, no leading zeros: what ipaddress reads as that address), else None. A check in
+    C before ipaddress, for the common case of many distinct addresses."""
+    try:
+        b = socket.inet_pton(socket.AF_INET, addr)
+    except (OSError, ValueError):
+        return None
+    return b if socket.inet_ntop(socket.AF_INET, b) == addr else None
+
+
 @functools.lru_cache(maxsize=1 << 16)
 def addr_key(addr: str | None) -> bytes | None:
     """16 bytes that sort like the address, IPv4 (and IPv4-mapped IPv6) as ::ffff:a.b.c.d,

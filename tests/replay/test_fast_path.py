@@ -1,4 +1,4 @@
-"""The fast read path (Journal.decisions: DecisionRows, extra's keys extracted by SQLite)
+"""The fast read path (Journal.decisions: DecisionRows as stored, read by the C Reader)
 gives replay and learn exactly what the Entry path (Journal.entries) gives, on a journal of
 hard cases: IBM i entries, unknown owners, vanished programs, UDP summaries with counts,
 extra.groups / extra.exe / extra.protocol present, absent, malformed and of odd JSON types."""
@@ -132,6 +132,77 @@ def test_rows_read_back_as_entries_convert(hard):
     for row, e in pairs:
         assert tuple(decision_row(e)) == row
         assert call_of(row) == call_of(e)
+
+
+@pytest.mark.parametrize("name", sorted(POLICIES))
+def test_cached_parts_decide_as_decide(hard, name, monkeypatch):
+    """The Evaluator decides a call it has not seen from cached parts (identity, side bits,
+    verdicts): row by row what evaluate.decide says of call_of(row), also with caches small
+    enough to be cleared over and over."""
+    from sockgate.policy import replay as rp
+    from sockgate.journal.store import extra_facts
+
+    jdir, _ = hard
+    with Journal.open(jdir, readonly=True) as j:
+        rows = [rp.as_row(r) for r in j.decisions(filter=Filter(types=DECISION_TYPES))]
+    for cache_max in (rp.Evaluator.CACHE_MAX, 7):
+        monkeypatch.setattr(rp.Evaluator, "CACHE_MAX", cache_max)
+        ev = rp.Evaluator(_policy(name))
+        for r in rows:
+            facts = extra_facts(r.extra)
+            assert ev.decide_row(r, facts) == ev.decide(call_of(r, facts)), r
+            assert ev.verdict(r) == ev.decide(call_of(r)), r
+        assert max(map(len, (ev._who, *ev._addr_bits, ev._port_bits, ev._verdicts, ev._cache))) <= cache_max
+
+
+@pytest.mark.parametrize("name", sorted(POLICIES))
+@pytest.mark.parametrize("against", [False, True])
+def test_replay_counts_as_deciding_each_row_alone(hard, name, against):
+    """replay()'s counters (row kinds cached, counted in bulk) are what deciding every row on
+    its own with decide(call_of(row)) gives, in any row order, also for rows that lack a
+    side's address or port (their "no-local"/"no-remote" depends on it even where no rule
+    tests that field: the key says whether it is there)."""
+    from sockgate.journal.store import extra_facts
+    from sockgate.policy import replay as rp
+
+    jdir, _ = hard
+    with Journal.open(jdir, readonly=True) as j:
+        rows = [rp.as_row(r) for r in j.decisions(filter=Filter(types=DECISION_TYPES))]
+    rnd = random.Random(7)
+    for r in rnd.sample(rows, 600):   # the same calls without one side's address or port
+        rows.append(r._replace(**{rnd.choice(["local_addr", "local_port", "remote_addr", "remote_port"]): None}))
+    rnd.shuffle(rows)
+    cand = _policy(name)
+    other = _policy("candidate" if name != "candidate" else "groups-and-sides") if against else None
+    new, old = rp.Evaluator(cand), rp.Evaluator(other) if other else None
+    want = {"decisions": 0, "unchanged": 0, "same_effect": 0, "breaks": 0, "opens": 0, "approximated": 0}
+    reasons, skipped = {}, {}
+    for r in rows:
+        outcome = rp._OUTCOMES[r.outcome]
+        if outcome is None:
+            continue
+        facts = extra_facts(r.extra)
+        why = rp.skip_reason(r.rule, facts)
+        if why:
+            skipped[why] = skipped.get(why, 0) + 1
+            continue
+        call = call_of(r, facts)
+        nv = new.decide(call)
+        ov = old.decide(call) if old else None
+        old_outcome, old_rule = (ov.outcome, ov.rule) if ov else (outcome, r.rule or "-")
+        approx = nv.approx | (ov.approx if ov else frozenset())
+        want["decisions"] += 1
+        want["approximated"] += bool(approx)
+        for m in approx:
+            reasons[m] = reasons.get(m, 0) + 1
+        was, now = rp.passes(old_outcome), rp.passes(nv.outcome)
+        kind = ("unchanged" if old_outcome is nv.outcome and old_rule == nv.rule else "same_effect") \
+            if was == now else "breaks" if was else "opens"
+        want[kind] += 1
+    rep = replay(rows, cand, other)
+    assert {k: getattr(rep, k) for k in want} == want
+    assert rep.reasons == reasons and rep.skipped == skipped
+    assert reasons.get("no-local", 0) + reasons.get("no-remote", 0) > 0 or name == "candidate"
 
 
 def test_damaged_outcome_is_a_journal_error(tmp_path):

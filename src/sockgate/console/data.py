@@ -514,7 +514,7 @@ class Data:
         candidate = load_policy(self.candidate_file)
         f = _narrow(filt, types=DECISION_TYPES)
         with self.lock:
-            return replay(self.journal.entries(filter=f), candidate, None,
+            return replay(self.journal.decisions(filter=f), candidate, None,
                           since_ns=filt.since_ns, until_ns=filt.until_ns)
 
 

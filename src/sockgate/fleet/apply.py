@@ -186,7 +186,7 @@ def replay_gate(bundle: Bundle, journal_dir: str | os.PathLike, against: Policy 
     since = now_ns - bundle.replay_window_ns
     filt = Filter.build(types=DECISION_TYPES, sources=("kernel",), since=since)
     with Journal.open(journal_dir, readonly=True) as j:
-        return replay(j.entries(filter=filt), bundle.policy, against, since_ns=since, compiled=bundle.compiled)
+        return replay(j.decisions(filter=filt), bundle.policy, against, since_ns=since, compiled=bundle.compiled)
 
 
 def _daemon_state(pin_dir: str) -> dict[str, Any]:

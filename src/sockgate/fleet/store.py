@@ -24,12 +24,12 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import ipaddress
-import socket
 import threading
 import time
 from typing import Any
 
 from sockgate.errors import FleetError
+from sockgate.record import ipv4_packed
 
 try:
     import psycopg
@@ -175,12 +175,8 @@ def inet(addr: Any) -> str | None:
     same addresses recur."""
     if not isinstance(addr, str) or not addr:
         return None
-    if ":" not in addr:   # the common case, in C: IPv4 in its one canonical spelling
-        try:
-            if socket.inet_ntop(socket.AF_INET, socket.inet_pton(socket.AF_INET, addr)) == addr:
-                return addr
-        except OSError:
-            pass
+    if ":" not in addr and ipv4_packed(addr) is not None:   # the common case, checked in C
+        return addr
     try:
         ip = ipaddress.ip_address(addr.split("%", 1)[0])
     except ValueError:

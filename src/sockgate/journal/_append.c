@@ -15,6 +15,9 @@
  * Python's sqlite3 module, so POSIX locks are shared properly within the process); the
  * Python connection keeps reads, meta and seals. Transactions: begin()/commit()/rollback()
  * around one or more append() calls.
+ *
+ * The Reader (below) is the read path for long scans (Journal.decisions), for the same
+ * reason: the sqlite3 module's per-value conversion was ~80% of `policy replay`.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -40,6 +43,7 @@ static PyObject *field_names[NFIELDS]; /* interned attribute names */
 static PyObject *WriteError;           /* SQLite failed (the caller rolls back); .code = its code */
 static PyObject *BusyError;            /* WriteError for SQLITE_BUSY/SQLITE_LOCKED: another
                                           connection holds the receiver (told by code, not text) */
+static PyObject *ReadError;            /* SQLite failed while the Reader read (.code = its code) */
 
 /* One value of one entry: NULL, an integer, or text (UTF-8 owned by a live object or
  * by the batch's arena, see `off`). */
@@ -174,11 +178,14 @@ static void Appender_dealloc(Appender *self) {
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-static PyObject *sqlite_error(Appender *self, const char *what) {
-    int code = self->db ? sqlite3_extended_errcode(self->db) : SQLITE_MISUSE;
+/* SQLite's last error on db as `type` (or BusyError for SQLITE_BUSY/SQLITE_LOCKED when
+ * type is WriteError), with .code = the extended result code. Returns NULL. */
+static PyObject *raise_sqlite(sqlite3 *db, PyObject *type, const char *what) {
+    int code = db ? sqlite3_extended_errcode(db) : SQLITE_MISUSE;
     int primary = code & 0xff;
-    PyObject *type = primary == SQLITE_BUSY || primary == SQLITE_LOCKED ? BusyError : WriteError;
-    PyObject *msg = PyUnicode_FromFormat("%s: %s", what, self->db ? sqlite3_errmsg(self->db) : "no connection");
+    if (type == WriteError && (primary == SQLITE_BUSY || primary == SQLITE_LOCKED))
+        type = BusyError;
+    PyObject *msg = PyUnicode_FromFormat("%s: %s", what, db ? sqlite3_errmsg(db) : "no connection");
     PyObject *exc = msg ? PyObject_CallOneArg(type, msg) : NULL;
     PyObject *num = exc ? PyLong_FromLong(code) : NULL;
     if (num && PyObject_SetAttrString(exc, "code", num) == 0)
@@ -187,6 +194,10 @@ static PyObject *sqlite_error(Appender *self, const char *what) {
     Py_XDECREF(exc);
     Py_XDECREF(msg);
     return NULL;
+}
+
+static PyObject *sqlite_error(Appender *self, const char *what) {
+    return raise_sqlite(self->db, WriteError, what);
 }
 
 static int exec_nogil(Appender *self, const char *sql) {
@@ -711,6 +722,349 @@ static PyTypeObject AppenderType = {
     .tp_methods = Appender_methods,
 };
 
+/* ---------------------------------------------------------------- the Reader object
+ *
+ * The read path for long scans (Journal.decisions: replay and learn read every decision of
+ * the journal). Why C: the sqlite3 module spends ~2.7 us per 16-column row converting
+ * values (SQLite itself ~0.2 us), and makes a new str for every text value although most
+ * repeat row after row (type, source, host, outcome, rule, user, program, extra). Here a
+ * page of rows is stepped with the GIL released into a flat buffer, then turned into tuples
+ * with each text value looked up in a bounded table of strs already made (`intern`): a
+ * repeated value is the same object again, its hash already computed, so the caller's dict
+ * lookups on it are a pointer compare. Same libsqlite3 as the sqlite3 module (checked at
+ * import), its own connection; values as the sqlite3 module gives them (text strictly
+ * UTF-8: a damaged text is a UnicodeDecodeError). */
+
+#define INTERN_SLOTS (1 << 14) /* direct-mapped: a new value replaces the slot's old one */
+#define INTERN_MAX_LEN 1024    /* longer texts are made fresh each time (rare, likely unique) */
+#define KEEP_CELLS (1 << 20)   /* buffers of a page up to this many values are kept for the next */
+
+typedef struct {
+    PyObject *s;      /* the str (NULL: empty slot) */
+    const char *u8;   /* its UTF-8 (owned by s) */
+    Py_ssize_t n;
+    uint64_t h;
+} islot_t;
+
+typedef struct { /* one stepped value; text and blobs live in the page's arena at off */
+    int type;
+    union { long long i; double d; size_t off; } v;
+    size_t n;
+} cell_t;
+
+typedef struct {
+    PyObject_HEAD
+    sqlite3 *db;
+    sqlite3_stmt *st;
+    char *sql;        /* text st was prepared from */
+    islot_t *slots;
+    cell_t *cells;    /* the page being read, kept for the next (a scan reads many) */
+    size_t cap;
+    buf_t arena;
+    int busy;
+} Reader;
+
+/* FNV-1a over 8-byte words (then the tail): only picks a slot, equality is memcmp */
+static uint64_t text_hash(const char *s, size_t n) {
+    uint64_t h = 1469598103934665603ULL ^ n, w;
+    for (; n >= 8; s += 8, n -= 8) {
+        memcpy(&w, s, 8);
+        h = (h ^ w) * 1099511628211ULL;
+        h ^= h >> 29;
+    }
+    for (; n; s++, n--)
+        h = (h ^ (unsigned char)*s) * 1099511628211ULL;
+    return h ^ (h >> 32);
+}
+
+/* A new reference to a str of the UTF-8 text s[0:n]: the table's, when it has it. */
+static PyObject *intern_text(Reader *self, const char *s, size_t n) {
+    if (n > INTERN_MAX_LEN)
+        return PyUnicode_DecodeUTF8(s, (Py_ssize_t)n, NULL);
+    uint64_t h = text_hash(s, n);
+    islot_t *slot = &self->slots[h & (INTERN_SLOTS - 1)];
+    if (slot->s && slot->h == h && slot->n == (Py_ssize_t)n && memcmp(slot->u8, s, n) == 0) {
+        Py_INCREF(slot->s);
+        return slot->s;
+    }
+    PyObject *str = PyUnicode_DecodeUTF8(s, (Py_ssize_t)n, NULL);
+    if (!str)
+        return NULL;
+    Py_ssize_t len;
+    const char *u8 = PyUnicode_AsUTF8AndSize(str, &len);
+    if (!u8) {
+        Py_DECREF(str);
+        return NULL;
+    }
+    Py_XSETREF(slot->s, Py_NewRef(str));
+    slot->u8 = u8;
+    slot->n = len;
+    slot->h = h;
+    return str;
+}
+
+static void Reader_clear_slots(Reader *self) {
+    if (self->slots)
+        for (int k = 0; k < INTERN_SLOTS; k++)
+            Py_CLEAR(self->slots[k].s);
+}
+
+static void Reader_drop_buffers(Reader *self) {
+    free(self->cells);
+    self->cells = NULL;
+    self->cap = 0;
+    free(self->arena.p);
+    self->arena = (buf_t){0};
+}
+
+static PyObject *Reader_close(Reader *self, PyObject *unused) {
+    if (self->st)
+        sqlite3_finalize(self->st);
+    self->st = NULL;
+    free(self->sql);
+    self->sql = NULL;
+    if (self->db)
+        sqlite3_close_v2(self->db);
+    self->db = NULL;
+    Reader_clear_slots(self);
+    Reader_drop_buffers(self);
+    Py_RETURN_NONE;
+}
+
+static void Reader_dealloc(Reader *self) {
+    Py_XDECREF(Reader_close(self, NULL));
+    free(self->slots);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int Reader_init(Reader *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"path", "readonly", "busy_ms", "mmap_size", NULL};
+    const char *path;
+    int readonly = 1, busy_ms = 10000;
+    long long mmap_size = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "s|p$iL", kwlist, &path, &readonly, &busy_ms, &mmap_size))
+        return -1;
+    if (busy_ms < 0 || mmap_size < 0) {
+        PyErr_SetString(PyExc_ValueError, "busy_ms and mmap_size must be >= 0");
+        return -1;
+    }
+    if (self->db) {
+        PyErr_SetString(PyExc_RuntimeError, "Reader already initialised");
+        return -1;
+    }
+    if (!(self->slots = calloc(INTERN_SLOTS, sizeof *self->slots))) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    /* SQLITE_OPEN_READONLY is what the sqlite3 module's "file:...?mode=ro" asks for */
+    int flags = (readonly ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE) | SQLITE_OPEN_NOMUTEX;
+    if (sqlite3_open_v2(path, &self->db, flags, NULL) != SQLITE_OK) {
+        raise_sqlite(self->db, ReadError, path);
+        return -1;
+    }
+    char pragmas[120];
+    snprintf(pragmas, sizeof pragmas, "PRAGMA busy_timeout=%d; PRAGMA mmap_size=%lld;", busy_ms, mmap_size);
+    if (sqlite3_exec(self->db, pragmas, NULL, NULL, NULL) != SQLITE_OK) {
+        raise_sqlite(self->db, ReadError, path);
+        return -1;
+    }
+    return 0;
+}
+
+/* Bind params (a tuple of None, int, float, str, bytes) to st; the objects outlive the step. */
+static int bind_params(sqlite3_stmt *st, PyObject *params) {
+    Py_ssize_t n = PyTuple_GET_SIZE(params);
+    if (n != sqlite3_bind_parameter_count(st)) {
+        PyErr_Format(PyExc_ValueError, "%zd parameters for %d placeholders", n, sqlite3_bind_parameter_count(st));
+        return -1;
+    }
+    for (Py_ssize_t k = 0; k < n; k++) {
+        PyObject *o = PyTuple_GET_ITEM(params, k);
+        int col = (int)k + 1, rc;
+        if (o == Py_None) {
+            rc = sqlite3_bind_null(st, col);
+        } else if (PyLong_Check(o)) {
+            long long v = PyLong_AsLongLong(o);
+            if (v == -1 && PyErr_Occurred())
+                return -1;
+            rc = sqlite3_bind_int64(st, col, v);
+        } else if (PyFloat_Check(o)) {
+            rc = sqlite3_bind_double(st, col, PyFloat_AS_DOUBLE(o));
+        } else if (PyUnicode_Check(o)) {
+            Py_ssize_t len;
+            const char *u8 = PyUnicode_AsUTF8AndSize(o, &len);
+            if (!u8)
+                return -1;
+            rc = sqlite3_bind_text64(st, col, u8, (sqlite3_uint64)len, SQLITE_STATIC, SQLITE_UTF8);
+        } else if (PyBytes_Check(o)) {
+            rc = sqlite3_bind_blob64(st, col, PyBytes_AS_STRING(o), (sqlite3_uint64)PyBytes_GET_SIZE(o),
+                                     SQLITE_STATIC);
+        } else {
+            PyErr_Format(PyExc_TypeError, "parameter %zd: unsupported type %.80s", k + 1, Py_TYPE(o)->tp_name);
+            return -1;
+        }
+        if (rc != SQLITE_OK) {
+            PyErr_Format(PyExc_ValueError, "parameter %zd: cannot bind (SQLite code %d)", k + 1, rc);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* Step st to the end into cells (ncol per row) and arena; GIL released by the caller.
+ * Returns the final result code (SQLITE_DONE when all went well; -1: out of memory). */
+static int step_all(sqlite3_stmt *st, int ncol, cell_t **cells, size_t *cap, size_t *nrows, buf_t *arena) {
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if ((*nrows + 1) * (size_t)ncol > *cap) {
+            size_t c = *cap ? *cap * 2 : (size_t)ncol * 1024;
+            cell_t *p = realloc(*cells, c * sizeof *p);
+            if (!p)
+                return -1;
+            *cells = p;
+            *cap = c;
+        }
+        cell_t *row = *cells + *nrows * (size_t)ncol;
+        for (int k = 0; k < ncol; k++) {
+            cell_t *c = &row[k];
+            c->type = sqlite3_column_type(st, k);
+            switch (c->type) {
+            case SQLITE_INTEGER: c->v.i = sqlite3_column_int64(st, k); break;
+            case SQLITE_FLOAT: c->v.d = sqlite3_column_double(st, k); break;
+            case SQLITE_TEXT:
+            case SQLITE_BLOB: {
+                const void *p = c->type == SQLITE_TEXT ? (const void *)sqlite3_column_text(st, k)
+                                                       : sqlite3_column_blob(st, k);
+                c->n = (size_t)sqlite3_column_bytes(st, k);
+                c->v.off = arena->len;
+                if (c->n && buf_put(arena, p, c->n) < 0)
+                    return -1;
+                break;
+            }
+            default: break;
+            }
+        }
+        (*nrows)++;
+    }
+    return rc;
+}
+
+static PyObject *cell_value(Reader *self, const cell_t *c, const buf_t *arena) {
+    switch (c->type) {
+    case SQLITE_INTEGER: return PyLong_FromLongLong(c->v.i);
+    case SQLITE_FLOAT: return PyFloat_FromDouble(c->v.d);
+    case SQLITE_TEXT: return intern_text(self, c->n ? arena->p + c->v.off : "", c->n);
+    case SQLITE_BLOB: return PyBytes_FromStringAndSize(c->n ? arena->p + c->v.off : "", (Py_ssize_t)c->n);
+    default: Py_RETURN_NONE;
+    }
+}
+
+PyDoc_STRVAR(fetch_doc,
+"fetch(sql, params=()) -> list of tuples\n\n"
+"Every row of one SELECT, as Connection.execute(sql, params).fetchall() gives them, with\n"
+"repeated text values shared (one str object per distinct value, within a bounded table).\n"
+"The statement is kept prepared while the same sql text comes again (a scan's pages).");
+
+static PyObject *Reader_fetch(Reader *self, PyObject *args) {
+    const char *sql;
+    PyObject *params_in = NULL;
+    if (!PyArg_ParseTuple(args, "s|O", &sql, &params_in))
+        return NULL;
+    if (!self->db) {
+        PyErr_SetString(PyExc_RuntimeError, "Reader is closed");
+        return NULL;
+    }
+    if (self->busy) {
+        PyErr_SetString(PyExc_RuntimeError, "Reader used from two threads at once");
+        return NULL;
+    }
+    if (!self->sql || strcmp(self->sql, sql) != 0) {
+        sqlite3_finalize(self->st);
+        self->st = NULL;
+        free(self->sql);
+        self->sql = NULL;
+        if (sqlite3_prepare_v3(self->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &self->st, NULL) != SQLITE_OK)
+            return raise_sqlite(self->db, ReadError, "prepare");
+        if (!self->st) {
+            PyErr_SetString(PyExc_ValueError, "no SQL statement");
+            return NULL;
+        }
+        if (!(self->sql = strdup(sql)))
+            return PyErr_NoMemory();
+    }
+    PyObject *params = params_in ? PySequence_Tuple(params_in) : PyTuple_New(0);
+    if (!params)
+        return NULL;
+    PyObject *out = NULL;
+    size_t nrows = 0;
+    self->arena.len = 0;
+    sqlite3_stmt *st = self->st;
+    int ncol = sqlite3_column_count(st), rc;
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    if (bind_params(st, params) < 0)
+        goto done;
+    self->busy = 1;
+    Py_BEGIN_ALLOW_THREADS
+    rc = step_all(st, ncol, &self->cells, &self->cap, &nrows, &self->arena);
+    Py_END_ALLOW_THREADS
+    self->busy = 0;
+    if (rc == -1) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    if (rc != SQLITE_DONE) {
+        raise_sqlite(self->db, ReadError, "step");
+        goto done;
+    }
+    if (!(out = PyList_New((Py_ssize_t)nrows)))
+        goto done;
+    for (size_t r = 0; r < nrows; r++) {
+        PyObject *t = PyTuple_New(ncol);
+        if (!t)
+            goto fail;
+        PyList_SET_ITEM(out, (Py_ssize_t)r, t);
+        for (int k = 0; k < ncol; k++) {
+            PyObject *v = cell_value(self, &self->cells[r * (size_t)ncol + (size_t)k], &self->arena);
+            if (!v)
+                goto fail;
+            PyTuple_SET_ITEM(t, k, v);
+        }
+        /* only str, int, float, bytes, None: no cycle can go through it, so the collector
+           need not visit it (CPython untracks such tuples itself, at its next collection) */
+        PyObject_GC_UnTrack(t);
+    }
+    goto done;
+fail:
+    Py_CLEAR(out);
+done:
+    sqlite3_reset(st);   /* ends the statement's read transaction */
+    sqlite3_clear_bindings(st);
+    if (self->cap > KEEP_CELLS)   /* one huge fetch does not pin its buffers */
+        Reader_drop_buffers(self);
+    Py_DECREF(params);
+    return out;
+}
+
+static PyMethodDef Reader_methods[] = {
+    {"fetch", (PyCFunction)Reader_fetch, METH_VARARGS, fetch_doc},
+    {"close", (PyCFunction)Reader_close, METH_NOARGS, "close the connection and drop the shared strs"},
+    {NULL},
+};
+
+static PyTypeObject ReaderType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "sockgate.journal._append.Reader",
+    .tp_basicsize = sizeof(Reader),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Reader(path, readonly=True, *, busy_ms=10000, mmap_size=0): the journal's C read "
+              "path for long scans of one receiver file",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Reader_init,
+    .tp_dealloc = (destructor)Reader_dealloc,
+    .tp_methods = Reader_methods,
+};
+
 /* canonical(values) for the cross-check with store.canonical (tests only). */
 static PyObject *py_canonical(PyObject *mod, PyObject *seq_in) {
     PyObject *t = PySequence_Tuple(seq_in);
@@ -760,11 +1114,11 @@ static PyMethodDef module_methods[] = {
 
 static struct PyModuleDef moduledef = {
     PyModuleDef_HEAD_INIT, "sockgate.journal._append",
-    "The journal's write path in C (see _append.c).", -1, module_methods,
+    "The journal's write path, and its read path for long scans, in C (see _append.c).", -1, module_methods,
 };
 
 PyMODINIT_FUNC PyInit__append(void) {
-    if (PyType_Ready(&AppenderType) < 0)
+    if (PyType_Ready(&AppenderType) < 0 || PyType_Ready(&ReaderType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&moduledef);
     if (!m)
@@ -780,9 +1134,12 @@ PyMODINIT_FUNC PyInit__append(void) {
     }
     WriteError = PyErr_NewException("sockgate.journal._append.WriteError", NULL, NULL);
     BusyError = WriteError ? PyErr_NewException("sockgate.journal._append.BusyError", WriteError, NULL) : NULL;
-    if (!WriteError || !BusyError || PyModule_AddObject(m, "FIELDS", names) < 0 ||
+    ReadError = PyErr_NewException("sockgate.journal._append.ReadError", NULL, NULL);
+    if (!WriteError || !BusyError || !ReadError || PyModule_AddObject(m, "FIELDS", names) < 0 ||
         PyModule_AddObjectRef(m, "WriteError", WriteError) < 0 ||
         PyModule_AddObjectRef(m, "BusyError", BusyError) < 0 ||
+        PyModule_AddObjectRef(m, "ReadError", ReadError) < 0 ||
+        PyModule_AddObjectRef(m, "Reader", (PyObject *)&ReaderType) < 0 ||
         PyModule_AddStringConstant(m, "SQLITE_VERSION", sqlite3_libversion()) < 0 ||
         PyModule_AddObjectRef(m, "Appender", (PyObject *)&AppenderType) < 0)
         return NULL;

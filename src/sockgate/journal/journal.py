@@ -450,13 +450,15 @@ class Journal:
     def decisions(self, after_seq: int = 0, *, filter: Filter | None = None,
                   page: int = 10_000) -> Iterator[tuple]:
         """As `entries`, but DecisionRow-shaped tuples (store.DecisionRow: the columns replay
-        and learn read, extra's keys extracted by SQLite): the fast read of many decisions."""
-        for _, rows in self._pages(store.DECISION_SELECT, after_seq, filter, page):
+        and learn read, as stored), read through the C read path (Receiver.scan): the fast
+        read of many decisions."""
+        for _, rows in self._pages(store.DECISION_SELECT, after_seq, filter, page, scan=True):
             yield from rows
 
     def _pages(self, select: str, after_seq: int, filter: Filter | None,
-               page: int) -> Iterator[tuple[Receiver, list[tuple]]]:
-        """(receiver, rows) pages of `select` (seq first) over matching entries, seq order."""
+               page: int, *, scan: bool = False) -> Iterator[tuple[Receiver, list[tuple]]]:
+        """(receiver, rows) pages of `select` (seq first) over matching entries, seq order;
+        `scan`: read through Receiver.scan."""
         where, params = (filter or Filter()).where()
         with self._lock:
             if self.readonly:
@@ -467,10 +469,10 @@ class Journal:
             if nxt is not None and nxt - 1 <= after_seq:
                 continue
             last = after_seq
+            fetch = r.scan if scan else r.fetchall
             while True:
                 try:
-                    rows = r.fetchall(f"{select} WHERE seq > ? AND {where} ORDER BY seq LIMIT ?",
-                                      [last, *params, page])
+                    rows = fetch(f"{select} WHERE seq > ? AND {where} ORDER BY seq LIMIT ?", [last, *params, page])
                 except JournalError:
                     if not r.path.exists():
                         break   # deleted by retention while we read

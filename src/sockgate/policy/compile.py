@@ -24,6 +24,7 @@ from sockgate.errors import PolicyError
 from sockgate.policy.model import (
     MAX_BITMAPS, MAX_RULES, Action, Exit, Match, Mode, Outcome, Policy, Protocol, Rule,
 )
+from sockgate.record import ipv4_packed
 
 # verdict numbers as in the kernel header (SG_ALLOWED, SG_REJECTED, SG_AUDIT_REJECTED)
 VERDICT_OF = {Outcome.ALLOWED: 0, Outcome.REJECTED: 1, Outcome.AUDIT_REJECTED: 2}
@@ -43,6 +44,10 @@ def as_v6(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> tuple[int, int]
 
 
 def addr_as_v6(addr: str | ipaddress.IPv4Address | ipaddress.IPv6Address) -> int:
+    if isinstance(addr, str):
+        v4 = ipv4_packed(addr)   # the common case, without ipaddress
+        if v4 is not None:
+            return (0xFFFF << 32) | int.from_bytes(v4, "big")
     a = ipaddress.ip_address(addr) if isinstance(addr, str) else addr
     return (0xFFFF << 32) | int(a) if a.version == 4 else int(a)
 

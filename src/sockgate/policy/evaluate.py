@@ -55,19 +55,31 @@ def lookup_port(c: Compiled, side: int, port: int, proto: int = Protocol.TCP) ->
 def decide(c: Compiled, exit: int, uid: int, gids: tuple[int, ...], ident: tuple[int, int] | None,
            laddr128: int, lport: int, raddr128: int, rport: int, proto: int = Protocol.TCP) -> tuple[int, int]:
     """(verdict, rule index or -1): the kernel's decide(), bit for bit."""
-    b = c.bitmaps
-    dims = [
-        b[c.users.get((exit, uid), c.user_miss[exit])],  # carries the exit dimension
-        _group_bits(c, gids),
-        b[c.programs.get(ident, c.program_miss) if ident else c.program_miss],
-    ]
+    cand = who_bits(c, exit, uid, gids, ident)
     if exit != Exit.CONNECT:
-        dims += [b[lookup_addr(c, LOCAL, laddr128)], b[lookup_port(c, LOCAL, lport, proto)]]
+        cand &= side_bits(c, LOCAL, laddr128, lport, proto)
     if exit != Exit.LISTEN:
-        dims += [b[lookup_addr(c, REMOTE, raddr128)], b[lookup_port(c, REMOTE, rport, proto)]]
-    cand = (1 << c.nrules) - 1
-    for d in dims:
-        cand &= d
+        cand &= side_bits(c, REMOTE, raddr128, rport, proto)
+    return first_rule(c, exit, cand)
+
+
+# decide() in its three parts, for callers that cache each (replay: a caller's identity
+# repeats over many addresses, an address over many callers)
+
+def who_bits(c: Compiled, exit: int, uid: int, gids: tuple[int, ...], ident: tuple[int, int] | None) -> int:
+    """The rules the caller's dimensions leave: user (it carries the exit point), groups, program."""
+    b = c.bitmaps
+    return (((1 << c.nrules) - 1) & b[c.users.get((exit, uid), c.user_miss[exit])] & _group_bits(c, gids)
+            & b[c.programs.get(ident, c.program_miss) if ident else c.program_miss])
+
+
+def side_bits(c: Compiled, side: int, addr128: int, port: int, proto: int = Protocol.TCP) -> int:
+    """The rules one side's address and port leave (LOCAL or REMOTE)."""
+    return c.bitmaps[lookup_addr(c, side, addr128)] & c.bitmaps[lookup_port(c, side, port, proto)]
+
+
+def first_rule(c: Compiled, exit: int, cand: int) -> tuple[int, int]:
+    """(verdict, rule index or -1) of the candidate rules left: the lowest set bit decides."""
     if not cand:
         return c.default_verdicts[exit], -1
     rule = (cand & -cand).bit_length() - 1

@@ -29,10 +29,10 @@ from sockgate.journal.store import (
     DECISION_KEY, DECISION_SIDES, DecisionRow, ExtraFacts, FactsCache, damaged_row, decision_row, decision_rows,
     extra_facts,
 )
-from sockgate.policy.compile import OUTCOME_OF, Compiled, addr_as_v6, compile_policy, program_identity
-from sockgate.policy.evaluate import decide
+from sockgate.policy.compile import LOCAL, OUTCOME_OF, REMOTE, Compiled, addr_as_v6, compile_policy, program_identity
+from sockgate.policy.evaluate import decide, first_rule, lookup_addr, lookup_port, who_bits
 from sockgate.policy.model import UID_UNKNOWN, Exit, Outcome, Policy, Protocol
-from sockgate.record import EntryType, Source, format_time
+from sockgate.record import EntryType, Source, format_time, ipv4_packed
 
 # Journaled types that are socket decisions, and the exit point that made them.
 EXIT_OF_TYPE: dict[EntryType, Exit] = {
@@ -143,7 +143,23 @@ def call_of(e, facts: ExtraFacts | None = None) -> Call:
     """The call a decision-type entry journals (see REASONS for what may be missing); `e` is
     a DecisionRow (or its tuple) or an Entry, `facts` its extra's, if decoded already."""
     r = as_row(e)
-    x = extra_facts(r.extra) if facts is None else facts
+    ex, uid, gids, program, ident, proto, missing = identity_of(r, extra_facts(r.extra) if facts is None else facts)
+    local = remote = None
+    if ex is not Exit.CONNECT:
+        if r.local_addr is None or r.local_port is None:
+            missing |= {"no-local"}
+        local = (r.local_addr or "::", r.local_port or 0)
+    if ex is not Exit.LISTEN:
+        if r.remote_addr is None or r.remote_port is None:
+            missing |= {"no-remote"}
+        remote = (r.remote_addr or "::", r.remote_port or 0)
+    return Call(ex, uid, gids, program, ident, local, remote, proto, missing)
+
+
+def identity_of(r: DecisionRow, x: ExtraFacts) -> tuple[Exit, int, tuple[int, ...], str | None,
+                                                         tuple[int, int] | None, Protocol, frozenset[str]]:
+    """call_of without the sides: (exit, uid, gids, program, ident, protocol, missing), what
+    the row's DECISION_KEY fields and its extra's facts say."""
     ex = EXIT_OF_TYPE[r.type]
     missing: set[str] = set()
     ibmi = r.source == Source.IBMI
@@ -172,33 +188,38 @@ def call_of(e, facts: ExtraFacts | None = None) -> Call:
     proto, known = protocol_of(x, r.type, r.source)
     if not known:
         missing.add("protocol")
-    local = remote = None
-    if ex is not Exit.CONNECT:
-        if r.local_addr is None or r.local_port is None:
-            missing.add("no-local")
-        local = (r.local_addr or "::", r.local_port or 0)
-    if ex is not Exit.LISTEN:
-        if r.remote_addr is None or r.remote_port is None:
-            missing.add("no-remote")
-        remote = (r.remote_addr or "::", r.remote_port or 0)
-    return Call(ex, uid, gids, program, ident, local, remote, proto, frozenset(missing))
+    return ex, uid, gids, program, ident, proto, frozenset(missing)
 
 
 Sides = dict[Exit, tuple[bool, bool, bool, bool]]
 
 
-def key_getters(sides: Sides | None = None) -> dict[str, operator.itemgetter]:
+def key_getters(sides: Sides | None = None, also: tuple[int, ...] = ()) -> dict[str, operator.itemgetter]:
     """Per decision entry type (its stored letter): what builds a row's cache key with its
     ExtraFacts: the DecisionRow fields a decision depends on (type, source, identity) and
     the sides it is decided on. A connect's local side and a listen's
     remote side are not; `sides` (per exit: keep the local address, local port, remote
     address, remote port) leaves out what no rule tests, so an accept's ephemeral client
-    port does not defeat the cache."""
+    port does not defeat the cache. `also`: more DecisionRow indexes, first in the key.
+
+    A side's field left out still counts by whether it is there at all: an entry without
+    it is missing "no-local"/"no-remote", which approximates a decision when a rule tests
+    the side's other field; then the key ends with `field is None`."""
     out = {}
     for t, ex in EXIT_OF_TYPE.items():
         keep = (sides or _ALL_SIDES)[ex]
-        out[t.value] = operator.itemgetter(*DECISION_KEY, *(i for i, k in zip(DECISION_SIDES, keep) if k))
+        get = operator.itemgetter(*also, *DECISION_KEY, *(i for i, k in zip(DECISION_SIDES, keep) if k))
+        absent = tuple(DECISION_SIDES[j] for a, p in ((0, 1), (2, 3)) if keep[a] != keep[p]
+                       for j in (a, p) if not keep[j])
+        out[t.value] = _with_absent(get, absent) if absent else get
     return out
+
+
+def _with_absent(get: operator.itemgetter, absent: tuple[int, ...]):
+    if len(absent) == 1:
+        i = absent[0]
+        return lambda row: (get(row), row[i] is None)
+    return lambda row: (get(row), *(row[i] is None for i in absent))
 
 
 _ALL_SIDES = {Exit.CONNECT: (False, False, True, True), Exit.LISTEN: (True, True, False, False),
@@ -234,9 +255,16 @@ class Verdict:
 
 
 class Evaluator:
-    """One policy's compiled tables, deciding journaled calls (cached per distinct call)."""
+    """One policy's compiled tables, deciding journaled calls (cached per distinct call).
 
-    CACHE_MAX = 1 << 18   # distinct calls kept; cleared when full, so memory stays bounded
+    A call not seen before is decided from cached parts (evaluate.decide in its three
+    parts): the caller's identity (DECISION_KEY fields and extra facts: user, groups and
+    program bits, protocol, what is missing), each side's address and port bits, the
+    verdict per (deciding rule, what is missing). Replaying a policy that tests remote
+    addresses meets every (caller, address, port) anew, but few callers and addresses;
+    tests/replay/test_fast_path.py holds the parts to `decide(call_of(row))` row by row."""
+
+    CACHE_MAX = 1 << 18   # distinct calls kept (and of each part); cleared when full: memory stays bounded
 
     def __init__(self, policy: Policy, compiled: Compiled | None = None):
         self.policy = policy
@@ -249,6 +277,10 @@ class Evaluator:
                     if getattr(r, f) is not None:
                         self.tests[ex][f] = self.tests[ex].get(f, 0) | (1 << r.index)
         self._cache: dict[tuple, Verdict] = {}
+        self._who: dict[tuple, tuple[Exit, Protocol, int, frozenset[str]]] = {}
+        self._addr_bits: tuple[dict[str, int], dict[str, int]] = ({}, {})   # per side (LOCAL, REMOTE)
+        self._port_bits: dict[tuple[int, int, int], int] = {}
+        self._verdicts: dict[tuple, Verdict] = {}
 
     def verdict(self, e, key: tuple | None = None) -> Verdict:
         """The verdict for a DecisionRow (or Entry); `key` its cache key, if built already."""
@@ -257,10 +289,46 @@ class Evaluator:
         if v is None:
             if len(self._cache) >= self.CACHE_MAX:
                 self._cache.clear()
-            v = self._cache[key] = self.decide(call_of(e, key[1]))
+            v = self._cache[key] = self.decide_row(as_row(e), key[1])
         return v
 
+    def decide_row(self, r: DecisionRow, facts: ExtraFacts) -> Verdict:
+        """decide(call_of(r, facts)), from the cached parts (not cached itself: `verdict` is)."""
+        c = self.c
+        wkey = _IDENTITY(r), facts
+        who = self._who.get(wkey)
+        if who is None:
+            ex, uid, gids, program, ident, proto, missing = identity_of(r, facts)
+            if ident is None and program and program.startswith("/"):
+                ident = _path_identity(program)   # match by path, as it is on this host
+            who = _put(self._who, wkey, (ex, proto, who_bits(c, int(ex), uid, gids, ident), missing))
+        ex, proto, cand, missing = who
+        if ex is not Exit.CONNECT:
+            if r.local_addr is None or r.local_port is None:
+                missing |= {"no-local"}
+            cand &= self._side(LOCAL, r.local_addr or "::", r.local_port or 0, proto)
+        if ex is not Exit.LISTEN:
+            if r.remote_addr is None or r.remote_port is None:
+                missing |= {"no-remote"}
+            cand &= self._side(REMOTE, r.remote_addr or "::", r.remote_port or 0, proto)
+        verdict, rule = first_rule(c, int(ex), cand)
+        vkey = ex, verdict, rule, missing
+        v = self._verdicts.get(vkey)
+        if v is None:
+            v = _put(self._verdicts, vkey, self._verdict(ex, verdict, rule, missing))
+        return v
+
+    def _side(self, side: int, addr: str, port: int, proto: Protocol) -> int:
+        a = self._addr_bits[side].get(addr)
+        if a is None:
+            a = _put(self._addr_bits[side], addr, self.c.bitmaps[lookup_addr(self.c, side, _v6.__wrapped__(addr))])
+        p = self._port_bits.get((side, proto, port))
+        if p is None:
+            p = _put(self._port_bits, (side, proto, port), self.c.bitmaps[lookup_port(self.c, side, port, proto)])
+        return a & p
+
     def decide(self, call: Call) -> Verdict:
+        """The verdict for a Call, by evaluate.decide itself (the reference the parts are held to)."""
         ident = call.ident
         if ident is None and call.program and call.program.startswith("/"):
             ident = _path_identity(call.program)   # match by path, as it is on this host
@@ -268,15 +336,28 @@ class Evaluator:
         raddr, rport = call.remote or ("::", 0)
         verdict, rule = decide(self.c, int(call.exit), call.uid, call.gids, ident, _v6(laddr), lport,
                                _v6(raddr), rport, int(call.protocol))
-        name = f"default:{call.exit.label}" if rule < 0 else self.policy.rules[rule].name
+        return self._verdict(call.exit, verdict, rule, call.missing)
+
+    def _verdict(self, ex: Exit, verdict: int, rule: int, missing: frozenset[str]) -> Verdict:
+        name = f"default:{ex.label}" if rule < 0 else self.policy.rules[rule].name
         approx: frozenset[str] = frozenset()
-        if call.missing:
+        if missing:
             # rules that could have decided instead: every one up to the decider (all, if none did)
             could = -1 if rule < 0 else (2 << rule) - 1
-            tests = self.tests[call.exit]
-            approx = frozenset(m for m in call.missing
-                               if any(tests.get(f, 0) & could for f in REASONS[m][0]))
+            tests = self.tests[ex]
+            approx = frozenset(m for m in missing if any(tests.get(f, 0) & could for f in REASONS[m][0]))
         return Verdict(OUTCOME_OF[verdict], name, approx)
+
+
+_IDENTITY = operator.itemgetter(*DECISION_KEY)
+
+
+def _put(cache: dict, key, value):
+    """cache[key] = value, the cache cleared first when full (Evaluator.CACHE_MAX); the value."""
+    if len(cache) >= Evaluator.CACHE_MAX:
+        cache.clear()
+    cache[key] = value
+    return value
 
 
 @functools.lru_cache(maxsize=1 << 14)
@@ -297,11 +378,14 @@ def passes(outcome: Outcome | None) -> bool:
 
 # ----------------------------------------------------------------------------- aggregation
 
-@functools.lru_cache(maxsize=1 << 14)
+@functools.lru_cache(maxsize=1 << 16)   # every break or open asks: a journal's remote addresses recur
 def network_of(addr: str | None) -> str:
     """The /24 (IPv4) or /64 (IPv6) an address is in: how replay groups remote peers."""
     if not addr:
         return "-"
+    v4 = ipv4_packed(addr)   # the common case, without ipaddress
+    if v4 is not None:
+        return f"{v4[0]}.{v4[1]}.{v4[2]}.0/24"
     try:
         ip = ipaddress.ip_address(addr)
     except ValueError:
@@ -430,74 +514,129 @@ def replay(entries: Iterable, candidate: Policy, against: Policy | None = None, 
     """Replay decision-type entries (any others are ignored) through `candidate` (`compiled`:
     its tables, if the caller has them). The old outcome is the journaled one, or
     `against`'s. `entries`: Journal.decisions rows (fast) or Entries. Streams: one pass,
-    bounded state."""
+    bounded state.
+
+    The hot loop: what a row comes to (skipped, unchanged, same effect, break, open, and
+    what approximates it) depends only on its journaled outcome and rule, its extra and the
+    fields its verdicts are cached on; a row of a kind seen before (most) is one key and one
+    dict hit, counted on the cached `_Kind`; breaks and opens are grouped row by row."""
     new = Evaluator(candidate, compiled)
     old = Evaluator(against) if against is not None else None
     rep = Report(candidate.source, against.source if against is not None else None, since_ns, until_ns)
-    groups, skipped, reasons = rep.groups, rep.skipped, rep.reasons
-    getters = key_getters(cache_sides(new, *([old] if old is not None else [])))
+    groups = rep.groups
+    sides = cache_sides(new, *([old] if old is not None else []))
+    row_keys = key_getters(sides, also=_ROW_ALSO)
     exit_of = {t.value: ex for t, ex in EXIT_OF_TYPE.items()}
-    decisions = unchanged = same_effect = breaks = opens = approximated = approx_breaks = approx_opens = 0
-    outcomes, passing, skip_rules, nverdict, ncache = _OUTCOMES, PASSING, SKIP_RULES, new.verdict, new._cache
+    outcomes, passing, skip_rules = _OUTCOMES, PASSING, SKIP_RULES
     facts_cache = FactsCache()
     known, facts_miss = facts_cache.known, facts_cache.miss
     listen = Exit.LISTEN
-    for row in decision_rows(entries):   # the hot loop: dict hits once a call has been seen
-        seq, ts_ns, host, outcome, rule, user, typ, source, uid, gid, program, extra, la, lp, ra, rp = row
-        getter = getters.get(typ)
-        if getter is None:
-            continue
-        outcome = outcomes.get(outcome, _DAMAGED)
-        if outcome is None:
-            continue
+    kinds: dict[tuple, _Kind] = {}
+
+    def kind_of(row: tuple) -> _Kind:
+        """What a row of this key comes to: the per-row replay, done once per key."""
+        outcome = outcomes.get(row[3], _DAMAGED)
         if outcome is _DAMAGED:
             raise damaged_row(row, f"outcome {row[3]!r}")
-        facts = known.get(extra) or facts_miss(row)
+        if outcome is None:
+            return _Kind(_IGNORE)
+        rule = row[4]
+        facts = known.get(row[11]) or facts_miss(row)
         if rule in skip_rules or facts.flow == "summary" or facts.folded == "summary":
-            why = skip_reason(rule, facts)
-            skipped[why] = skipped.get(why, 0) + 1
-            continue
-        key = getter(row), facts
-        nv = ncache.get(key) or nverdict(row, key)
+            return _Kind(_SKIP, why=skip_reason(rule, facts))
+        # no Evaluator.verdict cache here: the row kinds are that cache, on a finer key
+        r = DecisionRow._make(row)
+        nv = new.decide_row(r, facts)
         approx = nv.approx
         if old is not None:
-            ov = old.verdict(row, key)
+            ov = old.decide_row(r, facts)
             old_outcome, old_rule = ov.outcome, ov.rule
             approx = approx | ov.approx
         else:
             old_outcome, old_rule = outcome, rule or "-"
-        decisions += 1
-        if approx:
-            approximated += 1
-            for r in approx:
-                reasons[r] = reasons.get(r, 0) + 1
         was = old_outcome in passing
         if was == (nv.outcome in passing):
-            if old_outcome is nv.outcome and old_rule == nv.rule:
-                unchanged += 1
-            else:
-                same_effect += 1
-            continue
-        kind = "break" if was else "open"
-        if was:
-            breaks += 1
-            approx_breaks += bool(approx)
+            kind = _UNCHANGED if old_outcome is nv.outcome and old_rule == nv.rule else _SAME
         else:
-            opens += 1
-            approx_opens += bool(approx)
-        ex = exit_of[typ]
+            kind = _BREAK if was else _OPEN
+        return _Kind(kind, approx=approx, old_outcome=old_outcome, old_rule=old_rule, new=nv,
+                     exit=exit_of[row[6]], approximated=bool(approx))
+
+    for row in decision_rows(entries):   # the hot loop: one dict hit once a row's kind has been seen
+        rk = row_keys.get(row[6])
+        if rk is None:
+            continue
+        k = rk(row)
+        kind = kinds.get(k)
+        if kind is None:
+            kind = kind_of(row)
+            if len(kinds) >= _KINDS_MAX:   # bounded: count what the kinds hold, then forget them
+                _tally(rep, kinds.values())
+                kinds.clear()
+            kinds[k] = kind
+        kind.count += 1
+        if kind.kind < _BREAK:
+            continue
+        seq, ts_ns, host, _, _, user, _, _, uid, _, program, _, _, lp, ra, rp = row
+        ex = kind.exit
         user = user or (str(uid) if uid is not None else "-")
-        gkey = (kind, ex, program, user, network_of(ra if ex is not listen else None),
-                service_port(ex, lp, rp), old_rule, nv.rule, old_outcome)
+        gkey = (kind.kind, ex, program, user, network_of(ra if ex is not listen else None),
+                service_port(ex, lp, rp), kind.old_rule, kind.new.rule, kind.old_outcome)
         g = groups.get(gkey)
         if g is None:
+            label = "break" if kind.kind == _BREAK else "open"
             if len(groups) >= rep.MAX_GROUPS:   # bounded: the rest are counted, not grouped
-                rep.other[kind] = rep.other.get(kind, 0) + 1
+                rep.other[label] = rep.other.get(label, 0) + 1
                 continue
-            g = groups[gkey] = Group(kind, ex.label, program or "-", user, gkey[4], gkey[5], old_rule, nv.rule,
-                                     old_outcome.value, nv.outcome.value)
-        g.add(ts_ns, host, seq, bool(approx))
-    rep.decisions, rep.unchanged, rep.same_effect, rep.breaks, rep.opens = (
-        decisions, unchanged, same_effect, breaks, opens)
-    rep.approximated, rep.approximated_breaks, rep.approximated_opens = approximated, approx_breaks, approx_opens
+            g = groups[gkey] = Group(label, ex.label, program or "-", user, gkey[4], gkey[5], kind.old_rule,
+                                     kind.new.rule, kind.old_outcome.value, kind.new.outcome.value)
+        g.add(ts_ns, host, seq, kind.approximated)
+    _tally(rep, kinds.values())
     return rep
+
+
+# What a row comes to, in replay(): ignored (no outcome), skipped, or a replayed decision
+_IGNORE, _SKIP, _UNCHANGED, _SAME, _BREAK, _OPEN = range(6)
+_KINDS_MAX = 1 << 16   # row kinds kept (each a key of ~12 values): cleared, after counting, when full
+# DecisionRow indexes a row's kind depends on besides key_getters': outcome, rule, extra
+_ROW_ALSO = tuple(DecisionRow._fields.index(f) for f in ("outcome", "rule", "extra"))
+
+
+@dataclass(eq=False, slots=True)
+class _Kind:
+    kind: int
+    why: str | None = None               # _SKIP: skip_reason
+    approx: frozenset[str] = frozenset()
+    old_outcome: Outcome | None = None
+    old_rule: str | None = None
+    new: Verdict | None = None
+    exit: Exit | None = None
+    approximated: bool = False           # bool(approx)
+    count: int = 0                       # rows of this kind not yet in the report
+
+
+def _tally(rep: Report, kinds: Iterable[_Kind]) -> None:
+    """Add the rows counted on `kinds` to the report's counters."""
+    for k in kinds:
+        n, kind = k.count, k.kind
+        k.count = 0
+        if not n or kind == _IGNORE:
+            continue
+        if kind == _SKIP:
+            rep.skipped[k.why] = rep.skipped.get(k.why, 0) + n
+            continue
+        rep.decisions += n
+        if k.approx:
+            rep.approximated += n
+            for r in k.approx:
+                rep.reasons[r] = rep.reasons.get(r, 0) + n
+        if kind == _UNCHANGED:
+            rep.unchanged += n
+        elif kind == _SAME:
+            rep.same_effect += n
+        elif kind == _BREAK:
+            rep.breaks += n
+            rep.approximated_breaks += n if k.approx else 0
+        else:
+            rep.opens += n
+            rep.approximated_opens += n if k.approx else 0
