@@ -40,7 +40,8 @@ def release_and_remove(fd: int, path: Path) -> None:
     """Give up a lock from lock_exclusive and leave no file behind: removed while still
     held, so whoever opened it meanwhile notices (lock_exclusive re-checks) and retries."""
     try:
-        os.unlink(path)
+        if os.path.samestat(os.fstat(fd), os.stat(path)):  # ours, not one made after ours was removed
+            os.unlink(path)
     except FileNotFoundError:
         pass
     finally:

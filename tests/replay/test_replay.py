@@ -214,3 +214,28 @@ def test_unknown_owner_uid_is_the_kernels():
     from sockgate.kernel import layout as L
     from sockgate.policy.model import UID_UNKNOWN
     assert UID_UNKNOWN == L.UID_UNKNOWN
+
+
+@pytest.mark.parametrize("column, value", [
+    ("program", "CAST('/usr/bin/x' || char(0) || 'y' AS TEXT)"),   # os.stat raised ValueError
+    ("program", "X'2f62696e'"),                                      # a blob: TypeError
+    ("remote_port", "'abc'"),                                        # text: TypeError in a sort
+    ("uid", "'x'"),
+    ("remote_port", "2.5"),
+])
+def test_an_edited_row_of_the_wrong_type_is_named_not_a_traceback(tmp_path, column, value):
+    """SQLite keeps whatever type an edited receiver puts in a column: replay names the row
+    and the field (verify says the entry was altered), and never raises from deep inside."""
+    import sqlite3
+
+    j = journal(tmp_path / "j", [entry(remote=("10.0.0.1", 25)) for _ in range(10)])
+    c = sqlite3.connect(j / "r000001.sgj")
+    c.execute(f"UPDATE entry SET {column} = {value} WHERE seq = 5")
+    c.commit()
+    c.close()
+    p = sockgate("policy", "replay", policy(tmp_path, NO_MAIL), "--journal", j)   # it tests every field here
+    assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
+    assert f"damaged entry at seq 5: {column}" in p.stderr, p.stderr
+    # a policy that tests no port: a damaged port is never read (verify is what finds the edit)
+    p = sockgate("policy", "replay", policy(tmp_path, ALLOW_ALL), "--journal", j)
+    assert p.returncode in (0, 1) and "Traceback" not in p.stderr, p.stderr

@@ -737,6 +737,7 @@ static PyTypeObject AppenderType = {
 
 #define INTERN_SLOTS (1 << 14) /* direct-mapped: a new value replaces the slot's old one */
 #define INTERN_MAX_LEN 1024    /* longer texts are made fresh each time (rare, likely unique) */
+#define KEEP_ARENA (64u << 20) /* bytes of a page's text and blobs kept for the next, likewise */
 #define KEEP_CELLS (1 << 20)   /* buffers of a page up to this many values are kept for the next */
 
 typedef struct {
@@ -818,6 +819,10 @@ static void Reader_drop_buffers(Reader *self) {
 }
 
 static PyObject *Reader_close(Reader *self, PyObject *unused) {
+    if (self->busy) {   /* a fetch in another thread (or under it) still uses all of it */
+        PyErr_SetString(PyExc_RuntimeError, "Reader is in use");
+        return NULL;
+    }
     if (self->st)
         sqlite3_finalize(self->st);
     self->st = NULL;
@@ -852,7 +857,7 @@ static int Reader_init(Reader *self, PyObject *args, PyObject *kw) {
         PyErr_SetString(PyExc_RuntimeError, "Reader already initialised");
         return -1;
     }
-    if (!(self->slots = calloc(INTERN_SLOTS, sizeof *self->slots))) {
+    if (!self->slots && !(self->slots = calloc(INTERN_SLOTS, sizeof *self->slots))) {
         PyErr_NoMemory();
         return -1;
     }
@@ -983,10 +988,19 @@ static PyObject *Reader_fetch(Reader *self, PyObject *args) {
         self->st = NULL;
         free(self->sql);
         self->sql = NULL;
-        if (sqlite3_prepare_v3(self->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &self->st, NULL) != SQLITE_OK)
+        const char *tail = NULL;
+        if (sqlite3_prepare_v3(self->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &self->st, &tail) != SQLITE_OK)
             return raise_sqlite(self->db, ReadError, "prepare");
         if (!self->st) {
             PyErr_SetString(PyExc_ValueError, "no SQL statement");
+            return NULL;
+        }
+        while (tail && (*tail == ' ' || *tail == '\t' || *tail == '\n' || *tail == '\r' || *tail == ';'))
+            tail++;
+        if (tail && *tail) {   /* as sqlite3's execute: one statement, not the first of several */
+            sqlite3_finalize(self->st);
+            self->st = NULL;
+            PyErr_SetString(PyExc_ValueError, "one SQL statement at a time");
             return NULL;
         }
         if (!(self->sql = strdup(sql)))
@@ -997,6 +1011,7 @@ static PyObject *Reader_fetch(Reader *self, PyObject *args) {
         return NULL;
     PyObject *out = NULL;
     size_t nrows = 0;
+    self->busy = 1;   /* from here to done: the buffers and the statement are this call's */
     self->arena.len = 0;
     sqlite3_stmt *st = self->st;
     int ncol = sqlite3_column_count(st), rc;
@@ -1004,11 +1019,11 @@ static PyObject *Reader_fetch(Reader *self, PyObject *args) {
     sqlite3_clear_bindings(st);
     if (bind_params(st, params) < 0)
         goto done;
-    self->busy = 1;
     Py_BEGIN_ALLOW_THREADS
     rc = step_all(st, ncol, &self->cells, &self->cap, &nrows, &self->arena);
     Py_END_ALLOW_THREADS
-    self->busy = 0;
+    /* still busy while the tuples are built: that allocates, so the collector can run
+       finalizers that might fetch or close with this Reader (refused until done:) */
     if (rc == -1) {
         PyErr_NoMemory();
         goto done;
@@ -1038,9 +1053,10 @@ static PyObject *Reader_fetch(Reader *self, PyObject *args) {
 fail:
     Py_CLEAR(out);
 done:
+    self->busy = 0;
     sqlite3_reset(st);   /* ends the statement's read transaction */
     sqlite3_clear_bindings(st);
-    if (self->cap > KEEP_CELLS)   /* one huge fetch does not pin its buffers */
+    if (self->cap > KEEP_CELLS || self->arena.cap > KEEP_ARENA)   /* one huge fetch does not pin its buffers */
         Reader_drop_buffers(self);
     Py_DECREF(params);
     return out;

@@ -185,6 +185,25 @@ def damaged_row(row: tuple, what: str) -> JournalError:
     return JournalError(f"damaged entry at seq {row[0]}: {what}")
 
 
+# DecisionRow fields and the types a row written by sockgate has there (SQLite keeps
+# whatever type an edited file puts in a column)
+_INT_FIELDS = {"ts_ns", "uid", "gid", "local_port", "remote_port"}
+_ROW_TYPES = tuple((i, name, (int,) if name == "ts_ns" else (str,) if name in ("host", "type", "source", "extra")
+                    else (int, type(None)) if name in _INT_FIELDS else (str, type(None)))
+                   for i, name in enumerate(DecisionRow._fields) if name != "seq")
+
+
+def check_decision_row(row: tuple) -> None:
+    """Raise damaged_row unless every field of a DecisionRow tuple has the type sockgate
+    writes there (an edited journal: a port as text, a program as a blob, a NUL in a path)."""
+    for i, name, types in _ROW_TYPES:
+        v = row[i]
+        if not isinstance(v, types) or isinstance(v, bool):
+            raise damaged_row(row, f"{name} is {type(v).__name__}")
+        if isinstance(v, str) and "\0" in v:
+            raise damaged_row(row, f"{name} holds a NUL byte")
+
+
 class FactsCache:
     """extra text -> ExtraFacts, bounded (cleared when full: memory stays flat)."""
 
@@ -443,6 +462,7 @@ class Receiver:
         one str object (for scans of many rows: Journal.decisions)."""
         from sockgate.journal import _append   # here: reading and verifying work without the C extension
 
+        params = tuple(params)
         with self._reader_lock:
             try:
                 if self._reader is None:
@@ -450,9 +470,15 @@ class Receiver:
                     # keeps the process's memory flat (mmap'd pages count in its RSS, up to
                     # MMAP_BYTES of a long receiver) at the same CPU cost (measured on 1M rows)
                     self._reader = _append.Reader(str(self.path), self.readonly, busy_ms=BUSY_TIMEOUT_MS)
-                return self._reader.fetch(sql, tuple(params))
-            except (_append.ReadError, UnicodeDecodeError) as e:
+                return self._reader.fetch(sql, params)
+            except _append.ReadError as e:
                 raise JournalError(f"{self.path}: {e}") from None
+            except UnicodeDecodeError as e:
+                reason = e.reason
+        # text that is not UTF-8: the same page through sqlite3, whose error names the column
+        # and the value (a JournalError from fetchall)
+        self.fetchall(sql, params)
+        raise JournalError(f"{self.path}: corrupt receiver: text that is not UTF-8 ({reason})")
 
     def iterate(self, sql: str, params: Iterable[Any] = ()) -> Iterator[tuple]:
         """Stream rows; a receiver that turns out corrupt mid-way is a JournalError."""

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from sockgate.journal.store import (
-    DECISION_KEY, DECISION_SIDES, DecisionRow, ExtraFacts, FactsCache, damaged_row, decision_row, decision_rows,
+    DECISION_KEY, DECISION_SIDES, DecisionRow, ExtraFacts, FactsCache, check_decision_row, damaged_row, decision_row, decision_rows,
     extra_facts,
 )
 from sockgate.policy.compile import LOCAL, OUTCOME_OF, REMOTE, Compiled, addr_as_v6, compile_policy, program_identity
@@ -535,6 +535,7 @@ def replay(entries: Iterable, candidate: Policy, against: Policy | None = None, 
 
     def kind_of(row: tuple) -> _Kind:
         """What a row of this key comes to: the per-row replay, done once per key."""
+        check_decision_row(row)   # an edited journal's odd types stop here, named, not deep inside
         outcome = outcomes.get(row[3], _DAMAGED)
         if outcome is _DAMAGED:
             raise damaged_row(row, f"outcome {row[3]!r}")
@@ -562,35 +563,41 @@ def replay(entries: Iterable, candidate: Policy, against: Policy | None = None, 
         return _Kind(kind, approx=approx, old_outcome=old_outcome, old_rule=old_rule, new=nv,
                      exit=exit_of[row[6]], approximated=bool(approx))
 
-    for row in decision_rows(entries):   # the hot loop: one dict hit once a row's kind has been seen
-        rk = row_keys.get(row[6])
-        if rk is None:
-            continue
-        k = rk(row)
-        kind = kinds.get(k)
-        if kind is None:
-            kind = kind_of(row)
-            if len(kinds) >= _KINDS_MAX:   # bounded: count what the kinds hold, then forget them
-                _tally(rep, kinds.values())
-                kinds.clear()
-            kinds[k] = kind
-        kind.count += 1
-        if kind.kind < _BREAK:
-            continue
-        seq, ts_ns, host, _, _, user, _, _, uid, _, program, _, _, lp, ra, rp = row
-        ex = kind.exit
-        user = user or (str(uid) if uid is not None else "-")
-        gkey = (kind.kind, ex, program, user, network_of(ra if ex is not listen else None),
-                service_port(ex, lp, rp), kind.old_rule, kind.new.rule, kind.old_outcome)
-        g = groups.get(gkey)
-        if g is None:
-            label = "break" if kind.kind == _BREAK else "open"
-            if len(groups) >= rep.MAX_GROUPS:   # bounded: the rest are counted, not grouped
-                rep.other[label] = rep.other.get(label, 0) + 1
+    row = None
+    try:
+        for row in decision_rows(entries):   # the hot loop: one dict hit once a row's kind has been seen
+            rk = row_keys.get(row[6])
+            if rk is None:
                 continue
-            g = groups[gkey] = Group(label, ex.label, program or "-", user, gkey[4], gkey[5], kind.old_rule,
-                                     kind.new.rule, kind.old_outcome.value, kind.new.outcome.value)
-        g.add(ts_ns, host, seq, kind.approximated)
+            k = rk(row)
+            kind = kinds.get(k)
+            if kind is None:
+                kind = kind_of(row)
+                if len(kinds) >= _KINDS_MAX:   # bounded: count what the kinds hold, then forget them
+                    _tally(rep, kinds.values())
+                    kinds.clear()
+                kinds[k] = kind
+            kind.count += 1
+            if kind.kind < _BREAK:
+                continue
+            seq, ts_ns, host, _, _, user, _, _, uid, _, program, _, _, lp, ra, rp = row
+            ex = kind.exit
+            user = user or (str(uid) if uid is not None else "-")
+            gkey = (kind.kind, ex, program, user, network_of(ra if ex is not listen else None),
+                    service_port(ex, lp, rp), kind.old_rule, kind.new.rule, kind.old_outcome)
+            g = groups.get(gkey)
+            if g is None:
+                label = "break" if kind.kind == _BREAK else "open"
+                if len(groups) >= rep.MAX_GROUPS:   # bounded: the rest are counted, not grouped
+                    rep.other[label] = rep.other.get(label, 0) + 1
+                    continue
+                g = groups[gkey] = Group(label, ex.label, program or "-", user, gkey[4], gkey[5], kind.old_rule,
+                                         kind.new.rule, kind.old_outcome.value, kind.new.outcome.value)
+            g.add(ts_ns, host, seq, kind.approximated)
+    except (TypeError, ValueError, AttributeError):
+        if row is not None:
+            check_decision_row(row)   # a damaged field the row's kind did not look at: named
+        raise
     _tally(rep, kinds.values())
     return rep
 
