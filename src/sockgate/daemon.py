@@ -386,7 +386,8 @@ class Daemon:
                                                     request_seal=lambda: self._writes.put(journal.seal))
         if Gate.is_pinned(o.pin_dir):
             if self.journal:  # what a killed daemon journaled but had not given back is read again
-                self._journaled_tail = self.journal.tail(MERGE_MAX, filter=Filter(sources=(Source.KERNEL.value,)))
+                self._journaled_tail = self.journal.tail(kevents.RING_RECORDS_MAX,  # at most a ring's worth
+                                                         filter=Filter(sources=(Source.KERNEL.value,)))
             self.gate = Gate.open(o.pin_dir)
             self.log(f"reopened pinned programs at {o.pin_dir} (enforcement never stopped)")
             # events still buffered from the running generation need its rule names

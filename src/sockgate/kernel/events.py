@@ -112,6 +112,10 @@ def decode_tuples(raw: list[tuple], offset_ns: int) -> list[Event]:
     return [_event(t, offset_ns) for t in raw]
 
 
+# the most records the ring can hold at once (each: an 8-byte header, rounded up to 8)
+RING_RECORDS_MAX = L.C["SG_RINGBUF_BYTES"] // ((8 + ctypes.sizeof(L.Event) + 7) & ~7)
+
+
 class EventReader:
     """Drains the sg_events ring buffer by reading its shared pages directly.
 
